@@ -1,0 +1,268 @@
+/* prism.h — public C API of prism, a C engine for Hugging Face causal LMs
+ * (Llama-3.x, Mistral, Qwen2.5, Qwen3) and the PRISM persona router.
+ *
+ * Conventions
+ *  - Opaque handles: prism_model, prism_tokenizer, prism_chat, prism_ctx,
+ *    prism_sampler, prism_decoder. Each has a *_free that accepts NULL.
+ *  - Parameters come as structs returned by value from *_default_params().
+ *  - Every fallible function returns prism_status; on failure a
+ *    human-readable message (file, tensor, expected vs found) is available
+ *    from prism_last_error() in the same thread. The library never exits.
+ *  - Token ids are int32_t. Memory handed back with "caller frees" is
+ *    released with free().
+ */
+#ifndef PRISM_H
+#define PRISM_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* ---------------------------------------------------------------- errors */
+typedef enum {
+    PRISM_OK = 0,
+    PRISM_E_IO = 1,          /* file missing or unreadable */
+    PRISM_E_FORMAT = 2,      /* malformed or inconsistent file contents */
+    PRISM_E_UNSUPPORTED = 3, /* valid input prism does not handle (architecture, dtype, template) */
+    PRISM_E_ARG = 4,         /* invalid argument or option */
+    PRISM_E_NOMEM = 5,       /* allocation failed */
+    PRISM_E_RANGE = 6,       /* out of capacity: context full, too many sequences */
+} prism_status;
+
+const char *prism_status_str(prism_status s);
+/* Message of the most recent failure in this thread ("" if none). */
+const char *prism_last_error(void);
+
+/* ---------------------------------------------------------------- model */
+typedef struct prism_model prism_model;
+
+typedef enum {
+    PRISM_PRECISION_EXACT = 0, /* F32 activations, F32 accumulation: matches transformers to ~1e-6 */
+    PRISM_PRECISION_FAST = 1,  /* BF16 activations for BF16 weights in large matmuls (prefill) */
+} prism_precision;
+
+typedef struct {
+    int32_t n_threads;         /* 0 = all cores (OpenMP default) */
+    prism_precision precision; /* default PRISM_PRECISION_FAST */
+} prism_model_params;
+
+prism_model_params prism_model_default_params(void);
+
+/* Loads a Hugging Face model directory: config.json, model.safetensors or
+ * model.safetensors.index.json + shards, generation_config.json (optional).
+ * Weights stay in their stored dtype inside a read-only mmap. */
+prism_status prism_model_load(const char *dir, prism_model_params params, prism_model **out);
+void prism_model_free(prism_model *m);
+
+typedef struct {
+    char arch[64];        /* e.g. "Qwen2ForCausalLM" */
+    char model_type[32];  /* "llama", "mistral", "qwen2", "qwen3" */
+    char dtype[8];        /* dominant stored weight dtype: "F32", "BF16", "F16" */
+    int32_t n_layers, hidden, n_heads, n_kv_heads, head_dim, ffn, vocab, max_pos;
+    float rope_theta, rms_eps;
+    char rope_type[16];   /* "default", "llama3", "linear" */
+    bool tied_embeddings, qkv_bias, qk_norm;
+    int32_t bos_id;       /* -1 if none */
+    int32_t n_eos;
+    int32_t eos_ids[8];
+    int64_t n_params;
+    int64_t weight_bytes; /* bytes of all weight tensors as stored */
+} prism_model_info;
+
+void prism_model_get_info(const prism_model *m, prism_model_info *info);
+/* KV-cache bytes per token per sequence (all layers, K and V, F32). */
+int64_t prism_model_kv_bytes_per_token(const prism_model *m);
+
+/* ---------------------------------------------------------------- tokenizer */
+typedef struct prism_tokenizer prism_tokenizer;
+
+/* Loads tokenizer.json (+ tokenizer_config.json if present) from dir. */
+prism_status prism_tokenizer_load(const char *dir, prism_tokenizer **out);
+void prism_tokenizer_free(prism_tokenizer *t);
+
+int32_t prism_tokenizer_n_vocab(const prism_tokenizer *t);
+int32_t prism_tokenizer_bos(const prism_tokenizer *t); /* -1 if none */
+int32_t prism_tokenizer_eos(const prism_tokenizer *t); /* -1 if none */
+/* Id of a token string (vocab or added token), -1 if absent. */
+int32_t prism_tokenizer_token_id(const prism_tokenizer *t, const char *piece);
+/* True for added tokens marked special (e.g. <|im_end|>). */
+bool prism_tokenizer_is_special(const prism_tokenizer *t, int32_t id);
+
+/* Text -> ids exactly as Hugging Face tokenizers' encode().
+ * add_special: apply the post-processor (e.g. prepend BOS) as
+ *   encode(add_special_tokens=True) does.
+ * Added tokens (special or not) in the text are always matched, as HF does.
+ * *ids is allocated (caller frees), *n_ids receives the count. */
+prism_status prism_tokenize(const prism_tokenizer *t, const char *text, size_t len, bool add_special,
+                            int32_t **ids, size_t *n_ids);
+
+/* Ids -> text exactly as HF decode(ids, skip_special_tokens). Caller frees *text. */
+prism_status prism_detokenize(const prism_tokenizer *t, const int32_t *ids, size_t n_ids, bool skip_special,
+                              char **text);
+
+/* Incremental decoding for streaming: push ids one at a time, receive only
+ * complete UTF-8 text; the concatenation of all outputs equals
+ * prism_detokenize of all pushed ids. */
+typedef struct prism_decoder prism_decoder;
+prism_decoder *prism_decoder_new(const prism_tokenizer *t, bool skip_special);
+/* Returns a NUL-terminated string owned by the decoder, valid until the next
+ * call (possibly ""). NULL only on allocation failure. */
+const char *prism_decoder_push(prism_decoder *d, int32_t id);
+/* Remaining buffered text (e.g. an incomplete UTF-8 sequence, emitted as U+FFFD). */
+const char *prism_decoder_flush(prism_decoder *d);
+void prism_decoder_free(prism_decoder *d);
+
+/* ---------------------------------------------------------------- chat templates */
+typedef struct prism_chat prism_chat;
+
+typedef struct {
+    const char *role;    /* "system", "user", "assistant" */
+    const char *content;
+} prism_chat_message;
+
+/* Recognises the family of tokenizer_config.json's chat_template in dir.
+ * name_override: NULL, or one of "chatml" (Qwen2.5), "qwen3", "llama3",
+ * "mistral", "llama2", "raw"; overrides detection. Fails with
+ * PRISM_E_UNSUPPORTED naming the override option for unknown templates. */
+prism_status prism_chat_load(const char *dir, const char *name_override, prism_chat **out);
+void prism_chat_free(prism_chat *c);
+const char *prism_chat_name(const prism_chat *c);
+/* False for templates with no system role (Mistral). */
+bool prism_chat_has_system_role(const prism_chat *c);
+/* Renders the conversation as the family's chat_template would (with
+ * add_generation_prompt). Caller frees *text. The text includes special
+ * tokens such as <|im_start|> literally; tokenize it with add_special=false
+ * (the BOS, where the template has one, is part of the text). */
+prism_status prism_chat_render(const prism_chat *c, const prism_chat_message *msgs, size_t n_msgs,
+                               bool add_generation_prompt, char **text);
+
+/* ---------------------------------------------------------------- inference context */
+typedef struct prism_ctx prism_ctx;
+
+typedef struct {
+    int32_t n_seq_max; /* sequences held at once (KV cache slots) */
+    int32_t n_ctx;     /* max tokens per sequence; 0 = min(max_position_embeddings, 4096) */
+    int32_t n_batch;   /* max tokens per prism_decode call */
+} prism_ctx_params;
+
+prism_ctx_params prism_ctx_default_params(void);
+prism_status prism_ctx_new(prism_model *m, prism_ctx_params p, prism_ctx **out);
+void prism_ctx_free(prism_ctx *c);
+/* Forget the cached tokens of sequence seq (positions restart at 0). */
+void prism_ctx_seq_clear(prism_ctx *c, int32_t seq);
+/* Number of positions cached for seq. */
+int32_t prism_ctx_seq_len(const prism_ctx *c, int32_t seq);
+
+/* A batch of tokens from one or more sequences. Token i goes to sequence
+ * seq[i] at position pos[i]; per sequence, positions must continue that
+ * sequence's cache (pos == cached length, then +1 per token, in order).
+ * want_logits[i] != 0 requests logits for token i (NULL = last token of each
+ * sequence in the batch). */
+typedef struct {
+    int32_t n_tokens;
+    const int32_t *token;
+    const int32_t *pos;
+    const int32_t *seq;
+    const int8_t *want_logits;
+} prism_batch;
+
+/* Runs the whole model on the batch: embeddings, all layers, final norm and
+ * the LM head for the requested tokens. */
+prism_status prism_decode(prism_ctx *c, const prism_batch *b);
+
+/* Runs layers [layer_begin, layer_end) on the batch. layer_begin == 0 starts
+ * from the embeddings; otherwise the batch must be the same one given to the
+ * previous call, whose layer_end was layer_begin. After a call, the hidden
+ * states (residual stream) after layer layer_end-1 are available with
+ * prism_get_hidden. prism_decode_head then applies the final norm + LM head
+ * once layer_end == n_layers. This lets a caller read layer 0's output (the
+ * PRISM gate feature) before the rest of the prefill runs. */
+prism_status prism_decode_layers(prism_ctx *c, const prism_batch *b, int32_t layer_begin, int32_t layer_end);
+prism_status prism_decode_head(prism_ctx *c);
+
+/* Logits [vocab] of the i-th token of the last batch (which must have asked
+ * for them); NULL otherwise. Valid until the next decode call. */
+const float *prism_get_logits(const prism_ctx *c, int32_t i);
+/* Hidden state [hidden] of the i-th token of the last batch after the last
+ * layer run (HF hidden_states[layer_end]); after prism_decode_head this is
+ * the final-normed state (HF hidden_states[n_layers]). */
+const float *prism_get_hidden(const prism_ctx *c, int32_t i);
+int32_t prism_ctx_n_vocab(const prism_ctx *c);
+int32_t prism_ctx_n_embd(const prism_ctx *c);
+int32_t prism_ctx_n_layers(const prism_ctx *c);
+
+/* ---------------------------------------------------------------- sampling */
+typedef struct {
+    float temperature;    /* 0 = greedy (argmax) */
+    int32_t top_k;        /* 0 = off */
+    float top_p;          /* 1 = off */
+    float min_p;          /* 0 = off */
+    float repeat_penalty; /* 1 = off; HF/CTRL-style: logit>0 ? l/p : l*p */
+    int32_t repeat_last_n;/* window of previous tokens penalised; -1 = whole sequence */
+    uint64_t seed;
+} prism_sampling_params;
+
+prism_sampling_params prism_sampling_default_params(void);
+
+typedef struct prism_sampler prism_sampler;
+prism_sampler *prism_sampler_new(prism_sampling_params p);
+void prism_sampler_free(prism_sampler *s);
+/* Picks a token from logits [n_vocab]. history: previous ids of the sequence
+ * (prompt + generated) for the repetition penalty. logits may be modified. */
+int32_t prism_sampler_sample(prism_sampler *s, float *logits, int32_t n_vocab, const int32_t *history,
+                             size_t n_history);
+
+/* ---------------------------------------------------------------- generation */
+typedef struct {
+    prism_sampling_params sampling;
+    int32_t max_new_tokens;
+    bool ignore_eos;
+    const char *const *stop;  /* stop strings (not included in the output) */
+    int32_t n_stop;
+    const int32_t *eos_ids;   /* NULL = the model's eos ids (config + generation_config) */
+    int32_t n_eos;
+} prism_generate_params;
+
+prism_generate_params prism_generate_default_params(void);
+
+typedef enum {
+    PRISM_FINISH_LENGTH = 0,
+    PRISM_FINISH_EOS = 1,
+    PRISM_FINISH_STOP = 2,
+    PRISM_FINISH_CONTEXT = 3,
+} prism_finish_reason;
+
+/* Called for each generated token of sequence i (index into the prompts);
+ * text is the newly completed UTF-8 text (may be ""). Return false to stop
+ * that sequence. */
+typedef bool (*prism_token_cb)(void *user, int32_t i, int32_t token, const char *text);
+
+typedef struct {
+    int32_t *tokens;      /* generated ids (caller frees) */
+    int32_t n_tokens;
+    char *text;           /* generated text, stop string removed (caller frees) */
+    prism_finish_reason finish;
+} prism_generation;
+
+typedef struct {
+    double prefill_s, decode_s;
+    int64_t prefill_tokens, decode_tokens;
+} prism_generate_stats;
+
+/* Generates continuations of n prompts together (batched prefill, batched
+ * decode), using sequences 0..n-1 of the context (cleared first). The
+ * tokenizer may be NULL (then no text, no stop strings). out[n] receives
+ * results; stats may be NULL. Sequence i's sampler is seeded with seed + i. */
+prism_status prism_generate(prism_ctx *c, const prism_tokenizer *t, const int32_t *const *prompts,
+                            const int32_t *prompt_lens, int32_t n, const prism_generate_params *p,
+                            prism_token_cb cb, void *user, prism_generation *out, prism_generate_stats *stats);
+void prism_generation_clear(prism_generation *g);
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* PRISM_H */

@@ -1,0 +1,34 @@
+/* kernels.h — the numeric kernels of the forward pass, one dispatch point.
+ *
+ * The portable C versions are the reference; per-ISA versions
+ * (matmul_avx512.c, matmul_avx2.c) are chosen at run time by CPU feature and
+ * are tested against the reference (tests/test_kernels.c). All reductions
+ * accumulate in F32. */
+#ifndef PRISM_KERNELS_H
+#define PRISM_KERNELS_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "model/safetensors.h"
+#include "prism.h"
+
+/* y[T,N] = x[T,K] · W[N,K]ᵀ (+ bias[N] when bias != NULL).
+ * W is a PyTorch Linear weight as stored: row n holds output n's K inputs,
+ * dtype F32, BF16 or F16. x, y are F32 row-major; y must not alias x.
+ * PRISM_PRECISION_EXACT: every product in F32 (BF16/F16 widen exactly).
+ * PRISM_PRECISION_FAST: may round x to BF16 for BF16 weights when T is large
+ * enough to be compute-bound (relative error ~1e-3).
+ * Parallel over N (and T) with OpenMP; call from outside a parallel region. */
+void kern_matmul(float *y, const float *x, const void *W, st_dtype wdt, const float *bias, int64_t T, int64_t K,
+                 int64_t N, prism_precision prec);
+
+/* Row gather of an embedding table E[V,D] (any weight dtype) into F32 out[D]. */
+void kern_embed_row(float *out, const void *E, st_dtype dt, int64_t row, int64_t D);
+
+/* Name of the matmul implementation chosen for this CPU ("avx512bf16", "avx512", "avx2", "generic"). */
+const char *kern_isa_name(void);
+/* Force the portable implementation (tests compare against it). */
+void kern_force_generic(int on);
+
+#endif
