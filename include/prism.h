@@ -156,6 +156,10 @@ void prism_ctx_free(prism_ctx *c);
 void prism_ctx_seq_clear(prism_ctx *c, int32_t seq);
 /* Number of positions cached for seq. */
 int32_t prism_ctx_seq_len(const prism_ctx *c, int32_t seq);
+/* Drops cached positions >= len of seq (keeps a shared prefix). */
+void prism_ctx_seq_truncate(prism_ctx *c, int32_t seq, int32_t len);
+/* Token ids cached for seq (prism_ctx_seq_len of them). */
+const int32_t *prism_ctx_seq_tokens(const prism_ctx *c, int32_t seq);
 
 /* A batch of tokens from one or more sequences. Token i goes to sequence
  * seq[i] at position pos[i]; per sequence, positions must continue that
@@ -225,6 +229,8 @@ typedef struct {
     int32_t n_stop;
     const int32_t *eos_ids;   /* NULL = the model's eos ids (config + generation_config) */
     int32_t n_eos;
+    bool reuse_cache;         /* keep each sequence's longest cached prefix of its prompt
+                                 instead of clearing it (multi-turn chat, shared prefixes) */
 } prism_generate_params;
 
 prism_generate_params prism_generate_default_params(void);

@@ -22,7 +22,15 @@ void prism_error_prefix(const char *fmt, ...) {
     vsnprintf(pre, sizeof pre, fmt, ap);
     va_end(ap);
     memcpy(old, g_msg, sizeof old);
-    snprintf(g_msg, sizeof g_msg, "%s: %s", pre, old);
+    size_t n = strlen(pre);
+    if (n > sizeof g_msg - 3) n = sizeof g_msg - 3;
+    memcpy(g_msg, pre, n);
+    g_msg[n++] = ':';
+    g_msg[n++] = ' ';
+    size_t rest = strlen(old);
+    if (rest > sizeof g_msg - 1 - n) rest = sizeof g_msg - 1 - n;
+    memcpy(g_msg + n, old, rest);
+    g_msg[n + rest] = 0;
 }
 
 void prism_error_clear(void) { g_msg[0] = 0; }

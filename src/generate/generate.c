@@ -1,0 +1,264 @@
+/* generate.c — batched generation: one prefill over every prompt, then one
+ * decode step per iteration for all live sequences, each with its own
+ * sampler, stop conditions and incremental detokenizer. */
+#include <stdlib.h>
+#include <string.h>
+
+#include "model/forward.h"
+#include "util/error.h"
+#include "util/timer.h"
+
+prism_generate_params prism_generate_default_params(void) {
+    prism_generate_params p;
+    memset(&p, 0, sizeof p);
+    p.sampling = prism_sampling_default_params();
+    p.max_new_tokens = 256;
+    return p;
+}
+
+void prism_generation_clear(prism_generation *g) {
+    if (!g) return;
+    free(g->tokens);
+    free(g->text);
+    memset(g, 0, sizeof *g);
+}
+
+typedef struct {
+    prism_sampler *sampler;
+    prism_decoder *dec;
+    int32_t *hist;      /* prompt + generated ids */
+    size_t n_hist, cap_hist;
+    char *text;         /* generated text so far */
+    size_t n_text, cap_text;
+    size_t emitted;     /* bytes of text already passed to the callback */
+    int32_t next;       /* token to feed at the next step */
+    int live;
+} gen_seq;
+
+static int push_id(gen_seq *s, int32_t id) {
+    if (s->n_hist == s->cap_hist) {
+        size_t cap = s->cap_hist ? s->cap_hist * 2 : 256;
+        int32_t *h = realloc(s->hist, cap * sizeof *h);
+        if (!h) return 0;
+        s->hist = h;
+        s->cap_hist = cap;
+    }
+    s->hist[s->n_hist++] = id;
+    return 1;
+}
+
+static int push_text(gen_seq *s, const char *t) {
+    size_t n = strlen(t);
+    if (s->n_text + n + 1 > s->cap_text) {
+        size_t cap = (s->n_text + n + 1) * 2;
+        char *p = realloc(s->text, cap);
+        if (!p) return 0;
+        s->text = p;
+        s->cap_text = cap;
+    }
+    memcpy(s->text + s->n_text, t, n + 1);
+    s->n_text += n;
+    return 1;
+}
+
+/* Length of the longest suffix of text[0..n) that is a proper prefix of a stop string:
+ * that much must be held back from streaming until it is resolved. */
+static size_t stop_holdback(const char *text, size_t n, const prism_generate_params *p) {
+    size_t best = 0;
+    for (int32_t k = 0; k < p->n_stop; k++) {
+        size_t ls = strlen(p->stop[k]);
+        for (size_t len = ls > 0 ? ls - 1 : 0; len > best; len--)
+            if (len <= n && !memcmp(text + n - len, p->stop[k], len)) { best = len; break; }
+    }
+    return best;
+}
+
+static const char *find_stop(const char *text, const prism_generate_params *p) {
+    const char *first = NULL;
+    for (int32_t k = 0; k < p->n_stop; k++) {
+        if (!p->stop[k][0]) continue;
+        const char *f = strstr(text, p->stop[k]);
+        if (f && (!first || f < first)) first = f;
+    }
+    return first;
+}
+
+prism_status prism_generate(prism_ctx *c, const prism_tokenizer *t, const int32_t *const *prompts,
+                            const int32_t *prompt_lens, int32_t n, const prism_generate_params *p, prism_token_cb cb,
+                            void *user, prism_generation *out, prism_generate_stats *stats) {
+    if (n <= 0) return prism_error(PRISM_E_ARG, "no prompts");
+    if (n > c->p.n_seq_max)
+        return prism_error(PRISM_E_RANGE, "%d prompts but the context holds %d sequences", n, c->p.n_seq_max);
+    const prism_config *cfg = &c->m->cfg;
+    const int32_t V = cfg->vocab;
+    const int32_t *eos = p->eos_ids ? p->eos_ids : cfg->eos_ids;
+    const int32_t n_eos = p->eos_ids ? p->n_eos : cfg->n_eos;
+    int64_t total_prompt = 0;
+    for (int32_t i = 0; i < n; i++) {
+        if (prompt_lens[i] <= 0) return prism_error(PRISM_E_ARG, "prompt %d is empty", i);
+        if (prompt_lens[i] >= c->p.n_ctx)
+            return prism_error(PRISM_E_RANGE, "prompt %d has %d tokens; the context holds %d", i, prompt_lens[i], c->p.n_ctx);
+        for (int32_t j = 0; j < prompt_lens[i]; j++)
+            if (prompts[i][j] < 0 || prompts[i][j] >= V)
+                return prism_error(PRISM_E_ARG, "prompt %d: token %d at position %d is outside the vocabulary (0..%d)", i, prompts[i][j], j, V - 1);
+        total_prompt += prompt_lens[i];
+    }
+    memset(out, 0, sizeof *out * (size_t)n);
+    gen_seq *S = calloc((size_t)n, sizeof *S);
+    int32_t *bt = malloc((size_t)c->p.n_batch * 3 * sizeof(int32_t));
+    float *lg = malloc((size_t)V * sizeof(float));
+    int32_t *start = malloc((size_t)n * sizeof(int32_t));
+    prism_status st = PRISM_OK;
+    if (!S || !bt || !lg || !start) { st = prism_error(PRISM_E_NOMEM, "out of memory"); goto done; }
+    int32_t *bp = bt + c->p.n_batch, *bs = bp + c->p.n_batch;
+    for (int32_t i = 0; i < n; i++) {
+        prism_sampling_params sp = p->sampling;
+        sp.seed = p->sampling.seed + (uint64_t)i;
+        S[i].sampler = prism_sampler_new(sp);
+        S[i].dec = t ? prism_decoder_new(t, true) : NULL;
+        if (!S[i].sampler || (t && !S[i].dec) || !push_text(&S[i], "")) { st = prism_error(PRISM_E_NOMEM, "out of memory"); goto done; }
+        for (int32_t j = 0; j < prompt_lens[i]; j++)
+            if (!push_id(&S[i], prompts[i][j])) { st = prism_error(PRISM_E_NOMEM, "out of memory"); goto done; }
+        /* Keep the cached prefix the prompt shares (at least one token is
+         * always recomputed: its logits start the generation). */
+        int32_t keep = 0;
+        if (p->reuse_cache) {
+            const int32_t *have = prism_ctx_seq_tokens(c, i);
+            int32_t nh = prism_ctx_seq_len(c, i);
+            while (keep < nh && keep < prompt_lens[i] - 1 && have[keep] == prompts[i][keep]) keep++;
+        }
+        prism_ctx_seq_truncate(c, i, keep);
+        start[i] = keep;
+        S[i].live = 1;
+    }
+
+    /* Prefill: pack every prompt into batches of up to n_batch tokens; sample
+     * each sequence's first token from the logits of its last prompt token. */
+    double t0 = prism_now();
+    int32_t cur = 0, off = start[0];
+    total_prompt = 0;
+    for (int32_t i = 0; i < n; i++) total_prompt += prompt_lens[i] - start[i];
+    while (cur < n) {
+        int32_t nb = 0;
+        while (cur < n && nb < c->p.n_batch) {
+            int32_t take = prompt_lens[cur] - off;
+            if (take > c->p.n_batch - nb) take = c->p.n_batch - nb;
+            for (int32_t j = 0; j < take; j++, nb++) {
+                bt[nb] = prompts[cur][off + j];
+                bp[nb] = off + j;
+                bs[nb] = cur;
+            }
+            off += take;
+            if (off == prompt_lens[cur] && ++cur < n) off = start[cur];
+        }
+        prism_batch b = {.n_tokens = nb, .token = bt, .pos = bp, .seq = bs, .want_logits = NULL};
+        if ((st = prism_decode(c, &b))) goto done;
+        for (int32_t k = 0; k < nb; k++) {
+            int32_t s = bs[k];
+            if (bp[k] != prompt_lens[s] - 1) continue;
+            memcpy(lg, prism_get_logits(c, k), (size_t)V * sizeof(float));
+            S[s].next = prism_sampler_sample(S[s].sampler, lg, V, S[s].hist, S[s].n_hist);
+        }
+    }
+    double t1 = prism_now();
+    if (stats) {
+        stats->prefill_s = t1 - t0;
+        stats->prefill_tokens = total_prompt;
+        stats->decode_tokens = 0;
+    }
+
+    /* Decode: accept each live sequence's sampled token, then run one step for all. */
+    int64_t decoded = 0;
+    for (;;) {
+        int32_t nb = 0;
+        for (int32_t i = 0; i < n; i++) {
+            gen_seq *s = &S[i];
+            if (!s->live) continue;
+            int32_t id = s->next;
+            int is_eos = 0;
+            for (int32_t k = 0; k < n_eos; k++) is_eos |= id == eos[k];
+            if (is_eos && !p->ignore_eos) {
+                s->live = 0;
+                out[i].finish = PRISM_FINISH_EOS;
+                if (s->dec && !push_text(s, prism_decoder_flush(s->dec))) { st = prism_error(PRISM_E_NOMEM, "out of memory"); goto done; }
+                if (cb && s->emitted < s->n_text) cb(user, i, id, s->text + s->emitted);
+                continue;
+            }
+            if (!push_id(s, id)) { st = prism_error(PRISM_E_NOMEM, "out of memory"); goto done; }
+            out[i].n_tokens++;
+            if (s->dec) {
+                const char *piece = prism_decoder_push(s->dec, id);
+                if (!piece || !push_text(s, piece)) { st = prism_error(PRISM_E_NOMEM, "out of memory"); goto done; }
+            }
+            int at_limit = out[i].n_tokens >= p->max_new_tokens || (int32_t)s->n_hist >= c->p.n_ctx;
+            if (at_limit && s->dec && !push_text(s, prism_decoder_flush(s->dec))) { st = prism_error(PRISM_E_NOMEM, "out of memory"); goto done; }
+            const char *hit = p->n_stop ? find_stop(s->text, p) : NULL;
+            int stop_now = 0;
+            if (hit) {
+                s->n_text = (size_t)(hit - s->text);
+                s->text[s->n_text] = 0;
+                out[i].finish = PRISM_FINISH_STOP;
+                stop_now = 1;
+            } else if (out[i].n_tokens >= p->max_new_tokens) {
+                out[i].finish = PRISM_FINISH_LENGTH;
+                stop_now = 1;
+            } else if ((int32_t)s->n_hist >= c->p.n_ctx) {
+                out[i].finish = PRISM_FINISH_CONTEXT;
+                stop_now = 1;
+            }
+            if (cb) {
+                /* Stream the text that can no longer become part of a stop string. */
+                size_t upto = stop_now ? s->n_text : s->n_text - stop_holdback(s->text, s->n_text, p);
+                char saved = s->text[upto];
+                s->text[upto] = 0;
+                int go = cb(user, i, id, s->text + s->emitted);
+                s->text[upto] = saved;
+                s->emitted = upto;
+                if (!go && !stop_now) { out[i].finish = PRISM_FINISH_STOP; stop_now = 1; }
+            }
+            if (stop_now) { s->live = 0; continue; }
+            bt[nb] = id;
+            bp[nb] = (int32_t)s->n_hist - 1;
+            bs[nb] = i;
+            nb++;
+        }
+        if (nb == 0) break;
+        prism_batch b = {.n_tokens = nb, .token = bt, .pos = bp, .seq = bs, .want_logits = NULL};
+        if ((st = prism_decode(c, &b))) goto done;
+        decoded += nb;
+        for (int32_t k = 0; k < nb; k++) {
+            gen_seq *s = &S[bs[k]];
+            memcpy(lg, prism_get_logits(c, k), (size_t)V * sizeof(float));
+            s->next = prism_sampler_sample(s->sampler, lg, V, s->hist, s->n_hist);
+        }
+    }
+    if (stats) {
+        stats->decode_s = prism_now() - t1;
+        stats->decode_tokens = decoded;
+    }
+    for (int32_t i = 0; i < n; i++) {
+        gen_seq *s = &S[i];
+        int32_t k = out[i].n_tokens;
+        out[i].tokens = malloc((size_t)(k ? k : 1) * sizeof(int32_t));
+        if (!out[i].tokens) { st = prism_error(PRISM_E_NOMEM, "out of memory"); goto done; }
+        memcpy(out[i].tokens, s->hist + prompt_lens[i], (size_t)k * sizeof(int32_t));
+        out[i].text = s->text;
+        s->text = NULL;
+    }
+done:
+    if (S) {
+        for (int32_t i = 0; i < n; i++) {
+            prism_sampler_free(S[i].sampler);
+            prism_decoder_free(S[i].dec);
+            free(S[i].hist);
+            free(S[i].text);
+        }
+    }
+    if (st && out)
+        for (int32_t i = 0; i < n; i++) prism_generation_clear(&out[i]);
+    free(S);
+    free(bt);
+    free(lg);
+    free(start);
+    return st;
+}

@@ -1,0 +1,298 @@
+/* forward.c — the transformer forward pass over a batch of tokens from any
+ * mix of sequences, with a per-sequence F32 KV cache.
+ *
+ * One layer (Llama / Mistral / Qwen2 / Qwen3, pre-norm):
+ *   xb = RMSNorm(x)                       input_layernorm
+ *   q, k, v = xb·Wqᵀ(+b), xb·Wkᵀ(+b), xb·Wvᵀ(+b)
+ *   q, k = RMSNorm per head               Qwen3 q_norm / k_norm only
+ *   q, k = RoPE(q, k, pos)
+ *   cache[seq][pos] = k, v
+ *   a = softmax(q·Kᵀ/√hd) V over the sequence's cached positions ≤ pos (GQA)
+ *   x += a·Woᵀ
+ *   x += (silu(xb·Wgᵀ) * xb·Wuᵀ)·Wdᵀ, xb = RMSNorm(x) post_attention_layernorm
+ * then final RMSNorm and the LM head for the tokens that asked for logits. */
+#include <math.h>
+#include <omp.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "kernels/kernels.h"
+#include "model/forward.h"
+#include "model/layers.h"
+#include "model/rope.h"
+#include "util/error.h"
+
+prism_ctx_params prism_ctx_default_params(void) {
+    prism_ctx_params p = {.n_seq_max = 1, .n_ctx = 0, .n_batch = 512};
+    return p;
+}
+
+static void *xcalloc(size_t n, size_t sz, int *fail) {
+    void *p = calloc(n ? n : 1, sz);
+    if (!p) *fail = 1;
+    return p;
+}
+
+prism_status prism_ctx_new(prism_model *m, prism_ctx_params p, prism_ctx **out) {
+    *out = NULL;
+    const prism_config *c = &m->cfg;
+    if (p.n_ctx <= 0) p.n_ctx = c->max_pos < 4096 ? c->max_pos : 4096;
+    if (p.n_seq_max <= 0 || p.n_seq_max > 4096)
+        return prism_error(PRISM_E_ARG, "n_seq_max must be in 1..4096 (got %d)", p.n_seq_max);
+    if (p.n_batch <= 0 || p.n_batch > 65536)
+        return prism_error(PRISM_E_ARG, "n_batch must be in 1..65536 (got %d)", p.n_batch);
+    if (p.n_ctx > (1 << 20)) return prism_error(PRISM_E_ARG, "n_ctx %d is too large", p.n_ctx);
+    prism_ctx *x = calloc(1, sizeof *x);
+    if (!x) return prism_error(PRISM_E_NOMEM, "out of memory");
+    x->m = m;
+    x->p = p;
+    const int64_t H = c->hidden, qd = (int64_t)c->n_heads * c->head_dim, kvd = (int64_t)c->n_kv_heads * c->head_dim;
+    const int64_t B = p.n_batch, F = c->ffn;
+    x->kv_dim = kvd;
+    int fail = 0;
+    /* calloc of a large block maps zero pages lazily: untouched cache costs nothing. */
+    const size_t per_layer = (size_t)p.n_seq_max * (size_t)p.n_ctx * (size_t)kvd;
+    x->k_cache = xcalloc((size_t)c->n_layers, sizeof(float *), &fail);
+    x->v_cache = xcalloc((size_t)c->n_layers, sizeof(float *), &fail);
+    for (int l = 0; !fail && l < c->n_layers; l++) {
+        x->k_cache[l] = xcalloc(per_layer, sizeof(float), &fail);
+        x->v_cache[l] = xcalloc(per_layer, sizeof(float), &fail);
+    }
+    x->seq_len = xcalloc((size_t)p.n_seq_max, sizeof(int32_t), &fail);
+    x->seq_tok = xcalloc((size_t)p.n_seq_max * (size_t)p.n_ctx, sizeof(int32_t), &fail);
+    x->x = xcalloc((size_t)(B * H), sizeof(float), &fail);
+    x->xb = xcalloc((size_t)(B * H), sizeof(float), &fail);
+    x->q = xcalloc((size_t)(B * qd), sizeof(float), &fail);
+    x->k = xcalloc((size_t)(B * kvd), sizeof(float), &fail);
+    x->v = xcalloc((size_t)(B * kvd), sizeof(float), &fail);
+    x->att = xcalloc((size_t)(B * qd), sizeof(float), &fail);
+    x->g = xcalloc((size_t)(B * F), sizeof(float), &fail);
+    x->u = xcalloc((size_t)(B * F), sizeof(float), &fail);
+    x->n_threads = omp_get_max_threads();
+    x->scores = xcalloc((size_t)x->n_threads * (size_t)p.n_ctx, sizeof(float), &fail);
+    x->b_token = xcalloc((size_t)B, sizeof(int32_t), &fail);
+    x->b_pos = xcalloc((size_t)B, sizeof(int32_t), &fail);
+    x->b_seq = xcalloc((size_t)B, sizeof(int32_t), &fail);
+    x->out_row = xcalloc((size_t)B, sizeof(int32_t), &fail);
+    if (fail) {
+        prism_ctx_free(x);
+        return prism_error(PRISM_E_NOMEM, "out of memory allocating a context of %d sequences x %d tokens (KV cache %.1f MiB)",
+                           p.n_seq_max, p.n_ctx, (double)per_layer * 2 * c->n_layers * 4 / (1 << 20));
+    }
+    *out = x;
+    return PRISM_OK;
+}
+
+void prism_ctx_free(prism_ctx *x) {
+    if (!x) return;
+    for (int l = 0; l < x->m->cfg.n_layers; l++) {
+        if (x->k_cache) free(x->k_cache[l]);
+        if (x->v_cache) free(x->v_cache[l]);
+    }
+    free(x->k_cache);
+    free(x->v_cache);
+    void *bufs[] = {x->seq_len, x->seq_tok, x->x, x->xb, x->q, x->k, x->v, x->att, x->g, x->u, x->scores, x->b_token,
+                    x->b_pos, x->b_seq, x->out_row, x->logits, x->gather};
+    for (size_t i = 0; i < sizeof bufs / sizeof *bufs; i++) free(bufs[i]);
+    free(x);
+}
+
+void prism_ctx_seq_clear(prism_ctx *x, int32_t seq) {
+    if (seq >= 0 && seq < x->p.n_seq_max) x->seq_len[seq] = 0;
+}
+
+int32_t prism_ctx_seq_len(const prism_ctx *x, int32_t seq) {
+    return seq >= 0 && seq < x->p.n_seq_max ? x->seq_len[seq] : 0;
+}
+
+void prism_ctx_seq_truncate(prism_ctx *x, int32_t seq, int32_t len) {
+    if (seq >= 0 && seq < x->p.n_seq_max && len >= 0 && len < x->seq_len[seq]) x->seq_len[seq] = len;
+}
+
+const int32_t *prism_ctx_seq_tokens(const prism_ctx *x, int32_t seq) {
+    return seq >= 0 && seq < x->p.n_seq_max ? x->seq_tok + (size_t)seq * (size_t)x->p.n_ctx : NULL;
+}
+
+int32_t prism_ctx_n_vocab(const prism_ctx *x) { return x->m->cfg.vocab; }
+int32_t prism_ctx_n_embd(const prism_ctx *x) { return x->m->cfg.hidden; }
+int32_t prism_ctx_n_layers(const prism_ctx *x) { return x->m->cfg.n_layers; }
+
+/* Checks a new batch against the cache and copies its metadata. */
+static prism_status batch_begin(prism_ctx *x, const prism_batch *b) {
+    const prism_config *c = &x->m->cfg;
+    if (!b || b->n_tokens <= 0 || !b->token || !b->pos || !b->seq)
+        return prism_error(PRISM_E_ARG, "empty batch");
+    if (b->n_tokens > x->p.n_batch)
+        return prism_error(PRISM_E_ARG, "batch of %d tokens exceeds the context's n_batch %d", b->n_tokens, x->p.n_batch);
+    int32_t *next = malloc((size_t)x->p.n_seq_max * sizeof *next);
+    if (!next) return prism_error(PRISM_E_NOMEM, "out of memory");
+    memcpy(next, x->seq_len, (size_t)x->p.n_seq_max * sizeof *next);
+    prism_status st = PRISM_OK;
+    for (int32_t i = 0; i < b->n_tokens && !st; i++) {
+        int32_t s = b->seq[i], p = b->pos[i], t = b->token[i];
+        if (t < 0 || t >= c->vocab)
+            st = prism_error(PRISM_E_ARG, "token %d at batch index %d is outside the vocabulary (0..%d)", t, i, c->vocab - 1);
+        else if (s < 0 || s >= x->p.n_seq_max)
+            st = prism_error(PRISM_E_ARG, "sequence id %d at batch index %d is outside 0..%d", s, i, x->p.n_seq_max - 1);
+        else if (p >= x->p.n_ctx)
+            st = prism_error(PRISM_E_RANGE, "sequence %d is full: position %d exceeds the context size %d", s, p, x->p.n_ctx);
+        else if (p != next[s])
+            st = prism_error(PRISM_E_ARG, "sequence %d: batch index %d has position %d, expected %d (positions must continue the cache)", s, i, p, next[s]);
+        else
+            next[s]++;
+    }
+    free(next);
+    if (st) return st;
+    x->n_tokens = b->n_tokens;
+    memcpy(x->b_token, b->token, (size_t)b->n_tokens * sizeof(int32_t));
+    memcpy(x->b_pos, b->pos, (size_t)b->n_tokens * sizeof(int32_t));
+    memcpy(x->b_seq, b->seq, (size_t)b->n_tokens * sizeof(int32_t));
+    /* Logit rows: requested ones, or by default the last token of each sequence. */
+    x->n_out = 0;
+    for (int32_t i = 0; i < b->n_tokens; i++) {
+        int want;
+        if (b->want_logits) {
+            want = b->want_logits[i] != 0;
+        } else {
+            want = 1;
+            for (int32_t j = i + 1; j < b->n_tokens; j++)
+                if (b->seq[j] == b->seq[i]) { want = 0; break; }
+        }
+        x->out_row[i] = want ? x->n_out++ : -1;
+    }
+    x->layers_done = 0;
+    x->head_done = 0;
+    return PRISM_OK;
+}
+
+static void embed(prism_ctx *x) {
+    const prism_model *m = x->m;
+    const int64_t H = m->cfg.hidden;
+#pragma omp parallel for schedule(static)
+    for (int32_t i = 0; i < x->n_tokens; i++) kern_embed_row(x->x + i * H, m->embed.w, m->embed.dt, x->b_token[i], H);
+}
+
+static inline void linear(prism_ctx *x, float *y, const float *in, const linear_w *w, const float *bias, int64_t T) {
+    kern_matmul(y, in, w->w, w->dt, bias, T, w->in, w->out, x->m->params.precision);
+}
+
+static void layer_forward(prism_ctx *x, int l) {
+    const prism_model *m = x->m;
+    const prism_config *c = &m->cfg;
+    const layer_w *L = &m->layers[l];
+    const int64_t T = x->n_tokens, H = c->hidden, hd = c->head_dim, nh = c->n_heads, nkv = c->n_kv_heads;
+    const int64_t qd = nh * hd, kvd = nkv * hd, F = c->ffn, group = nh / nkv;
+    const float eps = c->rms_eps;
+
+    /* attention block */
+#pragma omp parallel for schedule(static)
+    for (int64_t i = 0; i < T; i++) rmsnorm(x->xb + i * H, x->x + i * H, L->attn_norm, H, eps);
+    linear(x, x->q, x->xb, &L->wq, L->bq, T);
+    linear(x, x->k, x->xb, &L->wk, L->bk, T);
+    linear(x, x->v, x->xb, &L->wv, L->bv, T);
+#pragma omp parallel for schedule(static)
+    for (int64_t i = 0; i < T; i++) {
+        float *q = x->q + i * qd, *k = x->k + i * kvd;
+        if (c->qk_norm) {
+            for (int64_t h = 0; h < nh; h++) rmsnorm(q + h * hd, q + h * hd, L->q_norm, hd, eps);
+            for (int64_t h = 0; h < nkv; h++) rmsnorm(k + h * hd, k + h * hd, L->k_norm, hd, eps);
+        }
+        rope_apply(q, (int32_t)nh, (int32_t)hd, x->b_pos[i], m->rope_inv_freq);
+        rope_apply(k, (int32_t)nkv, (int32_t)hd, x->b_pos[i], m->rope_inv_freq);
+        size_t row = ((size_t)x->b_seq[i] * (size_t)x->p.n_ctx + (size_t)x->b_pos[i]) * (size_t)kvd;
+        memcpy(x->k_cache[l] + row, k, (size_t)kvd * sizeof(float));
+        memcpy(x->v_cache[l] + row, x->v + i * kvd, (size_t)kvd * sizeof(float));
+    }
+    const float scale = 1.0f / sqrtf((float)hd);
+    const int32_t window = c->sliding_window;
+#pragma omp parallel for collapse(2) schedule(dynamic, 1)
+    for (int64_t i = 0; i < T; i++) {
+        for (int64_t h = 0; h < nh; h++) {
+            const int32_t pos = x->b_pos[i];
+            const size_t base = (size_t)x->b_seq[i] * (size_t)x->p.n_ctx * (size_t)kvd;
+            int32_t first = window > 0 && pos - window + 1 > 0 ? pos - window + 1 : 0;
+            float *scores = x->scores + (size_t)omp_get_thread_num() * (size_t)x->p.n_ctx;
+            attend_head(x->att + i * qd + h * hd, x->q + i * qd + h * hd, x->k_cache[l] + base, x->v_cache[l] + base,
+                        kvd, (h / group) * hd, first, pos + 1, (int32_t)hd, scale, scores);
+        }
+    }
+    linear(x, x->xb, x->att, &L->wo, L->bo, T);
+#pragma omp parallel for schedule(static)
+    for (int64_t i = 0; i < T * H; i++) x->x[i] += x->xb[i];
+
+    /* MLP block */
+#pragma omp parallel for schedule(static)
+    for (int64_t i = 0; i < T; i++) rmsnorm(x->xb + i * H, x->x + i * H, L->ffn_norm, H, eps);
+    linear(x, x->g, x->xb, &L->wg, L->bg, T);
+    linear(x, x->u, x->xb, &L->wu, L->bu, T);
+#pragma omp parallel for schedule(static)
+    for (int64_t i = 0; i < T; i++) swiglu(x->g + i * F, x->u + i * F, F);
+    linear(x, x->xb, x->g, &L->wd, L->bd, T);
+#pragma omp parallel for schedule(static)
+    for (int64_t i = 0; i < T * H; i++) x->x[i] += x->xb[i];
+}
+
+prism_status prism_decode_layers(prism_ctx *x, const prism_batch *b, int32_t lb, int32_t le) {
+    const int32_t NL = x->m->cfg.n_layers;
+    if (lb < 0 || le > NL || lb >= le)
+        return prism_error(PRISM_E_ARG, "layer range [%d, %d) is not within [0, %d)", lb, le, NL);
+    if (lb == 0) {
+        prism_status st = batch_begin(x, b);
+        if (st) return st;
+        embed(x);
+    } else {
+        if (x->layers_done != lb || x->head_done)
+            return prism_error(PRISM_E_ARG, "layers [%d, %d) requested but the current batch has run layers [0, %d)", lb, le, x->layers_done);
+        if (!b || b->n_tokens != x->n_tokens || memcmp(b->token, x->b_token, (size_t)x->n_tokens * sizeof(int32_t)) ||
+            memcmp(b->seq, x->b_seq, (size_t)x->n_tokens * sizeof(int32_t)) ||
+            memcmp(b->pos, x->b_pos, (size_t)x->n_tokens * sizeof(int32_t)))
+            return prism_error(PRISM_E_ARG, "layers [%d, %d): the batch differs from the one that ran layers [0, %d)", lb, le, lb);
+    }
+    for (int32_t l = lb; l < le; l++) layer_forward(x, l);
+    x->layers_done = le;
+    if (le == NL)
+        for (int32_t i = 0; i < x->n_tokens; i++) {
+            x->seq_len[x->b_seq[i]] = x->b_pos[i] + 1;
+            x->seq_tok[(size_t)x->b_seq[i] * (size_t)x->p.n_ctx + (size_t)x->b_pos[i]] = x->b_token[i];
+        }
+    return PRISM_OK;
+}
+
+prism_status prism_decode_head(prism_ctx *x) {
+    const prism_model *m = x->m;
+    const int64_t H = m->cfg.hidden, V = m->cfg.vocab;
+    if (x->layers_done != m->cfg.n_layers || x->head_done)
+        return prism_error(PRISM_E_ARG, "prism_decode_head needs a batch that has run all %d layers", m->cfg.n_layers);
+#pragma omp parallel for schedule(static)
+    for (int32_t i = 0; i < x->n_tokens; i++) rmsnorm(x->x + i * H, x->x + i * H, m->final_norm, H, m->cfg.rms_eps);
+    x->head_done = 1;
+    if (x->n_out == 0) return PRISM_OK;
+    if (x->n_out > x->cap_out) {
+        float *lg = realloc(x->logits, (size_t)x->n_out * (size_t)V * sizeof(float));
+        if (!lg) return prism_error(PRISM_E_NOMEM, "out of memory for %d x %lld logits", x->n_out, (long long)V);
+        x->logits = lg;
+        float *ga = realloc(x->gather, (size_t)x->n_out * (size_t)H * sizeof(float));
+        if (!ga) return prism_error(PRISM_E_NOMEM, "out of memory");
+        x->gather = ga;
+        x->cap_out = x->n_out;
+    }
+    for (int32_t i = 0; i < x->n_tokens; i++)
+        if (x->out_row[i] >= 0) memcpy(x->gather + x->out_row[i] * H, x->x + i * H, (size_t)H * sizeof(float));
+    kern_matmul(x->logits, x->gather, m->lm_head.w, m->lm_head.dt, NULL, x->n_out, H, V, m->params.precision);
+    return PRISM_OK;
+}
+
+prism_status prism_decode(prism_ctx *x, const prism_batch *b) {
+    prism_status st = prism_decode_layers(x, b, 0, x->m->cfg.n_layers);
+    return st ? st : prism_decode_head(x);
+}
+
+const float *prism_get_logits(const prism_ctx *x, int32_t i) {
+    if (!x->head_done || i < 0 || i >= x->n_tokens || x->out_row[i] < 0) return NULL;
+    return x->logits + (size_t)x->out_row[i] * (size_t)x->m->cfg.vocab;
+}
+
+const float *prism_get_hidden(const prism_ctx *x, int32_t i) {
+    if (i < 0 || i >= x->n_tokens || x->layers_done == 0) return NULL;
+    return x->x + (size_t)i * (size_t)x->m->cfg.hidden;
+}

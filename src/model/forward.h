@@ -1,0 +1,34 @@
+/* forward.h — the inference context (KV cache + activations) behind prism_ctx. */
+#ifndef PRISM_MODEL_FORWARD_H
+#define PRISM_MODEL_FORWARD_H
+
+#include "model/model.h"
+
+struct prism_ctx {
+    prism_model *m;
+    prism_ctx_params p;
+    int64_t kv_dim;        /* n_kv_heads * head_dim */
+    float **k_cache;       /* [n_layers] -> (n_seq_max, n_ctx, kv_dim) */
+    float **v_cache;       /* [n_layers] -> (n_seq_max, n_ctx, kv_dim) */
+    int32_t *seq_len;      /* (n_seq_max) cached positions per sequence */
+    int32_t *seq_tok;      /* (n_seq_max, n_ctx) cached token ids */
+    /* activations for up to n_batch tokens */
+    float *x;              /* (B, H) residual stream */
+    float *xb;             /* (B, H) normed input / block output */
+    float *q;              /* (B, nh*hd) */
+    float *k, *v;          /* (B, nkv*hd) */
+    float *att;            /* (B, nh*hd) attention output before o_proj */
+    float *g, *u;          /* (B, F) gate / up projections */
+    float *scores;         /* (threads, n_ctx) attention scratch */
+    int n_threads;
+    /* current batch */
+    int32_t n_tokens, n_out, cap_out;
+    int32_t *b_token, *b_pos, *b_seq; /* (B) */
+    int32_t *out_row;      /* (B) row in logits, or -1 */
+    float *gather;         /* (n_out, H) final-normed rows that want logits */
+    float *logits;         /* (n_out, V) */
+    int32_t layers_done;   /* layers [0, layers_done) have run on this batch */
+    int head_done;
+};
+
+#endif
