@@ -30,5 +30,10 @@ void kern_embed_row(float *out, const void *E, st_dtype dt, int64_t row, int64_t
 const char *kern_isa_name(void);
 /* Force the portable implementation (tests compare against it). */
 void kern_force_generic(int on);
+/* Force one tier by name ("avx512bf16", "avx512", "avx2", "generic") for
+ * tests and benchmarks; NULL restores the automatic choice. Returns 0 (and
+ * changes nothing) if this CPU lacks that tier. Not thread-safe: call it
+ * between kern_matmul calls. */
+int kern_force_isa(const char *name);
 
 #endif

@@ -1,0 +1,19 @@
+/* matmul_isa.h — per-ISA matmul entry points behind kern_matmul (internal).
+ *
+ * Each takes the arguments of kern_matmul (already validated: T, K, N > 0)
+ * and is only called when the CPU has the ISA named in its file name. */
+#ifndef PRISM_KERNELS_MATMUL_ISA_H
+#define PRISM_KERNELS_MATMUL_ISA_H
+
+#include "kernels/kernels.h"
+
+/* AVX-512 F/BW/VL/DQ (+FMA, F16C). use_bf16: the CPU has avx512_bf16, so
+ * PRISM_PRECISION_FAST may use vdpbf16ps for BF16 weights. */
+void matmul_avx512(float *y, const float *x, const void *W, st_dtype wdt, const float *bias, int64_t T, int64_t K,
+                   int64_t N, prism_precision prec, int use_bf16);
+
+/* AVX2 + FMA + F16C; always exact (F32 products). */
+void matmul_avx2(float *y, const float *x, const void *W, st_dtype wdt, const float *bias, int64_t T, int64_t K,
+                 int64_t N);
+
+#endif
