@@ -37,6 +37,17 @@ const char *prism_status_str(prism_status s);
 /* Message of the most recent failure in this thread ("" if none). */
 const char *prism_last_error(void);
 
+/* ---------------------------------------------------------------- sampling parameters */
+typedef struct {
+    float temperature;    /* 0 = greedy (argmax) */
+    int32_t top_k;        /* 0 = off */
+    float top_p;          /* 1 = off */
+    float min_p;          /* 0 = off */
+    float repeat_penalty; /* 1 = off; HF/CTRL-style: logit>0 ? l/p : l*p */
+    int32_t repeat_last_n;/* window of previous tokens penalised; -1 = whole sequence */
+    uint64_t seed;
+} prism_sampling_params;
+
 /* ---------------------------------------------------------------- model */
 typedef struct prism_model prism_model;
 
@@ -74,6 +85,9 @@ typedef struct {
 } prism_model_info;
 
 void prism_model_get_info(const prism_model *m, prism_model_info *info);
+/* Sampling defaults from generation_config.json (do_sample, temperature,
+ * top_p, top_k, repetition_penalty); greedy when do_sample is false or absent. */
+prism_sampling_params prism_model_sampling_defaults(const prism_model *m);
 /* KV-cache bytes per token per sequence (all layers, K and V, F32). */
 int64_t prism_model_kv_bytes_per_token(const prism_model *m);
 
@@ -125,8 +139,9 @@ typedef struct {
 } prism_chat_message;
 
 /* Recognises the family of tokenizer_config.json's chat_template in dir.
- * name_override: NULL, or one of "chatml" (Qwen2.5), "qwen3", "llama3",
- * "mistral", "llama2", "raw"; overrides detection. Fails with
+ * name_override: NULL, or one of "chatml" (Qwen2.5), "chatml-plain", "qwen3",
+ * "qwen3-nothink", "llama3", "llama3.1", "mistral" (v0.3), "mistral-v0.1",
+ * "llama2", "raw"; overrides detection. Fails with
  * PRISM_E_UNSUPPORTED naming the override option for unknown templates. */
 prism_status prism_chat_load(const char *dir, const char *name_override, prism_chat **out);
 void prism_chat_free(prism_chat *c);
@@ -200,16 +215,6 @@ int32_t prism_ctx_n_embd(const prism_ctx *c);
 int32_t prism_ctx_n_layers(const prism_ctx *c);
 
 /* ---------------------------------------------------------------- sampling */
-typedef struct {
-    float temperature;    /* 0 = greedy (argmax) */
-    int32_t top_k;        /* 0 = off */
-    float top_p;          /* 1 = off */
-    float min_p;          /* 0 = off */
-    float repeat_penalty; /* 1 = off; HF/CTRL-style: logit>0 ? l/p : l*p */
-    int32_t repeat_last_n;/* window of previous tokens penalised; -1 = whole sequence */
-    uint64_t seed;
-} prism_sampling_params;
-
 prism_sampling_params prism_sampling_default_params(void);
 
 typedef struct prism_sampler prism_sampler;

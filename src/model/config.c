@@ -192,10 +192,16 @@ prism_status prism_config_load(const char *dir, prism_config *c) {
     /* generation_config.json: optional; its eos ids (e.g. Llama-3's <|eot_id|>) also stop generation. */
     snprintf(path, sizeof path, "%s/generation_config.json", dir);
     struct stat sb;
+    c->gen_temperature = 1.0f, c->gen_top_p = 1.0f, c->gen_top_k = 50, c->gen_repetition_penalty = 1.0f;
     if (stat(path, &sb) == 0) {
         json_t *g = load_json(path, &st);
         if (!g) return st;
         add_eos(c, json_object_get(g, "eos_token_id"));
+        c->gen_do_sample = json_is_true(json_object_get(g, "do_sample"));
+        c->gen_temperature = (float)get_num(g, "temperature", 1.0, &ok);
+        c->gen_top_p = (float)get_num(g, "top_p", 1.0, &ok);
+        c->gen_top_k = get_int(g, "top_k", 50, &ok);
+        c->gen_repetition_penalty = (float)get_num(g, "repetition_penalty", 1.0, &ok);
         if (c->bos_id < 0) c->bos_id = get_int(g, "bos_token_id", -1, &ok);
         json_decref(g);
     }

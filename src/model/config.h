@@ -40,6 +40,10 @@ typedef struct {
     int32_t n_eos;
     int32_t eos_ids[8];
     char dtype[16];       /* torch_dtype / dtype, informational */
+    /* generation_config.json sampling defaults */
+    bool gen_do_sample;
+    float gen_temperature, gen_top_p, gen_repetition_penalty;
+    int32_t gen_top_k;
 } prism_config;
 
 /* Parses dir/config.json and, if present, dir/generation_config.json (whose

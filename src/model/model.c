@@ -174,3 +174,17 @@ void prism_model_get_info(const prism_model *m, prism_model_info *info) {
 int64_t prism_model_kv_bytes_per_token(const prism_model *m) {
     return (int64_t)m->cfg.n_layers * 2 * m->cfg.n_kv_heads * m->cfg.head_dim * (int64_t)sizeof(float);
 }
+
+prism_sampling_params prism_model_sampling_defaults(const prism_model *m) {
+    const prism_config *c = &m->cfg;
+    prism_sampling_params p = prism_sampling_default_params();
+    if (c->gen_do_sample) {
+        p.temperature = c->gen_temperature;
+        p.top_p = c->gen_top_p > 0 && c->gen_top_p <= 1 ? c->gen_top_p : 1.0f;
+        p.top_k = c->gen_top_k > 0 ? c->gen_top_k : 0;
+    } else {
+        p.temperature = 0.0f;
+    }
+    if (c->gen_repetition_penalty > 0) p.repeat_penalty = c->gen_repetition_penalty;
+    return p;
+}

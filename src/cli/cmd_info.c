@@ -1,0 +1,35 @@
+/* cmd_info.c — `prism info`: what a checkpoint is and what running it costs. */
+#include <stdio.h>
+#include <string.h>
+
+#include "cli/cli.h"
+
+int cmd_info(int argc, char **argv) {
+    cli_common c = {.precision = PRISM_PRECISION_FAST};
+    for (int i = 1; i < argc; i++)
+        if (!cli_common_opt(&c, argc, argv, &i)) cli_usage_error("info: unknown option \"%s\"", argv[i]);
+    double load_s = 0;
+    prism_model *m = cli_load_model(&c, &load_s);
+    prism_model_info f;
+    prism_model_get_info(m, &f);
+    const double GiB = 1024.0 * 1024 * 1024;
+    int64_t kv = prism_model_kv_bytes_per_token(m);
+    int32_t ctx = c.n_ctx ? c.n_ctx : (f.max_pos < 4096 ? f.max_pos : 4096);
+    printf("model:        %s\n", c.model);
+    printf("architecture: %s (model_type %s)\n", f.arch, f.model_type);
+    printf("parameters:   %lld (%.3f B)\n", (long long)f.n_params, f.n_params / 1e9);
+    printf("weights:      %s, %.3f GiB as stored (memory-mapped, not copied)\n", f.dtype, f.weight_bytes / GiB);
+    printf("layers:       %d, hidden %d, intermediate %d, vocab %d\n", f.n_layers, f.hidden, f.ffn, f.vocab);
+    printf("attention:    %d heads, %d kv heads (GQA %d), head_dim %d%s%s\n", f.n_heads, f.n_kv_heads,
+           f.n_heads / f.n_kv_heads, f.head_dim, f.qkv_bias ? ", q/k/v bias" : "", f.qk_norm ? ", q/k RMSNorm" : "");
+    printf("rope:         %s, theta %g; max positions %d\n", f.rope_type, f.rope_theta, f.max_pos);
+    printf("norm eps:     %g; embeddings %s\n", f.rms_eps, f.tied_embeddings ? "tied" : "separate lm_head");
+    printf("bos:          %d; eos:", f.bos_id);
+    for (int k = 0; k < f.n_eos; k++) printf(" %d", f.eos_ids[k]);
+    printf("\nkv cache:     %.1f KiB per token per sequence (F32); %.3f GiB for one sequence of %d tokens\n",
+           kv / 1024.0, (double)kv * ctx / GiB, ctx);
+    printf("memory:       ~%.3f GiB for weights + one %d-token sequence\n", (f.weight_bytes + (double)kv * ctx) / GiB, ctx);
+    printf("load time:    %.3f s\n", load_s);
+    prism_model_free(m);
+    return 0;
+}
