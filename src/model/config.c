@@ -129,8 +129,9 @@ prism_status prism_config_load(const char *dir, prism_config *c) {
         else if (mt && !strcmp(mt, "qwen3")) arch = "Qwen3ForCausalLM";
     }
     if (!arch) {
+        st = prism_error(PRISM_E_UNSUPPORTED, "%s: no \"architectures\" and unknown model_type \"%s\" (supported: LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM, Qwen3ForCausalLM)", path, mt ? mt : "");
         json_decref(j);
-        return prism_error(PRISM_E_UNSUPPORTED, "%s: no \"architectures\" and unknown model_type \"%s\" (supported: LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM, Qwen3ForCausalLM)", path, mt ? mt : "");
+        return st;
     }
     snprintf(c->arch_name, sizeof c->arch_name, "%s", arch);
     if (!strcmp(arch, "LlamaForCausalLM")) c->arch = ARCH_LLAMA;
@@ -138,8 +139,9 @@ prism_status prism_config_load(const char *dir, prism_config *c) {
     else if (!strcmp(arch, "Qwen2ForCausalLM")) c->arch = ARCH_QWEN2;
     else if (!strcmp(arch, "Qwen3ForCausalLM")) c->arch = ARCH_QWEN3;
     else {
+        st = prism_error(PRISM_E_UNSUPPORTED, "%s: architecture \"%s\" is not supported (supported: LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM, Qwen3ForCausalLM)", path, arch);
         json_decref(j);
-        return prism_error(PRISM_E_UNSUPPORTED, "%s: architecture \"%s\" is not supported (supported: LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM, Qwen3ForCausalLM)", path, arch);
+        return st;
     }
 
     int ok = 1;
@@ -175,8 +177,9 @@ prism_status prism_config_load(const char *dir, prism_config *c) {
         return prism_error(PRISM_E_FORMAT, "%s: a size field (hidden_size, num_hidden_layers, ...) is not an integer", path);
     }
     if (act && strcmp(act, "silu") != 0) {
+        st = prism_error(PRISM_E_UNSUPPORTED, "%s: hidden_act \"%s\" is not supported (only silu)", path, act);
         json_decref(j);
-        return prism_error(PRISM_E_UNSUPPORTED, "%s: hidden_act \"%s\" is not supported (only silu)", path, act);
+        return st;
     }
     st = parse_rope(path, j, c);
     json_decref(j);
