@@ -1,0 +1,100 @@
+// generate.js — expected ids/texts for tests/test_tokenizer.c, computed by
+// Hugging Face tokenizers (the Rust library, through its Node binding).
+//
+// Usage (from this folder): npm install && node corpus.js && node generate.js
+//
+// For each tokenizer it writes tests/data/tokenizer/expected_<name>.jsonl:
+//   {"i": k, "ids": encode(text, add_special_tokens=false),
+//    "ids_special": encode(text, add_special_tokens=true),
+//    "decode": decode(ids_special, skip_special_tokens=false),
+//    "decode_skip": decode(ids_special, skip_special_tokens=true)}  for corpus line k
+//   {"rand_ids": [...], "decode": ..., "decode_skip": ...}  random id sequences
+//     (incomplete UTF-8, byte tokens, specials) to exercise the decoders.
+// Two synthetic variants of stories260K exercise the Metaspace pre-tokenizer and
+// decoder (the scheme of newer Mistral/Llama tokenizers) and NFKC/NFD/Lowercase;
+// they are written to tests/data/tokenizer/<variant>/tokenizer.json.
+'use strict';
+const fs = require('fs');
+const path = require('path');
+const { Tokenizer } = require('tokenizers');
+
+const root = path.resolve(__dirname, '../..');
+const dataDir = path.join(root, 'tests/data/tokenizer');
+const texts = fs.readFileSync(path.join(dataDir, 'corpus.jsonl'), 'utf8').split('\n').filter(Boolean)
+  .map((l) => JSON.parse(l).text);
+
+function writeVariant(name, edit) {
+  const src = path.join(root, 'models/stories260K');
+  const tj = JSON.parse(fs.readFileSync(path.join(src, 'tokenizer.json'), 'utf8'));
+  edit(tj);
+  const dir = path.join(dataDir, name);
+  fs.mkdirSync(dir, { recursive: true });
+  fs.writeFileSync(path.join(dir, 'tokenizer.json'), JSON.stringify(tj, null, 1) + '\n');
+  fs.copyFileSync(path.join(src, 'tokenizer_config.json'), path.join(dir, 'tokenizer_config.json'));
+  return path.join(dir, 'tokenizer.json');
+}
+
+const metaFirst = writeVariant('stories260K_metaspace', (tj) => {
+  tj.normalizer = { type: 'NFKC' };
+  tj.pre_tokenizer = { type: 'Metaspace', replacement: '\u2581', prepend_scheme: 'first', split: false };
+  tj.decoder = { type: 'Sequence', decoders: [
+    { type: 'Metaspace', replacement: '\u2581', prepend_scheme: 'first', split: false },
+    { type: 'ByteFallback' }, { type: 'Fuse' }] };
+});
+const metaSplit = writeVariant('stories260K_split', (tj) => {
+  tj.normalizer = { type: 'Sequence', normalizers: [{ type: 'NFD' }, { type: 'Lowercase' }] };
+  tj.pre_tokenizer = { type: 'Metaspace', replacement: '\u2581', prepend_scheme: 'always', split: true };
+});
+
+const tokenizers = {
+  qwen3: path.join(dataDir, 'qwen3/tokenizer.json'),
+  llama3: path.join(dataDir, 'llama3/tokenizer.json'),
+  stories260K: path.join(root, 'models/stories260K/tokenizer.json'),
+  stories260K_metaspace: metaFirst,
+  stories260K_split: metaSplit,
+};
+
+// Deterministic PRNG (mulberry32) so reruns give identical fixtures.
+function rng(seed) {
+  return () => {
+    seed |= 0; seed = (seed + 0x6d2b79f5) | 0;
+    let t = Math.imul(seed ^ (seed >>> 15), 1 | seed);
+    t = (t + Math.imul(t ^ (t >>> 7), 61 | t)) ^ t;
+    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
+  };
+}
+
+(async () => {
+  for (const [name, file] of Object.entries(tokenizers)) {
+    const tok = Tokenizer.fromFile(file);
+    const lines = [];
+    let nIds = 0;
+    for (let i = 0; i < texts.length; i++) {
+      const ids = (await tok.encode(texts[i], null, { addSpecialTokens: false })).getIds();
+      const idsSpecial = (await tok.encode(texts[i], null, { addSpecialTokens: true })).getIds();
+      const decode = await tok.decode(idsSpecial, false);
+      const decodeSkip = await tok.decode(idsSpecial, true);
+      nIds += ids.length + idsSpecial.length;
+      lines.push(JSON.stringify({ i, ids, ids_special: idsSpecial, decode, decode_skip: decodeSkip }));
+    }
+    // Random id sequences: mostly low-level pieces (bytes, partial UTF-8), some specials.
+    const n = tok.getVocabSize(true);
+    const r = rng(1234);
+    const vocab = tok.getVocab(true);
+    const specials = Object.values(vocab).filter((id) => id >= n - 300 || id < 3);
+    for (let k = 0; k < 60; k++) {
+      const len = 1 + Math.floor(r() * 12);
+      const ids = [];
+      for (let j = 0; j < len; j++) {
+        const u = r();
+        if (u < 0.1) ids.push(specials[Math.floor(r() * specials.length)]);
+        else if (u < 0.6) ids.push(Math.floor(r() * Math.min(n, 300)));
+        else ids.push(Math.floor(r() * n));
+      }
+      lines.push(JSON.stringify({ rand_ids: ids, decode: await tok.decode(ids, false), decode_skip: await tok.decode(ids, true) }));
+    }
+    const out = path.join(dataDir, `expected_${name}.jsonl`);
+    fs.writeFileSync(out, lines.join('\n') + '\n');
+    console.log(`${name}: ${texts.length} texts, ${nIds} ids -> ${path.relative(root, out)}`);
+  }
+})();
