@@ -22,6 +22,10 @@
 #include "model/rope.h"
 #include "util/error.h"
 
+/* Below this many elements a loop runs on one thread: waking the team costs
+ * more than the work. */
+#define PAR_MIN 16384
+
 prism_ctx_params prism_ctx_default_params(void) {
     prism_ctx_params p = {.n_seq_max = 1, .n_ctx = 0, .n_batch = 512};
     return p;
@@ -168,7 +172,7 @@ static prism_status batch_begin(prism_ctx *x, const prism_batch *b) {
 static void embed(prism_ctx *x) {
     const prism_model *m = x->m;
     const int64_t H = m->cfg.hidden;
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (x->n_tokens * H >= PAR_MIN)
     for (int32_t i = 0; i < x->n_tokens; i++) kern_embed_row(x->x + i * H, m->embed.w, m->embed.dt, x->b_token[i], H);
 }
 
@@ -185,12 +189,12 @@ static void layer_forward(prism_ctx *x, int l) {
     const float eps = c->rms_eps;
 
     /* attention block */
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (T * H >= PAR_MIN)
     for (int64_t i = 0; i < T; i++) rmsnorm(x->xb + i * H, x->x + i * H, L->attn_norm, H, eps);
     linear(x, x->q, x->xb, &L->wq, L->bq, T);
     linear(x, x->k, x->xb, &L->wk, L->bk, T);
     linear(x, x->v, x->xb, &L->wv, L->bv, T);
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (T * qd >= PAR_MIN)
     for (int64_t i = 0; i < T; i++) {
         float *q = x->q + i * qd, *k = x->k + i * kvd;
         if (c->qk_norm) {
@@ -205,7 +209,9 @@ static void layer_forward(prism_ctx *x, int l) {
     }
     const float scale = 1.0f / sqrtf((float)hd);
     const int32_t window = c->sliding_window;
-#pragma omp parallel for collapse(2) schedule(dynamic, 1)
+    int64_t att_work = 0; /* ~ query·key products in this batch */
+    for (int64_t i = 0; i < T; i++) att_work += (int64_t)(x->b_pos[i] + 1) * qd;
+#pragma omp parallel for collapse(2) schedule(dynamic, 1) if (att_work >= PAR_MIN)
     for (int64_t i = 0; i < T; i++) {
         for (int64_t h = 0; h < nh; h++) {
             const int32_t pos = x->b_pos[i];
@@ -217,18 +223,18 @@ static void layer_forward(prism_ctx *x, int l) {
         }
     }
     linear(x, x->xb, x->att, &L->wo, L->bo, T);
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (T * H >= PAR_MIN)
     for (int64_t i = 0; i < T * H; i++) x->x[i] += x->xb[i];
 
     /* MLP block */
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (T * H >= PAR_MIN)
     for (int64_t i = 0; i < T; i++) rmsnorm(x->xb + i * H, x->x + i * H, L->ffn_norm, H, eps);
     linear(x, x->g, x->xb, &L->wg, L->bg, T);
     linear(x, x->u, x->xb, &L->wu, L->bu, T);
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (T * F >= PAR_MIN)
     for (int64_t i = 0; i < T; i++) swiglu(x->g + i * F, x->u + i * F, F);
     linear(x, x->xb, x->g, &L->wd, L->bd, T);
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (T * H >= PAR_MIN)
     for (int64_t i = 0; i < T * H; i++) x->x[i] += x->xb[i];
 }
 
@@ -263,7 +269,7 @@ prism_status prism_decode_head(prism_ctx *x) {
     const int64_t H = m->cfg.hidden, V = m->cfg.vocab;
     if (x->layers_done != m->cfg.n_layers || x->head_done)
         return prism_error(PRISM_E_ARG, "prism_decode_head needs a batch that has run all %d layers", m->cfg.n_layers);
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (x->n_tokens * H >= PAR_MIN)
     for (int32_t i = 0; i < x->n_tokens; i++) rmsnorm(x->x + i * H, x->x + i * H, m->final_norm, H, m->cfg.rms_eps);
     x->head_done = 1;
     if (x->n_out == 0) return PRISM_OK;
