@@ -287,6 +287,7 @@ int main(void) {
     parity("stories260K", "models/stories260K", corpus, n_corpus);
     parity("stories260K_metaspace", "tests/data/tokenizer/stories260K_metaspace", corpus, n_corpus);
     parity("stories260K_split", "tests/data/tokenizer/stories260K_split", corpus, n_corpus);
+    parity("stories260K_added", "tests/data/tokenizer/stories260K_added", corpus, n_corpus);
     check_accessors();
     check_errors();
     check_speed(corpus, n_corpus);

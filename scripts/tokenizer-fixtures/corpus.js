@@ -68,6 +68,9 @@ const texts = [
   '<|endoftext|>', 'before<|endoftext|>after', '<think>\nreasoning\n</think>\n\nanswer', '<tool_call>{"a":1}</tool_call>',
   '<|im_start|><|im_end|><|im_start|>', '<|im_start', 'im_end|>', '< |im_start| >', '<<s>>', '<|reserved_special_token_5|>',
   '<|eot_id|><|eot_id|>', '<|fim_prefix|>def<|fim_suffix|>x<|fim_middle|>',
+  // added-token flags (stories260K_added): lstrip, rstrip, single_word, normalized
+  'a  <mask> b', '<mask>   x', 'x\t\n<mask><mask>>', 'one [SEP]   two [SEP]', 'the cat sat', 'concatenate cats cat_x', 'cat',
+  'a cat, a catalog', 'the dog house and the doghouse', 'dog house', 'lol lolly xlol LOL', 'lol',
   // unusual but valid
   '\u0000nul', 'bell\u0007char', '\u007f', '\u200b zero width \u200c\u200d', '\ufeffBOM', '\ufffd replacement', '\uffff\ufffe',
   '\ud800\udc00 U+10000', '\udbff\udfff U+10FFFF', '\ue000 private use', '𝔘𝔫𝔦𝔠𝔬𝔡𝔢 𝕄𝕒𝕥𝕙', '𓀀 hieroglyph',

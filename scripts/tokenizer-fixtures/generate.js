@@ -10,9 +10,9 @@
 //    "decode_skip": decode(ids_special, skip_special_tokens=true)}  for corpus line k
 //   {"rand_ids": [...], "decode": ..., "decode_skip": ...}  random id sequences
 //     (incomplete UTF-8, byte tokens, specials) to exercise the decoders.
-// Two synthetic variants of stories260K exercise the Metaspace pre-tokenizer and
-// decoder (the scheme of newer Mistral/Llama tokenizers) and NFKC/NFD/Lowercase;
-// they are written to tests/data/tokenizer/<variant>/tokenizer.json.
+// Synthetic variants of stories260K exercise the Metaspace pre-tokenizer and
+// decoder (the scheme of newer Mistral/Llama tokenizers), NFKC/NFD/Lowercase and
+// added-token flags; they are written to tests/data/tokenizer/<variant>/tokenizer.json.
 'use strict';
 const fs = require('fs');
 const path = require('path');
@@ -46,12 +46,25 @@ const metaSplit = writeVariant('stories260K_split', (tj) => {
   tj.pre_tokenizer = { type: 'Metaspace', replacement: '\u2581', prepend_scheme: 'always', split: true };
 });
 
+// Added tokens with lstrip / rstrip / single_word / normalized flags.
+const withAdded = writeVariant('stories260K_added', (tj) => {
+  const add = (id, content, o) => tj.added_tokens.push(Object.assign(
+    { id, content, single_word: false, lstrip: false, rstrip: false, normalized: false, special: false }, o));
+  add(512, '<mask>', { lstrip: true, special: true });
+  add(513, '[SEP]', { rstrip: true });
+  add(514, 'cat', { single_word: true });
+  add(515, 'dog house', { normalized: true });
+  add(516, 'lol', { normalized: true });
+  add(517, '<mask>>', {});
+});
+
 const tokenizers = {
   qwen3: path.join(dataDir, 'qwen3/tokenizer.json'),
   llama3: path.join(dataDir, 'llama3/tokenizer.json'),
   stories260K: path.join(root, 'models/stories260K/tokenizer.json'),
   stories260K_metaspace: metaFirst,
   stories260K_split: metaSplit,
+  stories260K_added: withAdded,
 };
 
 // Deterministic PRNG (mulberry32) so reruns give identical fixtures.

@@ -318,10 +318,42 @@ static prism_status parse_post(prism_tokenizer *t, const json_t *j, const char *
 /* ---------------------------------------------------------------- model */
 static int cmp_added(const void *a, const void *b) {
     const tk_added *x = a, *y = b;
-    unsigned char cx = (unsigned char)x->content[0], cy = (unsigned char)y->content[0];
+    if (x->normalized != y->normalized) return x->normalized ? 1 : -1;
+    unsigned char cx = (unsigned char)x->pat[0], cy = (unsigned char)y->pat[0];
     if (cx != cy) return cx < cy ? -1 : 1;
-    if (x->len != y->len) return x->len > y->len ? -1 : 1;
+    if (x->pat_len != y->pat_len) return x->pat_len > y->pat_len ? -1 : 1;
     return x->id < y->id ? -1 : x->id > y->id;
+}
+
+/* Normalized added tokens are searched for in normalized text, so their pattern
+ * is their content passed through the normalizer (as HF does); then the tokens
+ * are indexed by group and first byte. */
+static prism_status index_added(prism_tokenizer *t, const char *path) {
+    tk_buf nb = {0};
+    for (int i = 0; i < t->n_added; i++) {
+        tk_added *a = &t->added[i];
+        a->pat = a->content;
+        a->pat_len = a->len;
+        if (!a->normalized || !t->n_norm) continue;
+        prism_status st = tk_normalize(t->norm, t->n_norm, a->content, a->len, &nb);
+        if (st) { free(nb.p); return st; }
+        if (nb.len == 0) continue; /* normalizes to nothing: keep matching the raw content */
+        if (!(a->pat = malloc(nb.len + 1))) { a->pat = a->content; free(nb.p); return prism_error(PRISM_E_NOMEM, "%s: out of memory", path); }
+        memcpy(a->pat, nb.p, nb.len + 1);
+        a->pat_len = (uint32_t)nb.len;
+        t->tok_str[a->id] = a->pat; /* HF's id_to_token gives the normalized form too */
+        t->tok_len[a->id] = a->pat_len;
+    }
+    free(nb.p);
+    qsort(t->added, (size_t)t->n_added, sizeof *t->added, cmp_added);
+    for (int g = 0; g < 2; g++)
+        for (int c = 0, k = 0; c <= 256; c++) {
+            while (k < t->n_added && ((int)t->added[k].normalized < g ||
+                                      ((int)t->added[k].normalized == g && (unsigned char)t->added[k].pat[0] < c)))
+                k++;
+            t->added_first[g][c] = k;
+        }
+    return PRISM_OK;
 }
 
 static prism_status parse_model(prism_tokenizer *t, const json_t *root, const char *path) {
@@ -409,11 +441,6 @@ static prism_status parse_model(prism_tokenizer *t, const json_t *root, const ch
         if (tk_strmap_put(&t->added_map, w, (uint32_t)l, id)) return prism_error(PRISM_E_NOMEM, "%s: out of memory", path);
         w += l + 1;
     }
-    qsort(t->added, (size_t)t->n_added, sizeof *t->added, cmp_added);
-    for (int c = 0, k = 0; c <= 256; c++) {
-        while (k < t->n_added && (unsigned char)t->added[k].content[0] < c) k++;
-        t->added_first[c] = k;
-    }
 
     /* merges: "a b" strings or ["a", "b"] pairs; rank = position */
     if (tk_merges_init(&t->merges, json_array_size(merges))) return prism_error(PRISM_E_NOMEM, "%s: out of memory", path);
@@ -490,6 +517,7 @@ prism_status prism_tokenizer_load(const char *dir, prism_tokenizer **out) {
     if (st == PRISM_OK) st = parse_model(t, root, path);
     if (st == PRISM_OK) st = parse_normalizer(t, json_object_get(root, "normalizer"), path);
     if (st == PRISM_OK) st = parse_pretokenizer(t, json_object_get(root, "pre_tokenizer"), path);
+    if (st == PRISM_OK) st = index_added(t, path);
     if (st == PRISM_OK) st = parse_decoder(t, json_object_get(root, "decoder"), path);
     if (st == PRISM_OK) st = parse_post(t, json_object_get(root, "post_processor"), path);
     json_decref(root);
@@ -530,6 +558,8 @@ void prism_tokenizer_free(prism_tokenizer *t) {
     free(t->tok_len);
     free(t->is_special);
     free(t->is_added);
+    for (int i = 0; i < t->n_added; i++)
+        if (t->added[i].pat != t->added[i].content) free(t->added[i].pat);
     free(t->added);
     for (int i = 0; i < t->n_norm; i++) {
         free(t->norm[i].a);
@@ -577,16 +607,16 @@ static uint32_t cp_before(const char *s, size_t at) {
     return tk_u8dec(s + p, at - p, &l);
 }
 
-/* Finds the leftmost-longest added token in s[from..n); returns its index or -1,
- * with the span to remove (lstrip/rstrip whitespace included) in *a, *b. */
-static int find_added(const prism_tokenizer *t, const char *s, size_t from, size_t n, size_t *a, size_t *b) {
-    if (!t->n_added) return -1;
+/* Finds the leftmost-longest added token of group g in s[from..n); returns its
+ * index or -1, with the span to remove (lstrip/rstrip whitespace included) in *a, *b. */
+static int find_added(const prism_tokenizer *t, int g, const char *s, size_t from, size_t n, size_t *a, size_t *b) {
+    if (t->added_first[g][0] == t->added_first[g][256]) return -1;
     for (size_t i = from; i < n; i++) {
         unsigned char c = (unsigned char)s[i];
-        for (int k = t->added_first[c]; k < t->added_first[c + 1]; k++) {
+        for (int k = t->added_first[g][c]; k < t->added_first[g][c + 1]; k++) {
             const tk_added *ad = &t->added[k];
-            if (ad->len > n - i || memcmp(s + i, ad->content, ad->len) != 0) continue;
-            size_t e = i + ad->len;
+            if (ad->pat_len > n - i || memcmp(s + i, ad->pat, ad->pat_len) != 0) continue;
+            size_t e = i + ad->pat_len;
             if (ad->single_word) {
                 int l;
                 if (i > 0 && is_word_char(cp_before(s, i))) continue;
@@ -619,15 +649,30 @@ typedef struct {
     pcre2_match_data *md;
 } encode_scratch;
 
+static int append_ids(int32_t **ids, size_t *n, size_t *cap, const int32_t *v, size_t k);
+
+/* One stretch of text between raw-matched added tokens: normalize, split out
+ * normalized added tokens, pre-tokenize and BPE the rest. */
 static prism_status encode_segment(const prism_tokenizer *t, const char *s, size_t n, bool at_start, encode_scratch *w,
                                    int32_t **ids, size_t *n_ids, size_t *cap) {
     prism_status st = tk_normalize(t->norm, t->n_norm, s, n, &w->norm);
     if (st) return st;
-    tk_pieces_reset(&w->p0);
-    if (tk_pieces_add(&w->p0, w->norm.p, w->norm.len, at_start)) return prism_error(PRISM_E_NOMEM, "tokenizer: out of memory");
-    if ((st = tk_pretokenize(t->pre, t->n_pre, &w->p0, &w->p1, w->md))) return st;
-    for (size_t i = 0; i < w->p1.n; i++)
-        if ((st = tk_bpe_word(t, w->p1.buf.p + w->p1.off[i], w->p1.len[i], ids, n_ids, cap))) return st;
+    const char *ns = w->norm.p;
+    size_t nn = w->norm.len, pos = 0;
+    while (pos < nn || (pos == 0 && nn == 0)) {
+        size_t a = 0, b = 0;
+        int k = find_added(t, 1, ns, pos, nn, &a, &b);
+        size_t end = k >= 0 ? a : nn;
+        tk_pieces_reset(&w->p0);
+        if (tk_pieces_add(&w->p0, ns + pos, end - pos, at_start && pos == 0))
+            return prism_error(PRISM_E_NOMEM, "tokenizer: out of memory");
+        if ((st = tk_pretokenize(t->pre, t->n_pre, &w->p0, &w->p1, w->md))) return st;
+        for (size_t i = 0; i < w->p1.n; i++)
+            if ((st = tk_bpe_word(t, w->p1.buf.p + w->p1.off[i], w->p1.len[i], ids, n_ids, cap))) return st;
+        if (k >= 0 && append_ids(ids, n_ids, cap, &t->added[k].id, 1)) return prism_error(PRISM_E_NOMEM, "tokenizer: out of memory");
+        if (k < 0) break;
+        pos = b;
+    }
     return PRISM_OK;
 }
 
@@ -663,7 +708,7 @@ prism_status prism_tokenize(const prism_tokenizer *t, const char *text, size_t l
     size_t pos = 0;
     while (st == PRISM_OK && pos < len) {
         size_t a = 0, b = 0;
-        int k = find_added(t, text, pos, len, &a, &b);
+        int k = find_added(t, 0, text, pos, len, &a, &b);
         size_t seg_end = k >= 0 ? a : len;
         if (seg_end > pos) st = encode_segment(t, text + pos, seg_end - pos, pos == 0, &w, &out, &n, &cap);
         if (st == PRISM_OK && k >= 0 && append_ids(&out, &n, &cap, &t->added[k].id, 1)) st = PRISM_E_NOMEM;

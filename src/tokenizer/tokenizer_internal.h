@@ -119,6 +119,8 @@ typedef struct {
 typedef struct {
     char *content;
     uint32_t len;
+    char *pat; /* text matched: content, or normalize(content) for normalized tokens (owned then) */
+    uint32_t pat_len;
     int32_t id;
     bool special, lstrip, rstrip, single_word, normalized;
 } tk_added;
@@ -161,9 +163,11 @@ struct prism_tokenizer {
     bool dec_byte_runs; /* ByteFallback: a run of <0xNN> tokens decodes as a whole */
     tk_post post;
 
-    tk_added *added; /* sorted by first byte, then length descending */
+    tk_added *added; /* sorted by (normalized, first byte of pat, pat length descending) */
     int n_added;
-    int added_first[257]; /* added[added_first[c] .. added_first[c+1]) start with byte c */
+    /* added[added_first[g][c] .. added_first[g][c+1]) have pat starting with byte c;
+     * group g = 0: matched in the raw text, g = 1: normalized, matched after normalization */
+    int added_first[2][257];
     uint8_t *is_special;  /* [n_vocab] */
     bool *is_added;       /* [n_vocab] */
 
