@@ -288,6 +288,8 @@ int main(void) {
     parity("stories260K_metaspace", "tests/data/tokenizer/stories260K_metaspace", corpus, n_corpus);
     parity("stories260K_split", "tests/data/tokenizer/stories260K_split", corpus, n_corpus);
     parity("stories260K_added", "tests/data/tokenizer/stories260K_added", corpus, n_corpus);
+    parity("bytelevel_smollm", "tests/data/tokenizer/bytelevel_smollm", corpus, n_corpus);
+    parity("bytelevel_gpt2", "tests/data/tokenizer/bytelevel_gpt2", corpus, n_corpus);
     check_accessors();
     check_errors();
     check_speed(corpus, n_corpus);

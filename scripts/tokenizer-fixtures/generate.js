@@ -58,6 +58,39 @@ const withAdded = writeVariant('stories260K_added', (tj) => {
   add(517, '<mask>>', {});
 });
 
+// Small byte-level BPE tokenizers cut from Qwen3's first 4000 merges, with the
+// GPT-2 style ByteLevel pre-tokenizer (use_regex) that SmolLM/GPT-2 use.
+function writeByteLevelVariant(name, preTokenizer) {
+  const q = JSON.parse(fs.readFileSync(path.join(dataDir, 'qwen3/tokenizer.json'), 'utf8'));
+  const vocab = {};
+  let n = 0;
+  for (const [tok, id] of Object.entries(q.model.vocab)) if (id < 256) vocab[tok] = id, n = Math.max(n, id + 1);
+  const merges = [];
+  for (const [a, b] of q.model.merges.slice(0, 4000)) {
+    if (!(a in vocab) || !(b in vocab)) continue;
+    merges.push([a, b]);
+    if (!((a + b) in vocab)) vocab[a + b] = n++;
+  }
+  const added = ['<|endoftext|>', '<|im_start|>', '<|im_end|>'].map((c, k) => (
+    { id: n + k, content: c, single_word: false, lstrip: false, rstrip: false, normalized: false, special: true }));
+  const tj = {
+    version: '1.0', truncation: null, padding: null, added_tokens: added, normalizer: null,
+    pre_tokenizer: preTokenizer,
+    post_processor: { type: 'ByteLevel', add_prefix_space: true, trim_offsets: false, use_regex: true },
+    decoder: { type: 'ByteLevel', add_prefix_space: true, trim_offsets: true, use_regex: true },
+    model: { type: 'BPE', dropout: null, unk_token: null, continuing_subword_prefix: null, end_of_word_suffix: null,
+      fuse_unk: false, byte_fallback: false, ignore_merges: false, vocab, merges },
+  };
+  const dir = path.join(dataDir, name);
+  fs.mkdirSync(dir, { recursive: true });
+  fs.writeFileSync(path.join(dir, 'tokenizer.json'), JSON.stringify(tj) + '\n');
+  return path.join(dir, 'tokenizer.json');
+}
+const smol = writeByteLevelVariant('bytelevel_smollm', { type: 'Sequence', pretokenizers: [
+  { type: 'Digits', individual_digits: true },
+  { type: 'ByteLevel', add_prefix_space: false, trim_offsets: true, use_regex: true }] });
+const gpt2 = writeByteLevelVariant('bytelevel_gpt2', { type: 'ByteLevel', add_prefix_space: true, trim_offsets: true, use_regex: true });
+
 const tokenizers = {
   qwen3: path.join(dataDir, 'qwen3/tokenizer.json'),
   llama3: path.join(dataDir, 'llama3/tokenizer.json'),
@@ -65,6 +98,8 @@ const tokenizers = {
   stories260K_metaspace: metaFirst,
   stories260K_split: metaSplit,
   stories260K_added: withAdded,
+  bytelevel_smollm: smol,
+  bytelevel_gpt2: gpt2,
 };
 
 // Deterministic PRNG (mulberry32) so reruns give identical fixtures.
