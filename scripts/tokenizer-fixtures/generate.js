@@ -129,7 +129,7 @@ function rng(seed) {
     const n = tok.getVocabSize(true);
     const r = rng(1234);
     const vocab = tok.getVocab(true);
-    const specials = Object.values(vocab).filter((id) => id >= n - 300 || id < 3);
+    const specials = Object.values(vocab).filter((id) => id >= n - 300 || id < 3).sort((a, b) => a - b); // getVocab order varies
     for (let k = 0; k < 60; k++) {
       const len = 1 + Math.floor(r() * 12);
       const ids = [];
