@@ -212,10 +212,10 @@ const char *prism_decoder_push(prism_decoder *d, int32_t id) {
     d->ids[d->n++] = id;
     d->out.len = 0;
     d->out.p[0] = 0;
-    /* ByteFallback renders a run of byte tokens as UTF-8 only if the whole run
-     * is valid, so nothing is final while the run may still grow. */
     const prism_tokenizer *t = d->t;
     if (d->skip_special && prism_tokenizer_is_special(t, id)) return d->out.p; /* invisible: cannot end a byte run */
+    /* ByteFallback renders a run of byte tokens as UTF-8 only if the whole run
+     * is valid, so nothing is final while the run may still grow. */
     if (t->dec_byte_runs && id >= 0 && id < t->n_vocab && t->tok_str[id] && !t->is_added[id] &&
         byte_token(t->tok_str[id], t->tok_len[id]) >= 0)
         return d->out.p;
