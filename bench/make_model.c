@@ -33,7 +33,12 @@ int main(int argc, char **argv) {
     }
     if (argc > 2) rng ^= strtoull(argv[2], NULL, 10) * 0x2545F4914F6CDD1Dull;
     const char *dir = argv[1];
-    mkdir(dir, 0755);
+    char mk[4200];
+    snprintf(mk, sizeof mk, "mkdir -p '%s'", dir);
+    if (system(mk) != 0) {
+        fprintf(stderr, "make_model: cannot create %s\n", dir);
+        return 1;
+    }
     spec *s = calloc(16 * L + 4, sizeof *s);
     int n = 0;
     s[n++] = (spec){"model.embed_tokens.weight", 2, V, H, 0};

@@ -1,45 +1,86 @@
-/* layers.c — RMSNorm, SwiGLU and single-head causal attention (F32). */
+/* layers.c — RMSNorm, SwiGLU and single-head causal attention (F32).
+ *
+ * Written as plain loops the compiler vectorises: `omp simd reduction` lets
+ * it reorder the F32 sums (the result moves by ~1e-7 relative, well inside
+ * the 1e-5 parity bound), and target_clones builds AVX-512 / AVX2 / baseline
+ * versions of each function, picked at load time by CPU. */
 #include "model/layers.h"
 
 #include <math.h>
+#include <stdint.h>
+#include <string.h>
 
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+#define CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
+#else
+#define CLONES
+#endif
+
+/* exp(x) for x <= 0 .. moderate, vectorisable: 2^k · p(r), r = x - k·ln2,
+ * degree-6 minimax polynomial; relative error < 2e-7 over [-87, 88]. */
+static inline float exp_f32(float x) {
+    x = x < -87.0f ? -87.0f : (x > 88.0f ? 88.0f : x);
+    float k = __builtin_rintf(x * 1.44269504088896341f);
+    float r = x - k * 0.693145751953125f;
+    r = r - k * 1.428606765330187045e-06f;
+    float p = 1.9875691500e-4f;
+    p = p * r + 1.3981999507e-3f;
+    p = p * r + 8.3334519073e-3f;
+    p = p * r + 4.1665795894e-2f;
+    p = p * r + 1.6666665459e-1f;
+    p = p * r + 5.0000001201e-1f;
+    p = p * r * r + r + 1.0f;
+    union { float f; int32_t i; } u = {.f = p};
+    u.i += (int32_t)k << 23;
+    return u.f;
+}
+
+CLONES
 void rmsnorm(float *out, const float *x, const float *w, int64_t n, float eps) {
     /* transformers computes variance in F32: mean(x²), rsqrt(var + eps). */
     float ss = 0.0f;
+#pragma omp simd reduction(+ : ss)
     for (int64_t i = 0; i < n; i++) ss += x[i] * x[i];
     float r = 1.0f / sqrtf(ss / (float)n + eps);
+#pragma omp simd
     for (int64_t i = 0; i < n; i++) out[i] = w[i] * (x[i] * r);
 }
 
+CLONES
 void swiglu(float *g, const float *u, int64_t n) {
+#pragma omp simd
     for (int64_t i = 0; i < n; i++) {
         float x = g[i];
-        g[i] = x / (1.0f + expf(-x)) * u[i];
+        g[i] = x / (1.0f + exp_f32(-x)) * u[i];
     }
 }
 
+CLONES
 void attend_head(float *out, const float *q, const float *K, const float *V, int64_t kv_stride, int64_t kv_off,
                  int32_t first, int32_t n_pos, int32_t hd, float scale, float *scores) {
     float mx = -INFINITY;
     for (int32_t j = first; j < n_pos; j++) {
         const float *k = K + (int64_t)j * kv_stride + kv_off;
         float s = 0.0f;
+#pragma omp simd reduction(+ : s)
         for (int32_t d = 0; d < hd; d++) s += q[d] * k[d];
         s *= scale;
         scores[j] = s;
-        if (s > mx) mx = s;
+        mx = s > mx ? s : mx;
     }
     float sum = 0.0f;
+#pragma omp simd reduction(+ : sum)
     for (int32_t j = first; j < n_pos; j++) {
-        float e = expf(scores[j] - mx);
+        float e = exp_f32(scores[j] - mx);
         scores[j] = e;
         sum += e;
     }
-    float inv = 1.0f / sum;
-    for (int32_t d = 0; d < hd; d++) out[d] = 0.0f;
+    const float inv = 1.0f / sum;
+    memset(out, 0, (size_t)hd * sizeof *out);
     for (int32_t j = first; j < n_pos; j++) {
         const float *v = V + (int64_t)j * kv_stride + kv_off;
-        float p = scores[j] * inv;
+        const float p = scores[j] * inv;
+#pragma omp simd
         for (int32_t d = 0; d < hd; d++) out[d] += p * v[d];
     }
 }
