@@ -50,6 +50,7 @@ typedef struct {
 
 /* ---------------------------------------------------------------- model */
 typedef struct prism_model prism_model;
+typedef struct prism_adapter prism_adapter; /* a LoRA adapter, see below */
 
 typedef enum {
     PRISM_PRECISION_EXACT = 0, /* F32 activations, F32 accumulation: matches transformers to ~1e-6 */
@@ -171,6 +172,10 @@ void prism_ctx_free(prism_ctx *c);
 void prism_ctx_seq_clear(prism_ctx *c, int32_t seq);
 /* Number of positions cached for seq. */
 int32_t prism_ctx_seq_len(const prism_ctx *c, int32_t seq);
+/* Routes sequence seq through adapter a (NULL = the base model) from the next
+ * layer run on. Sequences with different adapters share a batch; the adapter
+ * must outlive its use. Layers an adapter does not target run as the base. */
+prism_status prism_ctx_seq_set_adapter(prism_ctx *c, int32_t seq, const prism_adapter *a);
 /* Drops cached positions >= len of seq (keeps a shared prefix). */
 void prism_ctx_seq_truncate(prism_ctx *c, int32_t seq, int32_t len);
 /* Token ids cached for seq (prism_ctx_seq_len of them). */
@@ -213,6 +218,41 @@ const float *prism_get_hidden(const prism_ctx *c, int32_t i);
 int32_t prism_ctx_n_vocab(const prism_ctx *c);
 int32_t prism_ctx_n_embd(const prism_ctx *c);
 int32_t prism_ctx_n_layers(const prism_ctx *c);
+
+/* ---------------------------------------------------------------- LoRA adapters */
+
+/* Target projections, as bits of prism_lora_params.targets. */
+enum {
+    PRISM_LORA_Q = 1 << 0, PRISM_LORA_K = 1 << 1, PRISM_LORA_V = 1 << 2, PRISM_LORA_O = 1 << 3,
+    PRISM_LORA_GATE = 1 << 4, PRISM_LORA_UP = 1 << 5, PRISM_LORA_DOWN = 1 << 6,
+    PRISM_LORA_ALL = 0x7f,
+};
+
+typedef struct {
+    int32_t r;           /* rank (default 16) */
+    float alpha;         /* lora_alpha (default 32) */
+    bool use_rslora;     /* scale alpha/sqrt(r) instead of alpha/r */
+    uint32_t targets;    /* PRISM_LORA_* bits (default all seven) */
+    int32_t layer_begin; /* adapted layers [layer_begin, layer_end); default 1 .. n_layers */
+    int32_t layer_end;   /* 0 = n_layers */
+    uint64_t seed;       /* initialisation: A ~ PEFT's kaiming-uniform, B = 0 */
+} prism_lora_params;
+
+prism_lora_params prism_lora_default_params(void);
+/* A fresh adapter for m, initialised as PEFT does (so it starts as the base model). */
+prism_status prism_adapter_new(const prism_model *m, prism_lora_params p, prism_adapter **out);
+/* Reads a PEFT adapter directory (adapter_config.json + adapter_model.safetensors,
+ * F32/BF16/F16) and checks it against m. DoRA, modules_to_save, LoRA biases and
+ * other variants are refused with PRISM_E_UNSUPPORTED. */
+prism_status prism_adapter_load(const prism_model *m, const char *dir, prism_adapter **out);
+/* Writes a PEFT adapter directory that PEFT loads unchanged. dtype: "F32",
+ * "BF16" or "F16" (NULL = F32). Files are written atomically. */
+prism_status prism_adapter_save(const prism_adapter *a, const char *dir, const char *dtype);
+void prism_adapter_free(prism_adapter *a);
+const char *prism_adapter_name(const prism_adapter *a);
+/* Writes base weights + scale·B·A merged into the target projections as a Hugging
+ * Face checkpoint directory (config, generation config, tokenizer files copied). */
+prism_status prism_adapter_export_merged(const prism_model *m, const prism_adapter *a, const char *out_dir);
 
 /* ---------------------------------------------------------------- sampling */
 prism_sampling_params prism_sampling_default_params(void);

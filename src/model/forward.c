@@ -78,6 +78,8 @@ prism_status prism_ctx_new(prism_model *m, prism_ctx_params p, prism_ctx **out) 
     x->b_pos = xcalloc((size_t)B, sizeof(int32_t), &fail);
     x->b_seq = xcalloc((size_t)B, sizeof(int32_t), &fail);
     x->out_row = xcalloc((size_t)B, sizeof(int32_t), &fail);
+    x->seq_adapter = xcalloc((size_t)p.n_seq_max, sizeof(*x->seq_adapter), &fail);
+    x->lora_rows = xcalloc((size_t)B, sizeof(int32_t), &fail);
     if (fail) {
         prism_ctx_free(x);
         return prism_error(PRISM_E_NOMEM, "out of memory allocating a context of %d sequences x %d tokens (KV cache %.1f MiB)",
@@ -96,7 +98,8 @@ void prism_ctx_free(prism_ctx *x) {
     free(x->k_cache);
     free(x->v_cache);
     void *bufs[] = {x->seq_len, x->seq_tok, x->x, x->xb, x->q, x->k, x->v, x->att, x->g, x->u, x->scores, x->b_token,
-                    x->b_pos, x->b_seq, x->out_row, x->logits, x->gather};
+                    x->b_pos, x->b_seq, x->out_row, x->logits, x->gather, (void *)x->seq_adapter, x->lora_rows,
+                    x->lora_buf};
     for (size_t i = 0; i < sizeof bufs / sizeof *bufs; i++) free(bufs[i]);
     free(x);
 }
@@ -176,8 +179,62 @@ static void embed(prism_ctx *x) {
     for (int32_t i = 0; i < x->n_tokens; i++) kern_embed_row(x->x + i * H, m->embed.w, m->embed.dt, x->b_token[i], H);
 }
 
-static inline void linear(prism_ctx *x, float *y, const float *in, const linear_w *w, const float *bias, int64_t T) {
+prism_status prism_ctx_seq_set_adapter(prism_ctx *x, int32_t seq, const prism_adapter *a) {
+    if (seq < 0 || seq >= x->p.n_seq_max)
+        return prism_error(PRISM_E_ARG, "sequence id %d is outside 0..%d", seq, x->p.n_seq_max - 1);
+    if (a && a->n_layers != x->m->cfg.n_layers)
+        return prism_error(PRISM_E_ARG, "adapter %s has %d layers, the model %d", a->name ? a->name : "", a->n_layers,
+                           x->m->cfg.n_layers);
+    x->seq_adapter[seq] = a;
+    return PRISM_OK;
+}
+
+/* y[rows] += scale · (in[rows]·Aᵀ)·Bᵀ for every adapter present in the batch:
+ * tokens are grouped by their sequence's adapter, so base and adapted
+ * sequences (and several adapters) share one forward pass. */
+static prism_status lora_apply(prism_ctx *x, float *y, const float *in, int32_t layer, lora_target t, int64_t T) {
+    const prism_adapter *done[16];
+    int n_done = 0;
+    for (int64_t i0 = 0; i0 < T; i0++) {
+        const prism_adapter *a = x->seq_adapter[x->b_seq[i0]];
+        if (!a) continue;
+        int seen = 0;
+        for (int k = 0; k < n_done; k++) seen |= done[k] == a;
+        if (seen) continue;
+        if (n_done < 16) done[n_done++] = a;
+        const lora_module *mod = lora_mod(a, layer, t);
+        if (!mod->r) continue;
+        int64_t n = 0;
+        for (int64_t i = i0; i < T; i++)
+            if (x->seq_adapter[x->b_seq[i]] == a) x->lora_rows[n++] = (int32_t)i;
+        const int64_t in_f = mod->in, out_f = mod->out, r = mod->r;
+        size_t need = (size_t)(n * (in_f + r + out_f));
+        if (need > x->lora_cap) {
+            float *b = realloc(x->lora_buf, need * sizeof(float));
+            if (!b) return prism_error(PRISM_E_NOMEM, "out of memory for LoRA scratch");
+            x->lora_buf = b;
+            x->lora_cap = need;
+        }
+        const int all = n == T;
+        float *xin = all ? (float *)in : x->lora_buf, *mid = x->lora_buf + n * in_f, *up = mid + n * r;
+        if (!all)
+            for (int64_t k = 0; k < n; k++) memcpy(xin + k * in_f, in + x->lora_rows[k] * in_f, (size_t)in_f * sizeof(float));
+        kern_matmul(mid, xin, mod->A, ST_F32, NULL, n, in_f, r, PRISM_PRECISION_EXACT);
+        kern_matmul(up, mid, mod->B, ST_F32, NULL, n, r, out_f, PRISM_PRECISION_EXACT);
+        const float s = mod->scale;
+        for (int64_t k = 0; k < n; k++) {
+            float *yr = y + (int64_t)x->lora_rows[k] * out_f;
+            const float *ur = up + k * out_f;
+            for (int64_t j = 0; j < out_f; j++) yr[j] += s * ur[j];
+        }
+    }
+    return PRISM_OK;
+}
+
+static inline void linear(prism_ctx *x, float *y, const float *in, const linear_w *w, const float *bias, int64_t T,
+                          int32_t layer, lora_target t) {
     kern_matmul(y, in, w->w, w->dt, bias, T, w->in, w->out, x->m->params.precision);
+    if (x->n_adapted && lora_apply(x, y, in, layer, t, T)) x->lora_failed = 1;
 }
 
 static void layer_forward(prism_ctx *x, int l) {
@@ -191,9 +248,9 @@ static void layer_forward(prism_ctx *x, int l) {
     /* attention block */
 #pragma omp parallel for schedule(static) if (T * H >= PAR_MIN)
     for (int64_t i = 0; i < T; i++) rmsnorm(x->xb + i * H, x->x + i * H, L->attn_norm, H, eps);
-    linear(x, x->q, x->xb, &L->wq, L->bq, T);
-    linear(x, x->k, x->xb, &L->wk, L->bk, T);
-    linear(x, x->v, x->xb, &L->wv, L->bv, T);
+    linear(x, x->q, x->xb, &L->wq, L->bq, T, l, LORA_Q);
+    linear(x, x->k, x->xb, &L->wk, L->bk, T, l, LORA_K);
+    linear(x, x->v, x->xb, &L->wv, L->bv, T, l, LORA_V);
 #pragma omp parallel for schedule(static) if (T * qd >= PAR_MIN)
     for (int64_t i = 0; i < T; i++) {
         float *q = x->q + i * qd, *k = x->k + i * kvd;
@@ -222,18 +279,18 @@ static void layer_forward(prism_ctx *x, int l) {
                         kvd, (h / group) * hd, first, pos + 1, (int32_t)hd, scale, scores);
         }
     }
-    linear(x, x->xb, x->att, &L->wo, L->bo, T);
+    linear(x, x->xb, x->att, &L->wo, L->bo, T, l, LORA_O);
 #pragma omp parallel for schedule(static) if (T * H >= PAR_MIN)
     for (int64_t i = 0; i < T * H; i++) x->x[i] += x->xb[i];
 
     /* MLP block */
 #pragma omp parallel for schedule(static) if (T * H >= PAR_MIN)
     for (int64_t i = 0; i < T; i++) rmsnorm(x->xb + i * H, x->x + i * H, L->ffn_norm, H, eps);
-    linear(x, x->g, x->xb, &L->wg, L->bg, T);
-    linear(x, x->u, x->xb, &L->wu, L->bu, T);
+    linear(x, x->g, x->xb, &L->wg, L->bg, T, l, LORA_GATE);
+    linear(x, x->u, x->xb, &L->wu, L->bu, T, l, LORA_UP);
 #pragma omp parallel for schedule(static) if (T * F >= PAR_MIN)
     for (int64_t i = 0; i < T; i++) swiglu(x->g + i * F, x->u + i * F, F);
-    linear(x, x->xb, x->g, &L->wd, L->bd, T);
+    linear(x, x->xb, x->g, &L->wd, L->bd, T, l, LORA_DOWN);
 #pragma omp parallel for schedule(static) if (T * H >= PAR_MIN)
     for (int64_t i = 0; i < T * H; i++) x->x[i] += x->xb[i];
 }
@@ -254,7 +311,14 @@ prism_status prism_decode_layers(prism_ctx *x, const prism_batch *b, int32_t lb,
             memcmp(b->pos, x->b_pos, (size_t)x->n_tokens * sizeof(int32_t)))
             return prism_error(PRISM_E_ARG, "layers [%d, %d): the batch differs from the one that ran layers [0, %d)", lb, le, lb);
     }
+    x->n_adapted = 0;
+    for (int32_t i = 0; i < x->n_tokens; i++) x->n_adapted += x->seq_adapter[x->b_seq[i]] != NULL;
+    x->lora_failed = 0;
     for (int32_t l = lb; l < le; l++) layer_forward(x, l);
+    if (x->lora_failed) {
+        x->layers_done = 0; /* the batch is unusable; it must be run again from layer 0 */
+        return prism_error(PRISM_E_NOMEM, "out of memory applying LoRA adapters");
+    }
     x->layers_done = le;
     if (le == NL)
         for (int32_t i = 0; i < x->n_tokens; i++) {

@@ -2,6 +2,7 @@
 #ifndef PRISM_MODEL_FORWARD_H
 #define PRISM_MODEL_FORWARD_H
 
+#include "lora/lora.h"
 #include "model/model.h"
 
 struct prism_ctx {
@@ -28,6 +29,13 @@ struct prism_ctx {
     float *gather;         /* (n_out, H) final-normed rows that want logits */
     float *logits;         /* (n_out, V) */
     int32_t layers_done;   /* layers [0, layers_done) have run on this batch */
+    /* LoRA routing */
+    const prism_adapter **seq_adapter; /* (n_seq_max) NULL = base model */
+    int32_t *lora_rows;    /* (B) batch rows of the adapter being applied */
+    float *lora_buf;       /* scratch: gathered inputs, x·Aᵀ, and (x·Aᵀ)·Bᵀ */
+    size_t lora_cap;
+    int32_t n_adapted;     /* tokens of the current batch on an adapter */
+    int lora_failed;
     int head_done;
 };
 

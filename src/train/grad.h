@@ -1,0 +1,51 @@
+/* grad.h — loss and LoRA gradients for one sequence: the forward pass with
+ * saved activations and the backward pass through the frozen transformer
+ * (embedding output, RMSNorm, RoPE, GQA attention, SwiGLU, every LoRA
+ * target) to dA/dB only. No gradient buffers exist for base weights. */
+#ifndef PRISM_TRAIN_GRAD_H
+#define PRISM_TRAIN_GRAD_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "lora/lora.h"
+#include "model/model.h"
+
+typedef enum { LOSS_CE = 0, LOSS_KL = 1 } loss_kind;
+
+typedef struct {
+    loss_kind loss;
+    int32_t n_tokens;
+    const int32_t *tokens;          /* (T) input ids */
+    /* LOSS_CE — transformers' causal-LM convention: labels (T), -100 = ignored;
+     * the logits at position t are scored against labels[t + 1]. */
+    const int32_t *labels;
+    /* LOSS_KL — top-k self-distillation (make_fixtures.py): at each of n_pos
+     * positions p, teacher top-k logits (values, indices) (n_pos, k); both
+     * sides log-softmaxed over those k at temperature T; the term is
+     * KL(teacher ‖ student)·T². */
+    int32_t n_pos, k;
+    const int32_t *positions;       /* (n_pos) positions into tokens */
+    const float *teacher_values;    /* (n_pos, k) raw teacher logits */
+    const int32_t *teacher_indices; /* (n_pos, k) vocabulary ids */
+    float temperature;
+} train_example;
+
+typedef struct train_ws train_ws;
+
+/* Workspace for sequences up to max_tokens. recompute: keep only each layer's
+ * input and recompute the layer's internals during backward (memory
+ * O(L·T·H) instead of O(L·T·(H+F+…))). */
+prism_status train_ws_new(const prism_model *m, int32_t max_tokens, bool recompute, train_ws **out);
+void train_ws_free(train_ws *w);
+
+/* Forward + backward of one sequence with adapter a. Adds d(loss_sum)/dA and
+ * d(loss_sum)/dB into grad (shaped like a, see lora_alloc_like).
+ * *loss_sum: CE: Σ −log p(label) over counted tokens; KL: Σ KL·T² over positions.
+ * *count: the number of terms, so a batch's mean loss is Σ loss_sum / Σ count
+ * (and its gradient the accumulated grad / Σ count). logits_out, if not NULL,
+ * receives the student logits (T, V). */
+prism_status train_example_grad(train_ws *w, const prism_model *m, const prism_adapter *a, prism_adapter *grad,
+                                const train_example *ex, double *loss_sum, int64_t *count, float *logits_out);
+
+#endif
