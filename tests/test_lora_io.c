@@ -94,9 +94,9 @@ static void make_adapter(const char *arch, const char *dst, json_t *cfg_patch, t
     st_set *st = NULL;
     path_in(p, sizeof p, src, "adapter_model.safetensors");
     if (st_open(p, &st)) exit(2);
-    size_t n = st_count(st);
-    st_write_tensor *ts = calloc(n + 8, sizeof *ts);
-    float **bufs = calloc(n + 8, sizeof *bufs);
+    size_t n = st_count(st), cap = n + 8;
+    st_write_tensor *ts = calloc(cap, sizeof *ts);
+    float **bufs = calloc(cap, sizeof *bufs);
     for (size_t i = 0; i < n; i++) {
         const st_tensor *t = st_at(st, i);
         bufs[i] = malloc((size_t)t->numel * sizeof(float));
@@ -113,7 +113,7 @@ static void make_adapter(const char *arch, const char *dst, json_t *cfg_patch, t
         fprintf(stderr, "st_write: %s\n", prism_last_error());
         exit(2);
     }
-    for (size_t i = 0; i < n + 8; i++) {
+    for (size_t i = 0; i < cap; i++) {
         free((char *)ts[i].name);
         free(bufs[i]);
     }
