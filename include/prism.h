@@ -254,6 +254,36 @@ const char *prism_adapter_name(const prism_adapter *a);
  * Face checkpoint directory (config, generation config, tokenizer files copied). */
 prism_status prism_adapter_export_merged(const prism_model *m, const prism_adapter *a, const char *out_dir);
 
+/* ---------------------------------------------------------------- PRISM routing */
+/* A bootstrapped PRISM run: the base model's persona adapter and the gate that
+ * reads the hidden state after layer 0 at the last prompt token. */
+typedef struct prism_router prism_router;
+
+typedef enum {
+    PRISM_ROUTE_AUTO = 0,    /* the gate decides */
+    PRISM_ROUTE_BASE = 1,    /* force the base model (the gate is still scored) */
+    PRISM_ROUTE_ADAPTER = 2, /* force the adapter (the gate is still scored) */
+} prism_route_mode;
+
+/* Loads RUN_DIR/adapter (PEFT) and RUN_DIR/gate.safetensors for model m; fails
+ * if RUN_DIR/prism.json records a different base model (config.json hash). */
+prism_status prism_router_load(const prism_model *m, const char *run_dir, prism_router **out);
+void prism_router_free(prism_router *r);
+const prism_adapter *prism_router_adapter(const prism_router *r);
+float prism_router_threshold(const prism_router *r);
+/* Gate probability that the persona adapter helps, from a layer-0 hidden state (hidden). */
+float prism_router_prob(const prism_router *r, const float *hidden);
+/* Parses "auto", "base", "adapter"; -1 if unknown. */
+int prism_route_mode_parse(const char *s);
+
+/* One routed forward pass over a batch that holds whole prompts starting at
+ * position 0: layer 0, then the gate at each sequence's last token in the
+ * batch sets that sequence's adapter, then layers 1..L-1 and the LM head —
+ * a single prefill. probs[seq] and routed[seq] (may be NULL; indexed by
+ * sequence id, n_seq_max long) receive the gate probability and decision. */
+prism_status prism_decode_routed(prism_ctx *c, const prism_batch *b, const prism_router *r, prism_route_mode mode,
+                                 float *probs, bool *routed);
+
 /* ---------------------------------------------------------------- sampling */
 prism_sampling_params prism_sampling_default_params(void);
 
@@ -276,6 +306,12 @@ typedef struct {
     int32_t n_eos;
     bool reuse_cache;         /* keep each sequence's longest cached prefix of its prompt
                                  instead of clearing it (multi-turn chat, shared prefixes) */
+    const uint64_t *seeds;    /* per-prompt sampler seeds (NULL = sampling.seed + i), so a
+                                 prompt's sample does not depend on its place in a batch */
+    const prism_router *router; /* PRISM routing (NULL = none): a sequence starting fresh is
+                                 routed by the gate at its last prompt token; a continued one
+                                 (reuse_cache) keeps the route of its first turn */
+    prism_route_mode route;
 } prism_generate_params;
 
 prism_generate_params prism_generate_default_params(void);
@@ -297,6 +333,8 @@ typedef struct {
     int32_t n_tokens;
     char *text;           /* generated text, stop string removed (caller frees) */
     prism_finish_reason finish;
+    float gate_prob;      /* PRISM gate probability (-1 without a router or when the route was held) */
+    bool routed_adapter;  /* true if the sequence ran on the router's adapter */
 } prism_generation;
 
 typedef struct {

@@ -104,16 +104,18 @@ prism_status prism_generate(prism_ctx *c, const prism_tokenizer *t, const int32_
         total_prompt += prompt_lens[i];
     }
     memset(out, 0, sizeof *out * (size_t)n);
+    for (int32_t i = 0; i < n; i++) out[i].gate_prob = -1.0f;
     gen_seq *S = calloc((size_t)n, sizeof *S);
     int32_t *bt = malloc((size_t)c->p.n_batch * 3 * sizeof(int32_t));
     float *lg = malloc((size_t)V * sizeof(float));
     int32_t *start = malloc((size_t)n * sizeof(int32_t));
+    float *h0 = NULL; /* (prompt tokens, H) layer-0 outputs kept between routing phases */
     prism_status st = PRISM_OK;
     if (!S || !bt || !lg || !start) { st = prism_error(PRISM_E_NOMEM, "out of memory"); goto done; }
     int32_t *bp = bt + c->p.n_batch, *bs = bp + c->p.n_batch;
     for (int32_t i = 0; i < n; i++) {
         prism_sampling_params sp = p->sampling;
-        sp.seed = p->sampling.seed + (uint64_t)i;
+        sp.seed = p->seeds ? p->seeds[i] : p->sampling.seed + (uint64_t)i;
         S[i].sampler = prism_sampler_new(sp);
         S[i].dec = t ? prism_decoder_new(t, true) : NULL;
         if (!S[i].sampler || (t && !S[i].dec) || !push_text(&S[i], "")) { st = prism_error(PRISM_E_NOMEM, "out of memory"); goto done; }
@@ -133,31 +135,66 @@ prism_status prism_generate(prism_ctx *c, const prism_tokenizer *t, const int32_
     }
 
     /* Prefill: pack every prompt into batches of up to n_batch tokens; sample
-     * each sequence's first token from the logits of its last prompt token. */
+     * each sequence's first token from the logits of its last prompt token.
+     * With a router the prefill runs in two phases over the same chunks:
+     * layer 0 of every chunk first (its outputs kept), the gate at each fresh
+     * sequence's last prompt token, then layers 1..L-1 from the kept outputs
+     * — one prefill in total, even for prompts longer than a batch. */
     double t0 = prism_now();
-    int32_t cur = 0, off = start[0];
     total_prompt = 0;
     for (int32_t i = 0; i < n; i++) total_prompt += prompt_lens[i] - start[i];
-    while (cur < n) {
-        int32_t nb = 0;
-        while (cur < n && nb < c->p.n_batch) {
-            int32_t take = prompt_lens[cur] - off;
-            if (take > c->p.n_batch - nb) take = c->p.n_batch - nb;
-            for (int32_t j = 0; j < take; j++, nb++) {
-                bt[nb] = prompts[cur][off + j];
-                bp[nb] = off + j;
-                bs[nb] = cur;
+    const int routed = p->router != NULL;
+    const int64_t H = cfg->hidden;
+    if (routed) {
+        h0 = malloc((size_t)total_prompt * (size_t)H * sizeof(float));
+        if (!h0) { st = prism_error(PRISM_E_NOMEM, "out of memory for %lld routed prompt tokens", (long long)total_prompt); goto done; }
+    }
+    for (int phase = routed ? 0 : 1; phase < 2; phase++) {
+        int32_t cur = 0, off = start[0];
+        int64_t done_tok = 0;
+        while (cur < n) {
+            int32_t nb = 0;
+            while (cur < n && nb < c->p.n_batch) {
+                int32_t take = prompt_lens[cur] - off;
+                if (take > c->p.n_batch - nb) take = c->p.n_batch - nb;
+                for (int32_t j = 0; j < take; j++, nb++) {
+                    bt[nb] = prompts[cur][off + j];
+                    bp[nb] = off + j;
+                    bs[nb] = cur;
+                }
+                off += take;
+                if (off == prompt_lens[cur] && ++cur < n) off = start[cur];
             }
-            off += take;
-            if (off == prompt_lens[cur] && ++cur < n) off = start[cur];
-        }
-        prism_batch b = {.n_tokens = nb, .token = bt, .pos = bp, .seq = bs, .want_logits = NULL};
-        if ((st = prism_decode(c, &b))) goto done;
-        for (int32_t k = 0; k < nb; k++) {
-            int32_t s = bs[k];
-            if (bp[k] != prompt_lens[s] - 1) continue;
-            memcpy(lg, prism_get_logits(c, k), (size_t)V * sizeof(float));
-            S[s].next = prism_sampler_sample(S[s].sampler, lg, V, S[s].hist, S[s].n_hist);
+            prism_batch b = {.n_tokens = nb, .token = bt, .pos = bp, .seq = bs, .want_logits = NULL};
+            if (!routed) {
+                if ((st = prism_decode(c, &b))) goto done;
+            } else if (phase == 0) {
+                if ((st = forward_unchecked(c, &b, NULL, 0, 1))) goto done;
+                memcpy(h0 + done_tok * H, c->x, (size_t)nb * (size_t)H * sizeof(float));
+                for (int32_t k = 0; k < nb; k++) {
+                    int32_t s = bs[k];
+                    if (bp[k] != prompt_lens[s] - 1) continue;
+                    if (start[s] == 0) { /* a fresh sequence: the gate decides; a continued one keeps its route */
+                        float prob = prism_router_prob(p->router, c->x + (int64_t)k * H);
+                        bool ad = p->route == PRISM_ROUTE_ADAPTER ||
+                                  (p->route == PRISM_ROUTE_AUTO && prob >= prism_router_threshold(p->router));
+                        out[s].gate_prob = prob;
+                        prism_ctx_seq_set_adapter(c, s, ad ? prism_router_adapter(p->router) : NULL);
+                    }
+                    out[s].routed_adapter = c->seq_adapter[s] != NULL;
+                }
+            } else {
+                if ((st = forward_unchecked(c, &b, h0 + done_tok * H, 1, cfg->n_layers))) goto done;
+                if ((st = prism_decode_head(c))) goto done;
+            }
+            done_tok += nb;
+            if (phase == 1)
+                for (int32_t k = 0; k < nb; k++) {
+                    int32_t s = bs[k];
+                    if (bp[k] != prompt_lens[s] - 1) continue;
+                    memcpy(lg, prism_get_logits(c, k), (size_t)V * sizeof(float));
+                    S[s].next = prism_sampler_sample(S[s].sampler, lg, V, S[s].hist, S[s].n_hist);
+                }
         }
     }
     double t1 = prism_now();
@@ -260,5 +297,6 @@ done:
     free(bt);
     free(lg);
     free(start);
+    free(h0);
     return st;
 }

@@ -125,7 +125,7 @@ int32_t prism_ctx_n_embd(const prism_ctx *x) { return x->m->cfg.hidden; }
 int32_t prism_ctx_n_layers(const prism_ctx *x) { return x->m->cfg.n_layers; }
 
 /* Checks a new batch against the cache and copies its metadata. */
-static prism_status batch_begin(prism_ctx *x, const prism_batch *b) {
+static prism_status batch_begin(prism_ctx *x, const prism_batch *b, int check_positions) {
     const prism_config *c = &x->m->cfg;
     if (!b || b->n_tokens <= 0 || !b->token || !b->pos || !b->seq)
         return prism_error(PRISM_E_ARG, "empty batch");
@@ -143,7 +143,7 @@ static prism_status batch_begin(prism_ctx *x, const prism_batch *b) {
             st = prism_error(PRISM_E_ARG, "sequence id %d at batch index %d is outside 0..%d", s, i, x->p.n_seq_max - 1);
         else if (p >= x->p.n_ctx)
             st = prism_error(PRISM_E_RANGE, "sequence %d is full: position %d exceeds the context size %d", s, p, x->p.n_ctx);
-        else if (p != next[s])
+        else if (check_positions && p != next[s])
             st = prism_error(PRISM_E_ARG, "sequence %d: batch index %d has position %d, expected %d (positions must continue the cache)", s, i, p, next[s]);
         else
             next[s]++;
@@ -295,12 +295,14 @@ static void layer_forward(prism_ctx *x, int l) {
     for (int64_t i = 0; i < T * H; i++) x->x[i] += x->xb[i];
 }
 
+static prism_status run_layers(prism_ctx *x, int32_t lb, int32_t le);
+
 prism_status prism_decode_layers(prism_ctx *x, const prism_batch *b, int32_t lb, int32_t le) {
     const int32_t NL = x->m->cfg.n_layers;
     if (lb < 0 || le > NL || lb >= le)
         return prism_error(PRISM_E_ARG, "layer range [%d, %d) is not within [0, %d)", lb, le, NL);
     if (lb == 0) {
-        prism_status st = batch_begin(x, b);
+        prism_status st = batch_begin(x, b, 1);
         if (st) return st;
         embed(x);
     } else {
@@ -311,6 +313,11 @@ prism_status prism_decode_layers(prism_ctx *x, const prism_batch *b, int32_t lb,
             memcmp(b->pos, x->b_pos, (size_t)x->n_tokens * sizeof(int32_t)))
             return prism_error(PRISM_E_ARG, "layers [%d, %d): the batch differs from the one that ran layers [0, %d)", lb, le, lb);
     }
+    return run_layers(x, lb, le);
+}
+
+static prism_status run_layers(prism_ctx *x, int32_t lb, int32_t le) {
+    const int32_t NL = x->m->cfg.n_layers;
     x->n_adapted = 0;
     for (int32_t i = 0; i < x->n_tokens; i++) x->n_adapted += x->seq_adapter[x->b_seq[i]] != NULL;
     x->lora_failed = 0;
@@ -365,4 +372,15 @@ const float *prism_get_logits(const prism_ctx *x, int32_t i) {
 const float *prism_get_hidden(const prism_ctx *x, int32_t i) {
     if (i < 0 || i >= x->n_tokens || x->layers_done == 0) return NULL;
     return x->x + (size_t)i * (size_t)x->m->cfg.hidden;
+}
+
+prism_status forward_unchecked(prism_ctx *x, const prism_batch *b, const float *x_in, int32_t lb, int32_t le) {
+    const int32_t NL = x->m->cfg.n_layers;
+    if (lb < 0 || le > NL || lb >= le)
+        return prism_error(PRISM_E_ARG, "layer range [%d, %d) is not within [0, %d)", lb, le, NL);
+    prism_status st = batch_begin(x, b, 0);
+    if (st) return st;
+    if (lb == 0 && !x_in) embed(x);
+    else memcpy(x->x, x_in, (size_t)x->n_tokens * (size_t)x->m->cfg.hidden * sizeof(float));
+    return run_layers(x, lb, le);
 }

@@ -39,4 +39,12 @@ struct prism_ctx {
     int head_done;
 };
 
+/* For a prefill split into chunks that must pause after a layer (PRISM
+ * routing reads layer 0 of a prompt's last token before layers 1..L-1 of its
+ * earlier chunks run): runs layers [lb, le) of batch b without requiring its
+ * positions to continue the cache; the residual stream starts from x_in
+ * (n_tokens, H) — the stored output of layer lb-1 — or from the embeddings
+ * when x_in is NULL and lb == 0. The caller guarantees the order is causal. */
+prism_status forward_unchecked(prism_ctx *x, const prism_batch *b, const float *x_in, int32_t lb, int32_t le);
+
 #endif

@@ -30,9 +30,9 @@ static inline float exp_f32(float x) {
     p = p * r + 1.6666665459e-1f;
     p = p * r + 5.0000001201e-1f;
     p = p * r * r + r + 1.0f;
-    union { float f; int32_t i; } u = {.f = p};
-    u.i += (int32_t)k << 23;
-    return u.f;
+    union { float f; uint32_t u; } v = {.f = p};
+    v.u += (uint32_t)(int32_t)k << 23; /* scale by 2^k; unsigned: shifting a negative int is undefined */
+    return v.f;
 }
 
 CLONES
