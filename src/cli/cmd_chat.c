@@ -7,6 +7,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "cli/adapter_opt.h"
 #include "cli/cli.h"
 
 static bool stream_cb(void *user, int32_t i, int32_t token, const char *text) {
@@ -21,14 +22,16 @@ int cmd_chat(int argc, char **argv) {
     cli_gen o = {.g = prism_generate_default_params()};
     const char *system = NULL;
     bool stats = false;
+    cli_adapters ad = {0};
     for (int i = 1; i < argc; i++) {
-        if (cli_common_opt(&c, argc, argv, &i) || cli_gen_opt(&o, argc, argv, &i)) continue;
+        if (cli_common_opt(&c, argc, argv, &i) || cli_gen_opt(&o, argc, argv, &i) || cli_adapter_opt(&ad, argc, argv, &i)) continue;
         if (!strcmp(argv[i], "--system")) system = cli_value(argc, argv, &i);
         else if (!strcmp(argv[i], "--stats")) stats = true;
         else cli_usage_error("chat: unknown option \"%s\"", argv[i]);
     }
     prism_model *m = cli_load_model(&c, NULL);
     cli_gen_finish(&o, m);
+    const prism_adapter *adapter = cli_adapters_load(&ad, m);
     o.g.reuse_cache = true;
     prism_tokenizer *tok = NULL;
     prism_chat *chat = NULL;
@@ -38,6 +41,7 @@ int cmd_chat(int argc, char **argv) {
     cp.n_ctx = c.n_ctx;
     prism_ctx *ctx = NULL;
     if (prism_ctx_new(m, cp, &ctx)) cli_die("creating context");
+    cli_adapters_apply(ctx, adapter, 1);
 
     size_t cap = 64, n = 0;
     prism_chat_message *msgs = malloc(cap * sizeof *msgs);
@@ -91,6 +95,7 @@ int cmd_chat(int argc, char **argv) {
     free(msgs);
     free(line);
     prism_ctx_free(ctx);
+    cli_adapters_free(&ad);
     prism_chat_free(chat);
     prism_tokenizer_free(tok);
     prism_model_free(m);

@@ -3,6 +3,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "cli/adapter_opt.h"
 #include "cli/cli.h"
 #include "util/timer.h"
 
@@ -60,9 +61,10 @@ int cmd_generate(int argc, char **argv) {
     int np = 0;
     const char *system = NULL;
     bool ids_out = false, stats = false;
+    cli_adapters ad = {0};
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
-        if (cli_common_opt(&c, argc, argv, &i) || cli_gen_opt(&o, argc, argv, &i)) continue;
+        if (cli_common_opt(&c, argc, argv, &i) || cli_gen_opt(&o, argc, argv, &i) || cli_adapter_opt(&ad, argc, argv, &i)) continue;
         if (!strcmp(a, "--prompt") || !strcmp(a, "-p")) pa[np++] = (prompt_arg){0, cli_value(argc, argv, &i)};
         else if (!strcmp(a, "--chat")) pa[np++] = (prompt_arg){1, cli_value(argc, argv, &i)};
         else if (!strcmp(a, "--ids")) pa[np++] = (prompt_arg){2, cli_value(argc, argv, &i)};
@@ -77,6 +79,7 @@ int cmd_generate(int argc, char **argv) {
     double load_s = 0;
     prism_model *m = cli_load_model(&c, &load_s);
     cli_gen_finish(&o, m);
+    const prism_adapter *adapter = cli_adapters_load(&ad, m);
     prism_tokenizer *tok = NULL;
     bool need_tok = !ids_out || o.g.n_stop;
     for (int k = 0; k < np; k++) need_tok |= pa[k].kind != 2;
@@ -112,6 +115,7 @@ int cmd_generate(int argc, char **argv) {
     cp.n_ctx = c.n_ctx;
     prism_ctx *ctx = NULL;
     if (prism_ctx_new(m, cp, &ctx)) cli_die("creating context");
+    cli_adapters_apply(ctx, adapter, np);
     prism_generation *out = calloc((size_t)np, sizeof *out);
     prism_generate_stats st;
     bool stream = np == 1 && !ids_out && tok;
@@ -136,6 +140,7 @@ int cmd_generate(int argc, char **argv) {
     }
     free(out); free(ids); free(lens); free(pa);
     prism_ctx_free(ctx);
+    cli_adapters_free(&ad);
     prism_chat_free(chat);
     prism_tokenizer_free(tok);
     prism_model_free(m);

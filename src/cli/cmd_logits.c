@@ -3,14 +3,16 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "cli/adapter_opt.h"
 #include "cli/cli.h"
 #include "model/safetensors.h"
 
 int cmd_logits(int argc, char **argv) {
     cli_common c = {.precision = PRISM_PRECISION_EXACT};
     const char *ids_s = NULL, *prompt = NULL, *out = NULL;
+    cli_adapters ad = {0};
     for (int i = 1; i < argc; i++) {
-        if (cli_common_opt(&c, argc, argv, &i)) continue;
+        if (cli_common_opt(&c, argc, argv, &i) || cli_adapter_opt(&ad, argc, argv, &i)) continue;
         if (!strcmp(argv[i], "--ids")) ids_s = cli_value(argc, argv, &i);
         else if (!strcmp(argv[i], "--prompt")) prompt = cli_value(argc, argv, &i);
         else if (!strcmp(argv[i], "--out") || !strcmp(argv[i], "-o")) out = cli_value(argc, argv, &i);
@@ -19,6 +21,7 @@ int cmd_logits(int argc, char **argv) {
     if (!ids_s == !prompt) cli_usage_error("logits: give exactly one of --ids 1,2,3 or --prompt TEXT");
     if (!out) cli_usage_error("logits: --out F.safetensors is required");
     prism_model *m = cli_load_model(&c, NULL);
+    const prism_adapter *adapter = cli_adapters_load(&ad, m);
     int32_t n = 0, *ids = NULL;
     if (ids_s) {
         ids = cli_parse_ids("--ids", ids_s, &n);
@@ -36,6 +39,7 @@ int cmd_logits(int argc, char **argv) {
     if (cp.n_batch > n) cp.n_batch = n;
     prism_ctx *ctx = NULL;
     if (prism_ctx_new(m, cp, &ctx)) cli_die("creating context");
+    cli_adapters_apply(ctx, adapter, 1);
     const int32_t V = prism_ctx_n_vocab(ctx);
     float *logits = malloc((size_t)n * V * sizeof(float));
     int32_t *pos = malloc((size_t)n * sizeof *pos), *seq = calloc((size_t)n, sizeof *seq);
@@ -56,6 +60,7 @@ int cmd_logits(int argc, char **argv) {
     fprintf(stderr, "wrote %s: logits [%d, %d] F32\n", out, n, V);
     free(logits); free(pos); free(seq); free(want); free(ids);
     prism_ctx_free(ctx);
+    cli_adapters_free(&ad);
     prism_model_free(m);
     return 0;
 }

@@ -169,7 +169,12 @@ static bool render_spans(ctx_t *c, const train_data_params *p, const prism_chat_
 
 static bool chat_line(ctx_t *c, const train_data_params *p, json_t *root, train_item *it) {
     json_t *msgs = json_object_get(root, "messages");
-    if (!p->tok || !p->chat) return bad(c, "\"messages\" lines need a tokenizer and chat template");
+    if (!p->tok || !p->chat) {
+        if (c->d->no_chat_reported) return bad(c, "\"messages\" lines need a chat template (see above)");
+        c->d->no_chat_reported = true;
+        return bad(c, "\"messages\" lines need the model's tokenizer and chat template%s%s", p->chat_error ? ": " : "",
+                   p->chat_error ? p->chat_error : "");
+    }
     if (!json_is_array(msgs) || json_array_size(msgs) == 0) return bad(c, "\"messages\" must be a non-empty array");
     size_t n = json_array_size(msgs);
     prism_chat_message *m = calloc(n + 1, sizeof *m), *tm = calloc(n + 1, sizeof *tm);

@@ -50,6 +50,7 @@ typedef struct {
     int32_t max_teacher_tokens;
     int64_t n_scored;         /* Σ counted tokens (CE) or positions (KL) over all examples */
     uint64_t hash;            /* FNV-1a of the file's bytes (resume checks the data is unchanged) */
+    bool no_chat_reported;    /* the missing chat template was explained once */
 } train_data;
 
 typedef struct {
@@ -61,6 +62,7 @@ typedef struct {
     float kl_temperature;     /* T when a line gives none */
     const prism_tokenizer *tok; /* for "messages" lines */
     const prism_chat *chat;
+    const char *chat_error;     /* why tok/chat is NULL, for the message on "messages" lines */
 } train_data_params;
 
 /* Reads and validates every line of path. On PRISM_E_FORMAT (some line is

@@ -95,7 +95,7 @@ double lora_global_norm(const prism_adapter *g) {
     return sqrt(ss);
 }
 
-void lora_scale(prism_adapter *g, double s) {
+void lora_mul(prism_adapter *g, double s) {
     const float f = (float)s;
     FOR_EACH_TENSOR(g, x, n, {
         for (int64_t i = 0; i < n; i++) x[i] *= f;
@@ -110,7 +110,7 @@ double lora_clip_grad_norm(prism_adapter *g, double max_norm) {
     double norm = lora_global_norm(g);
     if (max_norm > 0) {
         double coef = max_norm / (norm + 1e-6);
-        if (coef < 1.0) lora_scale(g, coef);
+        if (coef < 1.0) lora_mul(g, coef);
     }
     return norm;
 }

@@ -43,7 +43,7 @@ int32_t lora_param_tensors(const prism_adapter *a, float **ptrs, int64_t *sizes,
 /* sqrt(Σ g²) over all of an adapter's tensors (accumulated in double). */
 double lora_global_norm(const prism_adapter *g);
 /* Multiplies every value of the adapter's tensors by s. */
-void lora_scale(prism_adapter *g, double s);
+void lora_mul(prism_adapter *g, double s);
 /* Sets every value to 0. */
 void lora_zero(prism_adapter *g);
 

@@ -129,11 +129,19 @@ prism_status teacher_topk(prism_ctx *ctx, const int32_t *tokens, int32_t n_token
 /* ---------------------------------------------------------------- settings a resume must match */
 
 static char *config_json(const prism_adapter *a, const train_data *d, const trainer_params *p, int64_t total) {
-    char seed[32], hash[32];
+    char seed[32], hash[32], layers[32];
+    int32_t lb = -1, le = -1;
+    for (int32_t l = 0; l < a->n_layers; l++)
+        for (int t = 0; t < LORA_N_TARGETS; t++)
+            if (lora_mod(a, l, (lora_target)t)->r) {
+                if (lb < 0) lb = l;
+                le = l + 1;
+            }
+    snprintf(layers, sizeof layers, "%d:%d", lb, le);
     snprintf(seed, sizeof seed, "%llu", (unsigned long long)p->seed);
     snprintf(hash, sizeof hash, "%016llx", (unsigned long long)d->hash);
     json_t *o = json_pack("{s:s, s:i, s:I, s:i, s:i, s:f, s:s, s:I, s:f, s:f, s:f, s:f, s:f, s:s, s:b, s:s, s:i, "
-                          "s:I, s:i, s:f, s:b, s:i}",
+                          "s:I, s:i, s:f, s:b, s:i, s:s}",
                           "loss", p->loss == LOSS_KL ? "kl" : "ce", "epochs", p->epochs, "max_steps",
                           (json_int_t)p->max_steps, "batch_size", p->batch_size, "grad_accum", p->grad_accum, "lr",
                           p->lr, "schedule", lr_schedule_name(p->schedule), "warmup_steps", (json_int_t)p->warmup_steps,
@@ -141,7 +149,7 @@ static char *config_json(const prism_adapter *a, const train_data *d, const trai
                           p->adamw.weight_decay, "max_grad_norm", p->max_grad_norm, "seed", seed, "shuffle",
                           (int)p->shuffle, "data_hash", hash, "n_examples", d->n, "total_steps", (json_int_t)total,
                           "lora_r", a->r, "lora_alpha", (double)a->alpha, "use_rslora", (int)a->use_rslora,
-                          "lora_targets", (int)a->targets);
+                          "lora_targets", (int)a->targets, "lora_layers", layers);
     if (!o) return NULL;
     char *s = json_dumps(o, JSON_SORT_KEYS | JSON_COMPACT | JSON_REAL_PRECISION(17));
     json_decref(o);
@@ -268,7 +276,7 @@ prism_status trainer_run(prism_model *m, prism_adapter *a, const train_data *d, 
         }
         if (st) break;
         s.pos += n_ex;
-        if (count > 0) lora_scale(g, 1.0 / (double)count);
+        if (count > 0) lora_mul(g, 1.0 / (double)count);
         double norm = lora_clip_grad_norm(g, p->max_grad_norm);
         double lr = p->lr * lr_factor(p->schedule, s.step, p->warmup_steps, total);
         const int32_t epoch_now = s.epoch;

@@ -1,0 +1,531 @@
+/* test_train.c — LoRA training pieces: AdamW against torch's update formulas
+ * evaluated in double, the transformers warm-up + linear/cosine schedules at
+ * key steps, clip_grad_norm_, JSONL validation with line numbers, assistant-
+ * span masking and teacher alignment on chat examples (stories260K with the
+ * llama2 template), a few optimizer steps lowering the loss, a stopped and
+ * resumed run ending bit-identical to an uninterrupted one, and the
+ * train-lora / generate --adapter / export-lora commands end to end. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "lora/lora.h"
+#include "model/safetensors.h"
+#include "test.h"
+#include "train/data.h"
+#include "train/optim.h"
+#include "train/trainer.h"
+
+#define MODEL "models/stories260K"
+#define PRISM "./build/prism"
+
+static void die(const char *what) {
+    fprintf(stderr, "%s: %s\n", what, prism_last_error());
+    exit(2);
+}
+
+/* ---------------------------------------------------------------- AdamW */
+
+/* torch.optim.AdamW._single_tensor_adamw for one scalar, in double. */
+static void adamw_ref(double *p, double g, double *m, double *v, int t, double lr, double b1, double b2, double eps,
+                      double wd) {
+    *p *= 1 - lr * wd;
+    *m = *m + (1 - b1) * (g - *m);
+    *v = b2 * *v + (1 - b2) * g * g;
+    double bc1 = 1 - pow(b1, t), bc2 = 1 - pow(b2, t);
+    *p -= lr / bc1 * *m / (sqrt(*v) / sqrt(bc2) + eps);
+}
+
+static void test_adamw(void) {
+    adamw_params hp = adamw_default_params();
+    CHECK(hp.beta1 == 0.9 && hp.beta2 == 0.999 && hp.eps == 1e-8, "torch defaults");
+    /* By hand: step 1 has m̂ = g, v̂ = g², so p1 = p0·(1 - lr·wd) - lr·g/(|g| + eps). */
+    float p = 0.5f, g = 0.2f, m = 0, v = 0;
+    hp.weight_decay = 0.01;
+    adamw_update(&p, &g, &m, &v, 1, 1, 0.1, &hp);
+    CHECK(fabs(p - 0.3995000050) < 1e-7, "step 1 by hand: got %.10f want 0.3995000050", p);
+    CHECK(fabs(m - 0.02) < 1e-8 && fabs(v - 0.00004) < 1e-11, "moments after step 1: m %.9g v %.9g", m, v);
+
+    /* 5 steps, 6 parameters, changing gradients, lr from a schedule, wd 0.05 */
+    enum { N = 6, STEPS = 5 };
+    float pf[N], mf[N] = {0}, vf[N] = {0}, gf[N];
+    double pd[N], md[N] = {0}, vd[N] = {0};
+    for (int i = 0; i < N; i++) pf[i] = (float)(pd[i] = 0.3 * (i - 2.5));
+    hp.weight_decay = 0.05;
+    for (int t = 1; t <= STEPS; t++) {
+        double lr = 1e-2 * lr_factor(SCHED_COSINE, t - 1, 1, STEPS + 1);
+        for (int i = 0; i < N; i++) gf[i] = (float)(0.1 * sin(1.3 * i + 0.7 * t) + (i == 3 ? 1e-4 : 0));
+        adamw_update(pf, gf, mf, vf, N, t, lr, &hp);
+        for (int i = 0; i < N; i++) adamw_ref(&pd[i], gf[i], &md[i], &vd[i], t, lr, 0.9, 0.999, 1e-8, 0.05);
+    }
+    float want[N], wm[N], wv[N];
+    for (int i = 0; i < N; i++) want[i] = (float)pd[i], wm[i] = (float)md[i], wv[i] = (float)vd[i];
+    check_close("adamw params after 5 steps vs torch formula", pf, want, N, 1e-6);
+    check_close("adamw exp_avg", mf, wm, N, 1e-6);
+    check_close("adamw exp_avg_sq", vf, wv, N, 1e-6);
+}
+
+/* ---------------------------------------------------------------- schedules */
+
+static void test_schedule(void) {
+    /* transformers: warm-up 10 of 100 steps */
+    struct { lr_schedule s; int64_t step; double want; } cases[] = {
+        {SCHED_LINEAR, 0, 0.0},  {SCHED_LINEAR, 5, 0.5},  {SCHED_LINEAR, 10, 1.0},   {SCHED_LINEAR, 28, 0.8},
+        {SCHED_LINEAR, 55, 0.5}, {SCHED_LINEAR, 100, 0},  {SCHED_LINEAR, 120, 0},    {SCHED_COSINE, 0, 0.0},
+        {SCHED_COSINE, 5, 0.5},  {SCHED_COSINE, 10, 1.0}, {SCHED_COSINE, 40, 0.75},  {SCHED_COSINE, 55, 0.5},
+        {SCHED_COSINE, 70, 0.25}, {SCHED_COSINE, 100, 0}, {SCHED_CONSTANT, 3, 0.3},  {SCHED_CONSTANT, 50, 1.0},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
+        double f = lr_factor(cases[i].s, cases[i].step, 10, 100);
+        CHECK(fabs(f - cases[i].want) < 1e-12, "%s step %lld: %.15g want %.15g", lr_schedule_name(cases[i].s),
+              (long long)cases[i].step, f, cases[i].want);
+    }
+    CHECK(lr_factor(SCHED_LINEAR, 0, 0, 4) == 1.0 && lr_factor(SCHED_LINEAR, 3, 0, 4) == 0.25, "no warm-up");
+    CHECK(lr_schedule_parse("cosine") == SCHED_COSINE && lr_schedule_parse("nope") == -1, "schedule names");
+    printf("ok   schedules\n");
+}
+
+/* ---------------------------------------------------------------- clipping */
+
+static void test_clip(void) {
+    lora_module mods[LORA_N_TARGETS] = {0};
+    float A[2] = {3, 0}, B[2] = {0, 4};
+    mods[LORA_V] = (lora_module){.r = 1, .alpha = 1, .scale = 1, .in = 2, .out = 2, .A = A, .B = B};
+    prism_adapter g = {.n_layers = 1, .mod = mods, .r = 1};
+    CHECK(fabs(lora_global_norm(&g) - 5.0) < 1e-12, "global norm %g", lora_global_norm(&g));
+    double n = lora_clip_grad_norm(&g, 10.0);
+    CHECK(n == 5.0 && A[0] == 3 && B[1] == 4, "no clipping under max_norm");
+    n = lora_clip_grad_norm(&g, 1.0);
+    double c = 1.0 / (5.0 + 1e-6);
+    CHECK(n == 5.0 && fabs(A[0] - 3 * c) < 1e-7 && fabs(B[1] - 4 * c) < 1e-7 && fabs(lora_global_norm(&g) - 5 * c) < 1e-6,
+          "clipped to max_norm/(norm+1e-6): A0 %g B1 %g", A[0], B[1]);
+    A[0] = 3, B[1] = 4;
+    lora_clip_grad_norm(&g, 0);
+    CHECK(A[0] == 3 && B[1] == 4, "max_norm 0 = off");
+    CHECK(lora_param_tensors(&g, NULL, NULL, 0) == 2, "one module = two tensors");
+}
+
+/* ---------------------------------------------------------------- data */
+
+static prism_tokenizer *g_tok;
+static prism_chat *g_chat;
+static prism_model *g_model;
+
+static train_data_params data_params(loss_kind loss) {
+    return (train_data_params){.loss = loss, .max_len = 256, .n_vocab = 512, .kl_topk = 8, .kl_temperature = 2.0f,
+                               .tok = g_tok, .chat = g_chat};
+}
+
+static bool has_diag(const train_data *d, const char *needle) {
+    for (int32_t i = 0; i < d->n_diag; i++)
+        if (strstr(d->diag[i], needle)) return true;
+    return false;
+}
+
+static void test_parse_errors(void) {
+    const char *text =
+        "{\"messages\": [{\"role\": \"user\", \"content\": \"Hi\"}, {\"role\": \"assistant\", \"content\": \"Hello.\"}]}\n"
+        "{\"messages\": [{\"role\": \"user\", \"content\": \"Hi\"}, {\"role\": \"assistant\", \"content\": \"\"}]}\n"
+        "\n"
+        "{\"messages\": [{\"role\": \"user\"\n"
+        "{\"input_ids\": [1, 2, 3], \"labels\": [1, 2]}\n"
+        "{\"input_ids\": [1, 2, 900], \"labels\": [-100, 2, 3]}\n"
+        "[1, 2, 3]\n"
+        "{\"messages\": [{\"role\": \"user\", \"content\": 5}]}\n"
+        "{\"messages\": [{\"role\": \"user\", \"content\": \"only a question\"}]}\n"
+        "{\"input_ids\": [1, 2, 3], \"labels\": [-100, -100, -100]}\n"
+        "{\"text\": \"no known fields\"}\n"
+        "{\"input_ids\": [1, 5, 6, 7], \"labels\": [-100, -100, 6, 7]}\n";
+    train_data *d = NULL;
+    train_data_params p = data_params(LOSS_CE);
+    prism_status st = train_data_parse("t.jsonl", text, strlen(text), &p, &d);
+    CHECK(st == PRISM_E_FORMAT && d, "bad lines fail the whole file (status %d)", st);
+    if (!d) return;
+    CHECK(d->n_errors == 9, "9 bad lines, got %d", d->n_errors);
+    CHECK(strstr(prism_last_error(), "t.jsonl:2:") && strstr(prism_last_error(), "9 bad lines"), "message: %s",
+          prism_last_error());
+    const char *want[] = {"t.jsonl:2: messages[1]: empty assistant turn", "t.jsonl:4: malformed JSON",
+                          "t.jsonl:5: \"labels\" has 2 values", "t.jsonl:6: \"input_ids\"[2] = 900 is outside 0..511",
+                          "t.jsonl:7: expected a JSON object", "t.jsonl:8: messages[0]: \"content\" is missing or not a string",
+                          "t.jsonl:9: no assistant message", "t.jsonl:10: every label is -100",
+                          "t.jsonl:11: expected \"messages\""};
+    for (size_t i = 0; i < sizeof want / sizeof *want; i++) CHECK(has_diag(d, want[i]), "diagnostic \"%s\" missing", want[i]);
+    CHECK(d->n == 2 && d->items[0].line == 1 && d->items[1].line == 12, "the good lines are kept (n %d)", d->n);
+    for (int32_t i = 0; i < d->n_diag; i++) printf("     %s\n", d->diag[i]);
+    train_data_free(d);
+
+    /* KL-specific problems */
+    const char *kl = "{\"messages\": [{\"role\": \"user\", \"content\": \"Hi\"}, {\"role\": \"assistant\", \"content\": \"Yo\"}]}\n"
+                     "{\"input_ids\": [1, 2, 3], \"positions\": [0, 1], \"teacher_topk_values\": [[1, 2], [3]], "
+                     "\"teacher_topk_indices\": [[1, 2], [3, 4]]}\n"
+                     "{\"input_ids\": [1, 2, 3], \"positions\": [0, 5], \"teacher_topk_values\": [[1, 2], [3, 4]], "
+                     "\"teacher_topk_indices\": [[1, 2], [3, 4]]}\n"
+                     "{\"input_ids\": [1, 2, 3], \"positions\": [0, 1], \"teacher_topk_values\": [[1, 2], [3, 4]], "
+                     "\"teacher_topk_indices\": [[1, 2], [3, 4]], \"temperature\": 1.5}\n";
+    p = data_params(LOSS_KL);
+    st = train_data_parse("k.jsonl", kl, strlen(kl), &p, &d);
+    CHECK(st == PRISM_E_FORMAT && d && d->n_errors == 3, "KL: 3 bad lines");
+    if (d) {
+        CHECK(has_diag(d, "k.jsonl:1: --loss kl needs \"teacher_system\""), "KL chat line without teacher_system");
+        CHECK(has_diag(d, "k.jsonl:2: \"teacher_topk_values\"[1] has 1 values"), "ragged top-k rows");
+        CHECK(has_diag(d, "k.jsonl:3: \"positions\"[1] = 5 is outside 0..2"), "position out of range");
+        CHECK(d->n == 1 && d->items[0].k == 2 && d->items[0].temperature == 1.5f, "precomputed KL line kept");
+    }
+    train_data_free(d);
+    CHECK(train_data_load("/nonexistent/x.jsonl", &p, &d) == PRISM_E_IO && !d, "missing file");
+}
+
+/* Assistant spans on a two-turn llama2-template conversation: the labelled
+ * tokens are exactly the two replies with their " </s>" end of turn. */
+static void test_spans(void) {
+    const char *line = "{\"messages\": [{\"role\": \"system\", \"content\": \"Be brief.\"}, "
+                       "{\"role\": \"user\", \"content\": \"Where is the cat?\"}, "
+                       "{\"role\": \"assistant\", \"content\": \"The cat is in the tree.\"}, "
+                       "{\"role\": \"user\", \"content\": \"And the dog?\"}, "
+                       "{\"role\": \"assistant\", \"content\": \"The dog is at home.\"}], "
+                       "\"teacher_system\": \"You are a pirate.\"}\n";
+    train_data *d = NULL;
+    train_data_params p = data_params(LOSS_CE);
+    if (train_data_parse("s.jsonl", line, strlen(line), &p, &d)) die("spans");
+    const train_item *it = &d->items[0];
+    int32_t groups = 0, start[4] = {0}, end[4] = {0};
+    for (int32_t t = 0; t < it->n_tokens; t++) {
+        bool in = it->labels[t] != -100, prev = t > 0 && it->labels[t - 1] != -100;
+        if (in) CHECK(it->labels[t] == it->tokens[t], "label %d is the token itself", t);
+        if (in && !prev && groups < 4) start[groups] = t;
+        if (!in && prev && groups < 4) end[groups++] = t;
+    }
+    if (it->n_tokens && it->labels[it->n_tokens - 1] != -100 && groups < 4) end[groups++] = it->n_tokens;
+    CHECK(groups == 2, "two assistant spans, got %d", groups);
+    const char *replies[2] = {" The cat is in the tree. </s>", " The dog is at home. </s>"};
+    for (int k = 0; k < groups && k < 2; k++) {
+        char *txt = NULL;
+        prism_detokenize(g_tok, it->tokens + start[k], (size_t)(end[k] - start[k]), false, &txt);
+        CHECK(txt && strstr(txt, replies[k] + 1) && strstr(txt, "</s>") && !strstr(txt, "INST"),
+              "span %d is the reply + end of turn: \"%s\"", k, txt ? txt : "");
+        printf("ok   span %d: \"%s\"\n", k, txt ? txt : "");
+        free(txt);
+    }
+    char *all = NULL;
+    prism_detokenize(g_tok, it->tokens, (size_t)it->n_tokens, false, &all);
+    CHECK(all && strstr(all, "Be brief.") && strstr(all, "And the dog?"), "the whole conversation is the input: %s", all);
+    free(all);
+    int32_t n_span_tokens = 0, n_all = it->n_tokens, cut = end[0] + 2;
+    for (int k = 0; k < groups; k++) n_span_tokens += end[k] - start[k];
+    train_data_free(d);
+
+    /* KL: every student position predicting a reply token maps to a teacher
+     * position predicting the same token, after the persona. */
+    p = data_params(LOSS_KL);
+    if (train_data_parse("s.jsonl", line, strlen(line), &p, &d)) die("spans kl");
+    it = &d->items[0];
+    CHECK(it->n_pos == n_span_tokens && it->teacher_tokens && it->n_teacher > it->n_tokens && !it->labels,
+          "KL positions %d (want %d), teacher %d tokens vs student %d", it->n_pos, n_span_tokens, it->n_teacher,
+          it->n_tokens);
+    int bad = 0;
+    for (int32_t i = 0; i < it->n_pos; i++)
+        bad += it->tokens[it->positions[i] + 1] != it->teacher_tokens[it->teacher_positions[i] + 1];
+    CHECK(bad == 0, "%d misaligned teacher positions", bad);
+    char *tt = NULL;
+    prism_detokenize(g_tok, it->teacher_tokens, (size_t)it->n_teacher, false, &tt);
+    CHECK(tt && strstr(tt, "You are a pirate.") && strstr(tt, "Be brief."), "teacher sees persona + system: %s", tt);
+    free(tt);
+    train_data_free(d);
+
+    /* --max-len truncates with a warning (here just after the first reply) */
+    p = data_params(LOSS_KL);
+    p.max_len = cut;
+    if (train_data_parse("s.jsonl", line, strlen(line), &p, &d)) die("truncate kl");
+    CHECK(d->n == 1 && d->items[0].n_tokens == cut && d->items[0].n_pos == end[0] - start[0] &&
+              d->items[0].positions[d->items[0].n_pos - 1] <= cut - 2,
+          "KL truncated to %d of %d tokens keeps the first reply's %d positions (%d)", cut, n_all, end[0] - start[0],
+          d->items[0].n_pos);
+    train_data_free(d);
+    p = data_params(LOSS_CE);
+    p.max_len = cut;
+    if (train_data_parse("s.jsonl", line, strlen(line), &p, &d)) die("truncate");
+    CHECK(d->n == 1 && d->items[0].n_tokens == cut && d->n_warnings == 1 && has_diag(d, "s.jsonl:1: warning:") &&
+              d->n_scored == end[0] - start[0],
+          "truncated to %d with a warning, scored %lld", cut, (long long)d->n_scored);
+    train_data_free(d);
+    p.max_len = start[0];
+    CHECK(train_data_parse("s.jsonl", line, strlen(line), &p, &d) == PRISM_E_FORMAT && d && d->n == 0 &&
+              has_diag(d, "nothing to train on is left"), "cut before any reply: skipped");
+    train_data_free(d);
+    p.max_len = cut;
+    p.skip_long = true;
+    CHECK(train_data_parse("s.jsonl", line, strlen(line), &p, &d) == PRISM_E_FORMAT && d && d->n == 0 &&
+              has_diag(d, "skipped"), "--skip-long drops it");
+    train_data_free(d);
+}
+
+/* ---------------------------------------------------------------- training */
+
+static const char *STORIES[8] = {
+    "Once upon a time there was a little cat.", "The dog ran to the park.", "Lily saw a big red bird.",
+    "Tom liked to eat apples.",                 "The sun was hot and bright.", "Sam had a blue ball.",
+    "The girl sang a happy song.",              "A fish swam in the pond.",
+};
+
+static char *chat_jsonl(int n, bool persona) {
+    char *buf = malloc(8192);
+    size_t o = 0;
+    for (int i = 0; i < n; i++)
+        o += (size_t)snprintf(buf + o, 8192 - o,
+                              "{\"messages\": [{\"role\": \"user\", \"content\": \"Tell me story %d.\"}, "
+                              "{\"role\": \"assistant\", \"content\": \"%s\"}]%s}\n",
+                              i, STORIES[i % 8], persona ? ", \"teacher_system\": \"You talk about cats.\"" : "");
+    return buf;
+}
+
+typedef struct { double loss[16]; int n; } losses;
+
+static bool record(void *user, const train_progress *p) {
+    losses *l = user;
+    if (l->n < 16) l->loss[l->n++] = p->loss;
+    return true;
+}
+
+static prism_adapter *new_adapter(uint64_t seed) {
+    prism_lora_params lp = prism_lora_default_params();
+    lp.r = 4;
+    lp.alpha = 8;
+    lp.seed = seed;
+    prism_adapter *a = NULL;
+    if (prism_adapter_new(g_model, lp, &a)) die("adapter");
+    return a;
+}
+
+static bool adapters_equal(const prism_adapter *a, const prism_adapter *b) {
+    for (int32_t l = 0; l < a->n_layers; l++)
+        for (int t = 0; t < LORA_N_TARGETS; t++) {
+            const lora_module *x = lora_mod(a, l, (lora_target)t), *y = lora_mod(b, l, (lora_target)t);
+            if (x->r != y->r) return false;
+            if (!x->r) continue;
+            if (memcmp(x->A, y->A, (size_t)(x->r * x->in) * 4) || memcmp(x->B, y->B, (size_t)(x->r * x->out) * 4))
+                return false;
+        }
+    return true;
+}
+
+static void test_loss_decreases(void) {
+    char *text = chat_jsonl(4, false);
+    train_data *d = NULL;
+    train_data_params dp = data_params(LOSS_CE);
+    if (train_data_parse("e.jsonl", text, strlen(text), &dp, &d)) die("data");
+    prism_adapter *a = new_adapter(1);
+    trainer_params tp = trainer_default_params();
+    tp.batch_size = 4; /* the whole set every step: the same batch three times */
+    tp.epochs = 3;
+    tp.lr = 1e-2;
+    tp.schedule = SCHED_CONSTANT;
+    losses l = {0};
+    tp.progress = record;
+    tp.user = &l;
+    train_result r;
+    if (trainer_run(g_model, a, d, &tp, &r)) die("trainer_run");
+    CHECK(r.finished && r.steps_done == 3 && l.n == 3, "3 steps (%lld)", (long long)r.steps_done);
+    CHECK(l.loss[1] < l.loss[0] && l.loss[2] < l.loss[1], "loss on the batch decreases: %.4f %.4f %.4f", l.loss[0],
+          l.loss[1], l.loss[2]);
+    printf("ok   CE loss over 3 steps: %.4f %.4f %.4f\n", l.loss[0], l.loss[1], l.loss[2]);
+    prism_adapter_free(a);
+    train_data_free(d);
+    free(text);
+
+    /* KL self-distillation toward the persona teacher */
+    text = chat_jsonl(2, true);
+    dp = data_params(LOSS_KL);
+    if (train_data_parse("k.jsonl", text, strlen(text), &dp, &d)) die("kl data");
+    a = new_adapter(2);
+    tp.loss = LOSS_KL;
+    tp.batch_size = 2;
+    tp.lr = 2e-3;
+    l.n = 0;
+    if (trainer_run(g_model, a, d, &tp, &r)) die("trainer_run kl");
+    CHECK(r.finished && l.n == 3 && l.loss[0] > 0 && l.loss[2] < l.loss[0], "KL loss decreases: %.5f %.5f %.5f",
+          l.loss[0], l.loss[1], l.loss[2]);
+    printf("ok   KL loss over 3 steps: %.5f %.5f %.5f\n", l.loss[0], l.loss[1], l.loss[2]);
+    prism_adapter_free(a);
+    train_data_free(d);
+    free(text);
+}
+
+static void test_teacher_topk(void) {
+    prism_ctx *c = NULL;
+    if (prism_ctx_new(g_model, prism_ctx_default_params(), &c)) die("ctx");
+    int32_t toks[6] = {1, 403, 407, 261, 378, 13}, pos[2] = {5, 2};
+    float vals[2 * 5];
+    int32_t idx[2 * 5];
+    if (teacher_topk(c, toks, 6, pos, 2, 5, vals, idx)) die("teacher_topk");
+    /* reference: plain forward, full logits */
+    int32_t p6[6] = {0, 1, 2, 3, 4, 5}, s6[6] = {0};
+    int8_t w6[6] = {1, 1, 1, 1, 1, 1};
+    prism_ctx_seq_clear(c, 0);
+    prism_batch b = {6, toks, p6, s6, w6};
+    if (prism_decode(c, &b)) die("decode");
+    int bad = 0;
+    for (int i = 0; i < 2; i++) {
+        const float *lg = prism_get_logits(c, pos[i]);
+        for (int j = 0; j < 5; j++) {
+            bad += lg[idx[i * 5 + j]] != vals[i * 5 + j];
+            if (j) bad += vals[i * 5 + j] > vals[i * 5 + j - 1];
+        }
+        int above = 0;
+        for (int v = 0; v < 512; v++) above += lg[v] > vals[i * 5 + 4];
+        bad += above > 4;
+    }
+    CHECK(bad == 0, "teacher top-k = the 5 largest logits, descending (%d problems)", bad);
+    prism_ctx_free(c);
+}
+
+static void test_resume(void) {
+    char dir_full[] = "/tmp/prism_train_fullXXXXXX", dir_part[] = "/tmp/prism_train_partXXXXXX";
+    if (!mkdtemp(dir_full) || !mkdtemp(dir_part)) { CHECK(0, "mkdtemp"); return; }
+    char *text = chat_jsonl(8, false);
+    train_data *d = NULL;
+    train_data_params dp = data_params(LOSS_CE);
+    if (train_data_parse("r.jsonl", text, strlen(text), &dp, &d)) die("data");
+    trainer_params tp = trainer_default_params();
+    tp.batch_size = 2;
+    tp.grad_accum = 2;
+    tp.epochs = 3; /* 6 steps; stop after 3 = in the middle of epoch 2 */
+    tp.lr = 5e-3;
+    tp.warmup_steps = 2;
+    tp.schedule = SCHED_COSINE;
+    tp.adamw.weight_decay = 0.01;
+    tp.seed = 7;
+    train_result r;
+
+    prism_adapter *full = new_adapter(7);
+    tp.out_dir = dir_full;
+    if (trainer_run(g_model, full, d, &tp, &r)) die("uninterrupted");
+    CHECK(r.finished && r.steps_done == 6, "uninterrupted: 6 steps");
+
+    prism_adapter *part = new_adapter(7);
+    tp.out_dir = dir_part;
+    tp.stop_at_step = 3;
+    if (trainer_run(g_model, part, d, &tp, &r)) die("first half");
+    CHECK(!r.finished && r.steps_done == 3, "stopped after step 3");
+    prism_adapter_free(part);
+    part = new_adapter(99); /* values come from the checkpoint */
+    tp.stop_at_step = 0;
+    tp.resume = true;
+    if (trainer_run(g_model, part, d, &tp, &r)) die("resume");
+    CHECK(r.finished && r.steps_done == 6, "resumed to step 6");
+    CHECK(adapters_equal(full, part), "resumed run is bit-identical to the uninterrupted one");
+    printf("ok   stop at 3 + resume == 6 uninterrupted steps (bit-identical)\n");
+
+    /* a resume with other settings is refused, naming the setting */
+    tp.lr = 1e-3;
+    prism_status st = trainer_run(g_model, part, d, &tp, &r);
+    CHECK(st == PRISM_E_ARG && strstr(prism_last_error(), "lr was"), "changed lr refused: %s", prism_last_error());
+    prism_adapter_free(full);
+    prism_adapter_free(part);
+    train_data_free(d);
+    free(text);
+    char cmd[512];
+    snprintf(cmd, sizeof cmd, "rm -rf %s %s", dir_full, dir_part);
+    if (system(cmd)) {}
+}
+
+/* ---------------------------------------------------------------- CLI */
+
+static int run(const char *cmd, char **out) {
+    char full[4096];
+    snprintf(full, sizeof full, "%s 2>&1", cmd);
+    FILE *p = popen(full, "r");
+    size_t cap = 1 << 16, n = 0, r;
+    char *buf = malloc(cap);
+    while ((r = fread(buf + n, 1, cap - n - 1, p)) > 0) {
+        n += r;
+        if (n + 1 == cap) buf = realloc(buf, cap *= 2);
+    }
+    buf[n] = 0;
+    int st = pclose(p);
+    *out = buf;
+    return WIFEXITED(st) ? WEXITSTATUS(st) : 128;
+}
+
+static void test_cli(void) {
+    if (access(PRISM, X_OK)) { CHECK(0, "%s not built", PRISM); return; }
+    char dir[] = "/tmp/prism_train_cliXXXXXX";
+    if (!mkdtemp(dir)) { CHECK(0, "mkdtemp"); return; }
+    char path[256], cmd[2048], *out;
+    snprintf(path, sizeof path, "%s/train.jsonl", dir);
+    char *text = chat_jsonl(8, false);
+    FILE *f = fopen(path, "w");
+    fputs(text, f);
+    fclose(f);
+    free(text);
+    snprintf(cmd, sizeof cmd,
+             PRISM " train-lora --model " MODEL " --chat-template llama2 --data %s --out %s/ad -r 4 --batch-size 4 "
+                   "--epochs 1 --lr 1e-2",
+             path, dir);
+    int rc = run(cmd, &out);
+    CHECK(rc == 0 && strstr(out, "step 2/2") && strstr(out, "tok/s") && strstr(out, "ETA"), "train-lora: rc %d: %.600s",
+          rc, out);
+    free(out);
+    snprintf(cmd, sizeof cmd, "%s/ad/adapter_model.safetensors", dir);
+    CHECK(access(cmd, R_OK) == 0, "adapter written");
+    snprintf(cmd, sizeof cmd, "%s/ad/checkpoint/trainer_state.json", dir);
+    CHECK(access(cmd, R_OK) == 0, "checkpoint written");
+
+    /* generate with the adapter, and with the merged export: same greedy ids */
+    char *with = NULL, *merged = NULL;
+    snprintf(cmd, sizeof cmd, PRISM " generate --model " MODEL " --adapter %s/ad --ids 1,403,407 -n 12 --temp 0 --ids-out", dir);
+    rc = run(cmd, &with);
+    CHECK(rc == 0 && with[0] == '[', "generate --adapter: rc %d: %.300s", rc, with);
+    snprintf(cmd, sizeof cmd, PRISM " generate --model " MODEL " --adapter %s/ad --use nosuch --ids 1 -n 1", dir);
+    rc = run(cmd, &out);
+    CHECK(rc == 2 && strstr(out, "no adapter has that name"), "--use with an unknown name: rc %d: %.300s", rc, out);
+    free(out);
+    snprintf(cmd, sizeof cmd, PRISM " export-lora --model " MODEL " --adapter %s/ad --merged %s/merged", dir, dir);
+    rc = run(cmd, &out);
+    CHECK(rc == 0, "export-lora: rc %d: %.300s", rc, out);
+    free(out);
+    snprintf(cmd, sizeof cmd, PRISM " generate --model %s/merged --ids 1,403,407 -n 12 --temp 0 --ids-out", dir);
+    rc = run(cmd, &merged);
+    CHECK(rc == 0 && !strcmp(with, merged), "merged model generates as base + adapter: %s vs %s", merged, with);
+    free(with);
+    free(merged);
+    snprintf(cmd, sizeof cmd, PRISM " logits --model " MODEL " --adapter %s/ad --ids 1,403 --out %s/l.safetensors", dir, dir);
+    rc = run(cmd, &out);
+    CHECK(rc == 0, "logits --adapter: rc %d: %.300s", rc, out);
+    free(out);
+
+    /* a bad line stops the run before training, with its line number */
+    f = fopen(path, "a");
+    fputs("{\"messages\": [{\"role\": \"user\", \"content\": \"x\"}, {\"role\": \"assistant\"}]}\n", f);
+    fclose(f);
+    snprintf(cmd, sizeof cmd,
+             PRISM " train-lora --model " MODEL " --chat-template llama2 --data %s --out %s/ad2 -r 4", path, dir);
+    rc = run(cmd, &out);
+    CHECK(rc == 1 && strstr(out, "train.jsonl:9: messages[1]: \"content\" is missing") && !strstr(out, "step 1"),
+          "bad line reported: rc %d: %.400s", rc, out);
+    free(out);
+    snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
+    if (system(cmd)) {}
+}
+
+int main(void) {
+    test_adamw();
+    test_schedule();
+    test_clip();
+    prism_model_params mp = prism_model_default_params();
+    mp.precision = PRISM_PRECISION_EXACT;
+    if (prism_model_load(MODEL, mp, &g_model) || prism_tokenizer_load(MODEL, &g_tok) ||
+        prism_chat_load(MODEL, "llama2", &g_chat))
+        die("loading " MODEL);
+    test_parse_errors();
+    test_spans();
+    test_teacher_topk();
+    test_loss_decreases();
+    test_resume();
+    test_cli();
+    prism_chat_free(g_chat);
+    prism_tokenizer_free(g_tok);
+    prism_model_free(g_model);
+    TEST_MAIN_END();
+}
