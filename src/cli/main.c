@@ -4,6 +4,9 @@
 
 #include "cli/cli.h"
 
+int cmd_train(int argc, char **argv);  /* cmd_train.c */
+int cmd_export(int argc, char **argv); /* cmd_export.c */
+
 static const char *USAGE =
     "usage: prism <command> [options]\n"
     "\n"
@@ -16,6 +19,10 @@ static const char *USAGE =
     "  logits    --model DIR --ids 1,2,3 --out F.safetensors\n"
     "            write F32 logits of every position as tensor \"logits\" [T, vocab]\n"
     "  info      --model DIR            architecture, sizes, dtype, memory needed\n"
+    "  train-lora --model DIR --data train.jsonl --out ADAPTER_DIR [options]\n"
+    "            train a LoRA adapter (see \"train-lora options\" below and the README)\n"
+    "  export-lora --model DIR --adapter A --merged OUT\n"
+    "            write base + adapter merged as a Hugging Face checkpoint\n"
     "\n"
     "common options:\n"
     "  --threads N        worker threads (default: all cores)\n"
@@ -34,7 +41,34 @@ static const char *USAGE =
     "  --stop STR         stop string (repeatable)\n"
     "  --ignore-eos       keep generating past end-of-sequence tokens\n"
     "  --ids-out          print the generated ids as a JSON array instead of text\n"
-    "  --stats            print load time, prefill and decode speed to stderr\n";
+    "  --stats            print load time, prefill and decode speed to stderr\n"
+    "\n"
+    "adapters (generate, chat, logits):\n"
+    "  --adapter DIR      load a PEFT LoRA adapter (repeatable); the first one applies to\n"
+    "                     every sequence unless --use picks another\n"
+    "  --use NAME         apply the loaded adapter with this name (its directory's base name)\n"
+    "\n"
+    "train-lora options:\n"
+    "  --loss ce|kl       masked cross-entropy on assistant tokens (default) or top-k KL\n"
+    "                     self-distillation from the base model's teacher top-k\n"
+    "  -r, --rank N       LoRA rank (default 16)   --alpha A (default 2*rank)   --rslora\n"
+    "  --targets LIST     q,k,v,o,gate,up,down, attn, mlp or all (default all)\n"
+    "  --layers B:E       adapted layers B..E-1 (default 1: = all but the first), or all\n"
+    "  --lr LR            peak learning rate (default 2e-4)\n"
+    "  --schedule S       linear (default), cosine or constant, after --warmup N steps (default 0)\n"
+    "  --weight-decay W   AdamW decoupled weight decay (default 0)\n"
+    "  --max-grad-norm G  clip the global gradient norm (default 1; 0 = off)\n"
+    "  --epochs N (default 1)  --max-steps N  --batch-size N (default 1)  --grad-accum N (default 1)\n"
+    "  --max-len N        longer examples are truncated with a warning (default 1024);\n"
+    "                     --skip-long skips them instead\n"
+    "  --seed S           adapter initialisation and per-epoch shuffle (default 42); --no-shuffle\n"
+    "  --kl-topk K (default 64)  --kl-temperature T (default 2)   teacher top-k for --loss kl\n"
+    "  --save-every N     checkpoint to OUT/checkpoint every N steps (always at the end)\n"
+    "  --stop-at-step N   stop after step N with a checkpoint; continue with --resume\n"
+    "  --resume           continue exactly from OUT/checkpoint (same options and data)\n"
+    "  --save-dtype T     F32 (default), BF16 or F16 for the final adapter\n"
+    "  --no-recompute     keep all activations instead of recomputing them per layer\n"
+    "  --quiet            no per-step progress lines\n";
 
 int main(int argc, char **argv) {
     if (argc < 2 || !strcmp(argv[1], "--help") || !strcmp(argv[1], "-h") || !strcmp(argv[1], "help")) {
@@ -47,6 +81,8 @@ int main(int argc, char **argv) {
     if (!strcmp(cmd, "tokenize")) return cmd_tokenize(argc - 1, argv + 1);
     if (!strcmp(cmd, "logits")) return cmd_logits(argc - 1, argv + 1);
     if (!strcmp(cmd, "info")) return cmd_info(argc - 1, argv + 1);
+    if (!strcmp(cmd, "train-lora")) return cmd_train(argc - 1, argv + 1);
+    if (!strcmp(cmd, "export-lora")) return cmd_export(argc - 1, argv + 1);
     fprintf(stderr, "prism: unknown command \"%s\"\n\n%s", cmd, USAGE);
     return 2;
 }
