@@ -273,6 +273,8 @@ const prism_adapter *prism_router_adapter(const prism_router *r);
 float prism_router_threshold(const prism_router *r);
 /* Gate probability that the persona adapter helps, from a layer-0 hidden state (hidden). */
 float prism_router_prob(const prism_router *r, const float *hidden);
+/* The gate's decision for a layer-0 hidden state: true = adapter; *prob (may be NULL) gets the probability. */
+bool prism_router_decide(const prism_router *r, const float *hidden, float *prob);
 /* Parses "auto", "base", "adapter"; -1 if unknown. */
 int prism_route_mode_parse(const char *s);
 

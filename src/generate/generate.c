@@ -175,9 +175,9 @@ prism_status prism_generate(prism_ctx *c, const prism_tokenizer *t, const int32_
                     int32_t s = bs[k];
                     if (bp[k] != prompt_lens[s] - 1) continue;
                     if (start[s] == 0) { /* a fresh sequence: the gate decides; a continued one keeps its route */
-                        float prob = prism_router_prob(p->router, c->x + (int64_t)k * H);
-                        bool ad = p->route == PRISM_ROUTE_ADAPTER ||
-                                  (p->route == PRISM_ROUTE_AUTO && prob >= prism_router_threshold(p->router));
+                        float prob;
+                        bool on = prism_router_decide(p->router, c->x + (int64_t)k * H, &prob);
+                        bool ad = p->route == PRISM_ROUTE_ADAPTER || (p->route == PRISM_ROUTE_AUTO && on);
                         out[s].gate_prob = prob;
                         prism_ctx_seq_set_adapter(c, s, ad ? prism_router_adapter(p->router) : NULL);
                     }

@@ -94,7 +94,7 @@ static void log_event(boot *b, const char *stage, const char *event, json_t *ext
 
 typedef struct {
     const char *stage;
-    int64_t total, done, at_start;
+    int64_t total, done, at_start, printed;
     double t_start, last_print;
 } progress;
 
@@ -102,7 +102,8 @@ static void progress_update(boot *b, progress *pr, int64_t done) {
     pr->done = done;
     double now = prism_now();
     bool last = done >= pr->total;
-    if (!last && now - pr->last_print < 1.0) return;
+    if ((!last && now - pr->last_print < 1.0) || done == pr->printed) return;
+    pr->printed = done;
     pr->last_print = now;
     double el = now - pr->t_start, rate = el > 0 ? (double)(done - pr->at_start) / el : 0;
     double eta = rate > 0 ? (double)(pr->total - done) / rate : 0;
@@ -117,6 +118,7 @@ static void progress_start(boot *b, progress *pr, const char *stage, int64_t tot
     pr->stage = stage;
     pr->total = total;
     pr->done = pr->at_start = already;
+    pr->printed = -1;
     pr->t_start = prism_now();
     pr->last_print = 0;
     log_event(b, stage, "start", json_pack("{s:I, s:I}", "total", (json_int_t)total, "already", (json_int_t)already));
@@ -577,10 +579,25 @@ static prism_status stage_answers(boot *b, const query_item *qs, int nq, jstore 
 /* ------------------------------------------------------------------ stage 4: judge */
 
 static prism_status judge_once(boot *b, const judge_tokens *jt, const char *q, const char *a, const char *bb,
-                               uint64_t seed, judge_vote *v) {
-    char *prompt = judge_prompt(q, a, bb, (size_t)b->p->judge_max_bytes);
-    if (!prompt) return prism_error(PRISM_E_NOMEM, "out of memory");
+                               uint64_t seed, judge_vote *v, int32_t *cap_used) {
+    /* Answers are cut to judge_max_bytes; if the prompt still does not fit the
+     * model's context (with room for the reply), the cap is halved until it does. */
+    size_t cap = (size_t)b->p->judge_max_bytes;
+    char *prompt = NULL;
     prism_status st = PRISM_OK;
+    for (;;) {
+        prompt = judge_prompt(q, a, bb, cap);
+        if (!prompt) return prism_error(PRISM_E_NOMEM, "out of memory");
+        int32_t *ids = NULL, n = 0;
+        if ((st = prompt_ids(b, NULL, prompt, &ids, &n))) { free(prompt); return st; }
+        free(ids);
+        if (n + 8 < b->m->cfg.max_pos) break;
+        free(prompt);
+        if (cap <= 16)
+            return prism_error(PRISM_E_RANGE, "judge: the question alone (%d tokens) does not fit the model's %d positions", n, b->m->cfg.max_pos);
+        cap /= 2;
+    }
+    *cap_used = (int32_t)cap;
     if (b->p->judge_text) {
         const char *users[1] = {prompt};
         char *out[1] = {0};
@@ -592,8 +609,6 @@ static prism_status judge_once(boot *b, const judge_tokens *jt, const char *q, c
         st = prompt_ids(b, NULL, prompt, &ids, &n);
         float *lg = st ? NULL : malloc((size_t)b->m->cfg.vocab * sizeof(float));
         if (!st && !lg) st = prism_error(PRISM_E_NOMEM, "out of memory");
-        if (!st && n >= b->m->cfg.max_pos)
-            st = prism_error(PRISM_E_RANGE, "judge prompt of %d tokens exceeds the model's %d positions (lower --judge-max-bytes)", n, b->m->cfg.max_pos);
         if (!st) st = last_token_pass(b, ids, n, false, lg);
         if (!st) *v = judge_vote_from_logits(lg, b->m->cfg.vocab, jt);
         free(lg);
@@ -620,14 +635,16 @@ static prism_status stage_judge(boot *b, const query_item *qs, int nq, jstore *s
         const json_t *a = jstore_get(st_a, q->key);
         const char *base = json_string_value(json_object_get(a, "base")), *pers = json_string_value(json_object_get(a, "persona"));
         judge_vote o1, o2;
+        int32_t cap1 = 0, cap2 = 0;
         /* order 1: A = base, B = persona; order 2: A = persona, B = base */
-        st = judge_once(b, &jt, q->query, base, pers, mix_seed(b->p->seed, q->key, 0, 3), &o1);
-        if (!st) st = judge_once(b, &jt, q->query, pers, base, mix_seed(b->p->seed, q->key, 1, 3), &o2);
+        st = judge_once(b, &jt, q->query, base, pers, mix_seed(b->p->seed, q->key, 0, 3), &o1, &cap1);
+        if (!st) st = judge_once(b, &jt, q->query, pers, base, mix_seed(b->p->seed, q->key, 1, 3), &o2, &cap2);
         if (st) break;
         judge_outcome o = judge_decide(o1, o2);
-        st = jstore_append_new(st_v, json_pack("{s:s, s:s, s:i, s:o, s:o, s:s, s:i}", "key", q->key, "domain", q->domain,
+        st = jstore_append_new(st_v, json_pack("{s:s, s:s, s:i, s:o, s:o, s:s, s:i, s:i}", "key", q->key, "domain", q->domain,
                                                "index", q->index, "order1", vote_json(o1), "order2", vote_json(o2),
-                                               "outcome", judge_outcome_name(o), "label", o == OUTCOME_PERSONA));
+                                               "outcome", judge_outcome_name(o), "label", o == OUTCOME_PERSONA,
+                                               "answer_bytes_shown", cap1 < cap2 ? cap1 : cap2));
         progress_update(b, &pr, (int64_t)jstore_count(st_v));
     }
     if (!st) progress_update(b, &pr, nq);
@@ -735,6 +752,7 @@ static prism_status stage_gate(boot *b) {
          * every query on the side that won (no wins: the base model). */
         memset(g->w3, 0, 64 * sizeof(float));
         g->b3[0] = n_pos ? 20.0f : -20.0f;
+        st = gate_set_threshold(g, 0.5f);
         json_object_set_new(rep, "degenerate", json_string(n_pos ? "every query was a persona win: everything routes to the adapter"
                                                                  : "no persona wins: nothing routes to the adapter"));
         if (!b->p->quiet) fprintf(stderr, "[gate] %s\n", json_string_value(json_object_get(rep, "degenerate")));
@@ -769,9 +787,14 @@ static prism_status stage_gate(boot *b) {
         json_object_set_new(rep, "threshold", json_real(g->threshold));
         json_object_set_new(rep, "wins", json_integer(n_pos));
         json_object_set_new(rep, "retains", json_integer(f.n - n_pos));
-        char *meta = json_dumps(rep, JSON_COMPACT);
+        /* safetensors metadata values are strings: the report goes in as JSON text */
+        char *txt = json_dumps(rep, JSON_COMPACT | JSON_SORT_KEYS);
+        json_t *mj = json_pack("{s:s}", "report", txt ? txt : "{}");
+        char *meta = json_dumps(mj, JSON_COMPACT);
         st = gate_save(g, path_in(b, "gate.safetensors"), meta);
         free(meta);
+        free(txt);
+        json_decref(mj);
     }
     json_object_set(b->summary, "gate", rep);
     json_decref(rep);

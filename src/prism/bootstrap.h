@@ -74,6 +74,6 @@ prism_status prism_bootstrap(const bootstrap_params *p);
 
 /* `prism report RUN_DIR`: the per-domain table (queries, persona win rate,
  * gate accuracy, routing rate) on stdout. */
-prism_status prism_report(const char *run_dir, const char *model_dir);
+prism_status prism_report(const char *run_dir);
 
 #endif

@@ -87,8 +87,9 @@ judge_vote judge_vote_from_logits(const float *lg, int32_t V, const judge_tokens
     r.p_a = (float)(exp((double)lg[jt->id_a] - mx) / sum);
     r.p_b = (float)(exp((double)lg[jt->id_b] - mx) / sum);
     r.p_tie = (float)(exp((double)lg[jt->id_tie] - mx) / sum);
-    if (r.p_a > r.p_b && r.p_a >= r.p_tie) r.choice = 'A';
-    else if (r.p_b > r.p_a && r.p_b >= r.p_tie) r.choice = 'B';
+    /* A strict maximum is needed for A or B; any tie means no preference. */
+    if (r.p_a > r.p_b && r.p_a > r.p_tie) r.choice = 'A';
+    else if (r.p_b > r.p_a && r.p_b > r.p_tie) r.choice = 'B';
     else r.choice = 'T';
     return r;
 }

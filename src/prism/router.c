@@ -58,6 +58,12 @@ void prism_router_free(prism_router *r) {
 const prism_adapter *prism_router_adapter(const prism_router *r) { return r->adapter; }
 float prism_router_threshold(const prism_router *r) { return r->gate->threshold; }
 float prism_router_prob(const prism_router *r, const float *hidden) { return gate_mlp_prob(r->gate, hidden); }
+bool prism_router_decide(const prism_router *r, const float *hidden, float *prob) {
+    float p;
+    bool on = gate_mlp_route(r->gate, hidden, &p);
+    if (prob) *prob = p;
+    return on;
+}
 
 prism_status prism_decode_routed(prism_ctx *c, const prism_batch *b, const prism_router *r, prism_route_mode mode,
                                  float *probs, bool *routed) {
@@ -71,8 +77,9 @@ prism_status prism_decode_routed(prism_ctx *c, const prism_batch *b, const prism
         if (!last) continue;
         for (int32_t j = 0; j < b->n_tokens; j++) fresh |= b->seq[j] == s && b->pos[j] == 0;
         if (fresh) {
-            float prob = prism_router_prob(r, c->x + (int64_t)i * H);
-            bool ad = mode == PRISM_ROUTE_ADAPTER || (mode == PRISM_ROUTE_AUTO && prob >= prism_router_threshold(r));
+            float prob;
+            bool on = prism_router_decide(r, c->x + (int64_t)i * H, &prob);
+            bool ad = mode == PRISM_ROUTE_ADAPTER || (mode == PRISM_ROUTE_AUTO && on);
             prism_ctx_seq_set_adapter(c, s, ad ? r->adapter : NULL);
             if (probs) probs[s] = prob;
         }
