@@ -150,8 +150,8 @@ int cmd_train(int argc, char **argv) {
         for (int32_t k = 0; k < d->n_diag; k++) fprintf(stderr, "%s\n", d->diag[k]);
     if (st) {
         if (d && d->n_errors > d->n_diag) fprintf(stderr, "... (%d bad lines in all)\n", d->n_errors);
-        fprintf(stderr, "prism: train-lora: %s: %s; nothing was trained\n", data_path,
-                d && d->n_errors ? "fix the lines above" : prism_last_error());
+        if (d && d->n_errors) fprintf(stderr, "prism: train-lora: %s: fix the lines above; nothing was trained\n", data_path);
+        else fprintf(stderr, "prism: train-lora: %s; nothing was trained\n", prism_last_error());
         train_data_free(d);
         prism_chat_free(chat);
         prism_tokenizer_free(tok);

@@ -28,9 +28,7 @@ trainer_params trainer_default_params(void) {
 int64_t trainer_total_steps(const train_data *d, const trainer_params *p) {
     int64_t per = (int64_t)p->batch_size * p->grad_accum;
     int64_t spe = per > 0 ? (d->n + per - 1) / per : 0;
-    int64_t total = spe * p->epochs;
-    if (p->max_steps > 0 && (p->max_steps < total || p->epochs <= 0)) total = p->max_steps;
-    return total;
+    return p->max_steps > 0 ? p->max_steps : spe * p->epochs; /* as HF: max_steps overrides epochs */
 }
 
 static uint64_t splitmix64(uint64_t *s) {
@@ -217,7 +215,7 @@ prism_status trainer_run(prism_model *m, prism_adapter *a, const train_data *d, 
     if (!st && p->resume) {
         st = checkpoint_load(p->out_dir, a, mo, vo, &s, &saved);
         if (!st) st = config_check(saved, cfg, p->out_dir);
-        if (!st && (s.step > total || s.epoch > (p->epochs > 0 ? p->epochs : INT32_MAX) || s.pos > d->n))
+        if (!st && (s.step > total || (p->max_steps <= 0 && s.epoch > p->epochs) || s.pos > d->n))
             st = prism_error(PRISM_E_FORMAT, "%s/checkpoint: step %lld / epoch %d / position %d do not fit this run",
                              p->out_dir, (long long)s.step, s.epoch, s.pos);
     }

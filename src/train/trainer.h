@@ -31,7 +31,8 @@ typedef bool (*train_progress_cb)(void *user, const train_progress *p);
 typedef struct {
     loss_kind loss;
     int32_t epochs;            /* passes over the data (default 1) */
-    int64_t max_steps;         /* > 0: at most this many optimizer steps in all (defines the schedule) */
+    int64_t max_steps;         /* > 0: exactly this many optimizer steps, over as many epochs as needed
+                                  (overrides epochs, as transformers' max_steps does) */
     int32_t batch_size;        /* examples per micro-batch (default 1) */
     int32_t grad_accum;        /* micro-batches per optimizer step (default 1) */
     double lr;                 /* peak learning rate (default 2e-4) */
