@@ -51,5 +51,7 @@ int cmd_chat(int argc, char **argv);
 int cmd_tokenize(int argc, char **argv);
 int cmd_logits(int argc, char **argv);
 int cmd_info(int argc, char **argv);
+int cmd_bootstrap(int argc, char **argv);
+int cmd_report(int argc, char **argv);
 
 #endif

@@ -23,6 +23,10 @@ static const char *USAGE =
     "            train a LoRA adapter (see \"train-lora options\" below and the README)\n"
     "  export-lora --model DIR --adapter A --merged OUT\n"
     "            write base + adapter merged as a Hugging Face checkpoint\n"
+    "  bootstrap --model DIR --out RUN_DIR [--domains a,b] [options]\n"
+    "            PRISM: personas, queries, answers, self-judging, gate, distillation\n"
+    "            (prism bootstrap --help lists every option; re-run to resume)\n"
+    "  report    RUN_DIR                per-domain queries, win rate, gate accuracy, routing\n"
     "\n"
     "common options:\n"
     "  --threads N        worker threads (default: all cores)\n"
@@ -82,6 +86,8 @@ int main(int argc, char **argv) {
     if (!strcmp(cmd, "tokenize")) return cmd_tokenize(argc - 1, argv + 1);
     if (!strcmp(cmd, "logits")) return cmd_logits(argc - 1, argv + 1);
     if (!strcmp(cmd, "info")) return cmd_info(argc - 1, argv + 1);
+    if (!strcmp(cmd, "bootstrap")) return cmd_bootstrap(argc - 1, argv + 1);
+    if (!strcmp(cmd, "report")) return cmd_report(argc - 1, argv + 1);
     if (!strcmp(cmd, "train-lora")) return cmd_train(argc - 1, argv + 1);
     if (!strcmp(cmd, "export-lora")) return cmd_export(argc - 1, argv + 1);
     fprintf(stderr, "prism: unknown command \"%s\"\n\n%s", cmd, USAGE);
