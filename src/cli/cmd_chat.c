@@ -8,6 +8,7 @@
 #include <unistd.h>
 
 #include "cli/adapter_opt.h"
+#include "cli/prism_opt.h"
 #include "cli/cli.h"
 
 static bool stream_cb(void *user, int32_t i, int32_t token, const char *text) {
@@ -23,8 +24,11 @@ int cmd_chat(int argc, char **argv) {
     const char *system = NULL;
     bool stats = false;
     cli_adapters ad = {0};
+    cli_prism pr = {0};
     for (int i = 1; i < argc; i++) {
-        if (cli_common_opt(&c, argc, argv, &i) || cli_gen_opt(&o, argc, argv, &i) || cli_adapter_opt(&ad, argc, argv, &i)) continue;
+        if (cli_common_opt(&c, argc, argv, &i) || cli_gen_opt(&o, argc, argv, &i) || cli_adapter_opt(&ad, argc, argv, &i) ||
+            cli_prism_opt(&pr, argc, argv, &i))
+            continue;
         if (!strcmp(argv[i], "--system")) system = cli_value(argc, argv, &i);
         else if (!strcmp(argv[i], "--stats")) stats = true;
         else cli_usage_error("chat: unknown option \"%s\"", argv[i]);
@@ -32,6 +36,9 @@ int cmd_chat(int argc, char **argv) {
     prism_model *m = cli_load_model(&c, NULL);
     cli_gen_finish(&o, m);
     const prism_adapter *adapter = cli_adapters_load(&ad, m);
+    /* PRISM: the gate decides on the first user turn; the route is held for the conversation */
+    o.g.router = cli_prism_load(&pr, m, adapter != NULL);
+    o.g.route = pr.route;
     o.g.reuse_cache = true;
     prism_tokenizer *tok = NULL;
     prism_chat *chat = NULL;
@@ -60,6 +67,7 @@ int cmd_chat(int argc, char **argv) {
         if (!strcmp(line, "/reset")) {
             for (size_t k = system ? 1 : 0; k < n; k++) free((char *)msgs[k].content);
             n = system ? 1 : 0;
+            prism_ctx_seq_clear(ctx, 0); /* a new conversation: routed afresh */
             continue;
         }
         if (n + 2 > cap) msgs = realloc(msgs, (cap *= 2) * sizeof *msgs);
@@ -86,6 +94,7 @@ int cmd_chat(int argc, char **argv) {
             fprintf(stderr, "[prefill %lld tokens %.1f tok/s, decode %lld tokens %.1f tok/s]\n", (long long)st.prefill_tokens,
                     st.prefill_s > 0 ? st.prefill_tokens / st.prefill_s : 0.0, (long long)st.decode_tokens,
                     st.decode_s > 0 ? st.decode_tokens / st.decode_s : 0.0);
+        if (stats && o.g.router) cli_prism_print(&g, 0, 1);
         msgs[n++] = (prism_chat_message){"assistant", g.text ? g.text : strdup("")};
         g.text = NULL;
         prism_generation_clear(&g);
@@ -96,6 +105,7 @@ int cmd_chat(int argc, char **argv) {
     free(line);
     prism_ctx_free(ctx);
     cli_adapters_free(&ad);
+    cli_prism_free(&pr);
     prism_chat_free(chat);
     prism_tokenizer_free(tok);
     prism_model_free(m);

@@ -4,6 +4,7 @@
 #include <string.h>
 
 #include "cli/adapter_opt.h"
+#include "cli/prism_opt.h"
 #include "cli/cli.h"
 #include "util/timer.h"
 
@@ -62,9 +63,12 @@ int cmd_generate(int argc, char **argv) {
     const char *system = NULL;
     bool ids_out = false, stats = false;
     cli_adapters ad = {0};
+    cli_prism pr = {0};
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
-        if (cli_common_opt(&c, argc, argv, &i) || cli_gen_opt(&o, argc, argv, &i) || cli_adapter_opt(&ad, argc, argv, &i)) continue;
+        if (cli_common_opt(&c, argc, argv, &i) || cli_gen_opt(&o, argc, argv, &i) || cli_adapter_opt(&ad, argc, argv, &i) ||
+            cli_prism_opt(&pr, argc, argv, &i))
+            continue;
         if (!strcmp(a, "--prompt") || !strcmp(a, "-p")) pa[np++] = (prompt_arg){0, cli_value(argc, argv, &i)};
         else if (!strcmp(a, "--chat")) pa[np++] = (prompt_arg){1, cli_value(argc, argv, &i)};
         else if (!strcmp(a, "--ids")) pa[np++] = (prompt_arg){2, cli_value(argc, argv, &i)};
@@ -80,13 +84,16 @@ int cmd_generate(int argc, char **argv) {
     prism_model *m = cli_load_model(&c, &load_s);
     cli_gen_finish(&o, m);
     const prism_adapter *adapter = cli_adapters_load(&ad, m);
+    o.g.router = cli_prism_load(&pr, m, adapter != NULL);
+    o.g.route = pr.route;
     prism_tokenizer *tok = NULL;
     bool need_tok = !ids_out || o.g.n_stop;
     for (int k = 0; k < np; k++) need_tok |= pa[k].kind != 2;
     if (need_tok && prism_tokenizer_load(c.model, &tok)) cli_die("loading tokenizer");
     prism_chat *chat = NULL;
 
-    int32_t **ids = calloc((size_t)np, sizeof *ids), *lens = calloc((size_t)np, sizeof *lens);
+    size_t nprompts = (size_t)(np > 0 ? np : 1);
+    int32_t **ids = calloc(nprompts, sizeof *ids), *lens = calloc(nprompts, sizeof *lens);
     for (int k = 0; k < np; k++) {
         size_t n = 0;
         if (pa[k].kind == 2) {
@@ -133,6 +140,7 @@ int cmd_generate(int argc, char **argv) {
                 st.prefill_s > 0 ? st.prefill_tokens / st.prefill_s : 0.0);
         fprintf(stderr, "decode: %lld tokens in %.3f s, %.1f tokens/s\n", (long long)st.decode_tokens, st.decode_s,
                 st.decode_s > 0 ? st.decode_tokens / st.decode_s : 0.0);
+        for (int k = 0; o.g.router && k < np; k++) cli_prism_print(&out[k], k, np);
     }
     for (int k = 0; k < np; k++) {
         prism_generation_clear(&out[k]);
@@ -141,6 +149,7 @@ int cmd_generate(int argc, char **argv) {
     free(out); free(ids); free(lens); free(pa);
     prism_ctx_free(ctx);
     cli_adapters_free(&ad);
+    cli_prism_free(&pr);
     prism_chat_free(chat);
     prism_tokenizer_free(tok);
     prism_model_free(m);
