@@ -23,6 +23,20 @@
 void kern_matmul(float *y, const float *x, const void *W, st_dtype wdt, const float *bias, int64_t T, int64_t K,
                  int64_t N, prism_precision prec);
 
+/* Several products that share one input x[T,K] (q/k/v, gate/up): in the
+ * memory-bound decode regime they run in one parallel region with the rows of
+ * all weights split evenly across threads — fewer barriers and no thread idle
+ * on a small matrix. Results are identical to separate kern_matmul calls. */
+typedef struct {
+    float *y;          /* (T, N) */
+    const void *W;     /* (N, K) */
+    st_dtype wdt;
+    const float *bias; /* (N) or NULL */
+    int64_t N;
+} kern_mm;
+
+void kern_matmul_group(const kern_mm *mm, int n, const float *x, int64_t T, int64_t K, prism_precision prec);
+
 /* Row gather of an embedding table E[V,D] (any weight dtype) into F32 out[D]. */
 void kern_embed_row(float *out, const void *E, st_dtype dt, int64_t row, int64_t D);
 

@@ -110,6 +110,18 @@ void kern_matmul(float *y, const float *x, const void *W, st_dtype wdt, const fl
     }
 }
 
+void kern_matmul_group(const kern_mm *mm, int n, const float *x, int64_t T, int64_t K, prism_precision prec) {
+    if (T <= 0 || K <= 0 || n <= 0) {
+        for (int i = 0; i < n; i++) kern_matmul(mm[i].y, x, mm[i].W, mm[i].wdt, mm[i].bias, T, K, mm[i].N, prec);
+        return;
+    }
+    int isa = isa_current();
+    if ((isa == ISA_AVX512BF16 || isa == ISA_AVX512) &&
+        matmul_group_avx512(mm, n, x, T, K, prec, isa == ISA_AVX512BF16))
+        return;
+    for (int i = 0; i < n; i++) kern_matmul(mm[i].y, x, mm[i].W, mm[i].wdt, mm[i].bias, T, K, mm[i].N, prec);
+}
+
 void kern_embed_row(float *out, const void *E, st_dtype dt, int64_t row, int64_t D) {
     for (int64_t i = 0; i < D; i++) out[i] = w_at(E, dt, row * D + i);
 }

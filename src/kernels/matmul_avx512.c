@@ -494,3 +494,40 @@ void matmul_avx512(float *y, const float *x, const void *W, st_dtype wdt, const 
     if (T >= T_GEMM_EXACT && matmul_gemm(y, x, W, wdt, bias, T, K, N, 0)) return;
     matmul_dot(y, x, W, wdt, bias, T, K, N);
 }
+
+int matmul_group_avx512(const kern_mm *mm, int n, const float *x, int64_t T, int64_t K, prism_precision prec,
+                        int use_bf16) {
+    int64_t nblk_total = 0;
+    double work = 0;
+    for (int i = 0; i < n; i++) {
+        const int fast = prec == PRISM_PRECISION_FAST && use_bf16 && mm[i].wdt == ST_BF16;
+        if ((fast && T >= T_GEMM_FAST) || T >= T_GEMM_EXACT) return 0;
+        nblk_total += (mm[i].N + 15) / 16;
+        work += (double)mm[i].N * K * T;
+    }
+    int nt = omp_get_max_threads();
+    if (work < 1 << 16) nt = 1;
+    if (nt > nblk_total) nt = (int)nblk_total;
+    /* The weights laid end to end form one virtual matrix of nblk_total
+     * 16-row blocks; each thread takes a contiguous share of it. */
+#pragma omp parallel num_threads(nt)
+    {
+        const int64_t me = omp_get_thread_num(), nth = omp_get_num_threads();
+        const int64_t b0 = nblk_total * me / nth, b1 = nblk_total * (me + 1) / nth;
+        int64_t base = 0;
+        for (int i = 0; i < n; i++) {
+            const int64_t nb = (mm[i].N + 15) / 16;
+            int64_t lo = b0 > base ? b0 : base, hi = b1 < base + nb ? b1 : base + nb;
+            if (lo < hi) {
+                int64_t n0 = (lo - base) * 16, n1 = (hi - base) * 16;
+                if (n1 > mm[i].N) n1 = mm[i].N;
+                void (*rows)(float *, const float *, const unsigned char *, const float *, int64_t, int64_t, int64_t,
+                             int64_t, int64_t) =
+                    mm[i].wdt == ST_BF16 ? dot_rows_bf16 : mm[i].wdt == ST_F16 ? dot_rows_f16 : dot_rows_f32;
+                rows(mm[i].y, x, (const unsigned char *)mm[i].W, mm[i].bias, T, K, mm[i].N, n0, n1);
+            }
+            base += nb;
+        }
+    }
+    return 1;
+}

@@ -12,6 +12,11 @@
 void matmul_avx512(float *y, const float *x, const void *W, st_dtype wdt, const float *bias, int64_t T, int64_t K,
                    int64_t N, prism_precision prec, int use_bf16);
 
+/* kern_matmul_group on AVX-512; returns 0 when the shapes call for the GEMM
+ * path (the caller then runs the products one by one). */
+int matmul_group_avx512(const kern_mm *mm, int n, const float *x, int64_t T, int64_t K, prism_precision prec,
+                        int use_bf16);
+
 /* AVX2 + FMA + F16C; always exact (F32 products). */
 void matmul_avx2(float *y, const float *x, const void *W, st_dtype wdt, const float *bias, int64_t T, int64_t K,
                  int64_t N);

@@ -231,10 +231,14 @@ static prism_status lora_apply(prism_ctx *x, float *y, const float *in, int32_t 
     return PRISM_OK;
 }
 
+static inline void lora_linear(prism_ctx *x, float *y, const float *in, int32_t layer, lora_target t, int64_t T) {
+    if (x->n_adapted && lora_apply(x, y, in, layer, t, T)) x->lora_failed = 1;
+}
+
 static inline void linear(prism_ctx *x, float *y, const float *in, const linear_w *w, const float *bias, int64_t T,
                           int32_t layer, lora_target t) {
     kern_matmul(y, in, w->w, w->dt, bias, T, w->in, w->out, x->m->params.precision);
-    if (x->n_adapted && lora_apply(x, y, in, layer, t, T)) x->lora_failed = 1;
+    lora_linear(x, y, in, layer, t, T);
 }
 
 static void layer_forward(prism_ctx *x, int l) {
@@ -248,9 +252,15 @@ static void layer_forward(prism_ctx *x, int l) {
     /* attention block */
 #pragma omp parallel for schedule(static) if (T * H >= PAR_MIN)
     for (int64_t i = 0; i < T; i++) rmsnorm(x->xb + i * H, x->x + i * H, L->attn_norm, H, eps);
-    linear(x, x->q, x->xb, &L->wq, L->bq, T, l, LORA_Q);
-    linear(x, x->k, x->xb, &L->wk, L->bk, T, l, LORA_K);
-    linear(x, x->v, x->xb, &L->wv, L->bv, T, l, LORA_V);
+    {
+        const kern_mm qkv[3] = {{x->q, L->wq.w, L->wq.dt, L->bq, L->wq.out},
+                                {x->k, L->wk.w, L->wk.dt, L->bk, L->wk.out},
+                                {x->v, L->wv.w, L->wv.dt, L->bv, L->wv.out}};
+        kern_matmul_group(qkv, 3, x->xb, T, H, m->params.precision);
+        lora_linear(x, x->q, x->xb, l, LORA_Q, T);
+        lora_linear(x, x->k, x->xb, l, LORA_K, T);
+        lora_linear(x, x->v, x->xb, l, LORA_V, T);
+    }
 #pragma omp parallel for schedule(static) if (T * qd >= PAR_MIN)
     for (int64_t i = 0; i < T; i++) {
         float *q = x->q + i * qd, *k = x->k + i * kvd;
@@ -286,8 +296,12 @@ static void layer_forward(prism_ctx *x, int l) {
     /* MLP block */
 #pragma omp parallel for schedule(static) if (T * H >= PAR_MIN)
     for (int64_t i = 0; i < T; i++) rmsnorm(x->xb + i * H, x->x + i * H, L->ffn_norm, H, eps);
-    linear(x, x->g, x->xb, &L->wg, L->bg, T, l, LORA_GATE);
-    linear(x, x->u, x->xb, &L->wu, L->bu, T, l, LORA_UP);
+    {
+        const kern_mm gu[2] = {{x->g, L->wg.w, L->wg.dt, L->bg, L->wg.out}, {x->u, L->wu.w, L->wu.dt, L->bu, L->wu.out}};
+        kern_matmul_group(gu, 2, x->xb, T, H, m->params.precision);
+        lora_linear(x, x->g, x->xb, l, LORA_GATE, T);
+        lora_linear(x, x->u, x->xb, l, LORA_UP, T);
+    }
 #pragma omp parallel for schedule(static) if (T * F >= PAR_MIN)
     for (int64_t i = 0; i < T; i++) swiglu(x->g + i * F, x->u + i * F, F);
     linear(x, x->xb, x->g, &L->wd, L->bd, T, l, LORA_DOWN);
