@@ -129,6 +129,76 @@ static void check_run(const char *dir) {
     gate_mlp *g = NULL;
     snprintf(p, sizeof p, "%s/gate.safetensors", dir);
     CHECK(gate_load(p, m->cfg.hidden, &g) == PRISM_OK, "gate loads: %s", prism_last_error());
+    /* the gate feature at training (features stage, row 0 = the first accepted math query)
+     * is the one routed inference reads: the same probability, bit for bit */
+    {
+        char qp[1024];
+        snprintf(qp, sizeof qp, "%s/queries.jsonl", dir);
+        char *qs = slurp(qp, NULL), *query = NULL;
+        for (char *l = strtok(qs, "\n"); l && !query; l = strtok(NULL, "\n")) {
+            json_t *r = json_loads(l, 0, NULL);
+            if (r && json_is_true(json_object_get(r, "accepted")) && json_integer_value(json_object_get(r, "index")) == 0 &&
+                !strcmp(json_string_value(json_object_get(r, "domain")), "math"))
+                query = strdup(json_string_value(json_object_get(r, "query")));
+            json_decref(r);
+        }
+        free(qs);
+        snprintf(p, sizeof p, "%s/gate_features.safetensors", dir);
+        st_set *fs = NULL;
+        float *row = malloc((size_t)m->cfg.hidden * sizeof(float));
+        /* the run's own gate may be constant (no wins); use a copy of the run with a
+         * random gate, whose output depends on every feature value */
+        char copy[1100], cmd[4400];
+        snprintf(copy, sizeof copy, "%s-gatecopy", dir);
+        snprintf(cmd, sizeof cmd, "rm -rf %s && cp -r %s %s", copy, dir, copy);
+        CHECK(system(cmd) == 0, "copy run");
+        gate_mlp *rg = gate_mlp_new(m->cfg.hidden, 1234);
+        snprintf(cmd, sizeof cmd, "%s/gate.safetensors", copy);
+        CHECK(gate_save(rg, cmd, NULL) == PRISM_OK, "save random gate");
+        if (query && g && st_open(p, &fs) == PRISM_OK) {
+            const st_tensor *ft = st_find(fs, "features");
+            memcpy(row, ft->data, (size_t)m->cfg.hidden * sizeof(float));
+            float p_train = gate_mlp_prob(rg, row);
+            prism_tokenizer *tok = NULL;
+            prism_chat *chat = NULL;
+            prism_router *r = NULL;
+            prism_ctx *c = NULL;
+            prism_tokenizer_load(MODEL, &tok);
+            prism_chat_load(MODEL, "llama2", &chat);
+            CHECK(prism_router_load(m, copy, &r) == PRISM_OK, "router: %s", prism_last_error());
+            prism_ctx_new(m, prism_ctx_default_params(), &c);
+            prism_chat_message msg = {"user", query};
+            char *text = NULL;
+            int32_t *ids = NULL;
+            size_t n = 0;
+            prism_chat_render(chat, &msg, 1, true, &text);
+            prism_tokenize(tok, text, strlen(text), false, &ids, &n);
+            prism_generate_params gp = prism_generate_default_params();
+            gp.max_new_tokens = 1;
+            gp.router = r;
+            prism_generation gen;
+            const int32_t *pp = ids;
+            int32_t len = (int32_t)n;
+            CHECK(prism_generate(c, tok, &pp, &len, 1, &gp, NULL, NULL, &gen, NULL) == PRISM_OK, "routed: %s", prism_last_error());
+            CHECK(gen.gate_prob == p_train, "gate probability at inference %.9g == at training %.9g", gen.gate_prob, p_train);
+            printf("%s gate feature position: inference probability %.6g == bootstrap's %.6g\n",
+                   gen.gate_prob == p_train ? "ok  " : "FAIL", gen.gate_prob, p_train);
+            prism_generation_clear(&gen);
+            free(text), free(ids);
+            prism_ctx_free(c);
+            prism_router_free(r);
+            prism_chat_free(chat);
+            prism_tokenizer_free(tok);
+            st_close(fs);
+        } else {
+            CHECK(0, "features or query missing");
+        }
+        free(row);
+        free(query);
+        gate_mlp_free(rg);
+        snprintf(cmd, sizeof cmd, "rm -rf %s", copy);
+        if (system(cmd)) {}
+    }
     gate_mlp_free(g);
     prism_model_free(m);
     /* report and routed generation */
