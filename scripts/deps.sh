@@ -2,7 +2,7 @@
 # Installs the Debian packages prism needs to build and test, if missing.
 # Safe to run repeatedly; does nothing when everything is present.
 set -e
-PKGS="build-essential libpcre2-dev libjansson-dev libutf8proc-dev"
+PKGS="build-essential libpcre2-dev libjansson-dev libutf8proc-dev libmicrohttpd-dev curl"
 missing=""
 for p in $PKGS; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"

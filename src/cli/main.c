@@ -6,6 +6,7 @@
 
 int cmd_train(int argc, char **argv);  /* cmd_train.c */
 int cmd_export(int argc, char **argv); /* cmd_export.c */
+int cmd_serve(int argc, char **argv);  /* cmd_serve.c */
 
 static const char *USAGE =
     "usage: prism <command> [options]\n"
@@ -27,6 +28,8 @@ static const char *USAGE =
     "            PRISM: personas, queries, answers, self-judging, gate, distillation\n"
     "            (prism bootstrap --help lists every option; re-run to resume)\n"
     "  report    RUN_DIR                per-domain queries, win rate, gate accuracy, routing\n"
+    "  serve     --model DIR [--prism RUN_DIR] [--adapter NAME=DIR] [--port 8080]\n"
+    "            OpenAI-compatible HTTP server, continuous batching (prism serve --help)\n"
     "\n"
     "common options:\n"
     "  --threads N        worker threads (default: all cores)\n"
@@ -94,6 +97,7 @@ int main(int argc, char **argv) {
     if (!strcmp(cmd, "report")) return cmd_report(argc - 1, argv + 1);
     if (!strcmp(cmd, "train-lora")) return cmd_train(argc - 1, argv + 1);
     if (!strcmp(cmd, "export-lora")) return cmd_export(argc - 1, argv + 1);
+    if (!strcmp(cmd, "serve")) return cmd_serve(argc - 1, argv + 1);
     fprintf(stderr, "prism: unknown command \"%s\"\n\n%s", cmd, USAGE);
     return 2;
 }
