@@ -405,7 +405,8 @@ prism_status sched_new(srv *s, srv_sched **out) {
 int sched_submit(srv *s, srv_req *r) {
     srv_sched *q = s->sched;
     if (s->shutting_down || q->draining) return 503;
-    if (q->n_queued >= s->cfg.queue_cap) return 429;
+    /* the queue bound counts requests that will wait: those beyond the free slots */
+    if (q->n_queued >= s->cfg.queue_cap + (q->n_slots - q->n_running)) return 429;
     r->refs++;
     r->state = RQ_QUEUED;
     r->t_submit = prism_now();
