@@ -7,6 +7,7 @@
 #ifndef PRISM_KERNELS_H
 #define PRISM_KERNELS_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -36,6 +37,10 @@ typedef struct {
 } kern_mm;
 
 void kern_matmul_group(const kern_mm *mm, int n, const float *x, int64_t T, int64_t K, prism_precision prec);
+
+/* dx[T,K] += dy[T,N]·W[N,K]: the input gradient of y = x·Wᵀ (training).
+ * Returns false when no fast kernel applies (the caller then uses its own). */
+bool kern_matmul_dx_acc(float *dx, const float *dy, const void *W, st_dtype wdt, int64_t T, int64_t N, int64_t K);
 
 /* Row gather of an embedding table E[V,D] (any weight dtype) into F32 out[D]. */
 void kern_embed_row(float *out, const void *E, st_dtype dt, int64_t row, int64_t D);

@@ -122,6 +122,12 @@ void kern_matmul_group(const kern_mm *mm, int n, const float *x, int64_t T, int6
     for (int i = 0; i < n; i++) kern_matmul(mm[i].y, x, mm[i].W, mm[i].wdt, mm[i].bias, T, K, mm[i].N, prec);
 }
 
+bool kern_matmul_dx_acc(float *dx, const float *dy, const void *W, st_dtype wdt, int64_t T, int64_t N, int64_t K) {
+    int isa = isa_current();
+    if (T < 8 || N < 64 || K < 64 || (isa != ISA_AVX512BF16 && isa != ISA_AVX512)) return false;
+    return matmul_dx_acc_avx512(dx, dy, W, wdt, T, N, K) != 0;
+}
+
 void kern_embed_row(float *out, const void *E, st_dtype dt, int64_t row, int64_t D) {
     for (int64_t i = 0; i < D; i++) out[i] = w_at(E, dt, row * D + i);
 }

@@ -531,3 +531,76 @@ int matmul_group_avx512(const kern_mm *mm, int n, const float *x, int64_t T, int
     }
     return 1;
 }
+
+/* ------------------------------------------------------------- training: dx += dy·W */
+
+/* P[r][j] = W[r0 + r, c0 + j] in F32 (r < kc rows of W, j < 64 columns of the
+ * output); no transpose is needed: a row slice of W is a row of the panel. */
+AI void pack_rows(const st_dtype dt, float *P, const unsigned char *W, int64_t K, int64_t r0, int64_t kc, int64_t c0,
+                  int64_t ncols) {
+    const size_t es = dt_size(dt);
+    for (int64_t r = 0; r < kc; r++) {
+        const unsigned char *row = W + ((size_t)(r0 + r) * K + c0) * es;
+        for (int g = 0; g < NR / 16; g++) {
+            const int64_t left = ncols - 16 * g;
+            __m512 v = left >= 16 ? w16(row + 16 * g * es, dt)
+                       : left > 0 ? w16_mask(row + 16 * g * es, dt, mask_first(left))
+                                  : _mm512_setzero_ps();
+            _mm512_store_ps(P + r * NR + 16 * g, v);
+        }
+    }
+}
+
+AI void nt_panel(const st_dtype dt, float *dx, const float *dy, const unsigned char *W, int64_t T, int64_t N,
+                 int64_t K, int64_t c0, int64_t t0, int64_t t1, float *P) {
+    const int64_t ncols = K - c0 < NR ? K - c0 : NR;
+    for (int64_t r0 = 0; r0 < N; r0 += KC_F32) {
+        const int64_t kc = N - r0 < KC_F32 ? N - r0 : KC_F32;
+        pack_rows(dt, P, W, K, r0, kc, c0, ncols);
+        for (int64_t t = t0; t < t1; t += MR) {
+            const float *x = dy + t * N + r0;
+            float *y = dx + t * K + c0;
+            switch (t1 - t >= MR ? MR : t1 - t) {
+            case 1: ukr_f32(1, x, N, P, kc, y, K, ncols, NULL, 0); break;
+            case 2: ukr_f32(2, x, N, P, kc, y, K, ncols, NULL, 0); break;
+            case 3: ukr_f32(3, x, N, P, kc, y, K, ncols, NULL, 0); break;
+            case 4: ukr_f32(4, x, N, P, kc, y, K, ncols, NULL, 0); break;
+            case 5: ukr_f32(5, x, N, P, kc, y, K, ncols, NULL, 0); break;
+            default: ukr_f32(MR, x, N, P, kc, y, K, ncols, NULL, 0); break;
+            }
+        }
+    }
+    (void)T;
+}
+
+int matmul_dx_acc_avx512(float *dx, const float *dy, const void *W, st_dtype wdt, int64_t T, int64_t N, int64_t K) {
+    const int64_t np = (K + NR - 1) / NR;
+    int nt = omp_get_max_threads();
+    if ((double)T * K * N < 1 << 18) nt = 1;
+    const int64_t ntb = (np % nt == 0 || np >= 4 * nt) ? 1 : nt;
+    const int64_t tblk = ((T + ntb - 1) / ntb + MR - 1) / MR * MR;
+    const int64_t nunits = np * ntb;
+    int ok = 1;
+#pragma omp parallel num_threads(nt)
+    {
+        float *P = aligned_alloc(64, (size_t)KC_F32 * NR * 4);
+        const int64_t me = omp_get_thread_num(), nth = omp_get_num_threads();
+        if (!P) {
+#pragma omp atomic write
+            ok = 0;
+        }
+#pragma omp barrier
+        if (ok) {
+            for (int64_t u = nunits * me / nth; u < nunits * (me + 1) / nth; u++) {
+                const int64_t p = u / ntb, tb = u % ntb;
+                const int64_t t0 = tb * tblk, t1 = t0 + tblk < T ? t0 + tblk : T;
+                if (t0 >= t1) continue;
+                if (wdt == ST_BF16) nt_panel(ST_BF16, dx, dy, (const unsigned char *)W, T, N, K, p * NR, t0, t1, P);
+                else if (wdt == ST_F16) nt_panel(ST_F16, dx, dy, (const unsigned char *)W, T, N, K, p * NR, t0, t1, P);
+                else nt_panel(ST_F32, dx, dy, (const unsigned char *)W, T, N, K, p * NR, t0, t1, P);
+            }
+        }
+        free(P);
+    }
+    return ok;
+}

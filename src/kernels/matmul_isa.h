@@ -17,6 +17,10 @@ void matmul_avx512(float *y, const float *x, const void *W, st_dtype wdt, const 
 int matmul_group_avx512(const kern_mm *mm, int n, const float *x, int64_t T, int64_t K, prism_precision prec,
                         int use_bf16);
 
+/* dx[T,K] += dy[T,N]·W[N,K] (the input gradient of y = x·Wᵀ), F32 products;
+ * returns 0 if a buffer could not be allocated. */
+int matmul_dx_acc_avx512(float *dx, const float *dy, const void *W, st_dtype wdt, int64_t T, int64_t N, int64_t K);
+
 /* AVX2 + FMA + F16C; always exact (F32 products). */
 void matmul_avx2(float *y, const float *x, const void *W, st_dtype wdt, const float *bias, int64_t T, int64_t K,
                  int64_t N);

@@ -185,6 +185,7 @@ static void layer_fwd(const prism_model *m, const prism_adapter *ad, int32_t l, 
     const int64_t H = c->hidden, hd = c->head_dim, nh = c->n_heads, nkv = c->n_kv_heads, qd = nh * hd,
                   kvd = nkv * hd, F = c->ffn, group = nh / nkv;
     const float eps = c->rms_eps;
+#pragma omp parallel for schedule(static) if (T * H >= 16384)
     for (int64_t t = 0; t < T; t++) {
         rmsnorm(A->h1 + t * H, x + t * H, L->attn_norm, H, eps);
         float ss = 0;
@@ -194,6 +195,7 @@ static void layer_fwd(const prism_model *m, const prism_adapter *ad, int32_t l, 
     lin_fwd(A->q, A->h1, &L->wq, L->bq, module_of(ad, l, LORA_Q), A->mid[LORA_Q], T, scratch);
     lin_fwd(A->k, A->h1, &L->wk, L->bk, module_of(ad, l, LORA_K), A->mid[LORA_K], T, scratch);
     lin_fwd(A->v, A->h1, &L->wv, L->bv, module_of(ad, l, LORA_V), A->mid[LORA_V], T, scratch);
+#pragma omp parallel for schedule(static) if (T * H >= 16384)
     for (int64_t t = 0; t < T; t++) {
         float *q = A->q + t * qd, *k = A->k + t * kvd;
         if (c->qk_norm) {
@@ -246,6 +248,7 @@ static void layer_fwd(const prism_model *m, const prism_adapter *ad, int32_t l, 
     }
     lin_fwd(A->xmid, A->att, &L->wo, L->bo, module_of(ad, l, LORA_O), A->mid[LORA_O], T, scratch);
     for (int64_t i = 0; i < T * H; i++) A->xmid[i] += x[i];
+#pragma omp parallel for schedule(static) if (T * H >= 16384)
     for (int64_t t = 0; t < T; t++) {
         const float *xm = A->xmid + t * H;
         rmsnorm(A->h2 + t * H, xm, L->ffn_norm, H, eps);
@@ -255,6 +258,7 @@ static void layer_fwd(const prism_model *m, const prism_adapter *ad, int32_t l, 
     }
     lin_fwd(A->g, A->h2, &L->wg, L->bg, module_of(ad, l, LORA_GATE), A->mid[LORA_GATE], T, scratch);
     lin_fwd(A->u, A->h2, &L->wu, L->bu, module_of(ad, l, LORA_UP), A->mid[LORA_UP], T, scratch);
+#pragma omp parallel for schedule(static) if (T * F >= 16384)
     for (int64_t i = 0; i < T * F; i++) {
         float gv = A->g[i];
         A->a[i] = gv / (1.0f + expf(-gv)) * A->u[i];
@@ -306,6 +310,7 @@ static void layer_bwd(train_ws *w, const prism_model *m, const prism_adapter *ad
     float *da = w->dtmp;
     memset(da, 0, (size_t)(T * F) * sizeof(float));
     lin_bwd(da, dx, A->a, &L->wd, mm[LORA_DOWN], A->mid[LORA_DOWN], gm[LORA_DOWN], T, w->lora_tmp);
+#pragma omp parallel for schedule(static) if (T * F >= 16384)
     for (int64_t i = 0; i < T * F; i++) {
         const float g = A->g[i], sg = 1.0f / (1.0f + expf(-g));
         w->du[i] = da[i] * g * sg;
@@ -396,6 +401,7 @@ static double loss_rows(train_ws *w, const prism_model *m, const train_example *
     if (logits_out)
         for (int i = 0; i < n; i++) memcpy(logits_out + (int64_t)rows[i] * V, w->logits + i * V, (size_t)V * sizeof(float));
     double loss = 0;
+#pragma omp parallel for schedule(dynamic, 1) reduction(+ : loss) if (n > 1)
     for (int i = 0; i < n; i++) {
         const float *lg = w->logits + i * V;
         float *dl = w->dlogits + i * V;
@@ -488,6 +494,7 @@ prism_status train_example_grad(train_ws *w, const prism_model *m, const prism_a
         layer_fwd(m, a, l, A, w->xs + (int64_t)l * w->max_T * H, w->xs + (int64_t)(l + 1) * w->max_T * H, T, scratch);
     }
     const float *xl = w->xs + (int64_t)c->n_layers * w->max_T * H;
+#pragma omp parallel for schedule(static) if (T * H >= 16384)
     for (int64_t t = 0; t < T; t++) {
         rmsnorm(w->hf + t * H, xl + t * H, m->final_norm, H, c->rms_eps);
         float ss = 0;

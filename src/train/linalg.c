@@ -3,6 +3,8 @@
  * output columns so no two threads write the same element. */
 #include "train/linalg.h"
 
+#include "kernels/kernels.h"
+
 #include <string.h>
 
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
@@ -59,6 +61,7 @@ static void dx_panel_16(float *dx, const float *dy, const uint16_t *W, int is_bf
 }
 
 void mm_dx_acc(float *dx, const float *dy, const void *W, st_dtype wdt, int64_t T, int64_t N, int64_t K, float scale) {
+    if (scale == 1.0f && kern_matmul_dx_acc(dx, dy, W, wdt, T, N, K)) return; /* packed GEMM (AVX-512) */
     const int64_t n_panels = (K + KC - 1) / KC;
     /* Rows in blocks of 16 so each W panel is reused from cache across a block. */
     const int64_t TB = 16, n_tb = (T + TB - 1) / TB;
