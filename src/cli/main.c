@@ -6,6 +6,7 @@
 
 int cmd_train(int argc, char **argv);  /* cmd_train.c */
 int cmd_export(int argc, char **argv); /* cmd_export.c */
+int cmd_eval(int argc, char **argv), cmd_study(int argc, char **argv); /* cmd_eval.c */
 int cmd_serve(int argc, char **argv);  /* cmd_serve.c */
 
 static const char *USAGE =
@@ -28,6 +29,9 @@ static const char *USAGE =
     "            PRISM: personas, queries, answers, self-judging, gate, distillation\n"
     "            (prism bootstrap --help lists every option; re-run to resume)\n"
     "  report    RUN_DIR                per-domain queries, win rate, gate accuracy, routing\n"
+    "  eval      --model DIR --out EVAL_DIR [--prism RUN_DIR] [--suite LIST] [--mode LIST] [--limit N]\n"
+    "            MMLU, MT-Bench, safety and over-refusal per mode, routing analysis (prism eval --help)\n"
+    "  study     --model DIR --out DIR  persona length x placement grid against base (prism study --help)\n"
     "  serve     --model DIR [--prism RUN_DIR] [--adapter NAME=DIR] [--port 8080]\n"
     "            OpenAI-compatible HTTP server, continuous batching (prism serve --help)\n"
     "\n"
@@ -97,6 +101,8 @@ int main(int argc, char **argv) {
     if (!strcmp(cmd, "report")) return cmd_report(argc - 1, argv + 1);
     if (!strcmp(cmd, "train-lora")) return cmd_train(argc - 1, argv + 1);
     if (!strcmp(cmd, "export-lora")) return cmd_export(argc - 1, argv + 1);
+    if (!strcmp(cmd, "eval")) return cmd_eval(argc - 1, argv + 1);
+    if (!strcmp(cmd, "study")) return cmd_study(argc - 1, argv + 1);
     if (!strcmp(cmd, "serve")) return cmd_serve(argc - 1, argv + 1);
     fprintf(stderr, "prism: unknown command \"%s\"\n\n%s", cmd, USAGE);
     return 2;

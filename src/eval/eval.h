@@ -247,6 +247,7 @@ typedef struct {
     uint64_t seed;
     int32_t resamples;
     bool quiet;
+    bool no_sync;           /* records are not fdatasync'd (a killed process still loses nothing) */
     prism_model_params mp;
     /* study */
     bool study;
