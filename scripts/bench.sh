@@ -1,7 +1,8 @@
 #!/bin/sh
 # Reproduces BENCHMARKS.md: builds, makes the random-weight Qwen2.5-0.5B-shaped
 # BF16 model once (bench/models/, ~1 GB, not committed), then runs the matmul
-# and engine benchmarks. Run on an otherwise idle machine.
+# engine and training benchmarks (bench/bench_server.c is run as BENCHMARKS.md
+# says). Run on an otherwise idle machine.
 set -e
 cd "$(dirname "$0")/.."
 ./scripts/deps.sh
@@ -12,3 +13,4 @@ echo "== machine"; lscpu | grep -E "Model name|^CPU\(s\)|Flags" | sed 's/\(Flags
 echo "== matmul kernels"; ./build/bench/bench_matmul
 echo "== engine (precision fast)"; ./build/bench/bench_engine "$M" --precision fast
 echo "== engine (precision exact)"; ./build/bench/bench_engine "$M" --precision exact
+echo "== LoRA training step (CPU)"; ./build/bench/bench_train "$M" --tokens 256
