@@ -6,6 +6,8 @@
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
 
 static int t_pass, t_fail;
 
@@ -56,6 +58,47 @@ static inline int check_close(const char *label, const float *a, const float *b,
 static inline const char *fixtures_root(void) {
     const char *r = getenv("PRISM_FIXTURES");
     return r && *r ? r : "../shared/fixtures";
+}
+
+/* Runs cmd through the shell with stderr merged into stdout. Returns the exit
+ * status (128 when killed by a signal, 127 when it cannot start); *out, when
+ * out is not NULL, receives the output (caller frees). */
+static inline int test_run(const char *cmd, char **out) {
+    char full[8192];
+    snprintf(full, sizeof full, "%s 2>&1", cmd);
+    FILE *p = popen(full, "r");
+    if (!p) {
+        if (out) *out = strdup("");
+        return 127;
+    }
+    size_t cap = 1 << 16, n = 0, r;
+    char *buf = malloc(cap);
+    while ((r = fread(buf + n, 1, cap - n - 1, p)) > 0) {
+        n += r;
+        if (n + 1 == cap) buf = realloc(buf, cap *= 2);
+    }
+    buf[n] = 0;
+    int st = pclose(p);
+    if (out) *out = buf;
+    else free(buf);
+    return WIFEXITED(st) ? WEXITSTATUS(st) : 128;
+}
+
+/* A whole file, NUL-terminated (caller frees); NULL if unreadable. *n, when
+ * n is not NULL, receives its size. */
+static inline char *test_slurp(const char *path, size_t *n) {
+    FILE *f = fopen(path, "rb");
+    if (!f) return NULL;
+    fseek(f, 0, SEEK_END);
+    long len = ftell(f);
+    fseek(f, 0, SEEK_SET);
+    if (len < 0) len = 0;
+    char *s = malloc((size_t)len + 1);
+    if (fread(s, 1, (size_t)len, f) != (size_t)len) len = 0;
+    s[len] = 0;
+    fclose(f);
+    if (n) *n = (size_t)len;
+    return s;
 }
 
 #endif

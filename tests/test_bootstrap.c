@@ -24,43 +24,13 @@
 #define PRISM "./build/prism"
 #define MODEL "models/stories260K"
 
-static char *slurp(const char *path, size_t *n) {
-    FILE *f = fopen(path, "rb");
-    if (!f) return NULL;
-    fseek(f, 0, SEEK_END);
-    long len = ftell(f);
-    fseek(f, 0, SEEK_SET);
-    char *s = malloc((size_t)len + 1);
-    if (fread(s, 1, (size_t)len, f) != (size_t)len) len = 0;
-    s[len] = 0;
-    fclose(f);
-    if (n) *n = (size_t)len;
-    return s;
-}
-
 static int count_lines(const char *path, const char *must_contain) {
-    char *s = slurp(path, NULL);
+    char *s = test_slurp(path, NULL);
     if (!s) return -1;
     int n = 0;
     for (char *l = strtok(s, "\n"); l; l = strtok(NULL, "\n")) n += !must_contain || strstr(l, must_contain) != NULL;
     free(s);
     return n;
-}
-
-static int run(const char *cmd, char **out) {
-    char full[8192];
-    snprintf(full, sizeof full, "%s 2>&1", cmd);
-    FILE *p = popen(full, "r");
-    size_t cap = 1 << 16, n = 0, r;
-    char *buf = malloc(cap);
-    while ((r = fread(buf + n, 1, cap - n - 1, p)) > 0) {
-        n += r;
-        if (n + 1 == cap) buf = realloc(buf, cap *= 2);
-    }
-    buf[n] = 0;
-    int st = pclose(p);
-    if (out) *out = buf; else free(buf);
-    return WIFEXITED(st) ? WEXITSTATUS(st) : 128;
 }
 
 static const char *ARGS = " --domains math,writing,safety_monitor --queries-per-domain 4 --max-answer-tokens 48 --epochs 1"
@@ -134,7 +104,7 @@ static void check_run(const char *dir) {
     {
         char qp[1024];
         snprintf(qp, sizeof qp, "%s/queries.jsonl", dir);
-        char *qs = slurp(qp, NULL), *query = NULL;
+        char *qs = test_slurp(qp, NULL), *query = NULL;
         for (char *l = strtok(qs, "\n"); l && !query; l = strtok(NULL, "\n")) {
             json_t *r = json_loads(l, 0, NULL);
             if (r && json_is_true(json_object_get(r, "accepted")) && json_integer_value(json_object_get(r, "index")) == 0 &&
@@ -203,10 +173,10 @@ static void check_run(const char *dir) {
     prism_model_free(m);
     /* report and routed generation */
     snprintf(cmd, sizeof cmd, PRISM " report %s", dir);
-    CHECK(run(cmd, &out) == 0 && strstr(out, "safety_monitor") && strstr(out, "win rate"), "report: %s", out);
+    CHECK(test_run(cmd, &out) == 0 && strstr(out, "safety_monitor") && strstr(out, "win rate"), "report: %s", out);
     free(out);
     snprintf(cmd, sizeof cmd, PRISM " generate --model " MODEL " --prism %s --chat-template llama2 --chat 'Tell me a story' -n 8 --stats", dir);
-    CHECK(run(cmd, &out) == 0 && strstr(out, "route: ") && strstr(out, "gate="), "generate --prism prints the route: %s", out);
+    CHECK(test_run(cmd, &out) == 0 && strstr(out, "route: ") && strstr(out, "gate="), "generate --prism prints the route: %s", out);
     free(out);
 }
 
@@ -272,8 +242,8 @@ static int spawn_kill_in(const char *dir, const char *stage, int jitter_ms) {
 }
 
 static int same_file(const char *a, const char *b) {
-    size_t na, nb;
-    char *x = slurp(a, &na), *y = slurp(b, &nb);
+    size_t na = 0, nb = 0;
+    char *x = test_slurp(a, &na), *y = test_slurp(b, &nb);
     int same = x && y && na == nb && !memcmp(x, y, na);
     free(x), free(y);
     return same;
@@ -287,30 +257,30 @@ int main(void) {
 
     /* the documented small run */
     snprintf(cmd, sizeof cmd, PRISM " bootstrap --model " MODEL " --out %s%s --quiet", ref, ARGS);
-    CHECK(run(cmd, &out) == 0, "bootstrap: %s", out);
+    CHECK(test_run(cmd, &out) == 0, "bootstrap: %s", out);
     free(out);
     check_run(ref);
     /* idempotent re-run */
     char p[700];
     snprintf(p, sizeof p, "%s/verdicts.jsonl", ref);
     size_t before = 0, after = 0;
-    free(slurp(p, &before));
+    free(test_slurp(p, &before));
     snprintf(cmd, sizeof cmd, PRISM " bootstrap --model " MODEL " --out %s%s", ref, ARGS);
-    CHECK(run(cmd, &out) == 0 && strstr(out, "[judge] already done"), "re-run does nothing: %s", out);
+    CHECK(test_run(cmd, &out) == 0 && strstr(out, "[judge] already done"), "re-run does nothing: %s", out);
     free(out);
-    free(slurp(p, &after));
+    free(test_slurp(p, &after));
     CHECK(before == after && before > 0, "records unchanged by a re-run");
     /* a changed setting invalidates: refused with the setting named */
     snprintf(cmd, sizeof cmd, PRISM " bootstrap --model " MODEL " --out %s%s --max-answer-tokens 64", ref,
              " --domains math,writing,safety_monitor --queries-per-domain 4 --epochs 1 --chat-template llama2");
-    CHECK(run(cmd, &out) == 1 && strstr(out, "max_answer_tokens"), "changed setting refused: %s", out);
+    CHECK(test_run(cmd, &out) == 1 && strstr(out, "max_answer_tokens"), "changed setting refused: %s", out);
     free(out);
     /* bad options */
     snprintf(cmd, sizeof cmd, PRISM " bootstrap --model " MODEL " --out %s/x --domains 'math,,math' --chat-template llama2", dir);
-    CHECK(run(cmd, &out) == 1 && strstr(out, "twice"), "duplicate domain refused: %s", out);
+    CHECK(test_run(cmd, &out) == 1 && strstr(out, "twice"), "duplicate domain refused: %s", out);
     free(out);
     snprintf(cmd, sizeof cmd, PRISM " bootstrap --model " MODEL " --out %s/y --personas /nonexistent --chat-template llama2 --quiet", dir);
-    CHECK(run(cmd, &out) == 1 && strstr(out, "/nonexistent/"), "missing persona file named: %s", out);
+    CHECK(test_run(cmd, &out) == 1 && strstr(out, "/nonexistent/"), "missing persona file named: %s", out);
     free(out);
 
     /* crash test: for every stage, kill the run at a random moment after that

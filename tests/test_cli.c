@@ -13,25 +13,9 @@
 #define MODEL "models/stories260K"
 
 /* Runs cmd (stderr merged), returns exit status and the output (caller frees). */
-static int run(const char *cmd, char **out) {
-    char full[4096];
-    snprintf(full, sizeof full, "%s 2>&1", cmd);
-    FILE *p = popen(full, "r");
-    size_t cap = 1 << 16, n = 0, r;
-    char *buf = malloc(cap);
-    while ((r = fread(buf + n, 1, cap - n - 1, p)) > 0) {
-        n += r;
-        if (n + 1 == cap) buf = realloc(buf, cap *= 2);
-    }
-    buf[n] = 0;
-    int st = pclose(p);
-    *out = buf;
-    return WIFEXITED(st) ? WEXITSTATUS(st) : 128;
-}
-
 static void expect(const char *cmd, int code, const char *needle) {
     char *out;
-    int rc = run(cmd, &out);
+    int rc = test_run(cmd, &out);
     int ok = rc == code && (!needle || strstr(out, needle));
     CHECK(ok, "`%s` exited %d (want %d), output: %.400s (want \"%s\")", cmd, rc, code, out, needle ? needle : "");
     if (ok) printf("ok   %s\n", cmd);
@@ -64,7 +48,7 @@ static void library_greedy(const int32_t *prompt, int32_t n, int32_t max_new, in
 int main(void) {
     char *out;
     /* tokenize: "Once upon a time" with BOS */
-    int rc = run(PRISM " tokenize --model " MODEL " --text 'Once upon a time' --add-special", &out);
+    int rc = test_run(PRISM " tokenize --model " MODEL " --text 'Once upon a time' --add-special", &out);
     CHECK(rc == 0 && out[0] == '[' && !strncmp(out, "[1, ", 4), "tokenize --add-special starts with BOS: %s", out);
     int32_t prompt[64], np = 0;
     for (char *p = out + 1; *p && *p != ']' && np < 64;) {
@@ -72,7 +56,7 @@ int main(void) {
         while (*p == ',' || *p == ' ') p++;
     }
     free(out);
-    rc = run(PRISM " tokenize --model " MODEL " --text 'Once upon a time'", &out);
+    rc = test_run(PRISM " tokenize --model " MODEL " --text 'Once upon a time'", &out);
     CHECK(rc == 0 && strncmp(out, "[1, ", 4) != 0, "tokenize without --add-special has no BOS: %s", out);
     free(out);
 
@@ -83,43 +67,43 @@ int main(void) {
     char want[1024] = "[";
     for (int i = 0; i < nid; i++) snprintf(want + strlen(want), sizeof want - strlen(want), i ? ", %d" : "%d", ids[i]);
     strcat(want, "]");
-    rc = run(PRISM " generate --model " MODEL " --prompt 'Once upon a time' -n 30 --temp 0 --ids-out", &out);
+    rc = test_run(PRISM " generate --model " MODEL " --prompt 'Once upon a time' -n 30 --temp 0 --ids-out", &out);
     CHECK(rc == 0 && !strncmp(out, want, strlen(want)), "generate --ids-out\n got %s\nwant %s", out, want);
     free(out);
-    rc = run(PRISM " generate --model " MODEL " --prompt 'Once upon a time' -n 30 --temp 0", &out);
+    rc = test_run(PRISM " generate --model " MODEL " --prompt 'Once upon a time' -n 30 --temp 0", &out);
     CHECK(rc == 0 && strstr(out, text), "generate text\n got %s\nwant %s", out, text);
     free(out);
     /* the same prompt given as --ids and as two batched prompts gives the same tokens */
     char cmd[2048] = PRISM " generate --model " MODEL " -n 30 --temp 0 --ids-out --ids ";
     for (int i = 0; i < np; i++) snprintf(cmd + strlen(cmd), sizeof cmd - strlen(cmd), i ? ",%d" : "%d", prompt[i]);
-    rc = run(cmd, &out);
+    rc = test_run(cmd, &out);
     CHECK(rc == 0 && !strncmp(out, want, strlen(want)), "generate --ids: %s", out);
     free(out);
-    rc = run(PRISM " generate --model " MODEL " --prompt 'Once upon a time' --prompt 'The cat' -n 30 --temp 0 --ids-out", &out);
+    rc = test_run(PRISM " generate --model " MODEL " --prompt 'Once upon a time' --prompt 'The cat' -n 30 --temp 0 --ids-out", &out);
     CHECK(rc == 0 && !strncmp(out, want, strlen(want)) && strchr(out, '\n') && strchr(strchr(out, '\n') + 1, '['),
           "batched generate, first sequence as alone: %s", out);
     free(out);
     /* stop string: output ends before it */
     char *dot = strchr(text, '.');
     if (dot) {
-        rc = run(PRISM " generate --model " MODEL " --prompt 'Once upon a time' -n 30 --temp 0 --stop .", &out);
+        rc = test_run(PRISM " generate --model " MODEL " --prompt 'Once upon a time' -n 30 --temp 0 --stop .", &out);
         CHECK(rc == 0 && !strchr(out, '.') && !strncmp(out, text, (size_t)(dot - text)), "stop string: %s", out);
         free(out);
     }
     /* sampling is reproducible with a seed and varies without one */
     char *o1, *o2;
-    run(PRISM " generate --model " MODEL " --prompt 'Once' -n 40 --temp 1 --top-p 0.95 --seed 7", &o1);
-    run(PRISM " generate --model " MODEL " --prompt 'Once' -n 40 --temp 1 --top-p 0.95 --seed 7", &o2);
+    test_run(PRISM " generate --model " MODEL " --prompt 'Once' -n 40 --temp 1 --top-p 0.95 --seed 7", &o1);
+    test_run(PRISM " generate --model " MODEL " --prompt 'Once' -n 40 --temp 1 --top-p 0.95 --seed 7", &o2);
     CHECK(!strcmp(o1, o2), "same seed, same text");
     free(o2);
-    run(PRISM " generate --model " MODEL " --prompt 'Once' -n 40 --temp 1 --top-p 0.95 --seed 8", &o2);
+    test_run(PRISM " generate --model " MODEL " --prompt 'Once' -n 40 --temp 1 --top-p 0.95 --seed 8", &o2);
     CHECK(strcmp(o1, o2) != 0, "different seed, different text");
     free(o1); free(o2);
     expect(PRISM " generate --model " MODEL " --prompt 'Once upon a time' -n 8 --stats", 0, "decode: ");
     expect(PRISM " generate --model " MODEL " --prompt 'Once upon a time' -n 8 --ignore-eos --ids-out", 0, "[");
 
     /* logits file == library logits of the same ids */
-    rc = run(PRISM " logits --model " MODEL " --ids 1,403,407,261,378 --out /tmp/prism-cli-logits.safetensors", &out);
+    rc = test_run(PRISM " logits --model " MODEL " --ids 1,403,407,261,378 --out /tmp/prism-cli-logits.safetensors", &out);
     CHECK(rc == 0, "logits: %s", out);
     free(out);
     st_set *s = NULL;

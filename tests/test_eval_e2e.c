@@ -23,35 +23,6 @@
 #define PRISM "./build/prism"
 #define MODEL "models/stories260K"
 
-static char *slurp(const char *path) {
-    FILE *f = fopen(path, "rb");
-    if (!f) return NULL;
-    fseek(f, 0, SEEK_END);
-    long len = ftell(f);
-    fseek(f, 0, SEEK_SET);
-    char *s = malloc((size_t)len + 1);
-    if (fread(s, 1, (size_t)len, f) != (size_t)len) len = 0;
-    s[len] = 0;
-    fclose(f);
-    return s;
-}
-
-static int run(const char *cmd, char **out) {
-    char full[8192];
-    snprintf(full, sizeof full, "%s 2>&1", cmd);
-    FILE *p = popen(full, "r");
-    size_t cap = 1 << 16, n = 0, r;
-    char *buf = malloc(cap);
-    while ((r = fread(buf + n, 1, cap - n - 1, p)) > 0) {
-        n += r;
-        if (n + 1 == cap) buf = realloc(buf, cap *= 2);
-    }
-    buf[n] = 0;
-    int st = pclose(p);
-    if (out) *out = buf; else free(buf);
-    return WIFEXITED(st) ? WEXITSTATUS(st) : 128;
-}
-
 /* ---------------------------------------------------------------- schema */
 
 typedef enum { T_OBJ, T_ARR, T_STR, T_INT, T_NUM_OR_NULL, T_BOOL } jtype;
@@ -162,7 +133,7 @@ static int spawn_kill(const char *cmd, int delay_ms) {
 }
 
 static int count_keys_unique(const char *path, int *lines) {
-    char *s = slurp(path);
+    char *s = test_slurp(path, NULL);
     if (!s) return 0;
     json_t *seen = json_object();
     int dup = 0;
@@ -186,22 +157,22 @@ int main(void) {
 
     snprintf(cmd, sizeof cmd, PRISM " bootstrap --model " MODEL " --out %s/run --domains math,writing,safety_monitor,helpful"
              " --queries-per-domain 2 --max-answer-tokens 16 --epochs 1 --chat-template llama2 --persona-length min --quiet", dir);
-    CHECK(run(cmd, &out) == 0, "bootstrap: %s", out);
+    CHECK(test_run(cmd, &out) == 0, "bootstrap: %s", out);
     free(out);
 
     /* usage errors */
     snprintf(cmd, sizeof cmd, PRISM " eval --model " MODEL " --chat-template llama2 --mode base,prism --out %s/e0", dir);
-    CHECK(run(cmd, &out) == 1 && strstr(out, "--mode prism needs --prism RUN_DIR"), "prism mode without a run: %s", out);
+    CHECK(test_run(cmd, &out) == 1 && strstr(out, "--mode prism needs --prism RUN_DIR"), "prism mode without a run: %s", out);
     free(out);
     snprintf(cmd, sizeof cmd, PRISM " eval --model " MODEL " --chat-template llama2 --mode base --suite mmlu,gsm8k --out %s/e0", dir);
-    CHECK(run(cmd, &out) == 1 && strstr(out, "unknown suite \"gsm8k\""), "unknown suite: %s", out);
+    CHECK(test_run(cmd, &out) == 1 && strstr(out, "unknown suite \"gsm8k\""), "unknown suite: %s", out);
     free(out);
 
     /* every suite under every mode */
     snprintf(cmd, sizeof cmd, PRISM " eval --model " MODEL " --prism %s/run --chat-template llama2 --limit 1 --out %s/ev"
              " --max-tokens 8 --judge-max-tokens 4 --pairwise prism:base --no-sync --quiet", dir, dir);
     double t0 = (double)time(NULL);
-    CHECK(run(cmd, &out) == 0, "eval: %s", out);
+    CHECK(test_run(cmd, &out) == 0, "eval: %s", out);
     free(out);
     printf("     full eval (%d s)\n", (int)((double)time(NULL) - t0));
     snprintf(p, sizeof p, "%s/ev/results.json", dir);
@@ -210,7 +181,7 @@ int main(void) {
     if (res) check_schema(res);
     json_decref(res);
     snprintf(p, sizeof p, "%s/ev/report.md", dir);
-    char *md = slurp(p);
+    char *md = test_slurp(p, NULL);
     CHECK(md && strstr(md, "Table 1") && strstr(md, "| prism |") && strstr(md, "## MMLU accuracy") && strstr(md, "## Safety") &&
               strstr(md, "## Routing analysis") && strstr(md, "## MT-Bench pairwise") && strstr(md, "charts/subscores.svg"),
           "report.md has its sections");
@@ -218,7 +189,7 @@ int main(void) {
     const char *svgs[] = {"subscores.svg", "routing.svg"};
     for (int i = 0; i < 2; i++) {
         snprintf(p, sizeof p, "%s/ev/charts/%s", dir, svgs[i]);
-        char *s = slurp(p);
+        char *s = test_slurp(p, NULL);
         CHECK(svg_ok(s), "%s is well-formed SVG with content", svgs[i]);
         free(s);
     }
@@ -233,7 +204,7 @@ int main(void) {
     /* a finished eval reruns without new work */
     snprintf(cmd, sizeof cmd, PRISM " eval --model " MODEL " --prism %s/run --chat-template llama2 --limit 1 --out %s/ev"
              " --max-tokens 8 --judge-max-tokens 4 --pairwise prism:base --no-sync --quiet", dir, dir);
-    CHECK(run(cmd, &out) == 0, "rerun: %s", out);
+    CHECK(test_run(cmd, &out) == 0, "rerun: %s", out);
     free(out);
     int lines = 0;
     snprintf(p, sizeof p, "%s/ev/mmlu.jsonl", dir);
@@ -241,7 +212,7 @@ int main(void) {
     /* a changed setting is refused */
     snprintf(cmd, sizeof cmd, PRISM " eval --model " MODEL " --prism %s/run --chat-template llama2 --limit 1 --out %s/ev"
              " --max-tokens 9 --judge-max-tokens 4 --quiet", dir, dir);
-    CHECK(run(cmd, &out) == 1 && strstr(out, "max_tokens"), "changed setting refused: %s", out);
+    CHECK(test_run(cmd, &out) == 1 && strstr(out, "max_tokens"), "changed setting refused: %s", out);
     free(out);
 
     /* kill and resume: same results as an uninterrupted run */
@@ -249,7 +220,7 @@ int main(void) {
                         " --judge-max-tokens 4 --no-sync --quiet";
     snprintf(cmd, sizeof cmd, PRISM " eval --model " MODEL " --prism %s/run --chat-template llama2 --out %s/ref%s", dir, dir, small);
     t0 = (double)time(NULL);
-    CHECK(run(cmd, &out) == 0, "reference eval: %s", out);
+    CHECK(test_run(cmd, &out) == 0, "reference eval: %s", out);
     free(out);
     int ref_s = (int)((double)time(NULL) - t0);
     unsigned seed = (unsigned)time(NULL);
@@ -264,7 +235,7 @@ int main(void) {
     }
     if (rc != 0) {
         snprintf(cmd, sizeof cmd, PRISM " eval --model " MODEL " --prism %s/run --chat-template llama2 --out %s/crash%s", dir, dir, small);
-        rc = run(cmd, &out);
+        rc = test_run(cmd, &out);
         CHECK(rc == 0, "final resume: %s", out);
         free(out);
     }
@@ -287,7 +258,7 @@ int main(void) {
     /* the persona study */
     snprintf(cmd, sizeof cmd, PRISM " study --model " MODEL " --chat-template llama2 --suite harmbench,xstest --limit 1 --max-tokens 8"
              " --out %s/study --no-sync --quiet", dir);
-    CHECK(run(cmd, &out) == 0, "study: %s", out);
+    CHECK(test_run(cmd, &out) == 0, "study: %s", out);
     free(out);
     snprintf(p, sizeof p, "%s/study/results.json", dir);
     json_t *sj = json_load_file(p, 0, NULL);

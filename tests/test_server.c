@@ -44,40 +44,11 @@ static char RUN[64];
 
 /* ---------------------------------------------------------------- process helpers */
 
-static int run_cmd(const char *cmd, char **out) {
-    char full[8192];
-    snprintf(full, sizeof full, "%s 2>&1", cmd);
-    FILE *p = popen(full, "r");
-    if (!p) { *out = strdup(""); return 127; }
-    size_t cap = 1 << 16, n = 0, r;
-    char *buf = malloc(cap);
-    while ((r = fread(buf + n, 1, cap - n - 1, p)) > 0) {
-        n += r;
-        if (n + 1 == cap) buf = realloc(buf, cap *= 2);
-    }
-    buf[n] = 0;
-    int st = pclose(p);
-    *out = buf;
-    return WIFEXITED(st) ? WEXITSTATUS(st) : 128;
-}
-
 typedef struct {
     pid_t pid;
     int port;
     char log[128];
 } server;
-
-static char *slurp(const char *path) {
-    FILE *f = fopen(path, "rb");
-    if (!f) return strdup("");
-    fseek(f, 0, SEEK_END);
-    long n = ftell(f);
-    fseek(f, 0, SEEK_SET);
-    char *b = malloc((size_t)n + 1);
-    b[fread(b, 1, (size_t)n, f)] = 0;
-    fclose(f);
-    return b;
-}
 
 /* Starts `BIN serve --port 0 ARGS`, waits for "listening on http://...:PORT". */
 static int server_start(server *sv, const char *args) {
@@ -92,7 +63,7 @@ static int server_start(server *sv, const char *args) {
     sv->port = 0;
     for (int k = 0; k < 600 && !sv->port; k++) { /* up to 60 s (ASan builds start slowly) */
         usleep(100000);
-        char *log = slurp(sv->log), *p = strstr(log, "listening on http://127.0.0.1:");
+        char *log = test_slurp(sv->log, NULL), *p = strstr(log, "listening on http://127.0.0.1:");
         if (p) sv->port = atoi(p + strlen("listening on http://127.0.0.1:"));
         int st;
         if (!sv->port && waitpid(sv->pid, &st, WNOHANG) == sv->pid) {
@@ -362,11 +333,11 @@ static void test_basics(int port) {
     resp r;
     char *out, cmd[512];
     snprintf(cmd, sizeof cmd, "curl -s -i http://127.0.0.1:%d/health", port);
-    int rc = run_cmd(cmd, &out);
+    int rc = test_run(cmd, &out);
     CHECK(rc == 0 && strstr(out, "200 OK") && strstr(out, "\"ok\""), "curl /health: %.300s", out);
     free(out);
     snprintf(cmd, sizeof cmd, "curl -s http://127.0.0.1:%d/v1/models", port);
-    run_cmd(cmd, &out);
+    test_run(cmd, &out);
     json_t *j = json_loads(out, 0, NULL), *data = json_object_get(j, "data");
     const char *want[4] = {"stories260K", "stories260K:base", "stories260K:adapter", "persona"};
     int found = 0;
@@ -392,7 +363,7 @@ static void test_chat_curl(int port) {
         char *body = chat_body("stories260K", QUESTIONS[i], 24, false, NULL);
         snprintf(cmd, sizeof cmd, "curl -s -i http://127.0.0.1:%d/v1/chat/completions -H 'Content-Type: application/json' -d '%s'", port, body);
         free(body);
-        run_cmd(cmd, &out);
+        test_run(cmd, &out);
         resp r = {.status = atoi(out + 9), .head = strdup(out)};
         char *b = strstr(out, "\r\n\r\n");
         r.body = strdup(b ? b + 4 : "");
@@ -425,7 +396,7 @@ static void test_chat_curl(int port) {
         body = chat_body(model, QUESTIONS[0], 30, true, "\"stream_options\":{\"include_usage\":true}");
         snprintf(cmd, sizeof cmd, "curl -s -N -i http://127.0.0.1:%d/v1/chat/completions -H 'Content-Type: application/json' -d '%s'", port, body);
         free(body);
-        run_cmd(cmd, &out);
+        test_run(cmd, &out);
         char text[8192] = "", *p = strstr(out, "\r\n\r\n");
         int events = 0, done = 0, usage_ok = 0, role = 0, finish = 0, bad = 0;
         for (p = p ? strstr(p, "data: ") : NULL; p; p = strstr(p + 6, "data: ")) {
@@ -464,7 +435,7 @@ static void test_vs_cli(int port) {
         char cmd[1024], *out;
         snprintf(cmd, sizeof cmd, "%s generate --model " MODEL " --prism %s --route %s --chat '%s' --chat-template llama2 -n 40 "
                  "--ignore-eos --temp 0 --ids-out", BIN, RUN, cases[k].route, QUESTIONS[cases[k].q]);
-        run_cmd(cmd, &out);
+        test_run(cmd, &out);
         int32_t ref[64];
         int nref = parse_ids(out, ref, 64);
         free(out);
@@ -482,7 +453,7 @@ static void test_vs_cli(int port) {
     /* completions: a raw prompt (BOS added) == prism generate --prompt on the base model */
     char cmd[512], *out;
     snprintf(cmd, sizeof cmd, "%s generate --model " MODEL " --prompt 'Once upon a time' -n 32 --ignore-eos --temp 0 --ids-out", BIN);
-    run_cmd(cmd, &out);
+    test_run(cmd, &out);
     int32_t ref[64];
     int nref = parse_ids(out, ref, 64);
     free(out);
@@ -643,7 +614,7 @@ static void test_errors(int port) {
     fputs(huge, f);
     fclose(f);
     snprintf(cmd, sizeof cmd, "curl -s -i -H 'Transfer-Encoding: chunked' http://127.0.0.1:%d/v1/completions --data-binary @/tmp/prism-test-server-big.json", port);
-    run_cmd(cmd, &out);
+    test_run(cmd, &out);
     CHECK(strstr(out, " 413 ") && strstr(out, "request_too_large"), "chunked body over the limit: %.300s", out);
     free(out);
     unlink("/tmp/prism-test-server-big.json");
@@ -777,14 +748,14 @@ static void test_disconnect(int port) {
 
 static void test_node(int port) {
     char *out;
-    if (run_cmd("node --version && npm --version", &out) != 0) {
+    if (test_run("node --version && npm --version", &out) != 0) {
         printf("SKIP openai npm client: node/npm not found (%s); the curl and raw-socket tests above cover the API\n", strtok(out, "\n"));
         free(out);
         return;
     }
     free(out);
     if (access("tests/server/node_modules/openai/package.json", R_OK) != 0) {
-        int rc = run_cmd("cd tests/server && timeout 120 npm install --no-save --no-package-lock --no-audit --no-fund --silent "
+        int rc = test_run("cd tests/server && timeout 120 npm install --no-save --no-package-lock --no-audit --no-fund --silent "
                          "openai@4 >/dev/null 2>&1; test -f node_modules/openai/package.json", &out);
         free(out);
         if (rc != 0) {
@@ -794,7 +765,7 @@ static void test_node(int port) {
     }
     char cmd[512];
     snprintf(cmd, sizeof cmd, "timeout 120 node tests/server/openai_client.mjs http://127.0.0.1:%d/v1 %.6f", port, THR);
-    int rc = run_cmd(cmd, &out);
+    int rc = test_run(cmd, &out);
     int p = 0, f = 0;
     const char *line = NULL;
     for (const char *q = strstr(out, "node: "); q; q = strstr(q + 1, "node: "))
@@ -904,15 +875,15 @@ static void test_shutdown(server *sv) {
 static void test_bad_start(void) {
     char cmd[512], *out;
     snprintf(cmd, sizeof cmd, "%s serve --model " MODEL " --prism /nonexistent-run --port 0", BIN);
-    int rc = run_cmd(cmd, &out);
+    int rc = test_run(cmd, &out);
     CHECK(rc == 1 && strstr(out, "nonexistent-run"), "a missing run dir: exit 1 naming it: %s", out);
     free(out);
     snprintf(cmd, sizeof cmd, "%s serve --model " MODEL " --host not-an-ip --port 0", BIN);
-    rc = run_cmd(cmd, &out);
+    rc = test_run(cmd, &out);
     CHECK(rc == 1 && strstr(out, "--host"), "a bad --host: %s", out);
     free(out);
     snprintf(cmd, sizeof cmd, "%s serve --model " MODEL " --adapter =x", BIN);
-    rc = run_cmd(cmd, &out);
+    rc = test_run(cmd, &out);
     CHECK(rc == 2 && strstr(out, "NAME=DIR"), "--adapter =x: %s", out);
     free(out);
 }
@@ -962,7 +933,7 @@ int main(void) {
         test_metrics(sv.port);
         test_node(sv.port);
         test_shutdown(&sv);
-        char *log = slurp(sv.log);
+        char *log = test_slurp(sv.log, NULL);
         CHECK(!strstr(log, "ERROR: AddressSanitizer") && !strstr(log, "runtime error:") && !strstr(log, "LeakSanitizer"),
               "server log has no sanitizer report: %.2000s", log);
         free(log);
@@ -970,7 +941,7 @@ int main(void) {
     test_limits();
     char cmd[256], *out;
     snprintf(cmd, sizeof cmd, "rm -rf %s", RUN);
-    run_cmd(cmd, &out);
+    test_run(cmd, &out);
     free(out);
     TEST_MAIN_END();
 }

@@ -432,22 +432,6 @@ static void test_resume(void) {
 
 /* ---------------------------------------------------------------- CLI */
 
-static int run(const char *cmd, char **out) {
-    char full[4096];
-    snprintf(full, sizeof full, "%s 2>&1", cmd);
-    FILE *p = popen(full, "r");
-    size_t cap = 1 << 16, n = 0, r;
-    char *buf = malloc(cap);
-    while ((r = fread(buf + n, 1, cap - n - 1, p)) > 0) {
-        n += r;
-        if (n + 1 == cap) buf = realloc(buf, cap *= 2);
-    }
-    buf[n] = 0;
-    int st = pclose(p);
-    *out = buf;
-    return WIFEXITED(st) ? WEXITSTATUS(st) : 128;
-}
-
 static void test_cli(void) {
     if (access(PRISM, X_OK)) { CHECK(0, "%s not built", PRISM); return; }
     char dir[] = "/tmp/prism_train_cliXXXXXX";
@@ -463,7 +447,7 @@ static void test_cli(void) {
              PRISM " train-lora --model " MODEL " --chat-template llama2 --data %s --out %s/ad -r 4 --batch-size 4 "
                    "--epochs 1 --lr 1e-2",
              path, dir);
-    int rc = run(cmd, &out);
+    int rc = test_run(cmd, &out);
     CHECK(rc == 0 && strstr(out, "step 2/2") && strstr(out, "tok/s") && strstr(out, "ETA"), "train-lora: rc %d: %.600s",
           rc, out);
     free(out);
@@ -475,23 +459,23 @@ static void test_cli(void) {
     /* generate with the adapter, and with the merged export: same greedy ids */
     char *with = NULL, *merged = NULL;
     snprintf(cmd, sizeof cmd, PRISM " generate --model " MODEL " --adapter %s/ad --ids 1,403,407 -n 12 --temp 0 --ids-out", dir);
-    rc = run(cmd, &with);
+    rc = test_run(cmd, &with);
     CHECK(rc == 0 && with[0] == '[', "generate --adapter: rc %d: %.300s", rc, with);
     snprintf(cmd, sizeof cmd, PRISM " generate --model " MODEL " --adapter %s/ad --use nosuch --ids 1 -n 1", dir);
-    rc = run(cmd, &out);
+    rc = test_run(cmd, &out);
     CHECK(rc == 2 && strstr(out, "no adapter has that name"), "--use with an unknown name: rc %d: %.300s", rc, out);
     free(out);
     snprintf(cmd, sizeof cmd, PRISM " export-lora --model " MODEL " --adapter %s/ad --merged %s/merged", dir, dir);
-    rc = run(cmd, &out);
+    rc = test_run(cmd, &out);
     CHECK(rc == 0, "export-lora: rc %d: %.300s", rc, out);
     free(out);
     snprintf(cmd, sizeof cmd, PRISM " generate --model %s/merged --ids 1,403,407 -n 12 --temp 0 --ids-out", dir);
-    rc = run(cmd, &merged);
+    rc = test_run(cmd, &merged);
     CHECK(rc == 0 && !strcmp(with, merged), "merged model generates as base + adapter: %s vs %s", merged, with);
     free(with);
     free(merged);
     snprintf(cmd, sizeof cmd, PRISM " logits --model " MODEL " --adapter %s/ad --ids 1,403 --out %s/l.safetensors", dir, dir);
-    rc = run(cmd, &out);
+    rc = test_run(cmd, &out);
     CHECK(rc == 0, "logits --adapter: rc %d: %.300s", rc, out);
     free(out);
 
@@ -501,7 +485,7 @@ static void test_cli(void) {
     fclose(f);
     snprintf(cmd, sizeof cmd,
              PRISM " train-lora --model " MODEL " --chat-template llama2 --data %s --out %s/ad2 -r 4", path, dir);
-    rc = run(cmd, &out);
+    rc = test_run(cmd, &out);
     CHECK(rc == 1 && strstr(out, "train.jsonl:9: messages[1]: \"content\" is missing") && !strstr(out, "step 1"),
           "bad line reported: rc %d: %.400s", rc, out);
     free(out);
