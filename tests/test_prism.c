@@ -17,6 +17,7 @@
 #include "prism/runinfo.h"
 #include "prism/store.h"
 #include "test.h"
+#include "test_run_dir.h"
 
 #define MODEL "models/stories260K"
 
@@ -66,37 +67,6 @@ static void test_votes(void) {
     free(p);
 }
 
-/* A run directory with a real (random, non-zero) adapter on layers 1..L-1 and a random gate. */
-static void make_run(prism_model *m, const char *dir, float threshold) {
-    char path[512];
-    store_mkdir_p(dir);
-    prism_lora_params lp = prism_lora_default_params();
-    lp.r = 4;
-    lp.seed = 11;
-    prism_adapter *a = NULL;
-    CHECK(prism_adapter_new(m, lp, &a) == PRISM_OK, "adapter_new: %s", prism_last_error());
-    uint64_t s = 99;
-    for (int64_t i = 0; i < (int64_t)a->n_layers * LORA_N_TARGETS; i++) {
-        lora_module *mod = &a->mod[i];
-        for (int64_t k = 0; k < mod->out * mod->r; k++) {
-            s = s * 6364136223846793005ull + 1442695040888963407ull;
-            mod->B[k] = ((float)(s >> 40) / (float)(1 << 24) - 0.5f) * 0.2f;
-        }
-    }
-    snprintf(path, sizeof path, "%s/adapter", dir);
-    CHECK(prism_adapter_save(a, path, "F32") == PRISM_OK, "save adapter: %s", prism_last_error());
-    prism_adapter_free(a);
-    gate_mlp *g = gate_mlp_new(m->cfg.hidden, 5);
-    gate_set_threshold(g, threshold);
-    snprintf(path, sizeof path, "%s/gate.safetensors", dir);
-    CHECK(gate_save(g, path, NULL) == PRISM_OK, "save gate: %s", prism_last_error());
-    gate_mlp_free(g);
-    json_t *j = json_pack("{s:o}", "base_model", runinfo_model_identity(m));
-    snprintf(path, sizeof path, "%s/prism.json", dir);
-    write_json_atomic(path, j);
-    json_decref(j);
-}
-
 static void test_routing(void) {
     prism_model_params mp = prism_model_default_params();
     mp.precision = PRISM_PRECISION_EXACT;
@@ -114,7 +84,7 @@ static void test_routing(void) {
         lens[i] = (int32_t)n;
     }
     /* the gate's probabilities for these prompts decide a threshold that splits them 2/2 */
-    make_run(m, dir, 0.5f);
+    make_test_run(m, dir, 0.5f);
     prism_router *r = NULL;
     CHECK(prism_router_load(m, dir, &r) == PRISM_OK, "router_load: %s", prism_last_error());
     if (!r) return;
@@ -139,7 +109,7 @@ static void test_routing(void) {
             if (sorted[j] < sorted[i]) { float t = sorted[i]; sorted[i] = sorted[j]; sorted[j] = t; }
     float thr = 0.5f * (sorted[1] + sorted[2]);
     prism_router_free(r);
-    make_run(m, dir, thr);
+    make_test_run(m, dir, thr);
     CHECK(prism_router_load(m, dir, &r) == PRISM_OK, "router_load: %s", prism_last_error());
 
     /* reference: base alone and adapter alone, greedy 12 tokens each */

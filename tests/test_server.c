@@ -37,6 +37,7 @@
 #include "prism/runinfo.h"
 #include "prism/store.h"
 #include "test.h"
+#include "test_run_dir.h"
 
 #define MODEL "models/stories260K"
 static const char *BIN = "./build/prism";
@@ -195,37 +196,6 @@ static int is_error_object(const char *body, const char *param, const char *code
 }
 
 /* ---------------------------------------------------------------- the PRISM run */
-
-/* Adapter with non-zero B (so it changes outputs), gate with threshold thr, prism.json. */
-static void make_run(prism_model *m, const char *dir, float thr) {
-    char path[512];
-    store_mkdir_p(dir);
-    prism_lora_params lp = prism_lora_default_params();
-    lp.r = 4;
-    lp.seed = 11;
-    prism_adapter *a = NULL;
-    CHECK(prism_adapter_new(m, lp, &a) == PRISM_OK, "adapter_new: %s", prism_last_error());
-    uint64_t s = 99;
-    for (int64_t i = 0; i < (int64_t)a->n_layers * LORA_N_TARGETS; i++) {
-        lora_module *mod = &a->mod[i];
-        for (int64_t k = 0; k < mod->out * mod->r; k++) {
-            s = s * 6364136223846793005ull + 1442695040888963407ull;
-            mod->B[k] = ((float)(s >> 40) / (float)(1 << 24) - 0.5f) * 0.2f;
-        }
-    }
-    snprintf(path, sizeof path, "%s/adapter", dir);
-    CHECK(prism_adapter_save(a, path, "F32") == PRISM_OK, "save adapter: %s", prism_last_error());
-    prism_adapter_free(a);
-    gate_mlp *g = gate_mlp_new(m->cfg.hidden, 5);
-    gate_set_threshold(g, thr);
-    snprintf(path, sizeof path, "%s/gate.safetensors", dir);
-    CHECK(gate_save(g, path, NULL) == PRISM_OK, "save gate: %s", prism_last_error());
-    gate_mlp_free(g);
-    json_t *j = json_pack("{s:o}", "base_model", runinfo_model_identity(m));
-    snprintf(path, sizeof path, "%s/prism.json", dir);
-    write_json_atomic(path, j);
-    json_decref(j);
-}
 
 enum { NQ = 8 };
 static const char *QUESTIONS[NQ] = {"Tell me a story about a dog.", "What is two plus two?", "Write a poem about the sea.",
@@ -905,7 +875,7 @@ int main(void) {
     prism_model *m = NULL;
     if (prism_model_load(MODEL, mp, &m)) { fprintf(stderr, "%s\n", prism_last_error()); return 1; }
     /* the threshold sits between the 4th and 5th gate probabilities of the questions */
-    make_run(m, RUN, 0.5f);
+    make_test_run(m, RUN, 0.5f);
     gate_probs(m);
     float sorted[NQ];
     memcpy(sorted, PROB, sizeof sorted);
@@ -913,7 +883,7 @@ int main(void) {
         for (int j = i + 1; j < NQ; j++)
             if (sorted[j] < sorted[i]) { float t = sorted[i]; sorted[i] = sorted[j]; sorted[j] = t; }
     THR = 0.5f * (sorted[NQ / 2 - 1] + sorted[NQ / 2]);
-    make_run(m, RUN, THR);
+    make_test_run(m, RUN, THR);
     prism_model_free(m);
 
     test_bad_start();
