@@ -261,7 +261,7 @@ int main(void) {
     free(out);
     check_run(ref);
     /* idempotent re-run */
-    char p[700];
+    char p[1024];
     snprintf(p, sizeof p, "%s/verdicts.jsonl", ref);
     size_t before = 0, after = 0;
     free(test_slurp(p, &before));
@@ -275,6 +275,75 @@ int main(void) {
              " --domains math,writing,safety_monitor --queries-per-domain 4 --epochs 1 --chat-template llama2");
     CHECK(test_run(cmd, &out) == 1 && strstr(out, "max_answer_tokens"), "changed setting refused: %s", out);
     free(out);
+    /* The tiny model never prefers its persona in both orders, so its own run
+     * leaves the gate and the distillation degenerate. To exercise those stages
+     * on real data, a copy of the run gets verdicts marking every other query a
+     * persona win (standing in for a judge that preferred the persona), then
+     * the features, gate and distill stages run again. */
+    {
+        char wins[600], vpath[800], line[1 << 16];
+        snprintf(wins, sizeof wins, "%s/wins", dir);
+        snprintf(cmd, sizeof cmd, "cp -r %s %s && rm -f %s/stages/features.done %s/stages/gate.done %s/stages/distill.done",
+                 ref, wins, wins, wins, wins);
+        CHECK(system(cmd) == 0, "copy run");
+        snprintf(vpath, sizeof vpath, "%s/verdicts.jsonl", wins);
+        FILE *in = fopen(vpath, "r");
+        char *outbuf = NULL;
+        size_t outlen = 0;
+        FILE *mem = open_memstream(&outbuf, &outlen);
+        int k = 0, n_wins = 0;
+        while (in && fgets(line, sizeof line, in)) {
+            json_t *r = json_loads(line, 0, NULL);
+            if (k++ % 2 == 0) {
+                json_object_set_new(r, "outcome", json_string("persona"));
+                json_object_set_new(r, "label", json_integer(1));
+                n_wins++;
+            }
+            char *t = json_dumps(r, JSON_COMPACT);
+            fprintf(mem, "%s\n", t);
+            free(t);
+            json_decref(r);
+        }
+        if (in) fclose(in);
+        fclose(mem);
+        FILE *o = fopen(vpath, "w");
+        fwrite(outbuf, 1, outlen, o);
+        fclose(o);
+        free(outbuf);
+        snprintf(cmd, sizeof cmd, PRISM " bootstrap --model " MODEL " --out %s%s --quiet", wins, ARGS);
+        CHECK(test_run(cmd, &out) == 0, "downstream stages with wins: %s", out);
+        free(out);
+        snprintf(p, sizeof p, "%s/prism.json", wins);
+        json_error_t e;
+        json_t *j = json_load_file(p, 0, &e);
+        json_t *gr = json_object_get(j, "gate"), *ds = json_object_get(j, "distill");
+        CHECK(json_is_number(json_object_get(gr, "train_accuracy")) && !json_object_get(gr, "degenerate"),
+              "the gate trained on wins and retains");
+        CHECK(json_integer_value(json_object_get(ds, "examples")) == n_wins && json_integer_value(json_object_get(ds, "steps")) >= 1,
+              "distillation trained on the %d wins", n_wins);
+        json_decref(j);
+        snprintf(p, sizeof p, "%s/distill.jsonl", wins);
+        CHECK(count_lines(p, "\"teacher_system\"") == n_wins, "distill.jsonl: one KL line with the persona per win");
+        prism_model *m = NULL;
+        prism_model_load(MODEL, prism_model_default_params(), &m);
+        prism_adapter *a = NULL;
+        snprintf(p, sizeof p, "%s/adapter", wins);
+        CHECK(prism_adapter_load(m, p, &a) == PRISM_OK, "trained adapter loads: %s", prism_last_error());
+        double bsum = 0;
+        for (int l = 1; a && l < a->n_layers; l++)
+            for (int t = 0; t < LORA_N_TARGETS; t++) {
+                const lora_module *mod = lora_mod(a, l, (lora_target)t);
+                for (int64_t i = 0; i < mod->out * mod->r; i++) bsum += fabs(mod->B[i]);
+            }
+        CHECK(bsum > 0, "distillation moved the adapter away from its initialisation (sum |B| = %g)", bsum);
+        prism_adapter_free(a);
+        prism_model_free(m);
+        snprintf(cmd, sizeof cmd, PRISM " report %s", wins);
+        CHECK(test_run(cmd, &out) == 0 && strstr(out, "distillation: ") && !strstr(out, "no persona wins"), "report: %s", out);
+        free(out);
+        printf("ok   gate and distillation stages on a run with %d persona wins\n", n_wins);
+    }
+
     /* bad options */
     snprintf(cmd, sizeof cmd, PRISM " bootstrap --model " MODEL " --out %s/x --domains 'math,,math' --chat-template llama2", dir);
     CHECK(test_run(cmd, &out) == 1 && strstr(out, "twice"), "duplicate domain refused: %s", out);
