@@ -78,8 +78,8 @@ static void check_schema(const json_t *r) {
         CHECK(c, "schema of condition %s", modes[m]);
         const json_t *cj = json_object_get(json_object_get(r, "conditions"), modes[m]);
         CHECK(json_integer_value(json_object_get(cj, "n_subscores")) >= 7, "%s: MMLU and safety sub-scores present", modes[m]);
-        CHECK(json_integer_value(json_object_get(json_object_get(json_object_get(cj, "mmlu"), "0shot"), "n")) == 57,
-              "%s: one MMLU item per subject with --limit 1", modes[m]);
+        CHECK(json_integer_value(json_object_get(json_object_get(json_object_get(cj, "mmlu"), "0shot"), "n")) == 57 * 5,
+              "%s: five MMLU items per subject with --limit 5", modes[m]);
     }
     /* adapter mode runs every query on the adapter */
     const json_t *ad = json_object_get(json_object_get(json_object_get(r, "conditions"), "adapter"), "routing");
@@ -169,7 +169,7 @@ int main(void) {
     free(out);
 
     /* every suite under every mode */
-    snprintf(cmd, sizeof cmd, PRISM " eval --model " MODEL " --prism %s/run --chat-template llama2 --limit 1 --out %s/ev"
+    snprintf(cmd, sizeof cmd, PRISM " eval --model " MODEL " --prism %s/run --chat-template llama2 --limit 5 --out %s/ev"
              " --max-tokens 8 --judge-max-tokens 4 --pairwise prism:base --no-sync --quiet", dir, dir);
     double t0 = (double)time(NULL);
     CHECK(test_run(cmd, &out) == 0, "eval: %s", out);
@@ -195,22 +195,22 @@ int main(void) {
     }
     const char *stores[] = {"mmlu.jsonl", "mtbench_answers.jsonl", "mtbench_judgements.jsonl", "mtbench_pairwise.jsonl",
                             "safety_answers.jsonl", "safety_judgements.jsonl"};
-    int expect[] = {57 * 2 * 4, 8 * 2 * 4, 8 * 2 * 4, 8 * 2, 5 * 4, 5 * 4};
+    int expect[] = {57 * 5 * 2 * 4, 8 * 5 * 2 * 4, 8 * 5 * 2 * 4, 8 * 5 * 2, 5 * 5 * 4, 5 * 5 * 4};
     for (int i = 0; i < 6; i++) {
         int lines = 0;
         snprintf(p, sizeof p, "%s/ev/%s", dir, stores[i]);
         CHECK(count_keys_unique(p, &lines) && lines == expect[i], "%s: %d records (want %d), keys unique", stores[i], lines, expect[i]);
     }
     /* a finished eval reruns without new work */
-    snprintf(cmd, sizeof cmd, PRISM " eval --model " MODEL " --prism %s/run --chat-template llama2 --limit 1 --out %s/ev"
+    snprintf(cmd, sizeof cmd, PRISM " eval --model " MODEL " --prism %s/run --chat-template llama2 --limit 5 --out %s/ev"
              " --max-tokens 8 --judge-max-tokens 4 --pairwise prism:base --no-sync --quiet", dir, dir);
     CHECK(test_run(cmd, &out) == 0, "rerun: %s", out);
     free(out);
     int lines = 0;
     snprintf(p, sizeof p, "%s/ev/mmlu.jsonl", dir);
-    CHECK(count_keys_unique(p, &lines) && lines == 57 * 8, "rerun adds nothing (%d)", lines);
+    CHECK(count_keys_unique(p, &lines) && lines == 57 * 5 * 8, "rerun adds nothing (%d)", lines);
     /* a changed setting is refused */
-    snprintf(cmd, sizeof cmd, PRISM " eval --model " MODEL " --prism %s/run --chat-template llama2 --limit 1 --out %s/ev"
+    snprintf(cmd, sizeof cmd, PRISM " eval --model " MODEL " --prism %s/run --chat-template llama2 --limit 5 --out %s/ev"
              " --max-tokens 9 --judge-max-tokens 4 --quiet", dir, dir);
     CHECK(test_run(cmd, &out) == 1 && strstr(out, "max_tokens"), "changed setting refused: %s", out);
     free(out);
