@@ -1,27 +1,38 @@
 #!/bin/sh
 # Runs every test binary in build/tests (or $1), sums their "N passed, N failed"
 # lines and prints the total as the closing line. Exits non-zero on any failure.
+# When build-asan/prism exists (make debug), the server tests run a second
+# time against that AddressSanitizer + UBSan server (32 concurrent clients,
+# fuzzed bodies, disconnects, shutdown).
 B=${1:-build}
-total_p=0; total_f=0; crashed=0
-for t in "$B"/tests/test_*; do
-    [ -x "$t" ] || continue
-    name=$(basename "$t")
-    out=$("$t" 2>&1); rc=$?
+total_p=0; total_f=0
+
+run_one() { # name, command...
+    name=$1; shift
+    out=$("$@" 2>&1); rc=$?
     line=$(printf '%s\n' "$out" | grep -E '^[0-9]+ passed, [0-9]+ failed$' | tail -1)
     if [ -z "$line" ]; then
         printf '%s\n' "$out" | tail -20
         echo "== $name: crashed or printed no summary (exit $rc)"
-        crashed=$((crashed + 1)); total_f=$((total_f + 1)); continue
+        total_f=$((total_f + 1)); return
     fi
     p=${line%% passed*}; f=${line#*, }; f=${f%% failed}
     total_p=$((total_p + p)); total_f=$((total_f + f))
     if [ "$rc" -ne 0 ] || [ "$f" -ne 0 ]; then
-        printf '%s\n' "$out" | grep -E 'FAIL' | head -40
+        printf '%s\n' "$out" | grep -E 'FAIL|ERROR: AddressSanitizer|runtime error' | head -40
         echo "== $name: $line (exit $rc)"
         [ "$f" -eq 0 ] && total_f=$((total_f + 1))
     else
         echo "== $name: $line"
     fi
+}
+
+for t in "$B"/tests/test_*; do
+    [ -x "$t" ] || continue
+    run_one "$(basename "$t")" "$t"
 done
+if [ "$B" = build ] && [ -x build-asan/prism ] && [ -x build/tests/test_server ]; then
+    run_one "test_server (server under ASan+UBSan)" env PRISM_SERVER_BIN=build-asan/prism ./build/tests/test_server
+fi
 echo "$total_p passed, $total_f failed"
 [ "$total_f" -eq 0 ]
