@@ -208,11 +208,8 @@ prism_status load_mmlu(const char *data_dir, const char *split, int limit, eval_
         prism_status st = csv_read(path, &c);
         if (st) { eval_items_free(out); return st; }
         int cq = csv_col(&c, "question"), cc[4], ca = csv_col(&c, "answer");
-        for (int k = 0; k < 4; k++) {
-            char nm[16];
-            snprintf(nm, sizeof nm, "choice%d", k);
-            cc[k] = csv_col(&c, nm);
-        }
+        static const char *const choice_cols[4] = {"choice0", "choice1", "choice2", "choice3"};
+        for (int k = 0; k < 4; k++) cc[k] = csv_col(&c, choice_cols[k]);
         if (cq < 0 || ca < 0 || cc[0] < 0 || cc[1] < 0 || cc[2] < 0 || cc[3] < 0) {
             csv_free(&c);
             eval_items_free(out);
