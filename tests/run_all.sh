@@ -1,6 +1,7 @@
 #!/bin/sh
 # Runs every test binary in build/tests (or $1), sums their "N passed, N failed"
 # lines and prints the total as the closing line. Exits non-zero on any failure.
+# The numeric tests also run capped to the AVX2 and portable kernel tiers.
 # When build-asan/prism exists (make debug), the server tests run a second
 # time against that AddressSanitizer + UBSan server (32 concurrent clients,
 # fuzzed bodies, disconnects, shutdown).
@@ -30,6 +31,13 @@ run_one() { # name, command...
 for t in "$B"/tests/test_*; do
     [ -x "$t" ] || continue
     run_one "$(basename "$t")" "$t"
+done
+# The numeric tests again on the kernel tiers a CPU without AVX-512 (or without
+# AVX2) would take, so every dispatch path stays correct whatever CI runs on.
+for isa in avx2 generic; do
+    for t in test_kernels test_parity test_lora_grad test_prism; do
+        [ -x "$B/tests/$t" ] && run_one "$t (PRISM_ISA=$isa)" env PRISM_ISA=$isa "$B/tests/$t"
+    done
 done
 if [ "$B" = build ] && [ -x build-asan/prism ] && [ -x build/tests/test_server ]; then
     run_one "test_server (server under ASan+UBSan)" env PRISM_SERVER_BIN=build-asan/prism ./build/tests/test_server

@@ -4,6 +4,7 @@
  * Tiers, best first: "avx512bf16" (AVX-512 + vdpbf16ps for the FAST prefill
  * path), "avx512", "avx2" (AVX2 + FMA + F16C), "generic" (this file, plain C,
  * the reference every other tier is tested against). */
+#include <stdlib.h>
 #include <string.h>
 
 #include "kernels/kernels.h"
@@ -26,6 +27,11 @@ static isa_tier isa_detect(void) {
             t = ISA_AVX512;
             if (__builtin_cpu_supports("avx512bf16")) t = ISA_AVX512BF16;
         }
+        /* PRISM_ISA=generic|avx2|avx512|avx512bf16 caps the tier (testing the
+         * paths a CPU without AVX-512 takes, or comparing them). */
+        const char *cap = getenv("PRISM_ISA");
+        for (int k = 0; cap && k < 4; k++)
+            if (!strcmp(cap, g_isa_names[k]) && k < t) t = k;
         detected = t; /* benign race: every thread computes the same value */
     }
     return (isa_tier)detected;
