@@ -125,7 +125,9 @@ static void test_arch(const char *arch) {
         float *full = batch_logits(c, ids, B, T);
         float *solo = batch_logits(c1, ids + T, 1, 30);
         snprintf(label, sizeof label, "%s batch-of-2 == alone (prefill)", arch);
-        check_close(label, solo, full + (size_t)T * V, (size_t)30 * V, 1e-6);
+        /* the 48-token batch takes the blocked attention path, the 30-token run the per-query one:
+         * equal to F32 rounding */
+        check_close(label, solo, full + (size_t)T * V, (size_t)30 * V, 5e-6);
         double worst = 0;
         for (int p = 30; p < T; p++) {
             int32_t tok = ids[T + p], ps = p, sq = 0;

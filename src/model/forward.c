@@ -80,6 +80,7 @@ prism_status prism_ctx_new(prism_model *m, prism_ctx_params p, prism_ctx **out) 
     x->out_row = xcalloc((size_t)B, sizeof(int32_t), &fail);
     x->seq_adapter = xcalloc((size_t)p.n_seq_max, sizeof(*x->seq_adapter), &fail);
     x->lora_rows = xcalloc((size_t)B, sizeof(int32_t), &fail);
+    x->att_done = xcalloc((size_t)B, 1, &fail);
     if (fail) {
         prism_ctx_free(x);
         return prism_error(PRISM_E_NOMEM, "out of memory allocating a context of %d sequences x %d tokens (KV cache %.1f MiB)",
@@ -99,7 +100,7 @@ void prism_ctx_free(prism_ctx *x) {
     free(x->v_cache);
     void *bufs[] = {x->seq_len, x->seq_tok, x->x, x->xb, x->q, x->k, x->v, x->att, x->g, x->u, x->scores, x->b_token,
                     x->b_pos, x->b_seq, x->out_row, x->logits, x->gather, (void *)x->seq_adapter, x->lora_rows,
-                    x->lora_buf};
+                    x->lora_buf, x->att_buf, x->att_done};
     for (size_t i = 0; i < sizeof bufs / sizeof *bufs; i++) free(bufs[i]);
     free(x);
 }
@@ -241,6 +242,50 @@ static inline void linear(prism_ctx *x, float *y, const float *in, const linear_
     lora_linear(x, y, in, layer, t, T);
 }
 
+/* Shortest run of consecutive positions worth the blocked attention. */
+#define ATT_BLOCK_MIN 32
+
+/* Causal attention for n consecutive tokens (batch rows i0..i0+n-1) of one
+ * sequence, all heads, as matrix products per head: S = Q·Kᵀ·scale over the
+ * cached keys 0..p_last, masked and softmaxed row by row, then O = P·V.
+ * Returns false (nothing written) if scratch memory is unavailable. */
+static bool attend_run(prism_ctx *x, int l, int64_t i0, int64_t n, float scale) {
+    const prism_config *c = &x->m->cfg;
+    const int64_t hd = c->head_dim, nh = c->n_heads, nkv = c->n_kv_heads, qd = nh * hd, kvd = nkv * hd,
+                  group = nh / nkv;
+    const int32_t p0 = x->b_pos[i0], window = c->sliding_window;
+    const int64_t nk = (int64_t)p0 + n; /* keys 0..p_last */
+    const size_t need = (size_t)(2 * nk * hd + 2 * n * hd + n * nk);
+    if (need > x->att_cap) {
+        float *b = realloc(x->att_buf, need * sizeof(float));
+        if (!b) return false;
+        x->att_buf = b;
+        x->att_cap = need;
+    }
+    float *K = x->att_buf, *V = K + nk * hd, *Q = V + nk * hd, *O = Q + n * hd, *S = O + n * hd;
+    const size_t base = (size_t)x->b_seq[i0] * (size_t)x->p.n_ctx * (size_t)kvd;
+    const float *kc = x->k_cache[l] + base, *vc = x->v_cache[l] + base;
+    for (int64_t kh = 0; kh < nkv; kh++) {
+        for (int64_t j = 0; j < nk; j++) {
+            memcpy(K + j * hd, kc + j * kvd + kh * hd, (size_t)hd * sizeof(float));
+            memcpy(V + j * hd, vc + j * kvd + kh * hd, (size_t)hd * sizeof(float));
+        }
+        for (int64_t h = kh * group; h < (kh + 1) * group; h++) {
+            for (int64_t r = 0; r < n; r++) memcpy(Q + r * hd, x->q + (i0 + r) * qd + h * hd, (size_t)hd * sizeof(float));
+            kern_matmul(S, Q, K, ST_F32, NULL, n, hd, nk, PRISM_PRECISION_EXACT);
+#pragma omp parallel for schedule(static) if (n * nk >= PAR_MIN)
+            for (int64_t r = 0; r < n; r++)
+                softmax_causal(S + r * nk, nk, window > 0 && p0 + r - window + 1 > 0 ? p0 + r - window + 1 : 0,
+                               p0 + r + 1, scale);
+            memset(O, 0, (size_t)(n * hd) * sizeof(float));
+            if (!kern_matmul_dx_acc(O, S, V, ST_F32, n, nk, hd))
+                mm_pv(O, S, V, n, nk, hd);
+            for (int64_t r = 0; r < n; r++) memcpy(x->att + (i0 + r) * qd + h * hd, O + r * hd, (size_t)hd * sizeof(float));
+        }
+    }
+    return true;
+}
+
 static void layer_forward(prism_ctx *x, int l) {
     const prism_model *m = x->m;
     const prism_config *c = &m->cfg;
@@ -276,11 +321,21 @@ static void layer_forward(prism_ctx *x, int l) {
     }
     const float scale = 1.0f / sqrtf((float)hd);
     const int32_t window = c->sliding_window;
-    int64_t att_work = 0; /* ~ query·key products in this batch */
-    for (int64_t i = 0; i < T; i++) att_work += (int64_t)(x->b_pos[i] + 1) * qd;
+    /* Prefill runs (many consecutive positions of one sequence) go through
+     * matrix products; single tokens (decode) through the per-query loop. */
+    memset(x->att_done, 0, (size_t)T);
+    for (int64_t i = 0; i < T;) {
+        int64_t j = i + 1;
+        while (j < T && x->b_seq[j] == x->b_seq[i] && x->b_pos[j] == x->b_pos[j - 1] + 1) j++;
+        if (j - i >= ATT_BLOCK_MIN && attend_run(x, l, i, j - i, scale)) memset(x->att_done + i, 1, (size_t)(j - i));
+        i = j;
+    }
+    int64_t att_work = 0; /* ~ query·key products left to the per-query loop */
+    for (int64_t i = 0; i < T; i++) att_work += x->att_done[i] ? 0 : (int64_t)(x->b_pos[i] + 1) * qd;
 #pragma omp parallel for collapse(2) schedule(dynamic, 1) if (att_work >= PAR_MIN)
     for (int64_t i = 0; i < T; i++) {
         for (int64_t h = 0; h < nh; h++) {
+            if (x->att_done[i]) continue;
             const int32_t pos = x->b_pos[i];
             const size_t base = (size_t)x->b_seq[i] * (size_t)x->p.n_ctx * (size_t)kvd;
             int32_t first = window > 0 && pos - window + 1 > 0 ? pos - window + 1 : 0;

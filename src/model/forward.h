@@ -35,6 +35,10 @@ struct prism_ctx {
     float *lora_buf;       /* scratch: gathered inputs, x·Aᵀ, and (x·Aᵀ)·Bᵀ */
     size_t lora_cap;
     int32_t n_adapted;     /* tokens of the current batch on an adapter */
+    /* blocked prefill attention scratch (grown on demand) */
+    float *att_buf;        /* K_h (nk, hd) | V_h (nk, hd) | Q_h (n, hd) | O_h (n, hd) | S (n, nk) */
+    size_t att_cap;
+    int8_t *att_done;      /* (B) tokens whose attention a blocked run computed */
     int lora_failed;
     int head_done;
 };

@@ -84,3 +84,38 @@ void attend_head(float *out, const float *q, const float *K, const float *V, int
         for (int32_t d = 0; d < hd; d++) out[d] += p * v[d];
     }
 }
+
+CLONES
+void softmax_causal(float *s, int64_t nk, int64_t first, int64_t end, float scale) {
+    float mx = -INFINITY;
+    for (int64_t j = first; j < end; j++) {
+        s[j] *= scale;
+        mx = s[j] > mx ? s[j] : mx;
+    }
+    float sum = 0.0f;
+#pragma omp simd reduction(+ : sum)
+    for (int64_t j = first; j < end; j++) {
+        float e = exp_f32(s[j] - mx);
+        s[j] = e;
+        sum += e;
+    }
+    const float inv = 1.0f / sum;
+    for (int64_t j = 0; j < first; j++) s[j] = 0.0f;
+#pragma omp simd
+    for (int64_t j = first; j < end; j++) s[j] *= inv;
+    for (int64_t j = end; j < nk; j++) s[j] = 0.0f;
+}
+
+CLONES
+void mm_pv(float *O, const float *P, const float *V, int64_t n, int64_t nk, int64_t hd) {
+    for (int64_t r = 0; r < n; r++) {
+        float *o = O + r * hd;
+        for (int64_t j = 0; j < nk; j++) {
+            const float p = P[r * nk + j];
+            if (p == 0.0f) continue;
+            const float *v = V + j * hd;
+#pragma omp simd
+            for (int64_t d = 0; d < hd; d++) o[d] += p * v[d];
+        }
+    }
+}

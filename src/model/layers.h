@@ -20,4 +20,11 @@ void swiglu(float *g, const float *u, int64_t n);
 void attend_head(float *out, const float *q, const float *K, const float *V, int64_t kv_stride, int64_t kv_off,
                  int32_t first, int32_t n_pos, int32_t hd, float scale, float *scores);
 
+/* One row of scores s[0..nk): positions outside [first, end) become 0, the
+ * rest softmax(s·scale) (F32, max-subtracted). */
+void softmax_causal(float *s, int64_t nk, int64_t first, int64_t end, float scale);
+
+/* O[n,hd] += P[n,nk] · V[nk,hd] (portable; the AVX-512 path uses the packed GEMM). */
+void mm_pv(float *O, const float *P, const float *V, int64_t n, int64_t nk, int64_t hd);
+
 #endif
