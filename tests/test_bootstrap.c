@@ -283,8 +283,9 @@ int main(void) {
     {
         char wins[600], vpath[800], line[1 << 16];
         snprintf(wins, sizeof wins, "%s/wins", dir);
-        snprintf(cmd, sizeof cmd, "cp -r %s %s && rm -f %s/stages/features.done %s/stages/gate.done %s/stages/distill.done",
-                 ref, wins, wins, wins, wins);
+        snprintf(cmd, sizeof cmd,
+                 "cp -r %s %s && rm -f %s/stages/features.done %s/stages/gate.done %s/stages/gate.json %s/stages/distill.done",
+                 ref, wins, wins, wins, wins, wins);
         CHECK(system(cmd) == 0, "copy run");
         snprintf(vpath, sizeof vpath, "%s/verdicts.jsonl", wins);
         FILE *in = fopen(vpath, "r");
@@ -310,7 +311,7 @@ int main(void) {
         fwrite(outbuf, 1, outlen, o);
         fclose(o);
         free(outbuf);
-        snprintf(cmd, sizeof cmd, PRISM " bootstrap --model " MODEL " --out %s%s --quiet", wins, ARGS);
+        snprintf(cmd, sizeof cmd, PRISM " bootstrap --model " MODEL " --out %s%s --route-rate 0.5 --quiet", wins, ARGS);
         CHECK(test_run(cmd, &out) == 0, "downstream stages with wins: %s", out);
         free(out);
         snprintf(p, sizeof p, "%s/prism.json", wins);
@@ -319,6 +320,9 @@ int main(void) {
         json_t *gr = json_object_get(j, "gate"), *ds = json_object_get(j, "distill");
         CHECK(json_is_number(json_object_get(gr, "train_accuracy")) && !json_object_get(gr, "degenerate"),
               "the gate trained on wins and retains");
+        CHECK(json_integer_value(json_object_get(gr, "calibrated_routed")) == (k + 1) / 2,
+              "--route-rate 0.5 routes half of the %d training queries (%lld)", k,
+              (long long)json_integer_value(json_object_get(gr, "calibrated_routed")));
         CHECK(json_integer_value(json_object_get(ds, "examples")) == n_wins && json_integer_value(json_object_get(ds, "steps")) >= 1,
               "distillation trained on the %d wins", n_wins);
         json_decref(j);
@@ -342,6 +346,28 @@ int main(void) {
         CHECK(test_run(cmd, &out) == 0 && strstr(out, "distillation: ") && !strstr(out, "no persona wins"), "report: %s", out);
         free(out);
         printf("ok   gate and distillation stages on a run with %d persona wins\n", n_wins);
+    }
+
+    /* --personas DIR replaces persona generation */
+    {
+        char pd[700], pf[800];
+        snprintf(pd, sizeof pd, "%s/personas-in", dir);
+        mkdir(pd, 0755);
+        const char *doms[2] = {"math", "writing"};
+        for (int i = 0; i < 2; i++) {
+            snprintf(pf, sizeof pf, "%s/%s.txt", pd, doms[i]);
+            FILE *f = fopen(pf, "w");
+            fprintf(f, "  You are a %s expert who checks every step.\n", doms[i]);
+            fclose(f);
+        }
+        snprintf(cmd, sizeof cmd, PRISM " bootstrap --model " MODEL " --out %s/pers --domains math,writing --personas %s"
+                 " --chat-template llama2 --stop-after personas --quiet", dir, pd);
+        CHECK(test_run(cmd, &out) == 0, "bootstrap --personas: %s", out);
+        free(out);
+        snprintf(pf, sizeof pf, "%s/pers/personas.jsonl", dir);
+        CHECK(count_lines(pf, "\"persona\":\"You are a math expert who checks every step.\"") == 1 &&
+                  count_lines(pf, "\"source\":\"file\"") == 2,
+              "personas come from the files, trimmed");
     }
 
     /* bad options */
