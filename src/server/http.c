@@ -287,6 +287,9 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
     if (!cc) {
         if (!(cc = calloc(1, sizeof *cc))) return MHD_NO;
         *con_cls = cc;
+        pthread_mutex_lock(&s->mu);
+        s->open_requests++;
+        pthread_mutex_unlock(&s->mu);
         if (!strcmp(url, "/health")) cc->ep = EP_HEALTH;
         else if (!strcmp(url, "/metrics")) cc->ep = EP_METRICS;
         else if (!strcmp(url, "/v1/models")) cc->ep = EP_MODELS;
@@ -365,9 +368,13 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
 }
 
 static void on_completed(void *cls, struct MHD_Connection *c, void **con_cls, enum MHD_RequestTerminationCode toe) {
-    (void)cls, (void)c, (void)toe;
+    (void)c, (void)toe;
+    srv *s = cls;
     conn_ctx *cc = *con_cls;
     if (!cc) return;
+    pthread_mutex_lock(&s->mu);
+    s->open_requests--;
+    pthread_mutex_unlock(&s->mu);
     free(cc->body);
     free(cc);
     *con_cls = NULL;
@@ -439,7 +446,18 @@ void srv_stop(srv *s) {
         MHD_socket ls = MHD_quiesce_daemon(s->daemon); /* no new connections */
         if (ls != MHD_INVALID_SOCKET) close(ls);
     }
+    double t0 = prism_now();
     sched_stop(s, s->cfg.shutdown_timeout);
+    /* The scheduler has finished (or cancelled) every sequence; let the
+     * connection threads deliver what is still queued — the last stream
+     * chunks and [DONE] — before the daemon closes the sockets. */
+    for (;;) {
+        pthread_mutex_lock(&s->mu);
+        int open = s->open_requests;
+        pthread_mutex_unlock(&s->mu);
+        if (open <= 0 || prism_now() - t0 > s->cfg.shutdown_timeout + 1.0) break;
+        usleep(2000);
+    }
     if (s->daemon) {
         MHD_stop_daemon(s->daemon);
         s->daemon = NULL;

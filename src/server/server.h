@@ -113,6 +113,7 @@ typedef struct srv {
     pthread_mutex_t tok_mu;      /* tokenizer / chat renderer calls from connection threads */
     struct MHD_Daemon *daemon;
     volatile int shutting_down;
+    int open_requests;           /* requests MHD has not completed yet (responses still being sent); under mu */
     uint64_t seed_counter;
     int32_t n_ctx;               /* the context's tokens per sequence */
     prism_sampling_params defaults;
