@@ -4,6 +4,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "generate/stop.h"
 #include "model/forward.h"
 #include "util/error.h"
 #include "util/timer.h"
@@ -59,28 +60,6 @@ static int push_text(gen_seq *s, const char *t) {
     memcpy(s->text + s->n_text, t, n + 1);
     s->n_text += n;
     return 1;
-}
-
-/* Length of the longest suffix of text[0..n) that is a proper prefix of a stop string:
- * that much must be held back from streaming until it is resolved. */
-static size_t stop_holdback(const char *text, size_t n, const prism_generate_params *p) {
-    size_t best = 0;
-    for (int32_t k = 0; k < p->n_stop; k++) {
-        size_t ls = strlen(p->stop[k]);
-        for (size_t len = ls > 0 ? ls - 1 : 0; len > best; len--)
-            if (len <= n && !memcmp(text + n - len, p->stop[k], len)) { best = len; break; }
-    }
-    return best;
-}
-
-static const char *find_stop(const char *text, const prism_generate_params *p) {
-    const char *first = NULL;
-    for (int32_t k = 0; k < p->n_stop; k++) {
-        if (!p->stop[k][0]) continue;
-        const char *f = strstr(text, p->stop[k]);
-        if (f && (!first || f < first)) first = f;
-    }
-    return first;
 }
 
 prism_status prism_generate(prism_ctx *c, const prism_tokenizer *t, const int32_t *const *prompts,
@@ -229,7 +208,7 @@ prism_status prism_generate(prism_ctx *c, const prism_tokenizer *t, const int32_
             }
             int at_limit = out[i].n_tokens >= p->max_new_tokens || (int32_t)s->n_hist >= c->p.n_ctx;
             if (at_limit && s->dec && !push_text(s, prism_decoder_flush(s->dec))) { st = prism_error(PRISM_E_NOMEM, "out of memory"); goto done; }
-            const char *hit = p->n_stop ? find_stop(s->text, p) : NULL;
+            const char *hit = p->n_stop ? stop_find(s->text, p->stop, p->n_stop) : NULL;
             int stop_now = 0;
             if (hit) {
                 s->n_text = (size_t)(hit - s->text);
@@ -245,7 +224,7 @@ prism_status prism_generate(prism_ctx *c, const prism_tokenizer *t, const int32_
             }
             if (cb) {
                 /* Stream the text that can no longer become part of a stop string. */
-                size_t upto = stop_now ? s->n_text : s->n_text - stop_holdback(s->text, s->n_text, p);
+                size_t upto = stop_now ? s->n_text : s->n_text - stop_holdback(s->text, s->n_text, p->stop, p->n_stop);
                 char saved = s->text[upto];
                 s->text[upto] = 0;
                 int go = cb(user, i, id, s->text + s->emitted);

@@ -18,6 +18,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "generate/stop.h"
 #include "model/forward.h"
 #include "server/server.h"
 #include "util/error.h"
@@ -91,27 +92,6 @@ static void slot_reset(srv_sched *q, int i) {
     memset(s, 0, sizeof *s);
     prism_ctx_seq_clear(q->ctx, i);
     prism_ctx_seq_set_adapter(q->ctx, i, NULL);
-}
-
-/* ---------------------------------------------------------------- stop strings (as prism_generate) */
-
-static size_t stop_holdback(const char *text, size_t n, const srv_req *r) {
-    size_t best = 0;
-    for (int32_t k = 0; k < r->n_stop; k++) {
-        size_t ls = strlen(r->stop[k]);
-        for (size_t len = ls > 0 ? ls - 1 : 0; len > best; len--)
-            if (len <= n && !memcmp(text + n - len, r->stop[k], len)) { best = len; break; }
-    }
-    return best;
-}
-
-static const char *find_stop(const char *text, const srv_req *r) {
-    const char *first = NULL;
-    for (int32_t k = 0; k < r->n_stop; k++) {
-        const char *f = strstr(text, r->stop[k]);
-        if (f && (!first || f < first)) first = f;
-    }
-    return first;
 }
 
 /* ---------------------------------------------------------------- request completion (under srv->mu) */
@@ -240,7 +220,7 @@ static int accept(srv *s, srv_sched *q, int i, int32_t *nb) {
         const char *rest = prism_decoder_flush(sl->dec);
         if (!rest || !push_text(&sl->text, &sl->n_text, &sl->cap_text, rest, strlen(rest))) goto oom;
     }
-    const char *hit = r->n_stop ? find_stop(sl->text, r) : NULL;
+    const char *hit = r->n_stop ? stop_find(sl->text, (const char *const *)r->stop, r->n_stop) : NULL;
     srv_finish fin = SRV_FINISH_NONE;
     if (hit) {
         sl->n_text = (size_t)(hit - sl->text);
@@ -251,7 +231,9 @@ static int accept(srv *s, srv_sched *q, int i, int32_t *nb) {
     } else if ((int32_t)sl->n_hist >= n_ctx) {
         fin = SRV_FINISH_CONTEXT;
     }
-    size_t upto = fin != SRV_FINISH_NONE ? sl->n_text : sl->n_text - stop_holdback(sl->text, sl->n_text, r);
+    size_t upto = fin != SRV_FINISH_NONE
+                      ? sl->n_text
+                      : sl->n_text - stop_holdback(sl->text, sl->n_text, (const char *const *)r->stop, r->n_stop);
     if (!publish(sl, upto)) goto oom;
     pthread_cond_broadcast(&r->cv);
     if (fin != SRV_FINISH_NONE) {
