@@ -429,27 +429,17 @@ static void x_to_bf16(uint16_t *xb, int64_t ldxb, const float *x, int64_t T, int
     }
 }
 
-/* Returns 0 if a buffer could not be allocated (the caller falls back). */
-static int matmul_gemm(float *y, const float *x, const void *W, st_dtype wdt, const float *bias, int64_t T,
-                       int64_t K, int64_t N, int fast) {
-    gemm_args a = {y, x, NULL, 0, (const unsigned char *)W, wdt, bias, T, K, N};
-    uint16_t *xb = NULL;
-    if (fast) {
-        a.ldxb = (K + 31) / 32 * 32;
-        xb = aligned_alloc(64, (size_t)T * a.ldxb * 2);
-        if (!xb) return 0;
-        x_to_bf16(xb, a.ldxb, x, T, K);
-        a.xb = xb;
-    }
-    void (*panel)(const gemm_args *, float *, int64_t, int64_t, int64_t, int64_t) =
-        fast ? gemm_panel_dpbf16 : wdt == ST_BF16 ? gemm_panel_bf16 : wdt == ST_F16 ? gemm_panel_f16 : gemm_panel_f32w;
-    const size_t pbytes = fast ? (size_t)KC_BF16 / 2 * NR * 4 : (size_t)KC_F32 * NR * 4;
+/* Runs np output panels × rows [0, T) as work units over the threads, each
+ * thread with its own pbytes panel buffer: unit(ctx, P, panel, t0, t1,
+ * panel_end). With enough panels T stays whole, so each panel is packed
+ * once; otherwise T is cut in nt blocks as well. panel_end bounds the panels
+ * this thread packs next (for prefetching). Returns 0 if a buffer could not
+ * be allocated. */
+typedef void (*panel_unit)(const void *ctx, float *P, int64_t panel, int64_t t0, int64_t t1, int64_t panel_end);
 
-    /* Work units: (panel, T block). With enough panels, T stays whole so
-     * each panel is packed once; otherwise T is cut in nt blocks as well. */
-    const int64_t np = (N + NR - 1) / NR;
+static int run_panel_units(int64_t np, int64_t T, double work, size_t pbytes, panel_unit unit, const void *ctx) {
     int nt = omp_get_max_threads();
-    if ((double)T * K * N < 1 << 18) nt = 1;
+    if (work < 1 << 18) nt = 1;
     const int64_t ntb = (np % nt == 0 || np >= 4 * nt) ? 1 : nt;
     const int64_t tblk = ((T + ntb - 1) / ntb + MR - 1) / MR * MR;
     const int64_t nunits = np * ntb;
@@ -468,13 +458,42 @@ static int matmul_gemm(float *y, const float *x, const void *W, st_dtype wdt, co
             for (int64_t u = nunits * me / nth; u < u1; u++) {
                 const int64_t p = u / ntb, tb = u % ntb;
                 const int64_t t0 = tb * tblk, t1 = t0 + tblk < T ? t0 + tblk : T;
-                /* prefetch only into panels this thread packs next */
                 const int64_t panel_end = ntb == 1 ? u1 * NR : (p + 1) * NR;
-                if (t0 < t1) panel(&a, P, p * NR, t0, t1, panel_end);
+                if (t0 < t1) unit(ctx, P, p, t0, t1, panel_end);
             }
         }
         free(P);
     }
+    return ok;
+}
+
+typedef struct {
+    gemm_args a;
+    void (*panel)(const gemm_args *, float *, int64_t, int64_t, int64_t, int64_t);
+} gemm_job;
+
+static void gemm_unit(const void *ctx, float *P, int64_t p, int64_t t0, int64_t t1, int64_t panel_end) {
+    const gemm_job *j = ctx;
+    j->panel(&j->a, P, p * NR, t0, t1, panel_end);
+}
+
+/* Returns 0 if a buffer could not be allocated (the caller falls back). */
+static int matmul_gemm(float *y, const float *x, const void *W, st_dtype wdt, const float *bias, int64_t T,
+                       int64_t K, int64_t N, int fast) {
+    gemm_args a = {y, x, NULL, 0, (const unsigned char *)W, wdt, bias, T, K, N};
+    uint16_t *xb = NULL;
+    if (fast) {
+        a.ldxb = (K + 31) / 32 * 32;
+        xb = aligned_alloc(64, (size_t)T * a.ldxb * 2);
+        if (!xb) return 0;
+        x_to_bf16(xb, a.ldxb, x, T, K);
+        a.xb = xb;
+    }
+    gemm_job job = {a, fast ? gemm_panel_dpbf16
+                            : wdt == ST_BF16 ? gemm_panel_bf16
+                            : wdt == ST_F16 ? gemm_panel_f16 : gemm_panel_f32w};
+    const size_t pbytes = fast ? (size_t)KC_BF16 / 2 * NR * 4 : (size_t)KC_F32 * NR * 4;
+    int ok = run_panel_units((N + NR - 1) / NR, T, (double)T * K * N, pbytes, gemm_unit, &job);
     free(xb);
     return ok;
 }
@@ -551,15 +570,23 @@ AI void pack_rows(const st_dtype dt, float *P, const unsigned char *W, int64_t K
     }
 }
 
-AI void nt_panel(const st_dtype dt, float *dx, const float *dy, const unsigned char *W, int64_t T, int64_t N,
-                 int64_t K, int64_t c0, int64_t t0, int64_t t1, float *P) {
-    const int64_t ncols = K - c0 < NR ? K - c0 : NR;
+typedef struct {
+    float *dx;
+    const float *dy;
+    const unsigned char *W;
+    st_dtype wdt;
+    int64_t N, K;
+} nt_job;
+
+/* Output columns c0..c0+63 of rows [t0, t1): every N block of W packed once. */
+AI void nt_panel(const st_dtype dt, const nt_job *j, float *P, int64_t c0, int64_t t0, int64_t t1) {
+    const int64_t N = j->N, K = j->K, ncols = K - c0 < NR ? K - c0 : NR;
     for (int64_t r0 = 0; r0 < N; r0 += KC_F32) {
         const int64_t kc = N - r0 < KC_F32 ? N - r0 : KC_F32;
-        pack_rows(dt, P, W, K, r0, kc, c0, ncols);
+        pack_rows(dt, P, j->W, K, r0, kc, c0, ncols);
         for (int64_t t = t0; t < t1; t += MR) {
-            const float *x = dy + t * N + r0;
-            float *y = dx + t * K + c0;
+            const float *x = j->dy + t * N + r0;
+            float *y = j->dx + t * K + c0;
             switch (t1 - t >= MR ? MR : t1 - t) {
             case 1: ukr_f32(1, x, N, P, kc, y, K, ncols, NULL, 0); break;
             case 2: ukr_f32(2, x, N, P, kc, y, K, ncols, NULL, 0); break;
@@ -570,37 +597,17 @@ AI void nt_panel(const st_dtype dt, float *dx, const float *dy, const unsigned c
             }
         }
     }
-    (void)T;
+}
+
+static void nt_unit(const void *ctx, float *P, int64_t p, int64_t t0, int64_t t1, int64_t panel_end) {
+    const nt_job *j = ctx;
+    (void)panel_end;
+    if (j->wdt == ST_BF16) nt_panel(ST_BF16, j, P, p * NR, t0, t1);
+    else if (j->wdt == ST_F16) nt_panel(ST_F16, j, P, p * NR, t0, t1);
+    else nt_panel(ST_F32, j, P, p * NR, t0, t1);
 }
 
 int matmul_dx_acc_avx512(float *dx, const float *dy, const void *W, st_dtype wdt, int64_t T, int64_t N, int64_t K) {
-    const int64_t np = (K + NR - 1) / NR;
-    int nt = omp_get_max_threads();
-    if ((double)T * K * N < 1 << 18) nt = 1;
-    const int64_t ntb = (np % nt == 0 || np >= 4 * nt) ? 1 : nt;
-    const int64_t tblk = ((T + ntb - 1) / ntb + MR - 1) / MR * MR;
-    const int64_t nunits = np * ntb;
-    int ok = 1;
-#pragma omp parallel num_threads(nt)
-    {
-        float *P = aligned_alloc(64, (size_t)KC_F32 * NR * 4);
-        const int64_t me = omp_get_thread_num(), nth = omp_get_num_threads();
-        if (!P) {
-#pragma omp atomic write
-            ok = 0;
-        }
-#pragma omp barrier
-        if (ok) {
-            for (int64_t u = nunits * me / nth; u < nunits * (me + 1) / nth; u++) {
-                const int64_t p = u / ntb, tb = u % ntb;
-                const int64_t t0 = tb * tblk, t1 = t0 + tblk < T ? t0 + tblk : T;
-                if (t0 >= t1) continue;
-                if (wdt == ST_BF16) nt_panel(ST_BF16, dx, dy, (const unsigned char *)W, T, N, K, p * NR, t0, t1, P);
-                else if (wdt == ST_F16) nt_panel(ST_F16, dx, dy, (const unsigned char *)W, T, N, K, p * NR, t0, t1, P);
-                else nt_panel(ST_F32, dx, dy, (const unsigned char *)W, T, N, K, p * NR, t0, t1, P);
-            }
-        }
-        free(P);
-    }
-    return ok;
+    const nt_job job = {dx, dy, (const unsigned char *)W, wdt, N, K};
+    return run_panel_units((K + NR - 1) / NR, T, (double)T * K * N, (size_t)KC_F32 * NR * 4, nt_unit, &job);
 }
