@@ -15,6 +15,22 @@
 #include <unistd.h>
 #include <time.h>
 
+/* The Qwen3 and Llama-3 tokenizer.json files are stored gzip-compressed
+ * (11 and 9 MB raw); each is unpacked with its tokenizer_config.json into a
+ * temporary directory that the tests load like a model directory. */
+static char g_tmp[64], g_qwen3[128], g_llama3[128];
+
+static int unpack(const char *name, char *dir, size_t cap) {
+    char cmd[1024];
+    snprintf(dir, cap, "%s/%s", g_tmp, name);
+    snprintf(cmd, sizeof cmd,
+             "mkdir -p %s && cp tests/data/tokenizer/%s/tokenizer_config.json %s/ && "
+             "gzip -dc tests/data/tokenizer/%s/tokenizer.json.gz > %s/tokenizer.json",
+             dir, name, dir, name, dir);
+    return system(cmd) == 0;
+}
+
+
 static long g_ids_compared, g_texts_compared, g_decodes_compared, g_decodes_nul;
 
 static double now_s(void) {
@@ -178,7 +194,7 @@ static void parity(const char *name, const char *dir, json_t **corpus, size_t n_
 
 static void check_accessors(void) {
     prism_tokenizer *q = NULL, *l = NULL, *s = NULL;
-    if (prism_tokenizer_load("tests/data/tokenizer/qwen3", &q) == PRISM_OK) {
+    if (prism_tokenizer_load(g_qwen3, &q) == PRISM_OK) {
         CHECK(prism_tokenizer_n_vocab(q) == 151669, "qwen3 n_vocab %d", prism_tokenizer_n_vocab(q));
         CHECK(prism_tokenizer_bos(q) == -1, "qwen3 bos %d", prism_tokenizer_bos(q));
         CHECK(prism_tokenizer_eos(q) == 151645, "qwen3 eos %d (<|im_end|>)", prism_tokenizer_eos(q));
@@ -187,7 +203,7 @@ static void check_accessors(void) {
         CHECK(prism_tokenizer_token_id(q, "no-such-token-xyz") == -1, "qwen3 absent token");
         CHECK(prism_tokenizer_is_special(q, 151645) && !prism_tokenizer_is_special(q, 14990), "qwen3 is_special");
     }
-    if (prism_tokenizer_load("tests/data/tokenizer/llama3", &l) == PRISM_OK) {
+    if (prism_tokenizer_load(g_llama3, &l) == PRISM_OK) {
         CHECK(prism_tokenizer_bos(l) == 128000 && prism_tokenizer_eos(l) == 128001, "llama3 bos %d eos %d",
               prism_tokenizer_bos(l), prism_tokenizer_eos(l));
         CHECK(prism_tokenizer_n_vocab(l) == 128256, "llama3 n_vocab %d", prism_tokenizer_n_vocab(l));
@@ -252,7 +268,7 @@ static void check_errors(void) {
 
 static void check_speed(json_t **corpus, size_t n_corpus) {
     prism_tokenizer *t = NULL;
-    if (prism_tokenizer_load("tests/data/tokenizer/qwen3", &t) != PRISM_OK) return;
+    if (prism_tokenizer_load(g_qwen3, &t) != PRISM_OK) return;
     size_t cap = 1 << 20, len = 0;
     char *big = malloc(cap + 1);
     while (len < cap) /* ~1 MB of the corpus texts, repeated */
@@ -278,12 +294,16 @@ static void check_speed(json_t **corpus, size_t n_corpus) {
 }
 
 int main(void) {
+    strcpy(g_tmp, "/tmp/prism-tok-XXXXXX");
+    CHECK(mkdtemp(g_tmp) != NULL, "temporary directory");
+    CHECK(unpack("qwen3", g_qwen3, sizeof g_qwen3), "unpack tests/data/tokenizer/qwen3/tokenizer.json.gz");
+    CHECK(unpack("llama3", g_llama3, sizeof g_llama3), "unpack tests/data/tokenizer/llama3/tokenizer.json.gz");
     size_t n_corpus;
     json_t **corpus = read_jsonl("tests/data/tokenizer/corpus.jsonl", &n_corpus);
     CHECK(corpus && n_corpus >= 200, "corpus: %zu texts (run from the repo root)", n_corpus);
     if (!corpus) TEST_MAIN_END();
-    parity("qwen3", "tests/data/tokenizer/qwen3", corpus, n_corpus);
-    parity("llama3", "tests/data/tokenizer/llama3", corpus, n_corpus);
+    parity("qwen3", g_qwen3, corpus, n_corpus);
+    parity("llama3", g_llama3, corpus, n_corpus);
     parity("stories260K", "models/stories260K", corpus, n_corpus);
     parity("stories260K_metaspace", "tests/data/tokenizer/stories260K_metaspace", corpus, n_corpus);
     parity("stories260K_split", "tests/data/tokenizer/stories260K_split", corpus, n_corpus);
@@ -296,5 +316,8 @@ int main(void) {
     printf("summary: %ld encodes (%ld ids) and %ld decodes (+ streaming) compared with HF tokenizers; "
            "%ld decodes holding U+0000 skipped\n", g_texts_compared, g_ids_compared, g_decodes_compared, g_decodes_nul);
     free_jsonl(corpus, n_corpus);
+    char rm[128];
+    snprintf(rm, sizeof rm, "rm -rf %s", g_tmp);
+    if (system(rm)) {}
     TEST_MAIN_END();
 }

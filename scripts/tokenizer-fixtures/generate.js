@@ -15,13 +15,25 @@
 // added-token flags; they are written to tests/data/tokenizer/<variant>/tokenizer.json.
 'use strict';
 const fs = require('fs');
+const os = require('os');
 const path = require('path');
+const zlib = require('zlib');
 const { Tokenizer } = require('tokenizers');
 
 const root = path.resolve(__dirname, '../..');
 const dataDir = path.join(root, 'tests/data/tokenizer');
 const texts = fs.readFileSync(path.join(dataDir, 'corpus.jsonl'), 'utf8').split('\n').filter(Boolean)
   .map((l) => JSON.parse(l).text);
+
+// The large tokenizers are stored as tokenizer.json.gz; unpack one to a
+// temporary file for Tokenizer.fromFile.
+function unpackedTokenizer(name) {
+  const out = path.join(fs.mkdtempSync(path.join(os.tmpdir(), 'prism-tok-')), 'tokenizer.json');
+  fs.writeFileSync(out, zlib.gunzipSync(fs.readFileSync(path.join(dataDir, name, 'tokenizer.json.gz'))));
+  return out;
+}
+const qwen3Json = unpackedTokenizer('qwen3');
+const llama3Json = unpackedTokenizer('llama3');
 
 function writeVariant(name, edit) {
   const src = path.join(root, 'models/stories260K');
@@ -61,7 +73,7 @@ const withAdded = writeVariant('stories260K_added', (tj) => {
 // Small byte-level BPE tokenizers cut from Qwen3's first 4000 merges, with the
 // GPT-2 style ByteLevel pre-tokenizer (use_regex) that SmolLM/GPT-2 use.
 function writeByteLevelVariant(name, preTokenizer) {
-  const q = JSON.parse(fs.readFileSync(path.join(dataDir, 'qwen3/tokenizer.json'), 'utf8'));
+  const q = JSON.parse(fs.readFileSync(qwen3Json, 'utf8'));
   const vocab = {};
   let n = 0;
   for (const [tok, id] of Object.entries(q.model.vocab)) if (id < 256) vocab[tok] = id, n = Math.max(n, id + 1);
@@ -92,8 +104,8 @@ const smol = writeByteLevelVariant('bytelevel_smollm', { type: 'Sequence', preto
 const gpt2 = writeByteLevelVariant('bytelevel_gpt2', { type: 'ByteLevel', add_prefix_space: true, trim_offsets: true, use_regex: true });
 
 const tokenizers = {
-  qwen3: path.join(dataDir, 'qwen3/tokenizer.json'),
-  llama3: path.join(dataDir, 'llama3/tokenizer.json'),
+  qwen3: qwen3Json,
+  llama3: llama3Json,
   stories260K: path.join(root, 'models/stories260K/tokenizer.json'),
   stories260K_metaspace: metaFirst,
   stories260K_split: metaSplit,
