@@ -8,6 +8,7 @@
 #include <string.h>
 
 #include "eval/eval.h"
+#include "generate/oneshot.h"
 #include "model/model.h"
 #include "util/error.h"
 
@@ -201,28 +202,10 @@ prism_status lm_score_choices(const eval_lm *l, const prism_router *r, int route
 
 prism_status lm_generate(const eval_lm *l, const prism_router *r, int route, int32_t *const *ids, const int32_t *lens,
                          int n, int32_t max_new, float temperature, const uint64_t *seeds, lm_output *out) {
-    int32_t maxlen = 0;
-    for (int i = 0; i < n; i++) maxlen = lens[i] > maxlen ? lens[i] : maxlen;
-    prism_ctx_params cp = prism_ctx_default_params();
-    cp.n_seq_max = n;
-    cp.n_ctx = maxlen + max_new + 1;
-    if (cp.n_ctx > l->n_ctx) cp.n_ctx = l->n_ctx;
-    if (maxlen >= cp.n_ctx) return prism_error(PRISM_E_RANGE, "a prompt of %d tokens leaves no room to generate in %d positions", maxlen, cp.n_ctx);
-    prism_ctx *ctx = NULL;
-    prism_status st = prism_ctx_new(l->m, cp, &ctx);
-    if (st) return st;
     prism_generation *g = calloc((size_t)n, sizeof *g);
-    if (!g) st = prism_error(PRISM_E_NOMEM, "out of memory");
-    if (!st) {
-        prism_generate_params gp = prism_generate_default_params();
-        gp.sampling.temperature = temperature;
-        gp.sampling.top_p = 1.0f;
-        gp.sampling.top_k = 0;
-        gp.max_new_tokens = max_new;
-        gp.seeds = seeds;
-        if (route >= 0) gp.router = r, gp.route = (prism_route_mode)route;
-        st = prism_generate(ctx, l->tok, (const int32_t *const *)ids, lens, n, &gp, NULL, NULL, g, NULL);
-    }
+    if (!g) return prism_error(PRISM_E_NOMEM, "out of memory");
+    prism_status st = generate_oneshot(l->m, l->tok, l->n_ctx, (const int32_t *const *)ids, lens, n, max_new, temperature,
+                                       seeds, route >= 0 ? r : NULL, route >= 0 ? (prism_route_mode)route : PRISM_ROUTE_AUTO, g);
     for (int i = 0; !st && i < n; i++) {
         out[i].text = g[i].text ? g[i].text : strdup("");
         g[i].text = NULL;
@@ -232,9 +215,8 @@ prism_status lm_generate(const eval_lm *l, const prism_router *r, int route, int
         out[i].gate_prob = route >= 0 ? g[i].gate_prob : -1.0f;
         out[i].routed = route >= 0 && g[i].routed_adapter;
     }
-    for (int i = 0; g && i < n; i++) prism_generation_clear(&g[i]);
+    for (int i = 0; i < n; i++) prism_generation_clear(&g[i]);
     free(g);
-    prism_ctx_free(ctx);
     return st;
 }
 

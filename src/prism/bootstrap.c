@@ -12,6 +12,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "generate/oneshot.h"
 #include "lora/lora.h"
 #include "model/forward.h"
 #include "prism/judge.h"
@@ -187,33 +188,13 @@ static prism_status prompt_ids(boot *b, const char *system, const char *user, in
 static prism_status gen_window(boot *b, int n, const char *const *systems, const char *const *users,
                                const uint64_t *seeds, float temp, int32_t max_new, char **outs, int32_t *n_tok,
                                const char **finish) {
-    int32_t **ids = calloc((size_t)n, sizeof *ids), *lens = calloc((size_t)n, sizeof *lens), maxlen = 0;
+    int32_t **ids = calloc((size_t)n, sizeof *ids), *lens = calloc((size_t)n, sizeof *lens);
     prism_generation *g = calloc((size_t)n, sizeof *g);
-    prism_ctx *ctx = NULL;
     prism_status st = (!ids || !lens || !g) ? prism_error(PRISM_E_NOMEM, "out of memory") : PRISM_OK;
-    for (int i = 0; !st && i < n; i++) {
-        st = prompt_ids(b, systems ? systems[i] : NULL, users[i], &ids[i], &lens[i]);
-        if (!st && lens[i] > maxlen) maxlen = lens[i];
-    }
-    if (!st) {
-        prism_ctx_params cp = prism_ctx_default_params();
-        cp.n_seq_max = n;
-        cp.n_ctx = maxlen + max_new + 1;
-        if (cp.n_ctx > b->m->cfg.max_pos) cp.n_ctx = b->m->cfg.max_pos;
-        if (maxlen >= cp.n_ctx)
-            st = prism_error(PRISM_E_RANGE, "a prompt of %d tokens does not fit the model's %d positions", maxlen, b->m->cfg.max_pos);
-        else
-            st = prism_ctx_new(b->m, cp, &ctx);
-    }
-    if (!st) {
-        prism_generate_params gp = prism_generate_default_params();
-        gp.sampling.temperature = temp;
-        gp.sampling.top_p = 1.0f;
-        gp.sampling.top_k = 0;
-        gp.max_new_tokens = max_new;
-        gp.seeds = seeds;
-        st = prism_generate(ctx, b->tok, (const int32_t *const *)ids, lens, n, &gp, NULL, NULL, g, NULL);
-    }
+    for (int i = 0; !st && i < n; i++) st = prompt_ids(b, systems ? systems[i] : NULL, users[i], &ids[i], &lens[i]);
+    if (!st)
+        st = generate_oneshot(b->m, b->tok, b->m->cfg.max_pos, (const int32_t *const *)ids, lens, n, max_new, temp, seeds,
+                              NULL, PRISM_ROUTE_AUTO, g);
     for (int i = 0; !st && i < n; i++) {
         outs[i] = g[i].text ? g[i].text : xstrdup("");
         g[i].text = NULL;
@@ -227,7 +208,6 @@ static prism_status gen_window(boot *b, int n, const char *const *systems, const
     free(ids);
     free(lens);
     free(g);
-    prism_ctx_free(ctx);
     return st;
 }
 
