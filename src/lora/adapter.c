@@ -273,7 +273,7 @@ prism_status lora_write_atomic(const char *path, const void *data, size_t n) {
     return rc;
 }
 
-static char *path_join(const char *dir, const char *name) {
+char *lora_path_join(const char *dir, const char *name) {
     size_t a = strlen(dir), b = strlen(name);
     char *p = malloc(a + b + 2);
     if (!p) return NULL;
@@ -782,8 +782,8 @@ prism_status prism_adapter_load(const prism_model *m, const char *dir, prism_ada
     struct stat sb;
     if (stat(dir, &sb) != 0) return prism_error(PRISM_E_IO, "%s: cannot open adapter directory: %s", dir, strerror(errno));
     if (!S_ISDIR(sb.st_mode)) return prism_error(PRISM_E_IO, "%s: not a directory", dir);
-    char *cfg_path = path_join(dir, "adapter_config.json");
-    char *st_path = path_join(dir, "adapter_model.safetensors");
+    char *cfg_path = lora_path_join(dir, "adapter_config.json");
+    char *st_path = lora_path_join(dir, "adapter_model.safetensors");
     prism_adapter *a = adapter_alloc(m->cfg.n_layers);
     json_t *root = NULL;
     st_set *st = NULL;
@@ -944,8 +944,8 @@ prism_status prism_adapter_save(const prism_adapter *a, const char *dir, const c
     if (!n_mod) return prism_error(PRISM_E_ARG, "adapter %s has no modules to save", prism_adapter_name(a));
     st_write_tensor *ts = calloc((size_t)n_mod * 2, sizeof *ts);
     char *names = malloc((size_t)n_mod * 2 * 128);
-    char *st_path = path_join(dir, "adapter_model.safetensors");
-    char *cfg_path = path_join(dir, "adapter_config.json");
+    char *st_path = lora_path_join(dir, "adapter_model.safetensors");
+    char *cfg_path = lora_path_join(dir, "adapter_config.json");
     if (!ts || !names || !st_path || !cfg_path) rc = prism_error(PRISM_E_NOMEM, "out of memory");
     size_t n = 0;
     for (int32_t l = 0; l < a->n_layers && !rc; l++)

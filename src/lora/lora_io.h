@@ -12,6 +12,9 @@
 /* The base Linear that target t of layer l adapts (model.layers.l.<parent>.<name>). */
 const linear_w *lora_base_linear(const prism_model *m, int32_t layer, lora_target t);
 
+/* "dir/name", malloc'd (caller frees); NULL when out of memory. */
+char *lora_path_join(const char *dir, const char *name);
+
 /* mkdir -p; errors name the directory. */
 prism_status lora_mkdir_p(const char *dir);
 

@@ -33,19 +33,9 @@ static const char *const copied_files[] = {
     "added_tokens.json",  "chat_template.jinja",
 };
 
-static char *path_join(const char *dir, const char *name) {
-    size_t a = strlen(dir), b = strlen(name);
-    char *p = malloc(a + b + 2);
-    if (!p) return NULL;
-    memcpy(p, dir, a);
-    p[a] = '/';
-    memcpy(p + a + 1, name, b + 1);
-    return p;
-}
-
 /* Copies src_dir/name to dst_dir/name atomically if it exists. */
 static prism_status copy_if_present(const char *src_dir, const char *dst_dir, const char *name) {
-    char *src = path_join(src_dir, name), *dst = path_join(dst_dir, name);
+    char *src = lora_path_join(src_dir, name), *dst = lora_path_join(dst_dir, name);
     prism_status rc = PRISM_OK;
     char *buf = NULL;
     if (!src || !dst) rc = prism_error(PRISM_E_NOMEM, "out of memory");
@@ -263,8 +253,8 @@ prism_status lora_export_merged_sharded(const prism_model *m, const prism_adapte
     void *obuf = malloc((size_t)(MERGE_ROWS * max_in) * sizeof(float));
     if (!wbuf || !obuf) rc = prism_error(PRISM_E_NOMEM, "out of memory");
 
-    char *single = path_join(out_dir, "model.safetensors");
-    char *index = path_join(out_dir, "model.safetensors.index.json");
+    char *single = lora_path_join(out_dir, "model.safetensors");
+    char *index = lora_path_join(out_dir, "model.safetensors.index.json");
     if (!rc && (!single || !index)) rc = prism_error(PRISM_E_NOMEM, "out of memory");
     if (!rc && n_shards <= 1) {
         rc = write_shard(m, a, 0, n, single, wbuf, obuf);
@@ -274,7 +264,7 @@ prism_status lora_export_merged_sharded(const prism_model *m, const prism_adapte
         char fname[64];
         for (size_t s = 0; s < n_shards && !rc; s++) {
             snprintf(fname, sizeof fname, "model-%05zu-of-%05zu.safetensors", s + 1, n_shards);
-            char *p = path_join(out_dir, fname);
+            char *p = lora_path_join(out_dir, fname);
             if (!p) rc = prism_error(PRISM_E_NOMEM, "out of memory");
             else rc = write_shard(m, a, start[s], start[s + 1], p, wbuf, obuf);
             free(p);
