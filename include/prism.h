@@ -155,6 +155,13 @@ bool prism_chat_has_system_role(const prism_chat *c);
  * (the BOS, where the template has one, is part of the text). */
 prism_status prism_chat_render(const prism_chat *c, const prism_chat_message *msgs, size_t n_msgs,
                                bool add_generation_prompt, char **text);
+/* Renders an optional system text and the turns user[0], assistant[0],
+ * user[1], ... (n_user user turns, n_user - 1 assistant turns). For templates
+ * without a system role the system text goes before the first user message,
+ * separated by a blank line. Caller frees *text. */
+prism_status prism_chat_render_turns(const prism_chat *c, const char *system, const char *const *user,
+                                     const char *const *assistant, size_t n_user, bool add_generation_prompt,
+                                     char **text);
 
 /* ---------------------------------------------------------------- inference context */
 typedef struct prism_ctx prism_ctx;

@@ -243,7 +243,34 @@ static void test_errors(void) {
     }
 }
 
+/* prism_chat_render_turns == prism_chat_render of the equivalent messages; for
+ * templates without a system role the system text opens the first user message. */
+static void test_render_turns(void) {
+    const char *user[2] = {"What is 2+2?", "And 3+3?"}, *assistant[1] = {"4"};
+    const char *names[2] = {"chatml-plain", "mistral"};
+    for (int k = 0; k < 2; k++) {
+        prism_chat *c = NULL;
+        CHECK(prism_chat_load("/nonexistent", names[k], &c) == PRISM_OK, "%s: %s", names[k], prism_last_error());
+        if (!c) continue;
+        bool sys = prism_chat_has_system_role(c);
+        prism_chat_message m[4];
+        size_t n = 0;
+        if (sys) m[n++] = (prism_chat_message){"system", "Be brief."};
+        m[n++] = (prism_chat_message){"user", sys ? user[0] : "Be brief.\n\nWhat is 2+2?"};
+        m[n++] = (prism_chat_message){"assistant", assistant[0]};
+        m[n++] = (prism_chat_message){"user", user[1]};
+        char *want = NULL, *got = NULL;
+        CHECK(prism_chat_render(c, m, n, true, &want) == PRISM_OK, "render");
+        CHECK(prism_chat_render_turns(c, "Be brief.", user, assistant, 2, true, &got) == PRISM_OK, "render_turns");
+        CHECK(want && got && !strcmp(want, got), "%s: render_turns\n%s\n!=\n%s", names[k], got ? got : "", want ? want : "");
+        free(want), free(got);
+        CHECK(prism_chat_render_turns(c, NULL, user, assistant, 0, true, &got) == PRISM_E_ARG, "0 turns refused");
+        prism_chat_free(c);
+    }
+}
+
 int main(void) {
+    test_render_turns();
     snprintf(g_tmp, sizeof g_tmp, "%s/prism_chat_XXXXXX", getenv("TMPDIR") ? getenv("TMPDIR") : "/tmp");
     if (!mkdtemp(g_tmp)) { perror("mkdtemp"); return 2; }
     test_references();

@@ -521,3 +521,27 @@ prism_status prism_chat_render(const prism_chat *c, const prism_chat_message *ms
     *text = b.p;
     return PRISM_OK;
 }
+
+prism_status prism_chat_render_turns(const prism_chat *c, const char *system, const char *const *user,
+                                     const char *const *assistant, size_t n_user, bool add_generation_prompt,
+                                     char **text) {
+    *text = NULL;
+    if (n_user < 1 || n_user > 64) return prism_error(PRISM_E_ARG, "prism_chat_render_turns: 1..64 user turns (got %zu)", n_user);
+    prism_chat_message msgs[1 + 2 * 64];
+    size_t n = 0;
+    char *merged = NULL;
+    if (system && !prism_chat_has_system_role(c)) {
+        size_t len = strlen(system) + strlen(user[0]) + 3;
+        if (!(merged = malloc(len))) return prism_error(PRISM_E_NOMEM, "out of memory");
+        snprintf(merged, len, "%s\n\n%s", system, user[0]);
+    } else if (system) {
+        msgs[n++] = (prism_chat_message){"system", system};
+    }
+    for (size_t i = 0; i < n_user; i++) {
+        msgs[n++] = (prism_chat_message){"user", i == 0 && merged ? merged : user[i]};
+        if (i + 1 < n_user) msgs[n++] = (prism_chat_message){"assistant", assistant[i]};
+    }
+    prism_status st = prism_chat_render(c, msgs, n, add_generation_prompt, text);
+    free(merged);
+    return st;
+}

@@ -41,24 +41,8 @@ void lm_close(eval_lm *l) {
 
 prism_status lm_render(const eval_lm *l, const char *system, const char *const *user, const char *const *assistant,
                        int n_user, char **text) {
-    prism_chat_message msgs[16];
     if (n_user < 1 || n_user > 7) return prism_error(PRISM_E_ARG, "lm_render: 1..7 user turns");
-    size_t n = 0;
-    char *merged = NULL;
-    if (system && !prism_chat_has_system_role(l->chat)) {
-        size_t len = strlen(system) + strlen(user[0]) + 3;
-        if (!(merged = malloc(len))) return prism_error(PRISM_E_NOMEM, "out of memory");
-        snprintf(merged, len, "%s\n\n%s", system, user[0]);
-    } else if (system) {
-        msgs[n++] = (prism_chat_message){"system", system};
-    }
-    for (int i = 0; i < n_user; i++) {
-        msgs[n++] = (prism_chat_message){"user", i == 0 && merged ? merged : user[i]};
-        if (i + 1 < n_user) msgs[n++] = (prism_chat_message){"assistant", assistant[i]};
-    }
-    prism_status st = prism_chat_render(l->chat, msgs, n, true, text);
-    free(merged);
-    return st;
+    return prism_chat_render_turns(l->chat, system, user, assistant, (size_t)n_user, true, text);
 }
 
 prism_status lm_tokenize_fit(const eval_lm *l, const char *text, int32_t budget, int32_t **ids, int32_t *n, int32_t *cut) {

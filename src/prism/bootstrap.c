@@ -152,31 +152,10 @@ static char *trim_dup(const char *s) {
 
 /* ------------------------------------------------------------------ model calls */
 
-/* Chat prompt text for [system?, user]; templates without a system role get
- * system + blank line + user as the user message. */
-static prism_status render(boot *b, const char *system, const char *user, char **text) {
-    prism_chat_message msgs[2];
-    size_t n = 0;
-    char *merged = NULL;
-    if (system && !prism_chat_has_system_role(b->chat)) {
-        size_t len = strlen(system) + strlen(user) + 3;
-        merged = malloc(len);
-        if (!merged) return prism_error(PRISM_E_NOMEM, "out of memory");
-        snprintf(merged, len, "%s\n\n%s", system, user);
-        msgs[n++] = (prism_chat_message){"user", merged};
-    } else {
-        if (system) msgs[n++] = (prism_chat_message){"system", system};
-        msgs[n++] = (prism_chat_message){"user", user};
-    }
-    prism_status st = prism_chat_render(b->chat, msgs, n, true, text);
-    free(merged);
-    return st;
-}
-
 static prism_status prompt_ids(boot *b, const char *system, const char *user, int32_t **ids, int32_t *n) {
     char *text = NULL;
     size_t nn = 0;
-    prism_status st = render(b, system, user, &text);
+    prism_status st = prism_chat_render_turns(b->chat, system, &user, NULL, 1, true, &text);
     if (!st) st = prism_tokenize(b->tok, text, strlen(text), false, ids, &nn);
     free(text);
     *n = (int32_t)nn;
