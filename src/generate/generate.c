@@ -6,6 +6,7 @@
 
 #include "generate/stop.h"
 #include "model/forward.h"
+#include "util/buf.h"
 #include "util/error.h"
 #include "util/timer.h"
 
@@ -36,31 +37,9 @@ typedef struct {
     int live;
 } gen_seq;
 
-static int push_id(gen_seq *s, int32_t id) {
-    if (s->n_hist == s->cap_hist) {
-        size_t cap = s->cap_hist ? s->cap_hist * 2 : 256;
-        int32_t *h = realloc(s->hist, cap * sizeof *h);
-        if (!h) return 0;
-        s->hist = h;
-        s->cap_hist = cap;
-    }
-    s->hist[s->n_hist++] = id;
-    return 1;
-}
+static int push_id(gen_seq *s, int32_t id) { return buf_push_i32(&s->hist, &s->n_hist, &s->cap_hist, id); }
 
-static int push_text(gen_seq *s, const char *t) {
-    size_t n = strlen(t);
-    if (s->n_text + n + 1 > s->cap_text) {
-        size_t cap = (s->n_text + n + 1) * 2;
-        char *p = realloc(s->text, cap);
-        if (!p) return 0;
-        s->text = p;
-        s->cap_text = cap;
-    }
-    memcpy(s->text + s->n_text, t, n + 1);
-    s->n_text += n;
-    return 1;
-}
+static int push_text(gen_seq *s, const char *t) { return buf_push_text(&s->text, &s->n_text, &s->cap_text, t, strlen(t)); }
 
 prism_status prism_generate(prism_ctx *c, const prism_tokenizer *t, const int32_t *const *prompts,
                             const int32_t *prompt_lens, int32_t n, const prism_generate_params *p, prism_token_cb cb,

@@ -21,6 +21,7 @@
 #include "generate/stop.h"
 #include "model/forward.h"
 #include "server/server.h"
+#include "util/buf.h"
 #include "util/error.h"
 #include "util/timer.h"
 
@@ -57,31 +58,7 @@ struct srv_sched {
 
 /* ---------------------------------------------------------------- slot buffers */
 
-static int push_id(slot *s, int32_t id) {
-    if (s->n_hist == s->cap_hist) {
-        size_t cap = s->cap_hist ? s->cap_hist * 2 : 256;
-        int32_t *h = realloc(s->hist, cap * sizeof *h);
-        if (!h) return 0;
-        s->hist = h;
-        s->cap_hist = cap;
-    }
-    s->hist[s->n_hist++] = id;
-    return 1;
-}
-
-static int push_text(char **buf, size_t *n, size_t *cap, const char *t, size_t len) {
-    if (*n + len + 1 > *cap) {
-        size_t c = (*n + len + 1) * 2;
-        char *p = realloc(*buf, c);
-        if (!p) return 0;
-        *buf = p;
-        *cap = c;
-    }
-    memcpy(*buf + *n, t, len);
-    *n += len;
-    (*buf)[*n] = 0;
-    return 1;
-}
+static int push_id(slot *s, int32_t id) { return buf_push_i32(&s->hist, &s->n_hist, &s->cap_hist, id); }
 
 static void slot_reset(srv_sched *q, int i) {
     slot *s = &q->slots[i];
@@ -130,7 +107,7 @@ static void queued_fail(srv *s, srv_req *r, int status, const char *msg) {
 static int publish(slot *sl, size_t upto) {
     srv_req *r = sl->req;
     if (upto <= sl->emitted) return 1;
-    if (!push_text(&r->text, &r->n_text, &r->cap_text, sl->text + sl->emitted, upto - sl->emitted)) return 0;
+    if (!buf_push_text(&r->text, &r->n_text, &r->cap_text, sl->text + sl->emitted, upto - sl->emitted)) return 0;
     sl->emitted = upto;
     return 1;
 }
@@ -205,7 +182,7 @@ static int accept(srv *s, srv_sched *q, int i, int32_t *nb) {
     for (int32_t k = 0; k < cfg->n_eos; k++) is_eos |= id == cfg->eos_ids[k];
     if (is_eos && !r->ignore_eos) {
         const char *rest = prism_decoder_flush(sl->dec);
-        if (!rest || !push_text(&sl->text, &sl->n_text, &sl->cap_text, rest, strlen(rest)) || !publish(sl, sl->n_text))
+        if (!rest || !buf_push_text(&sl->text, &sl->n_text, &sl->cap_text, rest, strlen(rest)) || !publish(sl, sl->n_text))
             goto oom;
         req_done(s, q, i, SRV_FINISH_EOS, 0, NULL);
         return 0;
@@ -214,11 +191,11 @@ static int accept(srv *s, srv_sched *q, int i, int32_t *nb) {
     sl->n_gen++;
     if (r->t_first == 0) r->t_first = prism_now();
     const char *piece = prism_decoder_push(sl->dec, id);
-    if (!piece || !push_text(&sl->text, &sl->n_text, &sl->cap_text, piece, strlen(piece))) goto oom;
+    if (!piece || !buf_push_text(&sl->text, &sl->n_text, &sl->cap_text, piece, strlen(piece))) goto oom;
     const bool at_limit = sl->n_gen >= r->max_tokens || (int32_t)sl->n_hist >= n_ctx;
     if (at_limit) {
         const char *rest = prism_decoder_flush(sl->dec);
-        if (!rest || !push_text(&sl->text, &sl->n_text, &sl->cap_text, rest, strlen(rest))) goto oom;
+        if (!rest || !buf_push_text(&sl->text, &sl->n_text, &sl->cap_text, rest, strlen(rest))) goto oom;
     }
     const char *hit = r->n_stop ? stop_find(sl->text, (const char *const *)r->stop, r->n_stop) : NULL;
     srv_finish fin = SRV_FINISH_NONE;
@@ -296,7 +273,7 @@ static void *sched_main(void *arg) {
             prism_sampling_params sp = r->sampling;
             sl->sampler = prism_sampler_new(sp);
             sl->dec = prism_decoder_new(s->cfg.tok, true);
-            int ok = sl->sampler && sl->dec && push_text(&sl->text, &sl->n_text, &sl->cap_text, "", 0);
+            int ok = sl->sampler && sl->dec && buf_push_text(&sl->text, &sl->n_text, &sl->cap_text, "", 0);
             for (int32_t j = 0; ok && j < r->n_prompt; j++) ok = push_id(sl, r->prompt[j]);
             if (!ok) {
                 req_done(s, q, i, SRV_FINISH_ABORT, 500, "out of memory");
