@@ -58,28 +58,18 @@ void swiglu(float *g, const float *u, int64_t n) {
 CLONES
 void attend_head(float *out, const float *q, const float *K, const float *V, int64_t kv_stride, int64_t kv_off,
                  int32_t first, int32_t n_pos, int32_t hd, float scale, float *scores) {
-    float mx = -INFINITY;
     for (int32_t j = first; j < n_pos; j++) {
         const float *k = K + (int64_t)j * kv_stride + kv_off;
         float s = 0.0f;
 #pragma omp simd reduction(+ : s)
         for (int32_t d = 0; d < hd; d++) s += q[d] * k[d];
-        s *= scale;
         scores[j] = s;
-        mx = s > mx ? s : mx;
     }
-    float sum = 0.0f;
-#pragma omp simd reduction(+ : sum)
-    for (int32_t j = first; j < n_pos; j++) {
-        float e = exp_f32(scores[j] - mx);
-        scores[j] = e;
-        sum += e;
-    }
-    const float inv = 1.0f / sum;
+    softmax_causal(scores + first, n_pos - first, 0, n_pos - first, scale);
     memset(out, 0, (size_t)hd * sizeof *out);
     for (int32_t j = first; j < n_pos; j++) {
         const float *v = V + (int64_t)j * kv_stride + kv_off;
-        const float p = scores[j] * inv;
+        const float p = scores[j];
 #pragma omp simd
         for (int32_t d = 0; d < hd; d++) out[d] += p * v[d];
     }
