@@ -6,7 +6,7 @@ CC      ?= cc
 OPT     ?= -O3
 CFLAGS  ?= $(OPT) -g
 CFLAGS  += -std=c11 -Wall -Wextra -D_GNU_SOURCE -fopenmp -Iinclude -Isrc
-LDLIBS  += -fopenmp -lpcre2-8 -ljansson -lutf8proc -lmicrohttpd -lm -lpthread
+LDLIBS  += -fopenmp -lpcre2-8 -ljansson -lutf8proc -lmicrohttpd -lm -lpthread -ldl
 
 AVX512_FLAGS := -mavx512f -mavx512bw -mavx512vl -mavx512dq -mavx512bf16 -mfma -mf16c -mavx2
 AVX2_FLAGS   := -mavx2 -mfma -mf16c

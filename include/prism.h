@@ -57,12 +57,24 @@ typedef enum {
     PRISM_PRECISION_FAST = 1,  /* BF16 activations for BF16 weights in large matmuls (prefill) */
 } prism_precision;
 
+#define PRISM_DEVICE_CPU (-1)
+
 typedef struct {
     int32_t n_threads;         /* 0 = all cores (OpenMP default) */
-    prism_precision precision; /* default PRISM_PRECISION_FAST */
+    prism_precision precision; /* default PRISM_PRECISION_FAST (CPU); CUDA always runs BF16 matmuls */
+    int32_t device;            /* PRISM_DEVICE_CPU, or a CUDA device index: the weights, KV cache and
+                                  forward pass live on that GPU. Default: $PRISM_DEVICE if set
+                                  ("cpu", "cuda", "cuda:N"), else the CPU. */
 } prism_model_params;
 
 prism_model_params prism_model_default_params(void);
+
+/* Parses "cpu", "cuda", "cuda:N" into a device for prism_model_params. */
+prism_status prism_device_parse(const char *s, int32_t *device);
+/* One line about a device ("cpu", or the GPU's name, compute capability,
+ * memory and the CUDA module's build); fails with the reason a CUDA device
+ * cannot be used (no module in this build, no driver, no such device). */
+prism_status prism_device_describe(int32_t device, char *buf, size_t n);
 
 /* Loads a Hugging Face model directory: config.json, model.safetensors or
  * model.safetensors.index.json + shards, generation_config.json (optional).

@@ -128,13 +128,15 @@ prism_status prism_generate(prism_ctx *c, const prism_tokenizer *t, const int32_
                 if ((st = prism_decode(c, &b))) goto done;
             } else if (phase == 0) {
                 if ((st = forward_unchecked(c, &b, NULL, 0, 1))) goto done;
-                memcpy(h0 + done_tok * H, c->x, (size_t)nb * (size_t)H * sizeof(float));
+                const float *hx = forward_hidden_rows(c, 0, nb);
+                if (!hx) { st = PRISM_E_NOMEM; goto done; }
+                memcpy(h0 + done_tok * H, hx, (size_t)nb * (size_t)H * sizeof(float));
                 for (int32_t k = 0; k < nb; k++) {
                     int32_t s = bs[k];
                     if (bp[k] != prompt_lens[s] - 1) continue;
                     if (start[s] == 0) { /* a fresh sequence: the gate decides; a continued one keeps its route */
                         float prob;
-                        bool on = prism_router_decide(p->router, c->x + (int64_t)k * H, &prob);
+                        bool on = prism_router_decide(p->router, hx + (int64_t)k * H, &prob);
                         bool ad = p->route == PRISM_ROUTE_ADAPTER || (p->route == PRISM_ROUTE_AUTO && on);
                         out[s].gate_prob = prob;
                         prism_ctx_seq_set_adapter(c, s, ad ? prism_router_adapter(p->router) : NULL);

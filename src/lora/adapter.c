@@ -14,6 +14,7 @@
  * alpha follow get_pattern_key (rank_pattern / alpha_pattern: first key, in
  * file order, with re.match(rf"(.*\.)?({key})$", module)). Python regexes run
  * through PCRE2, whose syntax covers what these configs use. */
+#include "gpu/device.h"
 #include "lora/lora.h"
 
 #include <errno.h>
@@ -97,6 +98,7 @@ static void adapter_summarise(prism_adapter *a) {
 
 void prism_adapter_free(prism_adapter *a) {
     if (!a) return;
+    gpu_adapter_release(a);
     if (a->mod)
         for (int64_t i = 0; i < (int64_t)a->n_layers * LORA_N_TARGETS; i++) {
             free(a->mod[i].A);

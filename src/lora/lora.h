@@ -38,6 +38,11 @@ struct prism_adapter {
     char base_arch[64];  /* the base model's architectures[0], for adapter_config.json */
     char *name;          /* user-facing name (directory base name unless set) */
     int64_t n_params;    /* trainable parameters */
+    uint64_t version;    /* bumped whenever A or B change (training), so device copies refresh */
+    /* device copy for the CUDA backend (src/gpu/device.c) */
+    struct gpu_adapter *gpu;
+    const struct prism_gpu_api *gpu_api;
+    uint64_t gpu_serial, gpu_version;
 };
 
 static inline lora_module *lora_mod(const prism_adapter *a, int32_t layer, lora_target t) {

@@ -16,6 +16,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "gpu/device.h"
 #include "kernels/kernels.h"
 #include "model/forward.h"
 #include "model/layers.h"
@@ -37,6 +38,38 @@ static void *xcalloc(size_t n, size_t sz, int *fail) {
     return p;
 }
 
+/* A context on the model's CUDA device: the module holds the KV cache and the
+ * activations; the host keeps the batch metadata, fetched hidden rows and logits. */
+static prism_status ctx_new_gpu(prism_ctx *x, prism_ctx **out) {
+    const prism_model *m = x->m;
+    const int64_t B = x->p.n_batch, H = m->cfg.hidden;
+    int fail = 0;
+    x->seq_len = xcalloc((size_t)x->p.n_seq_max, sizeof(int32_t), &fail);
+    x->seq_tok = xcalloc((size_t)x->p.n_seq_max * (size_t)x->p.n_ctx, sizeof(int32_t), &fail);
+    x->x = xcalloc((size_t)(B * H), sizeof(float), &fail);
+    x->b_token = xcalloc((size_t)B, sizeof(int32_t), &fail);
+    x->b_pos = xcalloc((size_t)B, sizeof(int32_t), &fail);
+    x->b_seq = xcalloc((size_t)B, sizeof(int32_t), &fail);
+    x->out_row = xcalloc((size_t)B, sizeof(int32_t), &fail);
+    x->seq_adapter = xcalloc((size_t)x->p.n_seq_max, sizeof(*x->seq_adapter), &fail);
+    x->hid_ok = xcalloc((size_t)B, 1, &fail);
+    x->tok_ad = xcalloc((size_t)B, sizeof(*x->tok_ad), &fail);
+    x->n_threads = 1;
+    if (fail) {
+        prism_ctx_free(x);
+        return prism_error(PRISM_E_NOMEM, "out of memory");
+    }
+    char err[1024] = "";
+    prism_status st = (prism_status)m->gpu_api->ctx_new(m->gpu, x->p.n_seq_max, x->p.n_ctx, x->p.n_batch, &x->gpu,
+                                                        err, sizeof err);
+    if (st) {
+        prism_ctx_free(x);
+        return gpu_check(st, err);
+    }
+    *out = x;
+    return PRISM_OK;
+}
+
 prism_status prism_ctx_new(prism_model *m, prism_ctx_params p, prism_ctx **out) {
     *out = NULL;
     const prism_config *c = &m->cfg;
@@ -54,6 +87,7 @@ prism_status prism_ctx_new(prism_model *m, prism_ctx_params p, prism_ctx **out) 
     const int64_t B = p.n_batch, F = c->ffn;
     x->kv_dim = kvd;
     int fail = 0;
+    if (m->gpu) return ctx_new_gpu(x, out);
     /* calloc of a large block maps zero pages lazily: untouched cache costs nothing. */
     const size_t per_layer = (size_t)p.n_seq_max * (size_t)p.n_ctx * (size_t)kvd;
     x->k_cache = xcalloc((size_t)c->n_layers, sizeof(float *), &fail);
@@ -92,7 +126,10 @@ prism_status prism_ctx_new(prism_model *m, prism_ctx_params p, prism_ctx **out) 
 
 void prism_ctx_free(prism_ctx *x) {
     if (!x) return;
-    for (int l = 0; l < x->m->cfg.n_layers; l++) {
+    if (x->gpu) x->m->gpu_api->ctx_free(x->gpu);
+    free(x->hid_ok);
+    free(x->tok_ad);
+    for (int l = 0; x->k_cache && l < x->m->cfg.n_layers; l++) {
         if (x->k_cache) free(x->k_cache[l]);
         if (x->v_cache) free(x->v_cache[l]);
     }
@@ -364,7 +401,7 @@ static void layer_forward(prism_ctx *x, int l) {
     for (int64_t i = 0; i < T * H; i++) x->x[i] += x->xb[i];
 }
 
-static prism_status run_layers(prism_ctx *x, int32_t lb, int32_t le);
+static prism_status run_layers(prism_ctx *x, int32_t lb, int32_t le, const float *x_in);
 
 prism_status prism_decode_layers(prism_ctx *x, const prism_batch *b, int32_t lb, int32_t le) {
     const int32_t NL = x->m->cfg.n_layers;
@@ -373,7 +410,7 @@ prism_status prism_decode_layers(prism_ctx *x, const prism_batch *b, int32_t lb,
     if (lb == 0) {
         prism_status st = batch_begin(x, b, 1);
         if (st) return st;
-        embed(x);
+        if (!x->gpu) embed(x);
     } else {
         if (x->layers_done != lb || x->head_done)
             return prism_error(PRISM_E_ARG, "layers [%d, %d) requested but the current batch has run layers [0, %d)", lb, le, x->layers_done);
@@ -382,11 +419,44 @@ prism_status prism_decode_layers(prism_ctx *x, const prism_batch *b, int32_t lb,
             memcmp(b->pos, x->b_pos, (size_t)x->n_tokens * sizeof(int32_t)))
             return prism_error(PRISM_E_ARG, "layers [%d, %d): the batch differs from the one that ran layers [0, %d)", lb, le, lb);
     }
-    return run_layers(x, lb, le);
+    return run_layers(x, lb, le, NULL);
 }
 
-static prism_status run_layers(prism_ctx *x, int32_t lb, int32_t le) {
+/* Layers [lb, le) on the device; x_in as in gpu.h's forward. */
+static prism_status run_layers_gpu(prism_ctx *x, int32_t lb, int32_t le, const float *x_in) {
+    const prism_model *m = x->m;
+    for (int32_t i = 0; i < x->n_tokens; i++) {
+        const prism_adapter *a = x->seq_adapter[x->b_seq[i]];
+        x->tok_ad[i] = NULL;
+        if (a) {
+            prism_status st = gpu_adapter_for(m, a, &x->tok_ad[i]);
+            if (st) return st;
+        }
+    }
+    gpu_batch gb = {x->n_tokens, x->b_token, x->b_pos, x->b_seq, (const gpu_adapter *const *)x->tok_ad};
+    char err[1024] = "";
+    memset(x->hid_ok, 0, (size_t)x->n_tokens);
+    prism_status st = (prism_status)m->gpu_api->forward(x->gpu, &gb, lb, le, x_in, err, sizeof err);
+    if (st) {
+        x->layers_done = 0;
+        return gpu_check(st, err);
+    }
+    return PRISM_OK;
+}
+
+static prism_status run_layers(prism_ctx *x, int32_t lb, int32_t le, const float *x_in) {
     const int32_t NL = x->m->cfg.n_layers;
+    if (x->gpu) {
+        prism_status st = run_layers_gpu(x, lb, le, x_in);
+        if (st) return st;
+        x->layers_done = le;
+        if (le == NL)
+            for (int32_t i = 0; i < x->n_tokens; i++) {
+                x->seq_len[x->b_seq[i]] = x->b_pos[i] + 1;
+                x->seq_tok[(size_t)x->b_seq[i] * (size_t)x->p.n_ctx + (size_t)x->b_pos[i]] = x->b_token[i];
+            }
+        return PRISM_OK;
+    }
     x->n_adapted = 0;
     for (int32_t i = 0; i < x->n_tokens; i++) x->n_adapted += x->seq_adapter[x->b_seq[i]] != NULL;
     x->lora_failed = 0;
@@ -404,24 +474,46 @@ static prism_status run_layers(prism_ctx *x, int32_t lb, int32_t le) {
     return PRISM_OK;
 }
 
+static prism_status ensure_logits(prism_ctx *x) {
+    const int64_t H = x->m->cfg.hidden, V = x->m->cfg.vocab;
+    if (x->n_out <= x->cap_out) return PRISM_OK;
+    float *lg = realloc(x->logits, (size_t)x->n_out * (size_t)V * sizeof(float));
+    if (!lg) return prism_error(PRISM_E_NOMEM, "out of memory for %d x %lld logits", x->n_out, (long long)V);
+    x->logits = lg;
+    float *ga = realloc(x->gather, (size_t)x->n_out * (size_t)H * sizeof(float));
+    if (!ga) return prism_error(PRISM_E_NOMEM, "out of memory");
+    x->gather = ga;
+    x->cap_out = x->n_out;
+    return PRISM_OK;
+}
+
+static prism_status decode_head_gpu(prism_ctx *x) {
+    prism_status st = ensure_logits(x);
+    if (st) return st;
+    /* gather doubles as the row list (n_out int32 fit in n_out * H floats) */
+    int32_t *rows = (int32_t *)x->gather;
+    for (int32_t i = 0; i < x->n_tokens; i++)
+        if (x->out_row[i] >= 0) rows[x->out_row[i]] = i;
+    char err[1024] = "";
+    memset(x->hid_ok, 0, (size_t)x->n_tokens);
+    st = (prism_status)x->m->gpu_api->head(x->gpu, rows, x->n_out, x->logits, err, sizeof err);
+    if (st) return gpu_check(st, err);
+    x->head_done = 1;
+    return PRISM_OK;
+}
+
 prism_status prism_decode_head(prism_ctx *x) {
     const prism_model *m = x->m;
     const int64_t H = m->cfg.hidden, V = m->cfg.vocab;
     if (x->layers_done != m->cfg.n_layers || x->head_done)
         return prism_error(PRISM_E_ARG, "prism_decode_head needs a batch that has run all %d layers", m->cfg.n_layers);
+    if (x->gpu) return decode_head_gpu(x);
 #pragma omp parallel for schedule(static) if (x->n_tokens * H >= PAR_MIN)
     for (int32_t i = 0; i < x->n_tokens; i++) rmsnorm(x->x + i * H, x->x + i * H, m->final_norm, H, m->cfg.rms_eps);
     x->head_done = 1;
     if (x->n_out == 0) return PRISM_OK;
-    if (x->n_out > x->cap_out) {
-        float *lg = realloc(x->logits, (size_t)x->n_out * (size_t)V * sizeof(float));
-        if (!lg) return prism_error(PRISM_E_NOMEM, "out of memory for %d x %lld logits", x->n_out, (long long)V);
-        x->logits = lg;
-        float *ga = realloc(x->gather, (size_t)x->n_out * (size_t)H * sizeof(float));
-        if (!ga) return prism_error(PRISM_E_NOMEM, "out of memory");
-        x->gather = ga;
-        x->cap_out = x->n_out;
-    }
+    prism_status st = ensure_logits(x);
+    if (st) return st;
     for (int32_t i = 0; i < x->n_tokens; i++)
         if (x->out_row[i] >= 0) memcpy(x->gather + x->out_row[i] * H, x->x + i * H, (size_t)H * sizeof(float));
     kern_matmul(x->logits, x->gather, m->lm_head.w, m->lm_head.dt, NULL, x->n_out, H, V, m->params.precision);
@@ -438,18 +530,42 @@ const float *prism_get_logits(const prism_ctx *x, int32_t i) {
     return x->logits + (size_t)x->out_row[i] * (size_t)x->m->cfg.vocab;
 }
 
+const float *forward_hidden_rows(prism_ctx *x, int32_t i0, int32_t n) {
+    if (i0 < 0 || n <= 0 || i0 + n > x->n_tokens || x->layers_done == 0) {
+        prism_error(PRISM_E_ARG, "hidden rows [%d, %d) are not in the last batch", i0, i0 + n);
+        return NULL;
+    }
+    const int64_t H = x->m->cfg.hidden;
+    if (x->gpu) {
+        int32_t need = 0;
+        for (int32_t i = i0; i < i0 + n; i++) need |= !x->hid_ok[i];
+        if (need) {
+            char err[1024] = "";
+            prism_status st = (prism_status)x->m->gpu_api->hidden(x->gpu, i0, n, x->x + i0 * H, err, sizeof err);
+            if (st) {
+                gpu_check(st, err);
+                return NULL;
+            }
+            memset(x->hid_ok + i0, 1, (size_t)n);
+        }
+    }
+    return x->x + (size_t)i0 * (size_t)H;
+}
+
 const float *prism_get_hidden(const prism_ctx *x, int32_t i) {
     if (i < 0 || i >= x->n_tokens || x->layers_done == 0) return NULL;
-    return x->x + (size_t)i * (size_t)x->m->cfg.hidden;
+    return forward_hidden_rows((prism_ctx *)x, i, 1); /* a device row is fetched into the host copy */
 }
 
 prism_status forward_unchecked(prism_ctx *x, const prism_batch *b, const float *x_in, int32_t lb, int32_t le) {
     const int32_t NL = x->m->cfg.n_layers;
     if (lb < 0 || le > NL || lb >= le)
         return prism_error(PRISM_E_ARG, "layer range [%d, %d) is not within [0, %d)", lb, le, NL);
+    if (lb > 0 && !x_in) return prism_error(PRISM_E_ARG, "forward_unchecked: layers from %d need the input rows", lb);
     prism_status st = batch_begin(x, b, 0);
     if (st) return st;
+    if (x->gpu) return run_layers(x, lb, le, x_in);
     if (lb == 0 && !x_in) embed(x);
     else memcpy(x->x, x_in, (size_t)x->n_tokens * (size_t)x->m->cfg.hidden * sizeof(float));
-    return run_layers(x, lb, le);
+    return run_layers(x, lb, le, NULL);
 }

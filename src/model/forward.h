@@ -41,6 +41,11 @@ struct prism_ctx {
     int8_t *att_done;      /* (B) tokens whose attention a blocked run computed */
     int lora_failed;
     int head_done;
+    /* CUDA backend (m->gpu != NULL): the module's context; the KV cache and
+     * activations live on the device, x holds rows fetched by prism_get_hidden */
+    struct gpu_ctx *gpu;
+    int8_t *hid_ok;        /* (B) row i of x is current */
+    const struct gpu_adapter **tok_ad; /* (B) device adapter of each batch token */
 };
 
 /* For a prefill split into chunks that must pause after a layer (PRISM
@@ -50,5 +55,10 @@ struct prism_ctx {
  * (n_tokens, H) — the stored output of layer lb-1 — or from the embeddings
  * when x_in is NULL and lb == 0. The caller guarantees the order is causal. */
 prism_status forward_unchecked(prism_ctx *x, const prism_batch *b, const float *x_in, int32_t lb, int32_t le);
+
+/* Rows [i0, i0 + n) of the residual stream after the last layer run, as
+ * prism_get_hidden gives them one at a time; NULL (with the error set) if a
+ * device copy fails. */
+const float *forward_hidden_rows(prism_ctx *x, int32_t i0, int32_t n);
 
 #endif

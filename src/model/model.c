@@ -8,11 +8,17 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "gpu/device.h"
 #include "model/rope.h"
 #include "util/error.h"
 
+/* Marks an unparsable $PRISM_DEVICE; prism_model_load reports it. */
+#define DEVICE_BAD_ENV (-2)
+
 prism_model_params prism_model_default_params(void) {
-    prism_model_params p = {.n_threads = 0, .precision = PRISM_PRECISION_FAST};
+    prism_model_params p = {.n_threads = 0, .precision = PRISM_PRECISION_FAST, .device = PRISM_DEVICE_CPU};
+    const char *env = getenv("PRISM_DEVICE");
+    if (env && *env && prism_device_parse(env, &p.device)) p.device = DEVICE_BAD_ENV;
     return p;
 }
 
@@ -69,6 +75,9 @@ static prism_status bind_vec(prism_model *m, float **dst, const char *name, int6
 
 prism_status prism_model_load(const char *dir, prism_model_params params, prism_model **out) {
     *out = NULL;
+    if (params.device == DEVICE_BAD_ENV)
+        return prism_error(PRISM_E_ARG, "PRISM_DEVICE=\"%s\": unknown device (expected cpu, cuda or cuda:N)", getenv("PRISM_DEVICE"));
+    if (params.device < PRISM_DEVICE_CPU) return prism_error(PRISM_E_ARG, "device %d is not a device", params.device);
     prism_model *m = calloc(1, sizeof *m);
     if (!m) return prism_error(PRISM_E_NOMEM, "out of memory");
     snprintf(m->dir, sizeof m->dir, "%s", dir);
@@ -123,12 +132,46 @@ prism_status prism_model_load(const char *dir, prism_model_params params, prism_
     m->rope_inv_freq = malloc((size_t)(hd / 2) * sizeof(float));
     if (!m->rope_inv_freq) TRY(prism_error(PRISM_E_NOMEM, "out of memory"));
     rope_inv_freq(c, m->rope_inv_freq);
+    if (params.device >= 0) TRY(gpu_model_attach(m, params.device, 0, 0));
+    *out = m;
+    return PRISM_OK;
+}
+
+prism_status model_new_random(const prism_config *cfg, int32_t device, uint64_t seed, prism_model **out) {
+    *out = NULL;
+    if (device < 0) return prism_error(PRISM_E_ARG, "random-weight models live on a CUDA device only");
+    prism_model *m = calloc(1, sizeof *m);
+    if (!m) return prism_error(PRISM_E_NOMEM, "out of memory");
+    m->cfg = *cfg;
+    m->params = prism_model_default_params();
+    snprintf(m->dir, sizeof m->dir, "(random %s)", cfg->arch_name);
+    const prism_config *c = &m->cfg;
+    const int64_t H = c->hidden, hd = c->head_dim, qd = (int64_t)c->n_heads * hd, kvd = (int64_t)c->n_kv_heads * hd,
+                  F = c->ffn, V = c->vocab;
+#define LW(o, i) ((linear_w){NULL, ST_BF16, (o), (i)})
+    m->embed = LW(V, H);
+    m->lm_head = LW(V, H);
+    m->layers = calloc((size_t)c->n_layers, sizeof *m->layers);
+    m->rope_inv_freq = malloc((size_t)(hd / 2) * sizeof(float));
+    if (!m->layers || !m->rope_inv_freq) TRY(prism_error(PRISM_E_NOMEM, "out of memory"));
+    for (int l = 0; l < c->n_layers; l++) {
+        layer_w *L = &m->layers[l];
+        L->wq = LW(qd, H), L->wk = LW(kvd, H), L->wv = LW(kvd, H), L->wo = LW(H, qd);
+        L->wg = LW(F, H), L->wu = LW(F, H), L->wd = LW(H, F);
+        m->n_params += (qd + 2 * kvd) * H + H * qd + 3 * F * H;
+    }
+#undef LW
+    m->n_params += V * H * (c->tie_embeddings ? 1 : 2);
+    m->weight_bytes = 2 * m->n_params;
+    rope_inv_freq(c, m->rope_inv_freq);
+    TRY(gpu_model_attach(m, device, 1, seed));
     *out = m;
     return PRISM_OK;
 }
 
 void prism_model_free(prism_model *m) {
     if (!m) return;
+    gpu_model_detach(m);
     if (m->layers) {
         for (int l = 0; l < m->cfg.n_layers; l++) {
             layer_w *L = &m->layers[l];

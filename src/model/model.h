@@ -43,6 +43,14 @@ struct prism_model {
     prism_model_params params;
     int64_t weight_bytes, n_params;
     char dir[4096];
+    /* CUDA backend (src/gpu/device.c): the module's model handle when params.device >= 0 */
+    struct gpu_model *gpu;
+    const struct prism_gpu_api *gpu_api;
+    uint64_t gpu_serial;
 };
+
+/* A model of shape cfg whose BF16 weights the CUDA module fills with noise on
+ * device `device` (benchmarks of real shapes without multi-GB files). */
+prism_status model_new_random(const prism_config *cfg, int32_t device, uint64_t seed, prism_model **out);
 
 #endif

@@ -69,7 +69,6 @@ prism_status prism_decode_routed(prism_ctx *c, const prism_batch *b, const prism
                                  float *probs, bool *routed) {
     prism_status st = prism_decode_layers(c, b, 0, 1);
     if (st) return st;
-    const int64_t H = c->m->cfg.hidden;
     for (int32_t i = 0; i < b->n_tokens; i++) {
         int32_t s = b->seq[i];
         int last = 1, fresh = 0;
@@ -78,7 +77,9 @@ prism_status prism_decode_routed(prism_ctx *c, const prism_batch *b, const prism
         for (int32_t j = 0; j < b->n_tokens; j++) fresh |= b->seq[j] == s && b->pos[j] == 0;
         if (fresh) {
             float prob;
-            bool on = prism_router_decide(r, c->x + (int64_t)i * H, &prob);
+            const float *h = forward_hidden_rows(c, i, 1);
+            if (!h) return PRISM_E_NOMEM;
+            bool on = prism_router_decide(r, h, &prob);
             bool ad = mode == PRISM_ROUTE_ADAPTER || (mode == PRISM_ROUTE_AUTO && on);
             prism_ctx_seq_set_adapter(c, s, ad ? r->adapter : NULL);
             if (probs) probs[s] = prob;

@@ -146,9 +146,11 @@ static prism_status prefill(srv *s, srv_sched *q, int si) {
                 if ((st = prism_decode(c, &b))) return st;
             } else if (phase == 0) {
                 if ((st = forward_unchecked(c, &b, NULL, 0, 1))) return st;
-                memcpy(q->h0 + (int64_t)off * H, c->x, (size_t)take * (size_t)H * sizeof(float));
+                const float *hx = forward_hidden_rows(c, 0, take);
+                if (!hx) return PRISM_E_NOMEM;
+                memcpy(q->h0 + (int64_t)off * H, hx, (size_t)take * (size_t)H * sizeof(float));
                 if (off + take == n) {
-                    bool gate = prism_router_decide(s->cfg.router, c->x + (int64_t)(take - 1) * H, &prob);
+                    bool gate = prism_router_decide(s->cfg.router, hx + (int64_t)(take - 1) * H, &prob);
                     on_adapter = r->kind == SRV_MODEL_FORCE_ADAPTER || (r->kind == SRV_MODEL_ROUTED && gate);
                     if ((st = prism_ctx_seq_set_adapter(c, si, on_adapter ? prism_router_adapter(s->cfg.router) : NULL)))
                         return st;

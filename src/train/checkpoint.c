@@ -144,6 +144,7 @@ static prism_status read_tensors(const char *path, const st_set *set, const char
                 memcpy(w ? mod->B : mod->A, ten->data, (size_t)(rows * cols) * sizeof(float));
             }
         }
+    x->version++;
     return PRISM_OK;
 }
 

@@ -280,6 +280,7 @@ prism_status trainer_run(prism_model *m, prism_adapter *a, const train_data *d, 
         const int32_t epoch_now = s.epoch;
         s.step++;
         lora_adamw_step(a, g, mo, vo, s.step, lr, &p->adamw);
+        a->version++;
         s.tokens_seen += tokens;
         s.last_loss = count > 0 ? loss_sum / (double)count : 0.0;
         run_tokens += tokens;

@@ -1,0 +1,123 @@
+/* gpu.h — the boundary between libprism (C11, no CUDA dependency) and the
+ * CUDA module prism-cuda.so (src/cuda/), which is built only where nvcc is
+ * found and loaded with dlopen when a model is loaded with a CUDA device.
+ *
+ * Everything that crosses this boundary is plain data: the host describes a
+ * model (config scalars + pointers to its weights in the mmap) and each batch
+ * (token, position, sequence, adapter per token); the module owns every
+ * device buffer. Fallible calls return a prism_status value and write a
+ * message into err (errn bytes); the host turns it into prism_last_error().
+ *
+ * This header is included from C and from CUDA C++: keep it to plain structs. */
+#ifndef PRISM_GPU_GPU_H
+#define PRISM_GPU_GPU_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define PRISM_GPU_ABI 1
+
+/* Weight dtypes as stored on the host (converted to BF16 on upload). */
+enum { GPU_DT_F32 = 0, GPU_DT_F16 = 1, GPU_DT_BF16 = 2 };
+
+/* A Linear weight [out, in] in HF layout; w == NULL with random_init. */
+typedef struct {
+    const void *w;
+    int32_t dt;
+    int64_t out, in;
+} gpu_linear;
+
+typedef struct {
+    gpu_linear wq, wk, wv, wo, wg, wu, wd;
+    const float *attn_norm, *ffn_norm; /* (H) */
+    const float *q_norm, *k_norm;      /* (head_dim), Qwen3; NULL otherwise */
+    const float *bq, *bk, *bv, *bo;    /* biases or NULL */
+    const float *bg, *bu, *bd;
+} gpu_layer_desc;
+
+typedef struct {
+    int32_t n_layers, hidden, n_heads, n_kv_heads, head_dim, ffn, vocab;
+    int32_t sliding_window; /* 0 = none */
+    float rms_eps;
+    const float *rope_inv_freq; /* (head_dim / 2), scaling already applied */
+    gpu_linear embed, lm_head;  /* lm_head.w == embed.w when tied */
+    int32_t tied;
+    const float *final_norm;
+    const gpu_layer_desc *layers; /* (n_layers) */
+    /* Benchmarks: weights are NULL and the module fills them on the device
+     * with reproducible uniform noise (norm scales 1, no biases). */
+    int32_t random_init;
+    uint64_t seed;
+} gpu_model_desc;
+
+/* One adapted projection of one layer; r == 0 = not adapted. */
+typedef struct {
+    int32_t r;
+    float scale;
+    int64_t in, out;
+    const float *A; /* (r, in) */
+    const float *B; /* (out, r) */
+} gpu_lora_desc;
+
+typedef struct gpu_model gpu_model;
+typedef struct gpu_ctx gpu_ctx;
+typedef struct gpu_adapter gpu_adapter;
+
+/* One batch, as prism_batch after validation; adapter[i] is the adapter of
+ * token i's sequence (NULL = base model). */
+typedef struct {
+    int32_t n_tokens;
+    const int32_t *token, *pos, *seq;
+    const gpu_adapter *const *adapter;
+} gpu_batch;
+
+typedef struct {
+    char name[128];
+    int32_t cc_major, cc_minor, n_sm;
+    int64_t mem_total, mem_free;
+    int32_t driver_version, runtime_version;
+} gpu_device_info;
+
+typedef struct prism_gpu_api {
+    int32_t abi; /* PRISM_GPU_ABI */
+    const char *build; /* e.g. "CUDA 13.0, sm_80 sm_86 sm_89 sm_90" */
+    int (*device_count)(int32_t *n, char *err, size_t errn);
+    int (*device_info)(int32_t device, gpu_device_info *info, char *err, size_t errn);
+
+    int (*model_new)(const gpu_model_desc *d, int32_t device, gpu_model **out, char *err, size_t errn);
+    void (*model_free)(gpu_model *m);
+    /* Device bytes held by the model and every context and adapter made from
+     * it: now and at most so far. */
+    void (*model_memory)(const gpu_model *m, int64_t *now, int64_t *peak);
+
+    int (*adapter_new)(gpu_model *m, const gpu_lora_desc *mods /* (n_layers, 7) */, gpu_adapter **out, char *err,
+                       size_t errn);
+    void (*adapter_free)(gpu_adapter *a);
+
+    int (*ctx_new)(gpu_model *m, int32_t n_seq_max, int32_t n_ctx, int32_t n_batch, gpu_ctx **out, char *err,
+                   size_t errn);
+    void (*ctx_free)(gpu_ctx *c);
+    /* Layers [lb, le) of the batch. lb == 0 starts from the embeddings unless
+     * x_in (n_tokens, H, host F32) is given; lb > 0 continues the residual
+     * stream of the previous call on the same batch, or starts from x_in. */
+    int (*forward)(gpu_ctx *c, const gpu_batch *b, int32_t lb, int32_t le, const float *x_in, char *err,
+                   size_t errn);
+    /* Final norm, then the LM head for batch rows rows[0..n_out) into logits
+     * (n_out, vocab, host F32). */
+    int (*head)(gpu_ctx *c, const int32_t *rows, int32_t n_out, float *logits, char *err, size_t errn);
+    /* Residual stream rows [i0, i0 + n) of the last batch into out (n, H). */
+    int (*hidden)(gpu_ctx *c, int32_t i0, int32_t n, float *out, char *err, size_t errn);
+} prism_gpu_api;
+
+/* The module's one exported symbol. */
+typedef const prism_gpu_api *(*prism_gpu_api_fn)(void);
+#define PRISM_GPU_API_SYMBOL "prism_gpu_api_get"
+
+#ifdef __cplusplus
+}
+#endif
+#endif
