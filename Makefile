@@ -22,7 +22,35 @@ CLI_OBJ  := $(CLI_SRC:%.c=$(B)/obj/%.o)
 TEST_BIN := $(TEST_SRC:tests/%.c=$(B)/tests/%)
 BENCH_BIN := $(BENCH_SRC:bench/%.c=$(B)/bench/%)
 
-all: $(B)/prism $(TEST_BIN) $(BENCH_BIN)
+# Optional CUDA module (src/cuda/*.cu -> $(B)/prism-cuda.so), built when nvcc
+# is found (CUDA=auto) or forced (CUDA=1); CUDA=0 skips it. The prism binary
+# never links CUDA: it loads the module with dlopen for --device cuda.
+CUDA ?= auto
+NVCC ?= $(shell command -v nvcc 2>/dev/null || { test -x /usr/local/cuda/bin/nvcc && echo /usr/local/cuda/bin/nvcc; })
+CUDA_ARCHS ?= 80 86 89 90
+CUDA_SRC := $(sort $(wildcard src/cuda/*.cu))
+CUDA_OBJ := $(CUDA_SRC:%.cu=$(B)/obj/%.o)
+NVCCFLAGS ?= -O3 -lineinfo
+NVCCFLAGS += -std=c++17 -Iinclude -Isrc -Xcompiler -fPIC,-Wall,-Wextra,-fvisibility=hidden \
+             $(foreach a,$(CUDA_ARCHS),-gencode arch=compute_$(a),code=sm_$(a)) \
+             -gencode arch=compute_$(lastword $(CUDA_ARCHS)),code=compute_$(lastword $(CUDA_ARCHS)) \
+             -DPRISM_CUDA_ARCHS='"$(foreach a,$(CUDA_ARCHS),sm_$(a))"'
+ifeq ($(CUDA),0)
+CUDA_LIB :=
+else ifeq ($(CUDA)$(NVCC),auto)
+CUDA_LIB :=
+else
+CUDA_LIB := $(B)/prism-cuda.so
+endif
+
+all: $(B)/prism $(TEST_BIN) $(BENCH_BIN) $(CUDA_LIB)
+
+$(B)/obj/%.o: %.cu src/cuda/common.cuh src/gpu/gpu.h
+	@mkdir -p $(dir $@)
+	$(NVCC) $(NVCCFLAGS) -c $< -o $@
+
+$(B)/prism-cuda.so: $(CUDA_OBJ)
+	$(NVCC) -shared -cudart static -o $@ $^ -lcublas
 
 $(B)/obj/%_avx512.o: %_avx512.c
 	@mkdir -p $(dir $@)
@@ -56,7 +84,7 @@ test: all
 
 # AddressSanitizer + UBSan build in build-asan/
 debug:
-	$(MAKE) B=build-asan OPT="-O1 -fsanitize=address,undefined -fno-omit-frame-pointer" \
+	$(MAKE) B=build-asan CUDA=0 OPT="-O1 -fsanitize=address,undefined -fno-omit-frame-pointer" \
 	        LDLIBS="$(LDLIBS) -fsanitize=address,undefined"
 
 clean:

@@ -230,6 +230,10 @@ prism_status prism_decode_head(prism_ctx *c);
 /* Logits [vocab] of the i-th token of the last batch (which must have asked
  * for them); NULL otherwise. Valid until the next decode call. */
 const float *prism_get_logits(const prism_ctx *c, int32_t i);
+/* The first index of the largest logit of the i-th token of the last batch
+ * (-1 if it asked for none, or on a device error). On a CUDA context this is
+ * computed on the GPU and needs no copy of the logits. */
+int32_t prism_get_argmax(const prism_ctx *c, int32_t i);
 /* Hidden state [hidden] of the i-th token of the last batch after the last
  * layer run (HF hidden_states[layer_end]); after prism_decode_head this is
  * the final-normed state (HF hidden_states[n_layers]). */
@@ -315,6 +319,10 @@ void prism_sampler_free(prism_sampler *s);
  * (prompt + generated) for the repetition penalty. logits may be modified. */
 int32_t prism_sampler_sample(prism_sampler *s, float *logits, int32_t n_vocab, const int32_t *history,
                              size_t n_history);
+
+/* True when prism_sampler_sample reduces to the argmax of the raw logits
+ * (greedy, no repetition penalty), so callers may use prism_get_argmax. */
+bool prism_sampler_is_greedy(const prism_sampler *s);
 
 /* ---------------------------------------------------------------- generation */
 typedef struct {

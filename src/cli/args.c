@@ -52,6 +52,7 @@ bool cli_common_opt(cli_common *c, int argc, char **argv, int *i) {
     else if (!strcmp(a, "--threads") || !strcmp(a, "-t")) c->threads = (int32_t)cli_long(a, cli_value(argc, argv, i), 1, 1024);
     else if (!strcmp(a, "--ctx")) c->n_ctx = (int32_t)cli_long(a, cli_value(argc, argv, i), 1, 1 << 20);
     else if (!strcmp(a, "--chat-template")) c->chat_template = cli_value(argc, argv, i);
+    else if (!strcmp(a, "--device")) c->device = cli_value(argc, argv, i);
     else if (!strcmp(a, "--precision")) {
         const char *v = cli_value(argc, argv, i);
         if (!strcmp(v, "exact")) c->precision = PRISM_PRECISION_EXACT;
@@ -112,9 +113,15 @@ prism_model *cli_load_model(const cli_common *c, double *load_s) {
     prism_model_params mp = prism_model_default_params();
     mp.n_threads = c->threads;
     mp.precision = c->precision;
+    cli_apply_device(c->device, &mp);
     double t0 = prism_now();
     prism_model *m = NULL;
     if (prism_model_load(c->model, mp, &m)) cli_die("loading model");
     if (load_s) *load_s = prism_now() - t0;
     return m;
+}
+
+void cli_apply_device(const char *device, prism_model_params *mp) {
+    if (!device) return;
+    if (prism_device_parse(device, &mp->device)) cli_usage_error("--device: %s", prism_last_error());
 }

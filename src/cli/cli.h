@@ -15,6 +15,7 @@ typedef struct {
     prism_precision precision;
     int32_t n_ctx;
     const char *chat_template;
+    const char *device; /* --device: NULL = the library default ($PRISM_DEVICE or cpu) */
 } cli_common;
 
 /* Parses "--name value" style options; returns the index of the value or
@@ -33,6 +34,8 @@ char *cli_read_file(const char *path, size_t *len);
 _Noreturn void cli_die(const char *what);
 _Noreturn void cli_usage_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 prism_model *cli_load_model(const cli_common *c, double *load_s);
+/* Applies --device (if given) to model params; exits on an unknown device. */
+void cli_apply_device(const char *device, prism_model_params *mp);
 
 /* Sampling / generation options shared by generate and chat; returns true if
  * argv[*i] was one of them. Options given are recorded in *set (bit per field)

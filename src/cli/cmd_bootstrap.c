@@ -18,7 +18,7 @@ static const char *USAGE_BOOT =
     "    --query-temp T (0.9)  --max-query-tokens N (96)\n"
     "    --answer-temp T (0.7) --max-answer-tokens N (512)\n"
     "    --judge-mode prob|text (prob)   --judge-max-bytes N (2000)\n"
-    "    --batch N (16)  --seed S (0)  --chat-template NAME\n"
+    "    --batch N (16)  --seed S (0)  --chat-template NAME  --device cpu|cuda[:N]\n"
     "  gate\n"
     "    --gate-epochs N (200) --gate-lr X (1e-3) --gate-weight-decay X (1e-4) --gate-batch N (32)\n"
     "    --holdout F (0.2)  --route-rate P (calibrate the threshold so a fraction P of queries routes)\n"
@@ -48,6 +48,7 @@ int cmd_bootstrap(int argc, char **argv) {
             if (p.persona_length < 0) cli_usage_error("--persona-length: expected min, half or full, got \"%s\"", v);
         }
         else if (IS("--chat-template")) p.chat_template = V();
+        else if (IS("--device")) p.device = V();
         else if (IS("--queries-per-domain")) p.queries_per_domain = (int32_t)cli_long(a, V(), 1, 100000);
         else if (IS("--max-candidates")) p.max_candidates = (int32_t)cli_long(a, V(), 1, 1000000);
         else if (IS("--query-temp")) p.query_temperature = (float)cli_double(a, V(), 0, 10);

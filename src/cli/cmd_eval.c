@@ -89,6 +89,7 @@ static int run(int argc, char **argv, bool study) {
     p.n_ctx = c.n_ctx;
     p.mp.n_threads = c.threads;
     p.mp.precision = c.precision;
+    cli_apply_device(c.device, &p.mp);
     if (c.threads > 0) omp_set_num_threads(c.threads);
     if (prism_eval(&p)) cli_die(study ? "study" : "eval");
     return 0;

@@ -8,6 +8,16 @@ int cmd_info(int argc, char **argv) {
     cli_common c = {.precision = PRISM_PRECISION_FAST};
     for (int i = 1; i < argc; i++)
         if (!cli_common_opt(&c, argc, argv, &i)) cli_usage_error("info: unknown option \"%s\"", argv[i]);
+    char dev[512] = "cpu";
+    if (c.device) {
+        prism_model_params mp = prism_model_default_params();
+        cli_apply_device(c.device, &mp);
+        if (prism_device_describe(mp.device, dev, sizeof dev)) cli_die(c.device);
+        if (!c.model) { /* `prism info --device cuda`: is the GPU usable? */
+            printf("device:       %s\n", dev);
+            return 0;
+        }
+    }
     double load_s = 0;
     prism_model *m = cli_load_model(&c, &load_s);
     prism_model_info f;
@@ -29,6 +39,7 @@ int cmd_info(int argc, char **argv) {
     printf("\nkv cache:     %.1f KiB per token per sequence (F32); %.3f GiB for one sequence of %d tokens\n",
            kv / 1024.0, (double)kv * ctx / GiB, ctx);
     printf("memory:       ~%.3f GiB for weights + one %d-token sequence\n", (f.weight_bytes + (double)kv * ctx) / GiB, ctx);
+    printf("device:       %s\n", dev);
     printf("load time:    %.3f s\n", load_s);
     prism_model_free(m);
     return 0;

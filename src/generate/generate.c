@@ -41,6 +41,21 @@ static int push_id(gen_seq *s, int32_t id) { return buf_push_i32(&s->hist, &s->n
 
 static int push_text(gen_seq *s, const char *t) { return buf_push_text(&s->text, &s->n_text, &s->cap_text, t, strlen(t)); }
 
+/* Next token of batch row k: the argmax (on the device for CUDA contexts, no
+ * logits copied) when the sampler is greedy, else the sampler on a copy of the logits. */
+static prism_status sample_row(prism_ctx *c, int32_t k, prism_sampler *sm, float *lg, int32_t V, const int32_t *hist,
+                               size_t n_hist, int32_t *next) {
+    if (prism_sampler_is_greedy(sm)) {
+        *next = prism_get_argmax(c, k);
+        return *next < 0 ? prism_error(PRISM_E_ARG, "no logits for batch row %d: %s", k, prism_last_error()) : PRISM_OK;
+    }
+    const float *l = prism_get_logits(c, k);
+    if (!l) return prism_error(PRISM_E_ARG, "no logits for batch row %d: %s", k, prism_last_error());
+    memcpy(lg, l, (size_t)V * sizeof(float));
+    *next = prism_sampler_sample(sm, lg, V, hist, n_hist);
+    return PRISM_OK;
+}
+
 prism_status prism_generate(prism_ctx *c, const prism_tokenizer *t, const int32_t *const *prompts,
                             const int32_t *prompt_lens, int32_t n, const prism_generate_params *p, prism_token_cb cb,
                             void *user, prism_generation *out, prism_generate_stats *stats) {
@@ -152,8 +167,7 @@ prism_status prism_generate(prism_ctx *c, const prism_tokenizer *t, const int32_
                 for (int32_t k = 0; k < nb; k++) {
                     int32_t s = bs[k];
                     if (bp[k] != prompt_lens[s] - 1) continue;
-                    memcpy(lg, prism_get_logits(c, k), (size_t)V * sizeof(float));
-                    S[s].next = prism_sampler_sample(S[s].sampler, lg, V, S[s].hist, S[s].n_hist);
+                    if ((st = sample_row(c, k, S[s].sampler, lg, V, S[s].hist, S[s].n_hist, &S[s].next))) goto done;
                 }
         }
     }
@@ -225,8 +239,7 @@ prism_status prism_generate(prism_ctx *c, const prism_tokenizer *t, const int32_
         decoded += nb;
         for (int32_t k = 0; k < nb; k++) {
             gen_seq *s = &S[bs[k]];
-            memcpy(lg, prism_get_logits(c, k), (size_t)V * sizeof(float));
-            s->next = prism_sampler_sample(s->sampler, lg, V, s->hist, s->n_hist);
+            if ((st = sample_row(c, k, s->sampler, lg, V, s->hist, s->n_hist, &s->next))) goto done;
         }
     }
     if (stats) {

@@ -89,8 +89,14 @@ prism_status gpu_api(const prism_gpu_api **out) {
 
 const char *gpu_module_path(void) { return g_module_path; }
 
+_Static_assert((int)PRISM_GPU_E_UNSUPPORTED == (int)PRISM_E_UNSUPPORTED && (int)PRISM_GPU_E_ARG == (int)PRISM_E_ARG &&
+                   (int)PRISM_GPU_E_NOMEM == (int)PRISM_E_NOMEM && (int)PRISM_GPU_E_RANGE == (int)PRISM_E_RANGE,
+               "gpu.h status codes must equal prism_status");
+
 prism_status gpu_check(prism_status st, const char *err) {
-    return st ? prism_error(st, "%s", err[0] ? err : "CUDA backend failed") : PRISM_OK;
+    if (!st) return PRISM_OK;
+    if ((int)st == PRISM_GPU_E_DEVICE) st = PRISM_E_UNSUPPORTED;
+    return prism_error(st, "%s", err[0] ? err : "CUDA backend failed");
 }
 
 prism_status prism_device_parse(const char *s, int32_t *device) {
@@ -137,7 +143,10 @@ static gpu_linear lin(const linear_w *w) {
 prism_status gpu_model_attach(prism_model *m, int32_t device, int random_init, uint64_t seed) {
     const prism_gpu_api *api;
     prism_status st = gpu_api(&api);
-    if (st) return st;
+    if (st) {
+        prism_error_prefix("%s", m->dir);
+        return st;
+    }
     const prism_config *c = &m->cfg;
     gpu_layer_desc *L = calloc((size_t)c->n_layers, sizeof *L);
     if (!L) return prism_error(PRISM_E_NOMEM, "out of memory");
@@ -159,7 +168,7 @@ prism_status gpu_model_attach(prism_model *m, int32_t device, int random_init, u
     gpu_model *g = NULL;
     st = (prism_status)api->model_new(&d, device, &g, err, sizeof err);
     free(L);
-    if (st) return prism_error(st, "%s: %s", m->dir, err);
+    if (st) return prism_error((int)st == PRISM_GPU_E_DEVICE ? PRISM_E_UNSUPPORTED : st, "%s: %s", m->dir, err);
     static uint64_t serial;
     m->gpu = g;
     m->gpu_api = api;
@@ -192,7 +201,7 @@ prism_status gpu_adapter_for(const prism_model *m, const prism_adapter *a, const
     gpu_adapter *g = NULL;
     prism_status st = (prism_status)m->gpu_api->adapter_new(m->gpu, d, &g, err, sizeof err);
     free(d);
-    if (st) return prism_error(st, "adapter %s: %s", prism_adapter_name(a), err);
+    if (st) return prism_error((int)st == PRISM_GPU_E_DEVICE ? PRISM_E_UNSUPPORTED : st, "adapter %s: %s", prism_adapter_name(a), err);
     w->gpu = g;
     w->gpu_api = m->gpu_api;
     w->gpu_serial = m->gpu_serial;

@@ -21,6 +21,10 @@ extern "C" {
 
 #define PRISM_GPU_ABI 1
 
+/* Status codes: the values of prism_status (checked in device.c). */
+enum { PRISM_GPU_OK = 0, PRISM_GPU_E_UNSUPPORTED = 3, PRISM_GPU_E_ARG = 4, PRISM_GPU_E_NOMEM = 5, PRISM_GPU_E_RANGE = 6,
+       PRISM_GPU_E_DEVICE = 7 /* reported as PRISM_E_UNSUPPORTED with the CUDA error */ };
+
 /* Weight dtypes as stored on the host (converted to BF16 on upload). */
 enum { GPU_DT_F32 = 0, GPU_DT_F16 = 1, GPU_DT_BF16 = 2 };
 
@@ -106,9 +110,15 @@ typedef struct prism_gpu_api {
      * stream of the previous call on the same batch, or starts from x_in. */
     int (*forward)(gpu_ctx *c, const gpu_batch *b, int32_t lb, int32_t le, const float *x_in, char *err,
                    size_t errn);
-    /* Final norm, then the LM head for batch rows rows[0..n_out) into logits
-     * (n_out, vocab, host F32). */
-    int (*head)(gpu_ctx *c, const int32_t *rows, int32_t n_out, float *logits, char *err, size_t errn);
+    /* Final norm of every row (in place, so hidden() then gives the normed
+     * state), then the LM head for batch rows rows[0..n_out), kept on the
+     * device with each row's argmax. */
+    int (*head)(gpu_ctx *c, const int32_t *rows, int32_t n_out, char *err, size_t errn);
+    /* The last head's logits (n_out, vocab) copied to pinned host memory owned
+     * by the context, valid until the next head call. */
+    int (*logits)(gpu_ctx *c, const float **out, char *err, size_t errn);
+    /* The last head's per-row argmax (first index of the maximum) into out (n_out). */
+    int (*argmax)(gpu_ctx *c, int32_t *out, char *err, size_t errn);
     /* Residual stream rows [i0, i0 + n) of the last batch into out (n, H). */
     int (*hidden)(gpu_ctx *c, int32_t i0, int32_t n, float *out, char *err, size_t errn);
 } prism_gpu_api;

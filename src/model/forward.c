@@ -54,6 +54,7 @@ static prism_status ctx_new_gpu(prism_ctx *x, prism_ctx **out) {
     x->seq_adapter = xcalloc((size_t)x->p.n_seq_max, sizeof(*x->seq_adapter), &fail);
     x->hid_ok = xcalloc((size_t)B, 1, &fail);
     x->tok_ad = xcalloc((size_t)B, sizeof(*x->tok_ad), &fail);
+    x->amax = xcalloc((size_t)B, sizeof(int32_t), &fail);
     x->n_threads = 1;
     if (fail) {
         prism_ctx_free(x);
@@ -129,6 +130,7 @@ void prism_ctx_free(prism_ctx *x) {
     if (x->gpu) x->m->gpu_api->ctx_free(x->gpu);
     free(x->hid_ok);
     free(x->tok_ad);
+    free(x->amax);
     for (int l = 0; x->k_cache && l < x->m->cfg.n_layers; l++) {
         if (x->k_cache) free(x->k_cache[l]);
         if (x->v_cache) free(x->v_cache[l]);
@@ -496,7 +498,9 @@ static prism_status decode_head_gpu(prism_ctx *x) {
         if (x->out_row[i] >= 0) rows[x->out_row[i]] = i;
     char err[1024] = "";
     memset(x->hid_ok, 0, (size_t)x->n_tokens);
-    st = (prism_status)x->m->gpu_api->head(x->gpu, rows, x->n_out, x->logits, err, sizeof err);
+    x->gpu_logits = NULL;
+    x->amax_ok = 0;
+    st = (prism_status)x->m->gpu_api->head(x->gpu, rows, x->n_out, err, sizeof err);
     if (st) return gpu_check(st, err);
     x->head_done = 1;
     return PRISM_OK;
@@ -527,7 +531,41 @@ prism_status prism_decode(prism_ctx *x, const prism_batch *b) {
 
 const float *prism_get_logits(const prism_ctx *x, int32_t i) {
     if (!x->head_done || i < 0 || i >= x->n_tokens || x->out_row[i] < 0) return NULL;
+    if (x->gpu) {
+        prism_ctx *w = (prism_ctx *)x; /* logits are copied from the device on first use */
+        if (!w->gpu_logits) {
+            char err[1024] = "";
+            prism_status st = (prism_status)x->m->gpu_api->logits(x->gpu, &w->gpu_logits, err, sizeof err);
+            if (st) {
+                gpu_check(st, err);
+                return NULL;
+            }
+        }
+        return w->gpu_logits + (size_t)x->out_row[i] * (size_t)x->m->cfg.vocab;
+    }
     return x->logits + (size_t)x->out_row[i] * (size_t)x->m->cfg.vocab;
+}
+
+int32_t prism_get_argmax(const prism_ctx *x, int32_t i) {
+    if (!x->head_done || i < 0 || i >= x->n_tokens || x->out_row[i] < 0) return -1;
+    if (x->gpu) {
+        prism_ctx *w = (prism_ctx *)x;
+        if (!w->amax_ok) {
+            char err[1024] = "";
+            prism_status st = (prism_status)x->m->gpu_api->argmax(x->gpu, w->amax, err, sizeof err);
+            if (st) {
+                gpu_check(st, err);
+                return -1;
+            }
+            w->amax_ok = 1;
+        }
+        return x->amax[x->out_row[i]];
+    }
+    const float *l = x->logits + (size_t)x->out_row[i] * (size_t)x->m->cfg.vocab;
+    int32_t best = 0;
+    for (int32_t j = 1; j < x->m->cfg.vocab; j++)
+        if (l[j] > l[best]) best = j;
+    return best;
 }
 
 const float *forward_hidden_rows(prism_ctx *x, int32_t i0, int32_t n) {

@@ -46,6 +46,9 @@ struct prism_ctx {
     struct gpu_ctx *gpu;
     int8_t *hid_ok;        /* (B) row i of x is current */
     const struct gpu_adapter **tok_ad; /* (B) device adapter of each batch token */
+    const float *gpu_logits; /* the last head's logits in the module's pinned memory, once fetched */
+    int32_t *amax;         /* (B) the last head's argmax per logit row, once fetched */
+    int amax_ok;
 };
 
 /* For a prefill split into chunks that must pause after a layer (PRISM

@@ -965,6 +965,7 @@ prism_status prism_bootstrap(const bootstrap_params *pin) {
     int nq = 0;
     if ((st = split_domains(b, p->domains ? p->domains : BOOTSTRAP_DEFAULT_DOMAINS))) goto out;
     prism_model_params mp = prism_model_default_params();
+    if (p->device && (st = prism_device_parse(p->device, &mp.device))) goto out;
     if ((st = prism_model_load(p->model_dir, mp, &b->m))) goto out;
     if ((st = prism_tokenizer_load(p->model_dir, &b->tok))) goto out;
     if ((st = prism_chat_load(p->model_dir, p->chat_template, &b->chat))) goto out;

@@ -37,6 +37,7 @@ typedef struct {
     const char *personas_dir;    /* DIR/<domain>.txt replaces persona generation */
     int persona_length;          /* PERSONA_MIN (one sentence) | HALF (~60 words) | FULL (~150 words) */
     const char *chat_template;   /* override of template detection */
+    const char *device;          /* "cpu", "cuda", "cuda:N"; NULL = $PRISM_DEVICE or cpu */
     int32_t queries_per_domain;  /* 50 */
     int32_t max_candidates;      /* candidate generations per domain before giving up (default 4×queries) */
     float query_temperature;     /* 0.9 */

@@ -172,6 +172,10 @@ static int32_t argmax(const float *logits, int32_t n) {
     return best;
 }
 
+bool prism_sampler_is_greedy(const prism_sampler *s) {
+    return s && (!(s->p.temperature > 0.0f) || s->p.top_k == 1) && s->p.repeat_penalty == 1.0f;
+}
+
 int32_t prism_sampler_sample(prism_sampler *s, float *logits, int32_t n_vocab, const int32_t *history,
                              size_t n_history) {
     if (!s || !logits || n_vocab <= 0) return -1;

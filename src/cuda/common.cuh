@@ -1,0 +1,154 @@
+/* common.cuh — shared pieces of the CUDA module: device-side structures of a
+ * model, adapter and context, and the kernel launchers each .cu file offers.
+ *
+ * Layout on the device
+ *  - Matmul weights BF16, row-major [out, in] as in the checkpoint; q|k|v are
+ *    fused into one [qd + 2·kvd, H] matrix and gate|up into one [2F, H].
+ *  - Residual stream F32; matmul inputs BF16; matmul outputs F32.
+ *  - KV cache BF16, per layer (n_seq, n_ctx, kv_dim).
+ *  - LoRA A (r, in) and Bᵀ (r, out) in F32. */
+#ifndef PRISM_CUDA_COMMON_CUH
+#define PRISM_CUDA_COMMON_CUH
+
+#include <cublas_v2.h>
+#include <cuda_bf16.h>
+#include <cuda_runtime.h>
+#include <stdint.h>
+
+#include "gpu/gpu.h"
+
+typedef __nv_bfloat16 bf16;
+
+enum { LT_Q, LT_K, LT_V, LT_O, LT_GATE, LT_UP, LT_DOWN, LT_N };
+
+/* Rows of a query tile grouped for the attention kernel. */
+#define ATT_KC 32        /* keys per chunk staged in shared memory */
+#define ATT_THREADS 128
+#define ATT_MAX_SPLIT 16 /* split-K blocks per (tile, kv head) at most */
+#define ATT_SPLIT_TOKENS 256 /* split-K only for batches up to this many tokens (decode) */
+
+/* LoRA (SGMV) */
+#define LORA_ROWS 16     /* batch rows per block */
+#define LORA_RMAX 64     /* ranks supported by the kernels */
+
+typedef struct {
+    bf16 *w;
+    int64_t out, in;
+} dlin;
+
+typedef struct {
+    dlin wqkv, wo, wgu, wd;
+    float *attn_norm, *ffn_norm, *q_norm, *k_norm;
+    float *bqkv; /* (qd + 2 kvd) or NULL */
+    float *bo, *bgu, *bd;
+} dlayer;
+
+struct gpu_model {
+    int dev;
+    int32_t n_layers, H, nh, nkv, hd, F, V, window;
+    float eps;
+    bf16 *embed, *lm_head;
+    float *final_norm, *inv_freq;
+    dlayer *layers; /* host array of device pointers */
+    void **allocs;  /* every device allocation of the model */
+    int n_allocs, cap_allocs;
+    int64_t bytes;
+    int smem_optin; /* max dynamic shared memory per block */
+    int n_sm;
+};
+
+typedef struct {
+    int32_t r;
+    float scale;
+    int32_t in, out;
+    const float *A;  /* (r, in) */
+    const float *Bt; /* (r, out) */
+} dmod;
+
+struct gpu_adapter {
+    int dev;
+    int32_t n_layers;
+    dmod *tab;       /* device (n_layers, 7) */
+    dmod *host_tab;  /* host copy: which modules are adapted */
+    void *mem;
+    int64_t bytes;
+};
+
+typedef struct {
+    int32_t i0, n, seq, p0;
+} att_tile;
+
+typedef struct {
+    int32_t seg, row0, n; /* rows[row0 .. row0+n) of segment seg */
+} lora_tile;
+
+struct gpu_ctx {
+    gpu_model *m;
+    cudaStream_t s;
+    cublasHandle_t blas;
+    int32_t n_seq, n_ctx, n_batch;
+    int64_t kvd, qd, qkv_n;
+    bf16 *kc, *vc;      /* (L, n_seq, n_ctx, kvd) */
+    float *x;           /* (B, H) residual stream */
+    bf16 *xb;           /* (B, max(H, qd, F)) matmul input */
+    float *y;           /* (B, max(qkv_n, 2F, H)) matmul output */
+    float *q;           /* (B, qd) roped queries */
+    float *part_o;      /* (ATT_MAX_SPLIT, min(B, ATT_SPLIT_TOKENS), qd) split-K partials */
+    float2 *part_ml;    /* (ATT_MAX_SPLIT, min(B, ATT_SPLIT_TOKENS), nh) running max, sum */
+    float *lora_t;      /* (B, LORA_RMAX) x·Aᵀ for one target */
+    bf16 *gath;         /* (B, H) head rows */
+    float *logits;      /* (cap_logits rows, V) device */
+    float *logits_h;    /* (cap_logits rows, V) pinned host copy */
+    int32_t *amax;      /* (B) device argmax of each head row */
+    int32_t cap_logits, n_out;
+    /* batch metadata: one device block, uploaded once per forward call */
+    void *meta_d, *meta_h; /* device / pinned host, meta_bytes each */
+    size_t meta_bytes;
+    int32_t *d_tok, *d_pos, *d_seq, *d_rows, *d_hrows;
+    att_tile *d_tiles;
+    lora_tile *d_ltiles;
+    const dmod **d_segtab;
+    /* host view of the batch */
+    int32_t T, n_tiles, n_ltiles, n_segs, n_split, max_keys;
+    int32_t tq;         /* tokens per attention tile */
+    int32_t att_rows;   /* rows (tokens × heads of a group) per attention block */
+    const gpu_adapter **seg_ad; /* (B) host: adapter of each segment */
+    int64_t bytes;
+};
+
+/* ---- error helpers (backend.cu) */
+int gpu_fail(char *err, size_t errn, int code, const char *fmt, ...);
+
+/* ---- kernels.cu */
+void k_embed(cudaStream_t s, float *x, const bf16 *emb, const int32_t *tok, int32_t T, int32_t H);
+/* xb = bf16(rmsnorm(x) * w) per row */
+void k_rmsnorm(cudaStream_t s, bf16 *xb, const float *x, const float *w, int32_t T, int32_t H, float eps);
+/* x += y (+ bias); then xb = bf16(rmsnorm(x) * w) if w != NULL */
+void k_add_rmsnorm(cudaStream_t s, float *x, const float *y, const float *bias, bf16 *xb, const float *w, int32_t T,
+                   int32_t H, float eps);
+/* In-place final norm of the residual stream: x = rmsnorm(x) * w (F32). */
+void k_rmsnorm_inplace(cudaStream_t s, float *x, const float *w, int32_t T, int32_t H, float eps);
+/* Biases, Qwen3 q/k norms, RoPE; q -> q (F32), k, v -> the layer's cache. */
+void k_qkv_post(cudaStream_t s, const gpu_ctx *c, int32_t layer, int32_t T);
+/* xb = bf16(silu(g + bg) * (u + bu)) from y = [g | u] (T, 2F). */
+void k_swiglu(cudaStream_t s, bf16 *xb, const float *y, const float *bgu, int32_t T, int32_t F);
+/* gath[j] = bf16(x[rows[j]]) */
+void k_gather_rows(cudaStream_t s, bf16 *gath, const float *x, const int32_t *rows, int32_t n, int32_t H);
+void k_to_bf16(cudaStream_t s, bf16 *dst, const float *src, int64_t n);
+void k_fill_uniform(cudaStream_t s, bf16 *w, int64_t n, float scale, uint64_t seed);
+void k_fill_f32(cudaStream_t s, float *w, int64_t n, float v);
+void k_argmax(cudaStream_t s, int32_t *out, const float *logits, int32_t n, int32_t V);
+/* y (T, N) F32 = x (T, K) bf16 · Wᵀ, W (N, K) bf16; for T <= GEMV_MAX_T. */
+#define GEMV_MAX_T 8
+void k_gemv(cudaStream_t s, float *y, const bf16 *x, const bf16 *w, int32_t T, int32_t N, int32_t K);
+
+/* ---- attention.cu */
+int attention_smem(int32_t rows, int32_t hd);
+int attention_setup(int smem_optin, char *err, size_t errn);
+void k_attention(const gpu_ctx *c, int32_t layer, bf16 *out);
+
+/* ---- lora.cu: y[rows, col_off..] += scale · (x[rows]·Aᵀ)·Bᵀ for every segment's adapter */
+void k_lora(const gpu_ctx *c, int32_t layer, int32_t target, const bf16 *x, int32_t ldx, float *y, int32_t ldy,
+            int32_t col_off);
+
+#endif

@@ -1,0 +1,290 @@
+/* kernels.cu — the element-wise and row kernels of the forward pass (norms,
+ * RoPE, SwiGLU, embedding, conversions) and the small-batch GEMV that decode
+ * steps use instead of cuBLAS. Numerics follow src/model (F32 statistics,
+ * accurate sin/cos/exp). */
+#include "cuda/common.cuh"
+
+__device__ __forceinline__ float warp_sum(float v) {
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    return v;
+}
+
+/* Sum over a block of up to 1024 threads; red has 32 floats. */
+__device__ float block_sum(float v, float *red) {
+    const int lane = threadIdx.x & 31, w = threadIdx.x >> 5, nw = (blockDim.x + 31) >> 5;
+    v = warp_sum(v);
+    __syncthreads(); /* red may still be read from a previous call */
+    if (lane == 0) red[w] = v;
+    __syncthreads();
+    float t = lane < nw ? red[lane] : 0.0f;
+    return warp_sum(t);
+}
+
+__global__ void embed_kernel(float *x, const bf16 *emb, const int32_t *tok, int32_t H) {
+    const int64_t i = blockIdx.x;
+    const bf16 *e = emb + (int64_t)tok[i] * H;
+    for (int32_t j = threadIdx.x; j < H; j += blockDim.x) x[i * H + j] = __bfloat162float(e[j]);
+}
+
+void k_embed(cudaStream_t s, float *x, const bf16 *emb, const int32_t *tok, int32_t T, int32_t H) {
+    embed_kernel<<<T, 256, 0, s>>>(x, emb, tok, H);
+}
+
+/* One block per row. add: x += y + bias first. out16: normed row as BF16
+ * (when w != NULL); inplace: normed row back into x as F32. */
+__global__ void norm_kernel(float *x, const float *y, const float *bias, bf16 *out16, const float *w, int32_t H,
+                            float eps, int inplace) {
+    __shared__ float red[32];
+    const int64_t i = blockIdx.x;
+    float *xr = x + i * H;
+    float ss = 0.0f;
+    for (int32_t j = threadIdx.x; j < H; j += blockDim.x) {
+        float v = xr[j];
+        if (y) {
+            v += y[i * H + j] + (bias ? bias[j] : 0.0f);
+            xr[j] = v;
+        }
+        ss += v * v;
+    }
+    if (!w) return;
+    const float r = 1.0f / sqrtf(block_sum(ss, red) / (float)H + eps);
+    for (int32_t j = threadIdx.x; j < H; j += blockDim.x) {
+        float v = w[j] * (xr[j] * r);
+        if (inplace) xr[j] = v;
+        else out16[i * H + j] = __float2bfloat16(v);
+    }
+}
+
+void k_rmsnorm(cudaStream_t s, bf16 *xb, const float *x, const float *w, int32_t T, int32_t H, float eps) {
+    norm_kernel<<<T, 256, 0, s>>>((float *)x, NULL, NULL, xb, w, H, eps, 0);
+}
+
+void k_add_rmsnorm(cudaStream_t s, float *x, const float *y, const float *bias, bf16 *xb, const float *w, int32_t T,
+                   int32_t H, float eps) {
+    norm_kernel<<<T, 256, 0, s>>>(x, y, bias, xb, w, H, eps, 0);
+}
+
+void k_rmsnorm_inplace(cudaStream_t s, float *x, const float *w, int32_t T, int32_t H, float eps) {
+    norm_kernel<<<T, 256, 0, s>>>(x, NULL, NULL, NULL, w, H, eps, 1);
+}
+
+/* One warp per (token, head) of the fused q|k|v row: bias, the Qwen3 per-head
+ * norm, RoPE (rotate-half pairs j, j + hd/2), then q to c->q and k, v to the
+ * layer's cache at (seq, pos). */
+__global__ void qkv_post_kernel(const float *y, const float *bqkv, const float *q_norm, const float *k_norm,
+                                const float *inv_freq, const int32_t *pos, const int32_t *seq, float *q, bf16 *kc,
+                                bf16 *vc, int32_t nh, int32_t nkv, int32_t hd, int32_t n_ctx, int64_t qkv_n,
+                                float eps) {
+    const int64_t i = blockIdx.x;
+    const int32_t head = blockIdx.y * (blockDim.x >> 5) + (threadIdx.x >> 5), lane = threadIdx.x & 31;
+    if (head >= nh + 2 * nkv) return;
+    const int32_t half = hd / 2, p = pos[i];
+    const int64_t kvd = (int64_t)nkv * hd, qd = (int64_t)nh * hd;
+    const int64_t col = head < nh ? (int64_t)head * hd
+                                  : head < nh + nkv ? qd + (int64_t)(head - nh) * hd : qd + kvd + (int64_t)(head - nh - nkv) * hd;
+    const float *src = y + i * qkv_n + col;
+    const float *b = bqkv ? bqkv + col : NULL;
+    const int is_v = head >= nh + nkv;
+    const float *nw = head < nh ? q_norm : k_norm;
+    /* each lane holds pairs (j, j + half) for j = lane, lane + 32, ... (hd <= 512) */
+    float a[8], bb[8];
+    int n = 0;
+    float ss = 0.0f;
+    for (int32_t j = lane; j < half; j += 32, n++) {
+        a[n] = src[j] + (b ? b[j] : 0.0f);
+        bb[n] = src[j + half] + (b ? b[j + half] : 0.0f);
+        ss += a[n] * a[n] + bb[n] * bb[n];
+    }
+    if (!is_v && nw) {
+        const float r = 1.0f / sqrtf(warp_sum(ss) / (float)hd + eps);
+        n = 0;
+        for (int32_t j = lane; j < half; j += 32, n++) {
+            a[n] = nw[j] * (a[n] * r);
+            bb[n] = nw[j + half] * (bb[n] * r);
+        }
+    }
+    if (!is_v) {
+        n = 0;
+        for (int32_t j = lane; j < half; j += 32, n++) {
+            float sn, cs;
+            sincosf((float)p * inv_freq[j], &sn, &cs);
+            const float x1 = a[n], x2 = bb[n];
+            a[n] = x1 * cs - x2 * sn;
+            bb[n] = x2 * cs + x1 * sn;
+        }
+    }
+    const int64_t row = ((int64_t)seq[i] * n_ctx + p) * kvd;
+    n = 0;
+    for (int32_t j = lane; j < half; j += 32, n++) {
+        if (head < nh) {
+            q[i * qd + (int64_t)head * hd + j] = a[n];
+            q[i * qd + (int64_t)head * hd + j + half] = bb[n];
+        } else {
+            bf16 *dst = (is_v ? vc : kc) + row + (int64_t)(is_v ? head - nh - nkv : head - nh) * hd;
+            dst[j] = __float2bfloat16(a[n]);
+            dst[j + half] = __float2bfloat16(bb[n]);
+        }
+    }
+}
+
+void k_qkv_post(cudaStream_t s, const gpu_ctx *c, int32_t layer, int32_t T) {
+    const gpu_model *m = c->m;
+    const dlayer *L = &m->layers[layer];
+    const int warps = 4;
+    dim3 grid(T, (m->nh + 2 * m->nkv + warps - 1) / warps);
+    const int64_t lay = (int64_t)layer * c->n_seq * c->n_ctx * c->kvd;
+    qkv_post_kernel<<<grid, 32 * warps, 0, s>>>(c->y, L->bqkv, L->q_norm, L->k_norm, m->inv_freq, c->d_pos, c->d_seq,
+                                                c->q, c->kc + lay, c->vc + lay, m->nh, m->nkv, m->hd, c->n_ctx,
+                                                c->qkv_n, m->eps);
+}
+
+__global__ void swiglu_kernel(bf16 *xb, const float *y, const float *bgu, int32_t F) {
+    const int64_t i = blockIdx.y;
+    const int32_t j = blockIdx.x * blockDim.x + threadIdx.x;
+    if (j >= F) return;
+    float g = y[i * 2 * F + j], u = y[i * 2 * F + F + j];
+    if (bgu) g += bgu[j], u += bgu[F + j];
+    xb[i * F + j] = __float2bfloat16(g / (1.0f + expf(-g)) * u);
+}
+
+void k_swiglu(cudaStream_t s, bf16 *xb, const float *y, const float *bgu, int32_t T, int32_t F) {
+    dim3 grid((F + 255) / 256, T);
+    swiglu_kernel<<<grid, 256, 0, s>>>(xb, y, bgu, F);
+}
+
+__global__ void gather_kernel(bf16 *g, const float *x, const int32_t *rows, int32_t H) {
+    const int64_t j = blockIdx.x, r = rows[j];
+    for (int32_t k = threadIdx.x; k < H; k += blockDim.x) g[j * H + k] = __float2bfloat16(x[r * H + k]);
+}
+
+void k_gather_rows(cudaStream_t s, bf16 *gath, const float *x, const int32_t *rows, int32_t n, int32_t H) {
+    if (n > 0) gather_kernel<<<n, 256, 0, s>>>(gath, x, rows, H);
+}
+
+__global__ void to_bf16_kernel(bf16 *d, const float *src, int64_t n) {
+    for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x)
+        d[i] = __float2bfloat16(src[i]);
+}
+
+void k_to_bf16(cudaStream_t s, bf16 *dst, const float *src, int64_t n) {
+    to_bf16_kernel<<<1024, 256, 0, s>>>(dst, src, n);
+}
+
+__device__ __forceinline__ uint64_t mix64(uint64_t z) {
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+    return z ^ (z >> 31);
+}
+
+__global__ void fill_uniform_kernel(bf16 *w, int64_t n, float scale, uint64_t seed) {
+    for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x) {
+        const uint64_t h = mix64(seed * 0x9e3779b97f4a7c15ull + (uint64_t)i);
+        const float u = (float)(h >> 40) * (1.0f / 16777216.0f); /* [0, 1) */
+        w[i] = __float2bfloat16(scale * (2.0f * u - 1.0f));
+    }
+}
+
+void k_fill_uniform(cudaStream_t s, bf16 *w, int64_t n, float scale, uint64_t seed) {
+    fill_uniform_kernel<<<4096, 256, 0, s>>>(w, n, scale, seed);
+}
+
+__global__ void fill_f32_kernel(float *w, int64_t n, float v) {
+    for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x)
+        w[i] = v;
+}
+
+void k_fill_f32(cudaStream_t s, float *w, int64_t n, float v) { fill_f32_kernel<<<256, 256, 0, s>>>(w, n, v); }
+
+/* Small-batch GEMV: one warp per output row n, 16-byte loads of W (8 BF16 per
+ * lane per step), every token's dot product accumulated from the same loaded
+ * weights, so W streams from HBM once per call whatever T (<= GEMV_MAX_T). */
+template <int T>
+__global__ void gemv_kernel(float *__restrict__ y, const bf16 *__restrict__ x, const bf16 *__restrict__ w, int32_t N,
+                            int32_t K) {
+    const int32_t n = blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5), lane = threadIdx.x & 31;
+    if (n >= N) return;
+    const bf16 *wr = w + (int64_t)n * K;
+    float acc[T];
+#pragma unroll
+    for (int t = 0; t < T; t++) acc[t] = 0.0f;
+    const int32_t K8 = K & ~255; /* part covered by whole 32-lane x 8-element steps */
+#pragma unroll 4
+    for (int32_t k = lane * 8; k < K8; k += 256) {
+        const uint4 wv = __ldg((const uint4 *)(wr + k));
+        const __nv_bfloat162 *w2 = (const __nv_bfloat162 *)&wv;
+        float wf[8];
+#pragma unroll
+        for (int e = 0; e < 4; e++) {
+            float2 f = __bfloat1622float2(w2[e]);
+            wf[2 * e] = f.x, wf[2 * e + 1] = f.y;
+        }
+#pragma unroll
+        for (int t = 0; t < T; t++) {
+            const uint4 xv = __ldg((const uint4 *)(x + (int64_t)t * K + k));
+            const __nv_bfloat162 *x2 = (const __nv_bfloat162 *)&xv;
+#pragma unroll
+            for (int e = 0; e < 4; e++) {
+                float2 f = __bfloat1622float2(x2[e]);
+                acc[t] += wf[2 * e] * f.x + wf[2 * e + 1] * f.y;
+            }
+        }
+    }
+    for (int32_t k = K8 + lane; k < K; k += 32) {
+        const float wf = __bfloat162float(wr[k]);
+#pragma unroll
+        for (int t = 0; t < T; t++) acc[t] += wf * __bfloat162float(x[(int64_t)t * K + k]);
+    }
+#pragma unroll
+    for (int t = 0; t < T; t++) {
+        const float v = warp_sum(acc[t]);
+        if (lane == 0) y[(int64_t)t * N + n] = v;
+    }
+}
+
+void k_gemv(cudaStream_t s, float *y, const bf16 *x, const bf16 *w, int32_t T, int32_t N, int32_t K) {
+    const int warps = 8;
+    const int blocks = (N + warps - 1) / warps;
+    switch (T) {
+#define CASE(t) \
+    case t: gemv_kernel<t><<<blocks, 32 * warps, 0, s>>>(y, x, w, N, K); break;
+        CASE(1) CASE(2) CASE(3) CASE(4) CASE(5) CASE(6) CASE(7) CASE(8)
+#undef CASE
+    default: break;
+    }
+}
+
+/* One block per row: the first index of the row's maximum (as the CPU
+ * sampler's greedy path; NaN never wins). */
+__global__ void argmax_kernel(int32_t *out, const float *logits, int32_t V) {
+    __shared__ float bv[32];
+    __shared__ int32_t bi[32];
+    const float *row = logits + (int64_t)blockIdx.x * V;
+    float best = -INFINITY;
+    int32_t idx = 0x7fffffff;
+    for (int32_t j = threadIdx.x; j < V; j += blockDim.x) {
+        const float v = row[j];
+        if (v > best) best = v, idx = j; /* j increases: the first maximum of this thread is kept */
+    }
+    for (int o = 16; o > 0; o >>= 1) {
+        const float ov = __shfl_xor_sync(0xffffffffu, best, o);
+        const int32_t oi = __shfl_xor_sync(0xffffffffu, idx, o);
+        if (ov > best || (ov == best && oi < idx)) best = ov, idx = oi;
+    }
+    const int lane = threadIdx.x & 31, w = threadIdx.x >> 5, nw = blockDim.x >> 5;
+    if (lane == 0) bv[w] = best, bi[w] = idx;
+    __syncthreads();
+    if (w == 0) {
+        best = lane < nw ? bv[lane] : -INFINITY;
+        idx = lane < nw ? bi[lane] : 0x7fffffff;
+        for (int o = 16; o > 0; o >>= 1) {
+            const float ov = __shfl_xor_sync(0xffffffffu, best, o);
+            const int32_t oi = __shfl_xor_sync(0xffffffffu, idx, o);
+            if (ov > best || (ov == best && oi < idx)) best = ov, idx = oi;
+        }
+        if (lane == 0) out[blockIdx.x] = idx == 0x7fffffff ? 0 : idx;
+    }
+}
+
+void k_argmax(cudaStream_t s, int32_t *out, const float *logits, int32_t n, int32_t V) {
+    if (n > 0) argmax_kernel<<<n, 1024, 0, s>>>(out, logits, V);
+}

@@ -1,0 +1,323 @@
+/* test_gpu.c — the CUDA backend.
+ *
+ * Everywhere: device strings, and the errors a user gets when CUDA cannot be
+ * used (a build without the module, a machine without a driver or GPU) —
+ * clear, PRISM_E_UNSUPPORTED, the model directory named, nothing leaked.
+ *
+ * On a machine with a usable GPU (scripts/gpu_check.sh sets
+ * PRISM_REQUIRE_GPU=1 so that a broken setup fails instead of skipping), for
+ * every fixture architecture ($PRISM_FIXTURES), at BF16 tolerances:
+ *   - logits of a [2, 48] batch against transformers' reference and against
+ *     the CPU engine (relative L2 error < 1e-2 per row), and every hidden state;
+ *   - the BF16 sharded checkpoint against its reference;
+ *   - the 300-token sequence: prefill, then a decode step (split-K attention);
+ *   - greedy continuation: GPU tokens == transformers' generate() tokens;
+ *   - one batch mixing base and LoRA sequences of different lengths, prefill
+ *     then decode steps, against the CPU engine with the same adapter;
+ *   - layer-range execution (layer 0, then adapter chosen, then 1..L-1, the
+ *     PRISM routed prefill) == running the adapter from the start;
+ *   - device argmax == argmax of the copied logits. */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "model/forward.h"
+#include "model/safetensors.h"
+#include "test.h"
+
+static const char *ARCHS[] = {"llama3", "qwen2", "qwen3", "mistral"};
+#define TOL 1e-2
+
+static float *read_f32(st_set *ref, const char *name, int64_t *numel) {
+    const st_tensor *t = st_find(ref, name);
+    if (!t) { fprintf(stderr, "reference tensor %s missing\n", name); exit(2); }
+    float *d = malloc((size_t)t->numel * sizeof(float));
+    if (st_read_f32(ref, t, d)) { fprintf(stderr, "%s\n", prism_last_error()); exit(2); }
+    if (numel) *numel = t->numel;
+    return d;
+}
+
+static prism_model *load(const char *dir, int32_t device) {
+    prism_model_params mp = prism_model_default_params();
+    mp.precision = PRISM_PRECISION_EXACT;
+    mp.device = device;
+    prism_model *m = NULL;
+    if (prism_model_load(dir, mp, &m)) {
+        CHECK(0, "load %s on %s: %s", dir, device < 0 ? "cpu" : "cuda", prism_last_error());
+        return NULL;
+    }
+    return m;
+}
+
+static prism_ctx *new_ctx(prism_model *m, int nseq) {
+    prism_ctx_params cp = prism_ctx_default_params();
+    cp.n_seq_max = nseq;
+    cp.n_ctx = 512;
+    cp.n_batch = 512;
+    prism_ctx *c = NULL;
+    if (prism_ctx_new(m, cp, &c)) { fprintf(stderr, "ctx: %s\n", prism_last_error()); exit(2); }
+    return c;
+}
+
+/* ------------------------------------------------------------ without a GPU */
+
+static void test_device_strings(void) {
+    int32_t d = 99;
+    CHECK(prism_device_parse("cpu", &d) == PRISM_OK && d == PRISM_DEVICE_CPU, "cpu");
+    CHECK(prism_device_parse("cuda", &d) == PRISM_OK && d == 0, "cuda");
+    CHECK(prism_device_parse("cuda:3", &d) == PRISM_OK && d == 3, "cuda:3");
+    CHECK(prism_device_parse("cuda:", &d) == PRISM_E_ARG, "cuda: rejected");
+    CHECK(prism_device_parse("cuda:-1", &d) == PRISM_E_ARG, "cuda:-1 rejected");
+    CHECK(prism_device_parse("tpu", &d) == PRISM_E_ARG && strstr(prism_last_error(), "tpu"), "tpu rejected, named");
+    /* $PRISM_DEVICE sets the default; a bad value is an error at load, naming the variable */
+    setenv("PRISM_DEVICE", "cuda:x", 1);
+    prism_model_params mp = prism_model_default_params();
+    prism_model *m = NULL;
+    prism_status st = prism_model_load("models/stories260K", mp, &m);
+    CHECK(st == PRISM_E_ARG && m == NULL && strstr(prism_last_error(), "PRISM_DEVICE"), "bad PRISM_DEVICE: %s",
+          prism_last_error());
+    setenv("PRISM_DEVICE", "cpu", 1);
+    mp = prism_model_default_params();
+    CHECK(mp.device == PRISM_DEVICE_CPU, "PRISM_DEVICE=cpu");
+    unsetenv("PRISM_DEVICE");
+}
+
+/* What a user without a usable GPU sees. */
+static void test_unavailable(const char *why) {
+    prism_model_params mp = prism_model_default_params();
+    mp.device = 0;
+    prism_model *m = NULL;
+    prism_status st = prism_model_load("models/stories260K", mp, &m);
+    CHECK(st == PRISM_E_UNSUPPORTED && m == NULL, "load on cuda without a GPU: status %d", st);
+    const char *e = prism_last_error();
+    CHECK(strstr(e, "models/stories260K") != NULL, "error names the model: %s", e);
+    CHECK(strstr(e, "CUDA") != NULL || strstr(e, "cuda") != NULL, "error says CUDA: %s", e);
+    CHECK(strstr(e, why) != NULL || strstr(why, e) != NULL || strlen(e) > 20, "error explains: %s", e);
+    char *out = NULL;
+    int rc = test_run("./build/prism generate -m models/stories260K --chat-template llama2 -p Once -n 2 --device cuda", &out);
+    CHECK(rc == 1 && out && strstr(out, "CUDA"), "CLI exits 1 with the reason (rc %d): %s", rc, out ? out : "");
+    free(out);
+    rc = test_run("./build/prism info --device cuda", &out);
+    CHECK(rc == 1 && out && strstr(out, "CUDA"), "prism info --device cuda explains (rc %d): %s", rc, out ? out : "");
+    free(out);
+    rc = test_run("./build/prism generate -m models/stories260K -p Once -n 2 --device cuda:x", &out);
+    CHECK(rc == 2 && out && strstr(out, "--device"), "bad --device is a usage error (rc %d): %s", rc, out ? out : "");
+    free(out);
+    /* the CPU still works in the same process after the failed CUDA load */
+    mp.device = PRISM_DEVICE_CPU;
+    CHECK(prism_model_load("models/stories260K", mp, &m) == PRISM_OK, "cpu load after: %s", prism_last_error());
+    prism_model_free(m);
+}
+
+/* ------------------------------------------------------------ with a GPU */
+
+static void test_arch(const char *arch) {
+    char dir[1024], path[1024];
+    snprintf(dir, sizeof dir, "%s/%s/model", fixtures_root(), arch);
+    snprintf(path, sizeof path, "%s/%s/reference.safetensors", fixtures_root(), arch);
+    st_set *ref = NULL;
+    if (st_open(path, &ref)) { CHECK(0, "open %s: %s", path, prism_last_error()); return; }
+    prism_model *mc = load(dir, PRISM_DEVICE_CPU), *mg = load(dir, 0);
+    if (!mc || !mg) { prism_model_free(mc); prism_model_free(mg); st_close(ref); return; }
+    const int L = mg->cfg.n_layers, H = mg->cfg.hidden, V = mg->cfg.vocab;
+
+    /* [2, T] batch: logits and hidden states */
+    int64_t n;
+    float *idsf = read_f32(ref, "input_ids", &n);
+    const int T = (int)(n / 2);
+    int32_t *ids = malloc(n * sizeof *ids), *pos = malloc(n * sizeof *pos), *seq = malloc(n * sizeof *seq);
+    int8_t *want = malloc(n);
+    for (int64_t i = 0; i < n; i++) ids[i] = (int32_t)idsf[i], seq[i] = (int32_t)(i / T), pos[i] = (int32_t)(i % T), want[i] = 1;
+    prism_ctx *cg = new_ctx(mg, 4), *cc = new_ctx(mc, 4);
+    prism_batch b = {(int32_t)n, ids, pos, seq, want};
+    CHECK(prism_decode(cg, &b) == PRISM_OK, "%s gpu decode: %s", arch, prism_last_error());
+    CHECK(prism_decode(cc, &b) == PRISM_OK, "%s cpu decode: %s", arch, prism_last_error());
+    float *ref_logits = read_f32(ref, "logits", NULL);
+    double worst_ref = 0, worst_cpu = 0;
+    int argmax_ok = 1;
+    for (int64_t i = 0; i < n; i++) {
+        const float *g = prism_get_logits(cg, (int32_t)i), *c = prism_get_logits(cc, (int32_t)i);
+        if (!g || !c) { CHECK(0, "%s logits row %lld missing", arch, (long long)i); break; }
+        double e1 = rel_err(g, ref_logits + i * V, V), e2 = rel_err(g, c, V);
+        worst_ref = e1 > worst_ref ? e1 : worst_ref;
+        worst_cpu = e2 > worst_cpu ? e2 : worst_cpu;
+        int32_t am = 0;
+        for (int j = 1; j < V; j++) am = g[j] > g[am] ? j : am;
+        argmax_ok &= prism_get_argmax(cg, (int32_t)i) == am;
+    }
+    CHECK(worst_ref < TOL, "%s logits vs transformers: rel err %.3g", arch, worst_ref);
+    CHECK(worst_cpu < TOL, "%s logits vs cpu: rel err %.3g", arch, worst_cpu);
+    CHECK(argmax_ok, "%s device argmax == argmax of the logits", arch);
+    printf("ok?  %s logits [2,%d]: rel err %.2e vs transformers, %.2e vs cpu\n", arch, T, worst_ref, worst_cpu);
+    free(ref_logits);
+    /* hidden states after each layer (HF hidden_states[l + 1]) */
+    double worst_h = 0;
+    for (int l = 0; l < L; l++) {
+        char name[64];
+        snprintf(name, sizeof name, "hidden_%d", l + 1);
+        if (!st_find(ref, name) || l + 1 == L) continue; /* the last one is final-normed: covered by logits */
+        for (int k = 0; k < 2; k++) prism_ctx_seq_clear(cg, k);
+        CHECK(prism_decode_layers(cg, &b, 0, l + 1) == PRISM_OK, "%s layers [0,%d): %s", arch, l + 1, prism_last_error());
+        float *hr = read_f32(ref, name, NULL);
+        for (int64_t i = 0; i < n; i++) {
+            const float *h = prism_get_hidden(cg, (int32_t)i);
+            if (!h) { CHECK(0, "%s hidden row missing", arch); break; }
+            double e = rel_err(h, hr + i * H, H);
+            worst_h = e > worst_h ? e : worst_h;
+        }
+        free(hr);
+    }
+    CHECK(worst_h < 2 * TOL, "%s hidden states vs transformers: rel err %.3g", arch, worst_h);
+    printf("ok?  %s hidden states: rel err %.2e\n", arch, worst_h);
+
+    /* 300-token sequence: prefill all but the last, then one decode step (split-K) */
+    float *lf = read_f32(ref, "long_input_ids", &n);
+    float *long_logits = read_f32(ref, "long_logits", NULL);
+    const int LT = (int)n;
+    int32_t *lids = malloc(n * sizeof *lids), *lpos = malloc(n * sizeof *lpos), *lseq = calloc(n, sizeof *lseq);
+    for (int i = 0; i < LT; i++) lids[i] = (int32_t)lf[i], lpos[i] = i;
+    prism_ctx_seq_clear(cg, 0);
+    prism_batch pre = {LT - 1, lids, lpos, lseq, NULL}, step = {1, lids + LT - 1, lpos + LT - 1, lseq, NULL};
+    CHECK(prism_decode(cg, &pre) == PRISM_OK && prism_decode(cg, &step) == PRISM_OK, "%s long: %s", arch, prism_last_error());
+    const float *g = prism_get_logits(cg, 0);
+    double el = g ? rel_err(g, long_logits + (int64_t)(LT - 1) * V, V) : 1;
+    CHECK(el < TOL, "%s 300-token decode step vs transformers: rel err %.3g", arch, el);
+    printf("ok?  %s %d-token decode step: rel err %.2e\n", arch, LT, el);
+    free(lf), free(long_logits), free(lids), free(lpos), free(lseq);
+
+    /* greedy continuation == transformers' generate() */
+    int64_t np, no;
+    float *gp = read_f32(ref, "greedy_prompt", &np), *go = read_f32(ref, "greedy_output", &no);
+    int32_t *prompt = malloc(np * sizeof *prompt);
+    for (int64_t i = 0; i < np; i++) prompt[i] = (int32_t)gp[i];
+    prism_generate_params gpar = prism_generate_default_params();
+    gpar.sampling.temperature = 0;
+    gpar.max_new_tokens = (int32_t)(no - np);
+    gpar.ignore_eos = true;
+    const int32_t *pp[1] = {prompt};
+    int32_t pl[1] = {(int32_t)np};
+    prism_generation out[1];
+    memset(out, 0, sizeof out);
+    CHECK(prism_generate(cg, NULL, pp, pl, 1, &gpar, NULL, NULL, out, NULL) == PRISM_OK, "%s generate: %s", arch, prism_last_error());
+    int same = out[0].n_tokens == (int)(no - np);
+    for (int i = 0; same && i < out[0].n_tokens; i++) same = out[0].tokens[i] == (int32_t)go[np + i];
+    CHECK(same, "%s greedy continuation on the GPU differs from transformers' generate()", arch);
+    printf("ok?  %s greedy %d tokens %s\n", arch, out[0].n_tokens, same ? "identical" : "DIFFER");
+    prism_generation_clear(&out[0]);
+    free(gp), free(go), free(prompt);
+
+    /* LoRA: a batch of base + adapter sequences of different lengths, then decode steps */
+    snprintf(path, sizeof path, "%s/%s/adapter", fixtures_root(), arch);
+    prism_adapter *ac = NULL, *ag = NULL;
+    if (prism_adapter_load(mc, path, &ac) || prism_adapter_load(mg, path, &ag)) {
+        CHECK(0, "%s adapter: %s", arch, prism_last_error());
+    } else {
+        const int lens[3] = {T, T - 7, 5};
+        const prism_adapter *which_c[3] = {NULL, ac, ac}, *which_g[3] = {NULL, ag, ag};
+        int32_t mt[3 * 64], mp_[3 * 64], ms[3 * 64];
+        int k = 0;
+        for (int s = 0; s < 3; s++) {
+            prism_ctx_seq_clear(cg, s), prism_ctx_seq_clear(cc, s);
+            prism_ctx_seq_set_adapter(cg, s, which_g[s]), prism_ctx_seq_set_adapter(cc, s, which_c[s]);
+            for (int i = 0; i < lens[s]; i++) mt[k] = ids[(s % 2) * T + i], mp_[k] = i, ms[k] = s, k++;
+        }
+        double worst = 0;
+        prism_batch mb = {k, mt, mp_, ms, NULL};
+        for (int stepi = 0; stepi < 5; stepi++) {
+            CHECK(prism_decode(cg, &mb) == PRISM_OK && prism_decode(cc, &mb) == PRISM_OK, "%s mixed: %s", arch, prism_last_error());
+            int32_t nt = 0;
+            for (int i = 0; i < mb.n_tokens; i++) {
+                int last = 1;
+                for (int j = i + 1; j < mb.n_tokens; j++) last &= ms[j] != ms[i];
+                if (!last) continue;
+                const float *a = prism_get_logits(cg, i), *c = prism_get_logits(cc, i);
+                double e = a && c ? rel_err(a, c, V) : 1;
+                worst = e > worst ? e : worst;
+                /* next step: each sequence continues with the CPU's greedy token */
+                int32_t best = prism_get_argmax(cc, i);
+                mt[nt] = best, mp_[nt] = prism_ctx_seq_len(cc, ms[i]), ms[nt] = ms[i], nt++;
+            }
+            mb.n_tokens = nt;
+        }
+        CHECK(worst < TOL, "%s mixed base/LoRA batch, prefill + 4 decode steps, vs cpu: rel err %.3g", arch, worst);
+        printf("ok?  %s mixed base/LoRA batch: rel err %.2e vs cpu\n", arch, worst);
+
+        /* routed prefill: layer 0, then the adapter, then layers 1..L-1 == adapter from the start */
+        prism_batch one = {T, ids, pos, seq, NULL};
+        prism_ctx_seq_clear(cg, 0);
+        prism_ctx_seq_set_adapter(cg, 0, ag);
+        CHECK(prism_decode(cg, &one) == PRISM_OK, "%s: %s", arch, prism_last_error());
+        float *full = malloc((size_t)V * sizeof(float));
+        memcpy(full, prism_get_logits(cg, T - 1), (size_t)V * sizeof(float));
+        prism_ctx_seq_clear(cg, 0);
+        prism_ctx_seq_set_adapter(cg, 0, NULL);
+        prism_status st = prism_decode_layers(cg, &one, 0, 1);
+        const float *h0 = st ? NULL : prism_get_hidden(cg, T - 1);
+        CHECK(h0 != NULL, "%s layer-0 hidden: %s", arch, prism_last_error());
+        prism_ctx_seq_set_adapter(cg, 0, ag);
+        st = st ? st : prism_decode_layers(cg, &one, 1, L);
+        st = st ? st : prism_decode_head(cg);
+        const float *split = st ? NULL : prism_get_logits(cg, T - 1);
+        double es = split ? rel_err(split, full, V) : 1;
+        CHECK(es < 1e-5, "%s routed (split) prefill == adapter from the start: rel err %.3g", arch, es);
+        free(full);
+        prism_ctx_seq_set_adapter(cg, 0, NULL);
+        prism_ctx_seq_set_adapter(cg, 1, NULL), prism_ctx_seq_set_adapter(cg, 2, NULL);
+        prism_ctx_seq_set_adapter(cc, 1, NULL), prism_ctx_seq_set_adapter(cc, 2, NULL);
+    }
+    prism_ctx_free(cg);
+    prism_ctx_free(cc);
+    prism_adapter_free(ag);
+    prism_adapter_free(ac);
+    prism_model_free(mg);
+    prism_model_free(mc);
+    st_close(ref);
+
+    /* BF16 sharded checkpoint */
+    snprintf(dir, sizeof dir, "%s/%s/model-bf16-sharded", fixtures_root(), arch);
+    snprintf(path, sizeof path, "%s/%s/reference-bf16.safetensors", fixtures_root(), arch);
+    if (st_open(path, &ref) == PRISM_OK) {
+        prism_model *mb16 = load(dir, 0);
+        if (mb16) {
+            prism_ctx *c16 = new_ctx(mb16, 2);
+            float *rl = read_f32(ref, "logits", NULL);
+            int64_t nn = 0;
+            float *rid = read_f32(ref, "input_ids", &nn);
+            for (int64_t i = 0; i < nn; i++) ids[i] = (int32_t)rid[i];
+            prism_batch bb = {(int32_t)nn, ids, pos, seq, want};
+            double w16 = 1;
+            if (prism_decode(c16, &bb) == PRISM_OK) {
+                w16 = 0;
+                for (int64_t i = 0; i < nn; i++) {
+                    double e = rel_err(prism_get_logits(c16, (int32_t)i), rl + i * V, V);
+                    w16 = e > w16 ? e : w16;
+                }
+            }
+            CHECK(w16 < TOL, "%s BF16 sharded checkpoint vs reference: rel err %.3g", arch, w16);
+            printf("ok?  %s BF16 sharded: rel err %.2e\n", arch, w16);
+            free(rl), free(rid);
+            prism_ctx_free(c16);
+            prism_model_free(mb16);
+        }
+        st_close(ref);
+    }
+    free(idsf), free(ids), free(pos), free(seq), free(want);
+}
+
+int main(void) {
+    test_device_strings();
+    char desc[512];
+    if (prism_device_describe(0, desc, sizeof desc) != PRISM_OK) {
+        char why[1024];
+        snprintf(why, sizeof why, "%s", prism_last_error());
+        const char *req = getenv("PRISM_REQUIRE_GPU");
+        if (req && *req == '1') CHECK(0, "PRISM_REQUIRE_GPU=1 but no usable GPU: %s", why);
+        printf("no usable CUDA device here (%s): checking the errors users get; GPU parity skipped\n", why);
+        test_unavailable(why);
+    } else {
+        printf("device: %s\n", desc);
+        for (size_t i = 0; i < sizeof ARCHS / sizeof *ARCHS; i++) test_arch(ARCHS[i]);
+    }
+    TEST_MAIN_END();
+}
