@@ -43,7 +43,7 @@ else
 CUDA_LIB := $(B)/prism-cuda.so
 endif
 
-all: $(B)/prism $(TEST_BIN) $(BENCH_BIN) $(CUDA_LIB)
+all: $(B)/prism $(TEST_BIN) $(BENCH_BIN) $(CUDA_LIB) $(EMU_B)/prism-cuda.so
 
 $(B)/obj/%.o: %.cu src/cuda/common.cuh src/gpu/gpu.h
 	@mkdir -p $(dir $@)
@@ -79,6 +79,20 @@ $(B)/bench/%: bench/%.c $(B)/libprism.a
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) -o $@ $< $(B)/libprism.a $(LDLIBS)
 
+# The CUDA module compiled for the CPU against tests/cuda_emu (no toolkit;
+# -fno-strict-aliasing: kernels reinterpret BF16 data as 16-byte vectors, as CUDA allows)
+# needed): test_gpu runs the GPU parity suite through it on machines without a GPU.
+EMU_B := $(B)/emu
+EMU_CPP := $(CUDA_SRC:src/cuda/%.cu=$(EMU_B)/%.cpp)
+CXX ?= g++
+$(EMU_B)/%.cpp: src/cuda/%.cu
+	@mkdir -p $(dir $@)
+	sed -E 's/([A-Za-z_][A-Za-z0-9_]*(<[A-Za-z0-9_]+>)?)<<<(.*)>>>\(/emu::launch(emu::cfg(\3), \1, /' $< > $@
+$(EMU_B)/prism-cuda.so: $(EMU_CPP) tests/cuda_emu/cuda_emu.cpp tests/cuda_emu/cuda_emu.h src/cuda/common.cuh src/gpu/gpu.h
+	$(CXX) -std=c++17 -O2 -g -fPIC -shared -fno-strict-aliasing -Wall -Wextra -Wno-unknown-pragmas -DPRISM_CUDA_EMU \
+	    -DPRISM_CUDA_ARCHS='"emulated"' -Iinclude -Isrc -Itests/cuda_emu -o $@ $(EMU_CPP) tests/cuda_emu/cuda_emu.cpp
+emu: $(EMU_B)/prism-cuda.so
+
 test: all
 	./tests/run_all.sh
 
@@ -90,5 +104,5 @@ debug:
 clean:
 	rm -rf build build-asan
 
-.PHONY: all test debug clean
+.PHONY: all test debug clean emu
 -include $(shell find $(B) -name '*.d' 2>/dev/null)

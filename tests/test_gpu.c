@@ -317,7 +317,9 @@ int main(void) {
         test_unavailable(why);
     } else {
         printf("device: %s\n", desc);
-        for (size_t i = 0; i < sizeof ARCHS / sizeof *ARCHS; i++) test_arch(ARCHS[i]);
+        const char *only = getenv("PRISM_TEST_ARCH"); /* one architecture, when bisecting */
+        for (size_t i = 0; i < sizeof ARCHS / sizeof *ARCHS; i++)
+            if (!only || !strcmp(only, ARCHS[i])) test_arch(ARCHS[i]);
     }
     TEST_MAIN_END();
 }

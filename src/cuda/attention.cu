@@ -28,7 +28,7 @@ __global__ void attention_kernel(const float *__restrict__ q, const bf16 *__rest
                                  const att_tile *__restrict__ tiles, bf16 *__restrict__ out, float *__restrict__ part_o,
                                  float2 *__restrict__ part_ml, int32_t T, int32_t nh, int32_t nkv, int32_t hd,
                                  int32_t n_ctx, int32_t window, float scale) {
-    extern __shared__ float sm[];
+    PRISM_DYN_SMEM(float, sm);
     const att_tile tile = tiles[blockIdx.x];
     const int32_t kh = blockIdx.y, split = blockIdx.z, n_split = gridDim.z;
     const int32_t group = nh / nkv, R = tile.n * group;

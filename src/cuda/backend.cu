@@ -570,7 +570,9 @@ static int ctx_new(gpu_model *m, int32_t n_seq, int32_t n_ctx, int32_t B, gpu_ct
 /* y (T, N) = x (T, K)·Wᵀ */
 static int gemm(gpu_ctx *c, float *y, const bf16 *x, const dlin *w, int32_t T, char *err, size_t errn) {
     const int32_t N = (int32_t)w->out, K = (int32_t)w->in;
-    if (T <= GEMV_MAX_T && K % 8 == 0) {
+    static int no_gemv = -1; /* PRISM_CUDA_NO_GEMV=1: cuBLAS for every size (to bisect a mismatch) */
+    if (no_gemv < 0) no_gemv = getenv("PRISM_CUDA_NO_GEMV") && *getenv("PRISM_CUDA_NO_GEMV") == '1';
+    if (T <= GEMV_MAX_T && K % 8 == 0 && !no_gemv) {
         k_gemv(c->s, y, x, w->w, T, N, K);
         return 0;
     }

@@ -10,10 +10,16 @@
 #ifndef PRISM_CUDA_COMMON_CUH
 #define PRISM_CUDA_COMMON_CUH
 
+#include <stdint.h>
+
+#ifdef PRISM_CUDA_EMU /* tests/cuda_emu: the same code on the CPU */
+#include "cuda_emu.h"
+#else
 #include <cublas_v2.h>
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
-#include <stdint.h>
+#define PRISM_DYN_SMEM(type, name) extern __shared__ __align__(16) type name[]
+#endif
 
 #include "gpu/gpu.h"
 

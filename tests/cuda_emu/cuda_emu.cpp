@@ -1,0 +1,270 @@
+/* cuda_emu.cpp — the fiber scheduler, runtime and cuBLAS stand-ins behind
+ * cuda_emu.h (see there for what this is and is not). */
+#include "cuda_emu.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <ucontext.h>
+#include <unistd.h>
+
+#include <vector>
+
+uint3_ threadIdx, blockIdx;
+dim3 blockDim, gridDim;
+
+namespace {
+
+enum { RUN, WAIT_BLOCK, WAIT_WARP, DONE };
+const size_t STACK = 128 * 1024;
+
+struct Fiber {
+    ucontext_t ctx;
+    char *stack = nullptr;
+    int state = DONE;
+    uint3_ tid{0, 0, 0};
+};
+
+std::vector<Fiber> fibers;
+std::vector<float> xf;
+std::vector<int> xi;
+std::vector<char> dyn;
+ucontext_t sched;
+int cur = -1;
+const std::function<void()> *body;
+uint64_t rng = 0x9e3779b97f4a7c15ull;
+
+void fiber_main() {
+    (*body)();
+    fibers[cur].state = DONE; /* uc_link returns to the scheduler */
+}
+
+void wait(int kind) {
+    if (cur < 0) {
+        fprintf(stderr, "cuda_emu: barrier outside a kernel\n");
+        abort();
+    }
+    fibers[cur].state = kind;
+    swapcontext(&fibers[cur].ctx, &sched);
+}
+
+uint64_t next_rand() {
+    rng ^= rng << 13, rng ^= rng >> 7, rng ^= rng << 17;
+    return rng;
+}
+
+} // namespace
+
+namespace emu {
+
+void syncthreads() { wait(WAIT_BLOCK); }
+
+float shfl_xor(float v, int m) {
+    const int t = cur;
+    xf[t] = v;
+    wait(WAIT_WARP);
+    const float r = xf[(t & ~31) | ((t & 31) ^ m)];
+    wait(WAIT_WARP);
+    return r;
+}
+
+int shfl_xor(int v, int m) {
+    const int t = cur;
+    xi[t] = v;
+    wait(WAIT_WARP);
+    const int r = xi[(t & ~31) | ((t & 31) ^ m)];
+    wait(WAIT_WARP);
+    return r;
+}
+
+void *dyn_smem() { return dyn.data(); }
+
+void run(const cfg &c, const std::function<void()> &fn) {
+    const int n = (int)(c.block.x * c.block.y * c.block.z);
+    if (n <= 0 || n > 1024 || c.block.x > 1024) {
+        fprintf(stderr, "cuda_emu: invalid block of %d threads\n", n);
+        abort();
+    }
+    if (c.smem > 227 * 1024) {
+        fprintf(stderr, "cuda_emu: %zu bytes of dynamic shared memory exceed the H100's 227 KiB\n", c.smem);
+        abort();
+    }
+    if ((int)fibers.size() < n) {
+        fibers.resize((size_t)n);
+        xf.resize((size_t)n);
+        xi.resize((size_t)n);
+    }
+    for (int i = 0; i < n; i++)
+        if (!fibers[i].stack) fibers[i].stack = (char *)malloc(STACK);
+    dyn.assign(c.smem + 16, 0);
+    body = &fn;
+    gridDim = c.grid;
+    blockDim = c.block;
+    std::vector<int> order((size_t)n);
+    for (unsigned bz = 0; bz < c.grid.z; bz++)
+        for (unsigned by = 0; by < c.grid.y; by++)
+            for (unsigned bx = 0; bx < c.grid.x; bx++) {
+                blockIdx = uint3_{bx, by, bz};
+                for (int i = 0; i < n; i++) {
+                    Fiber &f = fibers[i];
+                    f.tid = uint3_{(unsigned)i % c.block.x, (unsigned)i / c.block.x % c.block.y,
+                                   (unsigned)i / (c.block.x * c.block.y)};
+                    getcontext(&f.ctx);
+                    f.ctx.uc_stack.ss_sp = f.stack;
+                    f.ctx.uc_stack.ss_size = STACK;
+                    f.ctx.uc_link = &sched;
+                    makecontext(&f.ctx, fiber_main, 0);
+                    f.state = RUN;
+                }
+                for (;;) {
+                    /* run every runnable thread to its next barrier, in a shuffled order */
+                    int m = 0;
+                    for (int i = 0; i < n; i++)
+                        if (fibers[i].state == RUN) order[m++] = i;
+                    for (int i = m - 1; i > 0; i--) {
+                        int j = (int)(next_rand() % (uint64_t)(i + 1)), t = order[i];
+                        order[i] = order[j], order[j] = t;
+                    }
+                    for (int k = 0; k < m; k++) {
+                        cur = order[k];
+                        threadIdx = fibers[cur].tid;
+                        swapcontext(&sched, &fibers[cur].ctx);
+                    }
+                    cur = -1;
+                    int live = 0, at_block = 0, released = 0;
+                    for (int i = 0; i < n; i++) {
+                        live += fibers[i].state != DONE;
+                        at_block += fibers[i].state == WAIT_BLOCK;
+                    }
+                    if (!live) break;
+                    for (int w = 0; w < n; w += 32) { /* warps whose live lanes all wait at a shuffle */
+                        int wl = 0, ww = 0;
+                        for (int i = w; i < n && i < w + 32; i++)
+                            wl += fibers[i].state != DONE, ww += fibers[i].state == WAIT_WARP;
+                        if (wl && ww == wl) {
+                            for (int i = w; i < n && i < w + 32; i++)
+                                if (fibers[i].state == WAIT_WARP) fibers[i].state = RUN;
+                            released = 1;
+                        }
+                    }
+                    if (!released && at_block == live) {
+                        for (int i = 0; i < n; i++)
+                            if (fibers[i].state == WAIT_BLOCK) fibers[i].state = RUN;
+                        released = 1;
+                    }
+                    if (!released) {
+                        fprintf(stderr,
+                                "cuda_emu: block (%u,%u,%u) deadlocks: %d live threads, %d at __syncthreads, the "
+                                "rest at a partial warp shuffle (divergent barrier)\n",
+                                bx, by, bz, live, at_block);
+                        abort();
+                    }
+                }
+            }
+    body = nullptr;
+}
+
+} // namespace emu
+
+/* ------------------------------------------------------------ runtime */
+
+static cudaError_t g_last = cudaSuccess;
+
+cudaError_t cudaGetDeviceCount(int *n) {
+    *n = 1;
+    return cudaSuccess;
+}
+cudaError_t cudaSetDevice(int d) { return d == 0 ? cudaSuccess : cudaErrorInvalidValue; }
+cudaError_t cudaGetDeviceProperties(cudaDeviceProp *p, int) {
+    memset(p, 0, sizeof *p);
+    snprintf(p->name, sizeof p->name, "prism CUDA emulator (CPU)");
+    p->major = 9, p->minor = 0, p->multiProcessorCount = 8;
+    return cudaSuccess;
+}
+cudaError_t cudaDeviceGetAttribute(int *v, cudaDeviceAttr, int) {
+    *v = 227 * 1024;
+    return cudaSuccess;
+}
+cudaError_t cudaMemGetInfo(size_t *fr, size_t *tot) {
+    const size_t mem = (size_t)sysconf(_SC_PHYS_PAGES) * (size_t)sysconf(_SC_PAGESIZE);
+    *fr = mem / 2, *tot = mem;
+    return cudaSuccess;
+}
+cudaError_t cudaDriverGetVersion(int *v) {
+    *v = 13000;
+    return cudaSuccess;
+}
+cudaError_t cudaRuntimeGetVersion(int *v) {
+    *v = 13000;
+    return cudaSuccess;
+}
+cudaError_t cudaMalloc(void **p, size_t n) {
+    /* poisoned, as device memory is not zeroed */
+    *p = aligned_alloc(256, (n + 255) / 256 * 256);
+    if (!*p) return g_last = cudaErrorMemoryAllocation;
+    memset(*p, 0xA5, n);
+    return cudaSuccess;
+}
+cudaError_t cudaMallocHost(void **p, size_t n) { return cudaMalloc(p, n); }
+cudaError_t cudaFree(void *p) {
+    free(p);
+    return cudaSuccess;
+}
+cudaError_t cudaFreeHost(void *p) { return cudaFree(p); }
+cudaError_t cudaMemcpy(void *d, const void *s, size_t n, cudaMemcpyKind) {
+    memmove(d, s, n);
+    return cudaSuccess;
+}
+cudaError_t cudaMemcpyAsync(void *d, const void *s, size_t n, cudaMemcpyKind k, cudaStream_t) {
+    return cudaMemcpy(d, s, n, k);
+}
+cudaError_t cudaStreamCreateWithFlags(cudaStream_t *s, unsigned) {
+    *s = (cudaStream_t)malloc(1);
+    return cudaSuccess;
+}
+cudaError_t cudaStreamDestroy(cudaStream_t s) {
+    free(s);
+    return cudaSuccess;
+}
+cudaError_t cudaStreamSynchronize(cudaStream_t) { return cudaSuccess; }
+cudaError_t cudaDeviceSynchronize(void) { return cudaSuccess; }
+cudaError_t cudaGetLastError(void) {
+    cudaError_t e = g_last;
+    g_last = cudaSuccess;
+    return e;
+}
+const char *cudaGetErrorString(cudaError_t e) { return e == cudaSuccess ? "no error" : "emulated CUDA error"; }
+const char *cudaGetErrorName(cudaError_t e) { return e == cudaSuccess ? "cudaSuccess" : "cudaErrorEmulated"; }
+
+/* ------------------------------------------------------------ cuBLAS */
+
+cublasStatus_t cublasCreate(cublasHandle_t *h) {
+    *h = (cublasHandle_t)malloc(1);
+    return CUBLAS_STATUS_SUCCESS;
+}
+cublasStatus_t cublasDestroy(cublasHandle_t h) {
+    free(h);
+    return CUBLAS_STATUS_SUCCESS;
+}
+cublasStatus_t cublasSetStream(cublasHandle_t, cudaStream_t) { return CUBLAS_STATUS_SUCCESS; }
+
+cublasStatus_t cublasGemmEx(cublasHandle_t, cublasOperation_t ta, cublasOperation_t tb, int m, int n, int k,
+                            const void *alpha, const void *A, cudaDataType at, int lda, const void *B, cudaDataType bt,
+                            int ldb, const void *beta, void *C, cudaDataType ct, int ldc, cublasComputeType_t,
+                            cublasGemmAlgo_t) {
+    /* the only form prism uses: C (m, n) = alpha · Aᵀ · B + beta · C, column-major, BF16 in, F32 out */
+    if (ta != CUBLAS_OP_T || tb != CUBLAS_OP_N || at != CUDA_R_16BF || bt != CUDA_R_16BF || ct != CUDA_R_32F)
+        return CUBLAS_STATUS_NOT_SUPPORTED;
+    if (lda < k || ldb < k || ldc < m) return CUBLAS_STATUS_INVALID_VALUE;
+    const __nv_bfloat16 *a = (const __nv_bfloat16 *)A, *b = (const __nv_bfloat16 *)B;
+    float *c = (float *)C;
+    const float al = *(const float *)alpha, be = *(const float *)beta;
+    for (int j = 0; j < n; j++)
+        for (int i = 0; i < m; i++) {
+            float s = 0.0f;
+            for (int p = 0; p < k; p++)
+                s += __bfloat162float(a[p + (int64_t)i * lda]) * __bfloat162float(b[p + (int64_t)j * ldb]);
+            float *o = c + i + (int64_t)j * ldc;
+            *o = al * s + (be != 0.0f ? be * *o : 0.0f);
+        }
+    return CUBLAS_STATUS_SUCCESS;
+}

@@ -1,0 +1,169 @@
+/* cuda_emu.h — runs prism's CUDA module on the CPU, for tests on machines
+ * without a GPU (CI). the files src/cuda/NAME.cu are compiled as C++ against this header
+ * instead of the CUDA toolkit: kernel launches (rewritten from <<<...>>> by
+ * the Makefile) run every block, one after another, with each CUDA thread a
+ * fiber (ucontext) on one OS thread; __syncthreads and warp shuffles are
+ * barriers of the fiber scheduler, which reports divergent barriers (a hang
+ * on a GPU) and runs the threads of each phase in a shuffled order so that a
+ * missing barrier shows up as a wrong result. The runtime calls the module
+ * uses map onto host memory, and cublasGemmEx onto a reference GEMM with
+ * BF16 inputs and F32 accumulation.
+ *
+ * What it cannot show: timing, real concurrency between blocks, the memory
+ * model of a GPU, or compiler-specific behaviour of nvcc. gpu_check.sh runs
+ * the same tests on a real GPU. */
+#ifndef PRISM_CUDA_EMU_H
+#define PRISM_CUDA_EMU_H
+
+#include <math.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <string.h>
+
+#include <functional>
+
+/* ------------------------------------------------------------ language */
+#define __global__
+#define __device__
+#define __host__
+#define __forceinline__ inline
+#define __shared__ static /* blocks run one at a time: a static is the block's shared memory */
+#define __launch_bounds__(...)
+
+struct dim3 {
+    unsigned x, y, z;
+    dim3(unsigned a = 1, unsigned b = 1, unsigned c = 1) : x(a), y(b), z(c) {}
+};
+struct uint3_ {
+    unsigned x, y, z;
+};
+extern uint3_ threadIdx, blockIdx; /* the running fiber's */
+extern dim3 blockDim, gridDim;
+
+struct uint4 {
+    unsigned x, y, z, w;
+};
+struct float2 {
+    float x, y;
+};
+static inline float2 make_float2(float a, float b) { return float2{a, b}; }
+template <class T> static inline T __ldg(const T *p) { return *p; }
+static inline int min(int a, int b) { return a < b ? a : b; }
+static inline int max(int a, int b) { return a > b ? a : b; }
+
+namespace emu {
+void syncthreads();
+float shfl_xor(float v, int lane_mask);
+int shfl_xor(int v, int lane_mask);
+void *dyn_smem();
+} // namespace emu
+#define __syncthreads() emu::syncthreads()
+#define __shfl_xor_sync(mask, v, o) emu::shfl_xor((v), (o))
+#define PRISM_DYN_SMEM(type, name) type *name = (type *)emu::dyn_smem()
+
+/* ------------------------------------------------------------ bfloat16 */
+struct __nv_bfloat16 {
+    uint16_t x;
+};
+struct __nv_bfloat162 {
+    __nv_bfloat16 x, y;
+};
+static inline float __bfloat162float(__nv_bfloat16 b) {
+    uint32_t u = (uint32_t)b.x << 16;
+    float f;
+    memcpy(&f, &u, 4);
+    return f;
+}
+static inline __nv_bfloat16 __float2bfloat16(float f) {
+    uint32_t u;
+    memcpy(&u, &f, 4);
+    __nv_bfloat16 b;
+    if ((u & 0x7fffffffu) > 0x7f800000u) b.x = (uint16_t)((u >> 16) | 0x40);
+    else b.x = (uint16_t)((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);
+    return b;
+}
+static inline float2 __bfloat1622float2(__nv_bfloat162 v) {
+    return float2{__bfloat162float(v.x), __bfloat162float(v.y)};
+}
+
+/* ------------------------------------------------------------ runtime */
+typedef enum {
+    cudaSuccess = 0,
+    cudaErrorInvalidValue = 1,
+    cudaErrorMemoryAllocation = 2,
+    cudaErrorNoDevice = 100,
+    cudaErrorInvalidDeviceFunction = 98,
+    cudaErrorNoKernelImageForDevice = 209,
+} cudaError_t;
+typedef struct emu_stream *cudaStream_t;
+typedef enum { cudaMemcpyHostToDevice, cudaMemcpyDeviceToHost, cudaMemcpyDeviceToDevice } cudaMemcpyKind;
+enum { cudaStreamNonBlocking = 1 };
+typedef enum { cudaDevAttrMaxSharedMemoryPerBlockOptin = 97 } cudaDeviceAttr;
+typedef enum { cudaFuncAttributeMaxDynamicSharedMemorySize = 8 } cudaFuncAttribute;
+struct cudaDeviceProp {
+    char name[256];
+    int major, minor, multiProcessorCount;
+};
+#define CUDART_VERSION 13000
+
+cudaError_t cudaGetDeviceCount(int *n);
+cudaError_t cudaSetDevice(int d);
+cudaError_t cudaGetDeviceProperties(cudaDeviceProp *p, int d);
+cudaError_t cudaDeviceGetAttribute(int *v, cudaDeviceAttr a, int d);
+cudaError_t cudaMemGetInfo(size_t *fr, size_t *tot);
+cudaError_t cudaDriverGetVersion(int *v);
+cudaError_t cudaRuntimeGetVersion(int *v);
+cudaError_t cudaMalloc(void **p, size_t n);
+cudaError_t cudaMallocHost(void **p, size_t n);
+cudaError_t cudaFree(void *p);
+cudaError_t cudaFreeHost(void *p);
+cudaError_t cudaMemcpy(void *d, const void *s, size_t n, cudaMemcpyKind k);
+cudaError_t cudaMemcpyAsync(void *d, const void *s, size_t n, cudaMemcpyKind k, cudaStream_t st);
+cudaError_t cudaStreamCreateWithFlags(cudaStream_t *s, unsigned f);
+cudaError_t cudaStreamDestroy(cudaStream_t s);
+cudaError_t cudaStreamSynchronize(cudaStream_t s);
+cudaError_t cudaDeviceSynchronize(void);
+cudaError_t cudaGetLastError(void);
+const char *cudaGetErrorString(cudaError_t e);
+const char *cudaGetErrorName(cudaError_t e);
+template <class F> cudaError_t cudaFuncSetAttribute(F, cudaFuncAttribute, int) { return cudaSuccess; }
+
+namespace emu {
+struct cfg {
+    dim3 grid, block;
+    size_t smem;
+    cfg(dim3 g, dim3 b, size_t s = 0, cudaStream_t = nullptr) : grid(g), block(b), smem(s) {}
+};
+void run(const cfg &c, const std::function<void()> &body);
+template <class T> struct same { typedef T type; };
+/* arguments convert to the kernel's parameter types at the call, as with <<<>>> */
+template <class... P> void launch(const cfg &c, void (*k)(P...), typename same<P>::type... a) {
+    run(c, [&]() { k(a...); });
+}
+} // namespace emu
+
+/* ------------------------------------------------------------ cuBLAS (the one call prism makes) */
+typedef struct emu_blas *cublasHandle_t;
+typedef enum {
+    CUBLAS_STATUS_SUCCESS = 0,
+    CUBLAS_STATUS_NOT_INITIALIZED = 1,
+    CUBLAS_STATUS_ALLOC_FAILED = 3,
+    CUBLAS_STATUS_INVALID_VALUE = 7,
+    CUBLAS_STATUS_ARCH_MISMATCH = 8,
+    CUBLAS_STATUS_EXECUTION_FAILED = 13,
+    CUBLAS_STATUS_INTERNAL_ERROR = 14,
+    CUBLAS_STATUS_NOT_SUPPORTED = 15,
+} cublasStatus_t;
+typedef enum { CUBLAS_OP_N = 0, CUBLAS_OP_T = 1 } cublasOperation_t;
+typedef enum { CUDA_R_32F = 0, CUDA_R_16BF = 14 } cudaDataType;
+typedef enum { CUBLAS_COMPUTE_32F = 68 } cublasComputeType_t;
+typedef enum { CUBLAS_GEMM_DEFAULT = -1 } cublasGemmAlgo_t;
+cublasStatus_t cublasCreate(cublasHandle_t *h);
+cublasStatus_t cublasDestroy(cublasHandle_t h);
+cublasStatus_t cublasSetStream(cublasHandle_t h, cudaStream_t s);
+cublasStatus_t cublasGemmEx(cublasHandle_t h, cublasOperation_t ta, cublasOperation_t tb, int m, int n, int k,
+                            const void *alpha, const void *A, cudaDataType at, int lda, const void *B, cudaDataType bt,
+                            int ldb, const void *beta, void *C, cudaDataType ct, int ldc, cublasComputeType_t comp,
+                            cublasGemmAlgo_t algo);
+
+#endif
