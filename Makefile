@@ -87,7 +87,7 @@ EMU_CPP := $(CUDA_SRC:src/cuda/%.cu=$(EMU_B)/%.cpp)
 CXX ?= g++
 $(EMU_B)/%.cpp: src/cuda/%.cu
 	@mkdir -p $(dir $@)
-	sed -E 's/([A-Za-z_][A-Za-z0-9_]*(<[A-Za-z0-9_]+>)?)<<<(.*)>>>\(/emu::launch(emu::cfg(\3), \1, /' $< > $@
+	sed -E 's/([A-Za-z_][A-Za-z0-9_]*(<[A-Za-z0-9_, ]+>)?)<<<(.*)>>>\(/emu::launch(emu::cfg(\3), \1, /' $< > $@
 $(EMU_B)/prism-cuda.so: $(EMU_CPP) tests/cuda_emu/cuda_emu.cpp tests/cuda_emu/cuda_emu.h src/cuda/common.cuh src/gpu/gpu.h
 	$(CXX) -std=c++17 -O2 -g -fPIC -shared -fno-strict-aliasing -Wall -Wextra -Wno-unknown-pragmas -DPRISM_CUDA_EMU \
 	    -DPRISM_CUDA_ARCHS='"emulated"' -Iinclude -Isrc -Itests/cuda_emu -o $@ $(EMU_CPP) tests/cuda_emu/cuda_emu.cpp

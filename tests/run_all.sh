@@ -4,7 +4,9 @@
 # The numeric tests also run capped to the AVX2 and portable kernel tiers.
 # When build-asan/prism exists (make debug), the server tests run a second
 # time against that AddressSanitizer + UBSan server (32 concurrent clients,
-# fuzzed bodies, disconnects, shutdown).
+# fuzzed bodies, disconnects, shutdown). test_gpu runs once as the machine
+# allows (a real GPU, or the errors users get without one) and once on the
+# CUDA emulator.
 B=${1:-build}
 total_p=0; total_f=0
 
@@ -39,6 +41,11 @@ for isa in avx2 generic; do
         [ -x "$B/tests/$t" ] && run_one "$t (PRISM_ISA=$isa)" env PRISM_ISA=$isa "$B/tests/$t"
     done
 done
+# The CUDA module's own code (kernels, SGMV, split-K attention, host side) on
+# the CPU emulator of tests/cuda_emu: the GPU parity suite without a GPU.
+if [ -f "$B/emu/prism-cuda.so" ] && [ -x "$B/tests/test_gpu" ]; then
+    run_one "test_gpu (CUDA module on the CPU emulator)" env PRISM_CUDA_MODULE="$B/emu/prism-cuda.so" "$B/tests/test_gpu"
+fi
 if [ "$B" = build ] && [ -x build-asan/prism ] && [ -x build/tests/test_server ]; then
     run_one "test_server (server under ASan+UBSan)" env PRISM_SERVER_BIN=build-asan/prism ./build/tests/test_server
 fi

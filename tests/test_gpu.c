@@ -27,7 +27,14 @@
 #include "test.h"
 
 static const char *ARCHS[] = {"llama3", "qwen2", "qwen3", "mistral"};
-#define TOL 1e-2
+/* Relative L2 error allowed per logits row. EXACT runs F32 end to end: CPU-level
+ * agreement. FAST runs BF16 weights, activations and KV cache; on these tiny
+ * random models (hidden 96, logits near zero mean, strong cancellation) that
+ * measures 1.1-1.7e-2 against the F32 reference and 0.8-1.2e-2 against the BF16
+ * one, so the bound is 3e-2 — and greedy tokens must still be identical. */
+static double TOL = 1e-4;
+static prism_precision PREC = PRISM_PRECISION_EXACT;
+static const char *PNAME = "exact";
 
 static float *read_f32(st_set *ref, const char *name, int64_t *numel) {
     const st_tensor *t = st_find(ref, name);
@@ -40,7 +47,7 @@ static float *read_f32(st_set *ref, const char *name, int64_t *numel) {
 
 static prism_model *load(const char *dir, int32_t device) {
     prism_model_params mp = prism_model_default_params();
-    mp.precision = PRISM_PRECISION_EXACT;
+    mp.precision = device < 0 ? PRISM_PRECISION_EXACT : PREC;
     mp.device = device;
     prism_model *m = NULL;
     if (prism_model_load(dir, mp, &m)) {
@@ -149,7 +156,7 @@ static void test_arch(const char *arch) {
     CHECK(worst_ref < TOL, "%s logits vs transformers: rel err %.3g", arch, worst_ref);
     CHECK(worst_cpu < TOL, "%s logits vs cpu: rel err %.3g", arch, worst_cpu);
     CHECK(argmax_ok, "%s device argmax == argmax of the logits", arch);
-    printf("ok?  %s logits [2,%d]: rel err %.2e vs transformers, %.2e vs cpu\n", arch, T, worst_ref, worst_cpu);
+    printf("%s %s logits [2,%d]: rel err %.2e vs transformers, %.2e vs cpu\n", PNAME, arch, T, worst_ref, worst_cpu);
     free(ref_logits);
     /* hidden states after each layer (HF hidden_states[l + 1]) */
     double worst_h = 0;
@@ -168,8 +175,8 @@ static void test_arch(const char *arch) {
         }
         free(hr);
     }
-    CHECK(worst_h < 2 * TOL, "%s hidden states vs transformers: rel err %.3g", arch, worst_h);
-    printf("ok?  %s hidden states: rel err %.2e\n", arch, worst_h);
+    CHECK(worst_h < 3 * TOL, "%s hidden states vs transformers: rel err %.3g", arch, worst_h);
+    printf("%s %s hidden states: rel err %.2e\n", PNAME, arch, worst_h);
 
     /* 300-token sequence: prefill all but the last, then one decode step (split-K) */
     float *lf = read_f32(ref, "long_input_ids", &n);
@@ -183,7 +190,7 @@ static void test_arch(const char *arch) {
     const float *g = prism_get_logits(cg, 0);
     double el = g ? rel_err(g, long_logits + (int64_t)(LT - 1) * V, V) : 1;
     CHECK(el < TOL, "%s 300-token decode step vs transformers: rel err %.3g", arch, el);
-    printf("ok?  %s %d-token decode step: rel err %.2e\n", arch, LT, el);
+    printf("%s %s %d-token decode step: rel err %.2e\n", PNAME, arch, LT, el);
     free(lf), free(long_logits), free(lids), free(lpos), free(lseq);
 
     /* greedy continuation == transformers' generate() */
@@ -203,7 +210,7 @@ static void test_arch(const char *arch) {
     int same = out[0].n_tokens == (int)(no - np);
     for (int i = 0; same && i < out[0].n_tokens; i++) same = out[0].tokens[i] == (int32_t)go[np + i];
     CHECK(same, "%s greedy continuation on the GPU differs from transformers' generate()", arch);
-    printf("ok?  %s greedy %d tokens %s\n", arch, out[0].n_tokens, same ? "identical" : "DIFFER");
+    printf("%s %s greedy %d tokens %s\n", PNAME, arch, out[0].n_tokens, same ? "identical" : "DIFFER");
     prism_generation_clear(&out[0]);
     free(gp), free(go), free(prompt);
 
@@ -241,7 +248,7 @@ static void test_arch(const char *arch) {
             mb.n_tokens = nt;
         }
         CHECK(worst < TOL, "%s mixed base/LoRA batch, prefill + 4 decode steps, vs cpu: rel err %.3g", arch, worst);
-        printf("ok?  %s mixed base/LoRA batch: rel err %.2e vs cpu\n", arch, worst);
+        printf("%s %s mixed base/LoRA batch: rel err %.2e vs cpu\n", PNAME, arch, worst);
 
         /* routed prefill: layer 0, then the adapter, then layers 1..L-1 == adapter from the start */
         prism_batch one = {T, ids, pos, seq, NULL};
@@ -294,8 +301,9 @@ static void test_arch(const char *arch) {
                     w16 = e > w16 ? e : w16;
                 }
             }
-            CHECK(w16 < TOL, "%s BF16 sharded checkpoint vs reference: rel err %.3g", arch, w16);
-            printf("ok?  %s BF16 sharded: rel err %.2e\n", arch, w16);
+            /* the reference rounded RoPE's inv_freq to BF16 too (see test_parity): ~2.4e-3 even when exact */
+            CHECK(w16 < (TOL > 1e-2 ? TOL : 1e-2), "%s BF16 sharded checkpoint vs reference: rel err %.3g", arch, w16);
+            printf("%s %s BF16 sharded: rel err %.2e\n", PNAME, arch, w16);
             free(rl), free(rid);
             prism_ctx_free(c16);
             prism_model_free(mb16);
@@ -318,8 +326,13 @@ int main(void) {
     } else {
         printf("device: %s\n", desc);
         const char *only = getenv("PRISM_TEST_ARCH"); /* one architecture, when bisecting */
-        for (size_t i = 0; i < sizeof ARCHS / sizeof *ARCHS; i++)
-            if (!only || !strcmp(only, ARCHS[i])) test_arch(ARCHS[i]);
+        for (int p = 0; p < 2; p++) {
+            PREC = p ? PRISM_PRECISION_FAST : PRISM_PRECISION_EXACT;
+            PNAME = p ? "fast/bf16" : "exact/f32";
+            TOL = p ? 3e-2 : 1e-4;
+            for (size_t i = 0; i < sizeof ARCHS / sizeof *ARCHS; i++)
+                if (!only || !strcmp(only, ARCHS[i])) test_arch(ARCHS[i]);
+        }
     }
     TEST_MAIN_END();
 }

@@ -24,8 +24,9 @@ int attention_smem(int32_t rows, int32_t hd) {
     return (int)sizeof(float) * (rows * hd + ATT_KC * (hd + 1) + ATT_KC * hd + rows * ATT_KC + rows * hd + 3 * rows);
 }
 
-__global__ void attention_kernel(const float *__restrict__ q, const bf16 *__restrict__ kc, const bf16 *__restrict__ vc,
-                                 const att_tile *__restrict__ tiles, bf16 *__restrict__ out, float *__restrict__ part_o,
+template <class A>
+__global__ void attention_kernel(const float *__restrict__ q, const A *__restrict__ kc, const A *__restrict__ vc,
+                                 const att_tile *__restrict__ tiles, A *__restrict__ out, float *__restrict__ part_o,
                                  float2 *__restrict__ part_ml, int32_t T, int32_t nh, int32_t nkv, int32_t hd,
                                  int32_t n_ctx, int32_t window, float scale) {
     PRISM_DYN_SMEM(float, sm);
@@ -49,8 +50,8 @@ __global__ void attention_kernel(const float *__restrict__ q, const bf16 *__rest
     int32_t span = (kend - kbeg + n_split - 1) / n_split;
     span = (span + ATT_KC - 1) / ATT_KC * ATT_KC;
     const int32_t s0 = kbeg + split * span, s1 = min(kend, s0 + span);
-    const bf16 *kb = kc + (int64_t)tile.seq * n_ctx * kvd + (int64_t)kh * hd;
-    const bf16 *vb = vc + (int64_t)tile.seq * n_ctx * kvd + (int64_t)kh * hd;
+    const A *kb = kc + (int64_t)tile.seq * n_ctx * kvd + (int64_t)kh * hd;
+    const A *vb = vc + (int64_t)tile.seq * n_ctx * kvd + (int64_t)kh * hd;
     __syncthreads();
 
     for (int32_t c0 = s0; c0 < s1; c0 += ATT_KC) {
@@ -59,8 +60,8 @@ __global__ void attention_kernel(const float *__restrict__ q, const bf16 *__rest
             const int k = e / hd, d = e % hd;
             float kv = 0.0f, vv = 0.0f;
             if (k < nk) {
-                kv = __bfloat162float(kb[(int64_t)(c0 + k) * kvd + d]);
-                vv = __bfloat162float(vb[(int64_t)(c0 + k) * kvd + d]);
+                kv = ldA(kb + (int64_t)(c0 + k) * kvd + d);
+                vv = ldA(vb + (int64_t)(c0 + k) * kvd + d);
             }
             Ks[k * (hd + 1) + d] = kv;
             Vs[k * hd + d] = vv;
@@ -114,7 +115,7 @@ __global__ void attention_kernel(const float *__restrict__ q, const bf16 *__rest
         const int r = e / hd, d = e % hd, t = r / group, h = kh * group + r % group;
         const int64_t i = tile.i0 + t;
         if (n_split == 1) {
-            out[i * qd + (int64_t)h * hd + d] = __float2bfloat16(rl[r] > 0.0f ? O[e] / rl[r] : 0.0f);
+            stA(out + i * qd + (int64_t)h * hd + d, rl[r] > 0.0f ? O[e] / rl[r] : 0.0f);
         } else {
             part_o[((int64_t)split * T + i) * qd + (int64_t)h * hd + d] = O[e];
             if (d == 0) part_ml[((int64_t)split * T + i) * nh + h] = make_float2(rm[r], rl[r]);
@@ -123,8 +124,9 @@ __global__ void attention_kernel(const float *__restrict__ q, const bf16 *__rest
 }
 
 /* One block per (token, head): out = Σ_s o_s e^{m_s - M} / Σ_s l_s e^{m_s - M}. */
+template <class A>
 __global__ void attention_combine(const float *__restrict__ part_o, const float2 *__restrict__ part_ml,
-                                  bf16 *__restrict__ out, int32_t T, int32_t nh, int32_t hd, int32_t n_split) {
+                                  A *__restrict__ out, int32_t T, int32_t nh, int32_t hd, int32_t n_split) {
     const int64_t i = blockIdx.x;
     const int32_t h = blockIdx.y;
     const int64_t qd = (int64_t)nh * hd;
@@ -141,28 +143,33 @@ __global__ void attention_combine(const float *__restrict__ part_o, const float2
             const float2 ml = part_ml[((int64_t)s * T + i) * nh + h];
             if (ml.x != -INFINITY) acc += part_o[((int64_t)s * T + i) * qd + (int64_t)h * hd + d] * expf(ml.x - M);
         }
-        out[i * qd + (int64_t)h * hd + d] = __float2bfloat16(L > 0.0f ? acc / L : 0.0f);
+        stA(out + i * qd + (int64_t)h * hd + d, L > 0.0f ? acc / L : 0.0f);
     }
 }
 
 int attention_setup(int smem_optin, char *err, size_t errn) {
-    cudaError_t e = cudaFuncSetAttribute(attention_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem_optin);
+    cudaError_t e = cudaFuncSetAttribute(attention_kernel<bf16>, cudaFuncAttributeMaxDynamicSharedMemorySize, smem_optin);
+    if (e == cudaSuccess)
+        e = cudaFuncSetAttribute(attention_kernel<float>, cudaFuncAttributeMaxDynamicSharedMemorySize, smem_optin);
     if (e != cudaSuccess)
         return gpu_fail(err, errn, PRISM_GPU_E_UNSUPPORTED, "attention kernel: %s (is this GPU covered by the build?)",
                         cudaGetErrorString(e));
     return 0;
 }
 
-void k_attention(const gpu_ctx *c, int32_t layer, bf16 *out) {
+template <class A> static void attention_t(const gpu_ctx *c, int32_t layer, A *out) {
     const gpu_model *m = c->m;
     const int64_t lay = (int64_t)layer * c->n_seq * c->n_ctx * c->kvd;
     dim3 grid(c->n_tiles, m->nkv, c->n_split);
     const int smem = attention_smem(c->att_rows, m->hd);
-    attention_kernel<<<grid, ATT_THREADS, smem, c->s>>>(c->q, c->kc + lay, c->vc + lay, c->d_tiles, out, c->part_o,
-                                                        c->part_ml, c->T, m->nh, m->nkv, m->hd, c->n_ctx, m->window,
-                                                        1.0f / sqrtf((float)m->hd));
+    attention_kernel<A><<<grid, ATT_THREADS, smem, c->s>>>(c->q, (const A *)c->kc + lay, (const A *)c->vc + lay, c->d_tiles, out, c->part_o, c->part_ml, c->T, m->nh, m->nkv, m->hd, c->n_ctx, m->window, 1.0f / sqrtf((float)m->hd));
     if (c->n_split > 1) {
         dim3 g2(c->T, m->nh);
-        attention_combine<<<g2, 128, 0, c->s>>>(c->part_o, c->part_ml, out, c->T, m->nh, m->hd, c->n_split);
+        attention_combine<A><<<g2, 128, 0, c->s>>>(c->part_o, c->part_ml, out, c->T, m->nh, m->hd, c->n_split);
     }
+}
+
+void k_attention(const gpu_ctx *c, int32_t layer, void *out) {
+    if (c->m->f32) attention_t<float>(c, layer, (float *)out);
+    else attention_t<bf16>(c, layer, (bf16 *)out);
 }

@@ -205,42 +205,52 @@ static inline float f16_to_f32(uint16_t h) {
 /* Host staging for dtype conversion, 16 Mi elements at a time. */
 #define STAGE_ELEMS (16u << 20)
 
-static int upload_w(bf16 *dst, const gpu_linear *g, uint16_t *stage, const char *what, char *err, size_t errn) {
+static inline float bf16_bits_to_f32(uint16_t h) {
+    uint32_t u = (uint32_t)h << 16;
+    float f;
+    memcpy(&f, &u, 4);
+    return f;
+}
+
+/* One weight into dst (f32 ? F32 : BF16), converted on the host through stage. */
+static int upload_w(void *dst, int f32, const gpu_linear *g, void *stage, const char *what, char *err, size_t errn) {
     const int64_t n = g->out * g->in;
-    if (g->dt == GPU_DT_BF16) {
-        CU(cudaMemcpy(dst, g->w, (size_t)n * 2, cudaMemcpyHostToDevice), what);
+    if ((g->dt == GPU_DT_BF16 && !f32) || (g->dt == GPU_DT_F32 && f32)) {
+        CU(cudaMemcpy(dst, g->w, (size_t)n * (f32 ? 4 : 2), cudaMemcpyHostToDevice), what);
         return 0;
     }
     for (int64_t i0 = 0; i0 < n; i0 += STAGE_ELEMS) {
         const int64_t k = n - i0 < (int64_t)STAGE_ELEMS ? n - i0 : (int64_t)STAGE_ELEMS;
-        if (g->dt == GPU_DT_F32) {
-            const float *src = (const float *)g->w + i0;
-            for (int64_t j = 0; j < k; j++) stage[j] = f32_to_bf16_bits(src[j]);
-        } else {
-            const uint16_t *src = (const uint16_t *)g->w + i0;
-            for (int64_t j = 0; j < k; j++) stage[j] = f32_to_bf16_bits(f16_to_f32(src[j]));
+        for (int64_t j = 0; j < k; j++) {
+            float v = g->dt == GPU_DT_F32    ? ((const float *)g->w)[i0 + j]
+                      : g->dt == GPU_DT_BF16 ? bf16_bits_to_f32(((const uint16_t *)g->w)[i0 + j])
+                                             : f16_to_f32(((const uint16_t *)g->w)[i0 + j]);
+            if (f32) ((float *)stage)[j] = v;
+            else ((uint16_t *)stage)[j] = f32_to_bf16_bits(v);
         }
-        CU(cudaMemcpy(dst + i0, stage, (size_t)k * 2, cudaMemcpyHostToDevice), what);
+        CU(cudaMemcpy((char *)dst + (size_t)i0 * (f32 ? 4 : 2), stage, (size_t)k * (f32 ? 4 : 2), cudaMemcpyHostToDevice),
+           what);
     }
     return 0;
 }
 
 /* Uploads the matrices parts[0..n) stacked by rows into one [Σout, in] weight. */
 static int upload_stacked(gpu_model *m, const gpu_model_desc *d, dlin *out, const gpu_linear *const *parts, int n,
-                          uint16_t *stage, const char *what, char *err, size_t errn) {
+                          void *stage, const char *what, char *err, size_t errn) {
     int64_t rows = 0;
     for (int i = 0; i < n; i++) rows += parts[i]->out;
     out->out = rows;
     out->in = parts[0]->in;
-    int rc = model_alloc(m, (void **)&out->w, (size_t)(rows * out->in) * 2, what, err, errn);
+    int rc = model_alloc(m, &out->w, (size_t)(rows * out->in) * m->asz, what, err, errn);
     if (rc) return rc;
     if (d->random_init) {
-        k_fill_uniform(0, out->w, rows * out->in, 1.0f / sqrtf((float)out->in), d->seed + (uint64_t)m->n_allocs);
+        k_fill_uniform(0, m->f32, out->w, rows * out->in, 1.0f / sqrtf((float)out->in), d->seed + (uint64_t)m->n_allocs);
         return 0;
     }
     int64_t off = 0;
     for (int i = 0; i < n; i++) {
-        if ((rc = upload_w(out->w + off * out->in, parts[i], stage, what, err, errn))) return rc;
+        if ((rc = upload_w((char *)out->w + (size_t)(off * out->in) * m->asz, m->f32, parts[i], stage, what, err, errn)))
+            return rc;
         off += parts[i]->out;
     }
     return 0;
@@ -296,13 +306,13 @@ static int model_new(const gpu_model_desc *d, int32_t dev, gpu_model **out, char
     /* weights fit? */
     const int64_t H = d->hidden, hd = d->head_dim, qd = (int64_t)d->n_heads * hd, kvd = (int64_t)d->n_kv_heads * hd,
                   F = d->ffn, V = d->vocab;
-    const int64_t wbytes = 2 * (d->n_layers * (H * (qd + 2 * kvd) + qd * H + 3 * F * H) + V * H * (d->tied ? 1 : 2));
+    const int64_t wbytes = (d->f32 ? 4 : 2) * (d->n_layers * (H * (qd + 2 * kvd) + qd * H + 3 * F * H) + V * H * (d->tied ? 1 : 2));
     size_t fr = 0, tot = 0;
     CU(cudaMemGetInfo(&fr, &tot), "cudaMemGetInfo");
     if ((size_t)wbytes > fr)
         return gpu_fail(err, errn, PRISM_GPU_E_NOMEM,
-                        "the BF16 weights need %.2f GiB but CUDA device %d (%s) has %.2f GiB free of %.2f GiB",
-                        wbytes / 1073741824.0, dev, p.name, fr / 1073741824.0, tot / 1073741824.0);
+                        "the %s weights need %.2f GiB but CUDA device %d (%s) has %.2f GiB free of %.2f GiB",
+                        d->f32 ? "F32 (--precision exact)" : "BF16", wbytes / 1073741824.0, dev, p.name, fr / 1073741824.0, tot / 1073741824.0);
 
     gpu_model *m = (gpu_model *)calloc(1, sizeof *m);
     if (!m) return gpu_fail(err, errn, PRISM_GPU_E_NOMEM, "out of host memory");
@@ -310,9 +320,11 @@ static int model_new(const gpu_model_desc *d, int32_t dev, gpu_model **out, char
     m->n_layers = d->n_layers, m->H = d->hidden, m->nh = d->n_heads, m->nkv = d->n_kv_heads, m->hd = d->head_dim;
     m->F = d->ffn, m->V = d->vocab, m->window = d->sliding_window, m->eps = d->rms_eps;
     m->smem_optin = optin;
+    m->f32 = d->f32 != 0;
+    m->asz = m->f32 ? 4 : 2;
     m->n_sm = p.multiProcessorCount;
     m->layers = (dlayer *)calloc((size_t)d->n_layers, sizeof *m->layers);
-    uint16_t *stage = d->random_init ? NULL : (uint16_t *)malloc((size_t)STAGE_ELEMS * 2);
+    void *stage = d->random_init ? NULL : malloc((size_t)STAGE_ELEMS * 4);
     if (!m->layers || (!d->random_init && !stage)) {
         free(stage);
         model_free(m);
@@ -508,7 +520,7 @@ static int ctx_new(gpu_model *m, int32_t n_seq, int32_t n_ctx, int32_t B, gpu_ct
         return gpu_fail(err, errn, PRISM_GPU_E_NOMEM, "out of host memory");
     }
     const int64_t H = m->H, F = m->F;
-    const size_t kv = (size_t)m->n_layers * n_seq * n_ctx * c->kvd * 2;
+    const size_t kv = (size_t)m->n_layers * n_seq * n_ctx * c->kvd * m->asz;
     int64_t xbw = H > c->qd ? H : c->qd;
     if (F > xbw) xbw = F;
     int64_t yw = c->qkv_n > 2 * F ? c->qkv_n : 2 * F;
@@ -518,13 +530,13 @@ static int ctx_new(gpu_model *m, int32_t n_seq, int32_t n_ctx, int32_t B, gpu_ct
     if ((rc = calloc_dev(c, (void **)&c->kc, kv, "the K cache", err, errn)) ||
         (rc = calloc_dev(c, (void **)&c->vc, kv, "the V cache", err, errn)) ||
         (rc = calloc_dev(c, (void **)&c->x, (size_t)(B * H) * 4, "activations", err, errn)) ||
-        (rc = calloc_dev(c, (void **)&c->xb, (size_t)(B * xbw) * 2, "activations", err, errn)) ||
+        (rc = calloc_dev(c, (void **)&c->xb, (size_t)(B * xbw) * m->asz, "activations", err, errn)) ||
         (rc = calloc_dev(c, (void **)&c->y, (size_t)(B * yw) * 4, "activations", err, errn)) ||
         (rc = calloc_dev(c, (void **)&c->q, (size_t)(B * c->qd) * 4, "activations", err, errn)) ||
         (rc = calloc_dev(c, (void **)&c->part_o, (size_t)(ATT_MAX_SPLIT * ts * c->qd) * 4, "attention", err, errn)) ||
         (rc = calloc_dev(c, (void **)&c->part_ml, (size_t)(ATT_MAX_SPLIT * ts * m->nh) * 8, "attention", err, errn)) ||
         (rc = calloc_dev(c, (void **)&c->lora_t, (size_t)(B * LORA_RMAX) * 4, "LoRA", err, errn)) ||
-        (rc = calloc_dev(c, (void **)&c->gath, (size_t)(B * H) * 2, "activations", err, errn)) ||
+        (rc = calloc_dev(c, (void **)&c->gath, (size_t)(B * H) * m->asz, "activations", err, errn)) ||
         (rc = calloc_dev(c, (void **)&c->amax, (size_t)B * 4, "argmax", err, errn))) {
         ctx_free(c);
         return rc;
@@ -568,18 +580,19 @@ static int ctx_new(gpu_model *m, int32_t n_seq, int32_t n_ctx, int32_t B, gpu_ct
 }
 
 /* y (T, N) = x (T, K)·Wᵀ */
-static int gemm(gpu_ctx *c, float *y, const bf16 *x, const dlin *w, int32_t T, char *err, size_t errn) {
+static int gemm(gpu_ctx *c, float *y, const void *x, const dlin *w, int32_t T, char *err, size_t errn) {
     const int32_t N = (int32_t)w->out, K = (int32_t)w->in;
     static int no_gemv = -1; /* PRISM_CUDA_NO_GEMV=1: cuBLAS for every size (to bisect a mismatch) */
     if (no_gemv < 0) no_gemv = getenv("PRISM_CUDA_NO_GEMV") && *getenv("PRISM_CUDA_NO_GEMV") == '1';
     if (T <= GEMV_MAX_T && K % 8 == 0 && !no_gemv) {
-        k_gemv(c->s, y, x, w->w, T, N, K);
+        k_gemv(c->s, c->m->f32, y, x, w->w, T, N, K);
         return 0;
     }
     const float one = 1.0f, zero = 0.0f;
-    /* column-major view: Yᵀ (N, T) = W (K, N)ᵀ · Xᵀ (K, T) */
-    BL(cublasGemmEx(c->blas, CUBLAS_OP_T, CUBLAS_OP_N, N, T, K, &one, w->w, CUDA_R_16BF, K, x, CUDA_R_16BF, K, &zero,
-                    y, CUDA_R_32F, N, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT),
+    const cudaDataType at = c->m->f32 ? CUDA_R_32F : CUDA_R_16BF;
+    /* column-major view: Yᵀ (N, T) = W (K, N)ᵀ · Xᵀ (K, T); F32 compute (no TF32 for F32 inputs) */
+    BL(cublasGemmEx(c->blas, CUBLAS_OP_T, CUBLAS_OP_N, N, T, K, &one, w->w, at, K, x, at, K, &zero, y, CUDA_R_32F, N,
+                    CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT),
        "GEMM");
     return 0;
 }
@@ -651,12 +664,13 @@ static int forward(gpu_ctx *c, const gpu_batch *b, int32_t lb, int32_t le, const
     int rc = batch_meta(c, b, err, errn);
     if (rc) return rc;
     if (x_in) CU(cudaMemcpyAsync(c->x, x_in, (size_t)T * H * 4, cudaMemcpyHostToDevice, c->s), "uploading hidden states");
-    else if (lb == 0) k_embed(c->s, c->x, m->embed, c->d_tok, T, H);
+    else if (lb == 0) k_embed(c->s, m->f32, c->x, m->embed, c->d_tok, T, H);
     const int lora = c->n_ltiles > 0;
     const int32_t qd = (int32_t)c->qd, kvd = (int32_t)c->kvd, qn = (int32_t)c->qkv_n;
     for (int32_t l = lb; l < le; l++) {
         const dlayer *L = &m->layers[l];
-        if (l == lb) k_rmsnorm(c->s, c->xb, c->x, L->attn_norm, T, H, m->eps);
+        const int f = m->f32;
+        if (l == lb) k_rmsnorm(c->s, f, c->xb, c->x, L->attn_norm, T, H, m->eps);
         if ((rc = gemm(c, c->y, c->xb, &L->wqkv, T, err, errn))) return rc;
         if (lora) {
             k_lora(c, l, LT_Q, c->xb, H, c->y, qn, 0);
@@ -667,16 +681,16 @@ static int forward(gpu_ctx *c, const gpu_batch *b, int32_t lb, int32_t le, const
         k_attention(c, l, c->xb);
         if ((rc = gemm(c, c->y, c->xb, &L->wo, T, err, errn))) return rc;
         if (lora) k_lora(c, l, LT_O, c->xb, qd, c->y, H, 0);
-        k_add_rmsnorm(c->s, c->x, c->y, L->bo, c->xb, L->ffn_norm, T, H, m->eps);
+        k_add_rmsnorm(c->s, f, c->x, c->y, L->bo, c->xb, L->ffn_norm, T, H, m->eps);
         if ((rc = gemm(c, c->y, c->xb, &L->wgu, T, err, errn))) return rc;
         if (lora) {
             k_lora(c, l, LT_GATE, c->xb, H, c->y, 2 * F, 0);
             k_lora(c, l, LT_UP, c->xb, H, c->y, 2 * F, F);
         }
-        k_swiglu(c->s, c->xb, c->y, L->bgu, T, F);
+        k_swiglu(c->s, f, c->xb, c->y, L->bgu, T, F);
         if ((rc = gemm(c, c->y, c->xb, &L->wd, T, err, errn))) return rc;
         if (lora) k_lora(c, l, LT_DOWN, c->xb, F, c->y, H, 0);
-        k_add_rmsnorm(c->s, c->x, c->y, L->bd, c->xb, l + 1 < le ? m->layers[l + 1].attn_norm : NULL, T, H, m->eps);
+        k_add_rmsnorm(c->s, f, c->x, c->y, L->bd, c->xb, l + 1 < le ? m->layers[l + 1].attn_norm : NULL, T, H, m->eps);
     }
     CU(cudaGetLastError(), "forward pass");
     c->n_out = 0;
@@ -707,7 +721,7 @@ static int head(gpu_ctx *c, const int32_t *rows, int32_t n_out, char *err, size_
         int32_t *hrows = (int32_t *)((char *)c->meta_h + ((char *)c->d_hrows - (char *)c->meta_d));
         memcpy(hrows, rows, (size_t)n_out * 4);
         CU(cudaMemcpyAsync(c->d_hrows, hrows, (size_t)n_out * 4, cudaMemcpyHostToDevice, c->s), "head rows");
-        k_gather_rows(c->s, c->gath, c->x, c->d_hrows, n_out, m->H);
+        k_gather_rows(c->s, m->f32, c->gath, c->x, c->d_hrows, n_out, m->H);
         dlin w = {m->lm_head, m->V, m->H};
         int rc = gemm(c, c->logits, c->gath, &w, n_out, err, errn);
         if (rc) return rc;

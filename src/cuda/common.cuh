@@ -2,10 +2,14 @@
  * model, adapter and context, and the kernel launchers each .cu file offers.
  *
  * Layout on the device
- *  - Matmul weights BF16, row-major [out, in] as in the checkpoint; q|k|v are
+ *  - Matmul weights row-major [out, in] as in the checkpoint; q|k|v are
  *    fused into one [qd + 2·kvd, H] matrix and gate|up into one [2F, H].
- *  - Residual stream F32; matmul inputs BF16; matmul outputs F32.
- *  - KV cache BF16, per layer (n_seq, n_ctx, kv_dim).
+ *  - Residual stream F32; matmul outputs F32.
+ *  - The "activation type" A — matmul weights and inputs, the KV cache — is
+ *    BF16 (PRISM_PRECISION_FAST: tensor cores, half the bytes) or F32
+ *    (PRISM_PRECISION_EXACT: matches the CPU engine to ~1e-6). Kernels are
+ *    templates on A; launchers take the model's f32 flag.
+ *  - KV cache per layer (n_seq, n_ctx, kv_dim).
  *  - LoRA A (r, in) and Bᵀ (r, out) in F32. */
 #ifndef PRISM_CUDA_COMMON_CUH
 #define PRISM_CUDA_COMMON_CUH
@@ -38,9 +42,15 @@ enum { LT_Q, LT_K, LT_V, LT_O, LT_GATE, LT_UP, LT_DOWN, LT_N };
 #define LORA_RMAX 64     /* ranks supported by the kernels */
 
 typedef struct {
-    bf16 *w;
+    void *w; /* A */
     int64_t out, in;
 } dlin;
+
+/* Loads and stores of the activation type, computing in F32. */
+static __device__ __forceinline__ float ldA(const float *p) { return *p; }
+static __device__ __forceinline__ float ldA(const bf16 *p) { return __bfloat162float(*p); }
+static __device__ __forceinline__ void stA(float *p, float v) { *p = v; }
+static __device__ __forceinline__ void stA(bf16 *p, float v) { *p = __float2bfloat16(v); }
 
 typedef struct {
     dlin wqkv, wo, wgu, wd;
@@ -53,7 +63,9 @@ struct gpu_model {
     int dev;
     int32_t n_layers, H, nh, nkv, hd, F, V, window;
     float eps;
-    bf16 *embed, *lm_head;
+    int f32;           /* activation type A: F32 (exact) or BF16 */
+    size_t asz;        /* sizeof(A) */
+    void *embed, *lm_head;
     float *final_norm, *inv_freq;
     dlayer *layers; /* host array of device pointers */
     void **allocs;  /* every device allocation of the model */
@@ -94,15 +106,15 @@ struct gpu_ctx {
     cublasHandle_t blas;
     int32_t n_seq, n_ctx, n_batch;
     int64_t kvd, qd, qkv_n;
-    bf16 *kc, *vc;      /* (L, n_seq, n_ctx, kvd) */
+    void *kc, *vc;      /* A (L, n_seq, n_ctx, kvd) */
     float *x;           /* (B, H) residual stream */
-    bf16 *xb;           /* (B, max(H, qd, F)) matmul input */
+    void *xb;           /* A (B, max(H, qd, F)) matmul input */
     float *y;           /* (B, max(qkv_n, 2F, H)) matmul output */
     float *q;           /* (B, qd) roped queries */
     float *part_o;      /* (ATT_MAX_SPLIT, min(B, ATT_SPLIT_TOKENS), qd) split-K partials */
     float2 *part_ml;    /* (ATT_MAX_SPLIT, min(B, ATT_SPLIT_TOKENS), nh) running max, sum */
     float *lora_t;      /* (B, LORA_RMAX) x·Aᵀ for one target */
-    bf16 *gath;         /* (B, H) head rows */
+    void *gath;         /* A (B, H) head rows */
     float *logits;      /* (cap_logits rows, V) device */
     float *logits_h;    /* (cap_logits rows, V) pinned host copy */
     int32_t *amax;      /* (B) device argmax of each head row */
@@ -125,36 +137,35 @@ struct gpu_ctx {
 /* ---- error helpers (backend.cu) */
 int gpu_fail(char *err, size_t errn, int code, const char *fmt, ...);
 
-/* ---- kernels.cu */
-void k_embed(cudaStream_t s, float *x, const bf16 *emb, const int32_t *tok, int32_t T, int32_t H);
-/* xb = bf16(rmsnorm(x) * w) per row */
-void k_rmsnorm(cudaStream_t s, bf16 *xb, const float *x, const float *w, int32_t T, int32_t H, float eps);
-/* x += y (+ bias); then xb = bf16(rmsnorm(x) * w) if w != NULL */
-void k_add_rmsnorm(cudaStream_t s, float *x, const float *y, const float *bias, bf16 *xb, const float *w, int32_t T,
-                   int32_t H, float eps);
+/* ---- kernels.cu (A = float when f32, else bf16; pointers to A are void *) */
+void k_embed(cudaStream_t s, int f32, float *x, const void *emb, const int32_t *tok, int32_t T, int32_t H);
+/* xb = A(rmsnorm(x) * w) per row */
+void k_rmsnorm(cudaStream_t s, int f32, void *xb, const float *x, const float *w, int32_t T, int32_t H, float eps);
+/* x += y (+ bias); then xb = A(rmsnorm(x) * w) if w != NULL */
+void k_add_rmsnorm(cudaStream_t s, int f32, float *x, const float *y, const float *bias, void *xb, const float *w,
+                   int32_t T, int32_t H, float eps);
 /* In-place final norm of the residual stream: x = rmsnorm(x) * w (F32). */
 void k_rmsnorm_inplace(cudaStream_t s, float *x, const float *w, int32_t T, int32_t H, float eps);
 /* Biases, Qwen3 q/k norms, RoPE; q -> q (F32), k, v -> the layer's cache. */
 void k_qkv_post(cudaStream_t s, const gpu_ctx *c, int32_t layer, int32_t T);
-/* xb = bf16(silu(g + bg) * (u + bu)) from y = [g | u] (T, 2F). */
-void k_swiglu(cudaStream_t s, bf16 *xb, const float *y, const float *bgu, int32_t T, int32_t F);
-/* gath[j] = bf16(x[rows[j]]) */
-void k_gather_rows(cudaStream_t s, bf16 *gath, const float *x, const int32_t *rows, int32_t n, int32_t H);
-void k_to_bf16(cudaStream_t s, bf16 *dst, const float *src, int64_t n);
-void k_fill_uniform(cudaStream_t s, bf16 *w, int64_t n, float scale, uint64_t seed);
+/* xb = A(silu(g + bg) * (u + bu)) from y = [g | u] (T, 2F). */
+void k_swiglu(cudaStream_t s, int f32, void *xb, const float *y, const float *bgu, int32_t T, int32_t F);
+/* gath[j] = A(x[rows[j]]) */
+void k_gather_rows(cudaStream_t s, int f32, void *gath, const float *x, const int32_t *rows, int32_t n, int32_t H);
+void k_fill_uniform(cudaStream_t s, int f32, void *w, int64_t n, float scale, uint64_t seed);
 void k_fill_f32(cudaStream_t s, float *w, int64_t n, float v);
 void k_argmax(cudaStream_t s, int32_t *out, const float *logits, int32_t n, int32_t V);
-/* y (T, N) F32 = x (T, K) bf16 · Wᵀ, W (N, K) bf16; for T <= GEMV_MAX_T. */
+/* y (T, N) F32 = x (T, K) · Wᵀ, x and W (N, K) of type A; for T <= GEMV_MAX_T. */
 #define GEMV_MAX_T 8
-void k_gemv(cudaStream_t s, float *y, const bf16 *x, const bf16 *w, int32_t T, int32_t N, int32_t K);
+void k_gemv(cudaStream_t s, int f32, float *y, const void *x, const void *w, int32_t T, int32_t N, int32_t K);
 
 /* ---- attention.cu */
 int attention_smem(int32_t rows, int32_t hd);
 int attention_setup(int smem_optin, char *err, size_t errn);
-void k_attention(const gpu_ctx *c, int32_t layer, bf16 *out);
+void k_attention(const gpu_ctx *c, int32_t layer, void *out);
 
 /* ---- lora.cu: y[rows, col_off..] += scale · (x[rows]·Aᵀ)·Bᵀ for every segment's adapter */
-void k_lora(const gpu_ctx *c, int32_t layer, int32_t target, const bf16 *x, int32_t ldx, float *y, int32_t ldy,
+void k_lora(const gpu_ctx *c, int32_t layer, int32_t target, const void *x, int32_t ldx, float *y, int32_t ldy,
             int32_t col_off);
 
 #endif

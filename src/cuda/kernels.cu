@@ -20,20 +20,22 @@ __device__ float block_sum(float v, float *red) {
     return warp_sum(t);
 }
 
-__global__ void embed_kernel(float *x, const bf16 *emb, const int32_t *tok, int32_t H) {
+template <class A> __global__ void embed_kernel(float *x, const A *emb, const int32_t *tok, int32_t H) {
     const int64_t i = blockIdx.x;
-    const bf16 *e = emb + (int64_t)tok[i] * H;
-    for (int32_t j = threadIdx.x; j < H; j += blockDim.x) x[i * H + j] = __bfloat162float(e[j]);
+    const A *e = emb + (int64_t)tok[i] * H;
+    for (int32_t j = threadIdx.x; j < H; j += blockDim.x) x[i * H + j] = ldA(e + j);
 }
 
-void k_embed(cudaStream_t s, float *x, const bf16 *emb, const int32_t *tok, int32_t T, int32_t H) {
-    embed_kernel<<<T, 256, 0, s>>>(x, emb, tok, H);
+void k_embed(cudaStream_t s, int f32, float *x, const void *emb, const int32_t *tok, int32_t T, int32_t H) {
+    if (f32) embed_kernel<float><<<T, 256, 0, s>>>(x, (const float *)emb, tok, H);
+    else embed_kernel<bf16><<<T, 256, 0, s>>>(x, (const bf16 *)emb, tok, H);
 }
 
 /* One block per row. add: x += y + bias first. out16: normed row as BF16
  * (when w != NULL); inplace: normed row back into x as F32. */
-__global__ void norm_kernel(float *x, const float *y, const float *bias, bf16 *out16, const float *w, int32_t H,
-                            float eps, int inplace) {
+template <class A>
+__global__ void norm_kernel(float *x, const float *y, const float *bias, A *out, const float *w, int32_t H, float eps,
+                            int inplace) {
     __shared__ float red[32];
     const int64_t i = blockIdx.x;
     float *xr = x + i * H;
@@ -51,29 +53,30 @@ __global__ void norm_kernel(float *x, const float *y, const float *bias, bf16 *o
     for (int32_t j = threadIdx.x; j < H; j += blockDim.x) {
         float v = w[j] * (xr[j] * r);
         if (inplace) xr[j] = v;
-        else out16[i * H + j] = __float2bfloat16(v);
+        else stA(out + i * H + j, v);
     }
 }
 
-void k_rmsnorm(cudaStream_t s, bf16 *xb, const float *x, const float *w, int32_t T, int32_t H, float eps) {
-    norm_kernel<<<T, 256, 0, s>>>((float *)x, NULL, NULL, xb, w, H, eps, 0);
+void k_add_rmsnorm(cudaStream_t s, int f32, float *x, const float *y, const float *bias, void *xb, const float *w,
+                   int32_t T, int32_t H, float eps) {
+    if (f32) norm_kernel<float><<<T, 256, 0, s>>>(x, y, bias, (float *)xb, w, H, eps, 0);
+    else norm_kernel<bf16><<<T, 256, 0, s>>>(x, y, bias, (bf16 *)xb, w, H, eps, 0);
 }
 
-void k_add_rmsnorm(cudaStream_t s, float *x, const float *y, const float *bias, bf16 *xb, const float *w, int32_t T,
-                   int32_t H, float eps) {
-    norm_kernel<<<T, 256, 0, s>>>(x, y, bias, xb, w, H, eps, 0);
+void k_rmsnorm(cudaStream_t s, int f32, void *xb, const float *x, const float *w, int32_t T, int32_t H, float eps) {
+    k_add_rmsnorm(s, f32, (float *)x, NULL, NULL, xb, w, T, H, eps);
 }
 
 void k_rmsnorm_inplace(cudaStream_t s, float *x, const float *w, int32_t T, int32_t H, float eps) {
-    norm_kernel<<<T, 256, 0, s>>>(x, NULL, NULL, NULL, w, H, eps, 1);
+    norm_kernel<float><<<T, 256, 0, s>>>(x, NULL, NULL, NULL, w, H, eps, 1);
 }
 
 /* One warp per (token, head) of the fused q|k|v row: bias, the Qwen3 per-head
  * norm, RoPE (rotate-half pairs j, j + hd/2), then q to c->q and k, v to the
  * layer's cache at (seq, pos). */
+template <class A>
 __global__ void qkv_post_kernel(const float *y, const float *bqkv, const float *q_norm, const float *k_norm,
-                                const float *inv_freq, const int32_t *pos, const int32_t *seq, float *q, bf16 *kc,
-                                bf16 *vc, int32_t nh, int32_t nkv, int32_t hd, int32_t n_ctx, int64_t qkv_n,
+                                const float *inv_freq, const int32_t *pos, const int32_t *seq, float *q, A *kc, A *vc, int32_t nh, int32_t nkv, int32_t hd, int32_t n_ctx, int64_t qkv_n,
                                 float eps) {
     const int64_t i = blockIdx.x;
     const int32_t head = blockIdx.y * (blockDim.x >> 5) + (threadIdx.x >> 5), lane = threadIdx.x & 31;
@@ -120,9 +123,9 @@ __global__ void qkv_post_kernel(const float *y, const float *bqkv, const float *
             q[i * qd + (int64_t)head * hd + j] = a[n];
             q[i * qd + (int64_t)head * hd + j + half] = bb[n];
         } else {
-            bf16 *dst = (is_v ? vc : kc) + row + (int64_t)(is_v ? head - nh - nkv : head - nh) * hd;
-            dst[j] = __float2bfloat16(a[n]);
-            dst[j + half] = __float2bfloat16(bb[n]);
+            A *dst = (is_v ? vc : kc) + row + (int64_t)(is_v ? head - nh - nkv : head - nh) * hd;
+            stA(dst + j, a[n]);
+            stA(dst + j + half, bb[n]);
         }
     }
 }
@@ -133,41 +136,36 @@ void k_qkv_post(cudaStream_t s, const gpu_ctx *c, int32_t layer, int32_t T) {
     const int warps = 4;
     dim3 grid(T, (m->nh + 2 * m->nkv + warps - 1) / warps);
     const int64_t lay = (int64_t)layer * c->n_seq * c->n_ctx * c->kvd;
-    qkv_post_kernel<<<grid, 32 * warps, 0, s>>>(c->y, L->bqkv, L->q_norm, L->k_norm, m->inv_freq, c->d_pos, c->d_seq,
-                                                c->q, c->kc + lay, c->vc + lay, m->nh, m->nkv, m->hd, c->n_ctx,
-                                                c->qkv_n, m->eps);
+    if (m->f32)
+        qkv_post_kernel<float><<<grid, 32 * warps, 0, s>>>(c->y, L->bqkv, L->q_norm, L->k_norm, m->inv_freq, c->d_pos, c->d_seq, c->q, (float *)c->kc + lay, (float *)c->vc + lay, m->nh, m->nkv, m->hd, c->n_ctx, c->qkv_n, m->eps);
+    else
+        qkv_post_kernel<bf16><<<grid, 32 * warps, 0, s>>>(c->y, L->bqkv, L->q_norm, L->k_norm, m->inv_freq, c->d_pos, c->d_seq, c->q, (bf16 *)c->kc + lay, (bf16 *)c->vc + lay, m->nh, m->nkv, m->hd, c->n_ctx, c->qkv_n, m->eps);
 }
 
-__global__ void swiglu_kernel(bf16 *xb, const float *y, const float *bgu, int32_t F) {
+template <class A> __global__ void swiglu_kernel(A *xb, const float *y, const float *bgu, int32_t F) {
     const int64_t i = blockIdx.y;
     const int32_t j = blockIdx.x * blockDim.x + threadIdx.x;
     if (j >= F) return;
     float g = y[i * 2 * F + j], u = y[i * 2 * F + F + j];
     if (bgu) g += bgu[j], u += bgu[F + j];
-    xb[i * F + j] = __float2bfloat16(g / (1.0f + expf(-g)) * u);
+    stA(xb + i * F + j, g / (1.0f + expf(-g)) * u);
 }
 
-void k_swiglu(cudaStream_t s, bf16 *xb, const float *y, const float *bgu, int32_t T, int32_t F) {
+void k_swiglu(cudaStream_t s, int f32, void *xb, const float *y, const float *bgu, int32_t T, int32_t F) {
     dim3 grid((F + 255) / 256, T);
-    swiglu_kernel<<<grid, 256, 0, s>>>(xb, y, bgu, F);
+    if (f32) swiglu_kernel<float><<<grid, 256, 0, s>>>((float *)xb, y, bgu, F);
+    else swiglu_kernel<bf16><<<grid, 256, 0, s>>>((bf16 *)xb, y, bgu, F);
 }
 
-__global__ void gather_kernel(bf16 *g, const float *x, const int32_t *rows, int32_t H) {
+template <class A> __global__ void gather_kernel(A *g, const float *x, const int32_t *rows, int32_t H) {
     const int64_t j = blockIdx.x, r = rows[j];
-    for (int32_t k = threadIdx.x; k < H; k += blockDim.x) g[j * H + k] = __float2bfloat16(x[r * H + k]);
+    for (int32_t k = threadIdx.x; k < H; k += blockDim.x) stA(g + j * H + k, x[r * H + k]);
 }
 
-void k_gather_rows(cudaStream_t s, bf16 *gath, const float *x, const int32_t *rows, int32_t n, int32_t H) {
-    if (n > 0) gather_kernel<<<n, 256, 0, s>>>(gath, x, rows, H);
-}
-
-__global__ void to_bf16_kernel(bf16 *d, const float *src, int64_t n) {
-    for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x)
-        d[i] = __float2bfloat16(src[i]);
-}
-
-void k_to_bf16(cudaStream_t s, bf16 *dst, const float *src, int64_t n) {
-    to_bf16_kernel<<<1024, 256, 0, s>>>(dst, src, n);
+void k_gather_rows(cudaStream_t s, int f32, void *gath, const float *x, const int32_t *rows, int32_t n, int32_t H) {
+    if (n <= 0) return;
+    if (f32) gather_kernel<float><<<n, 256, 0, s>>>((float *)gath, x, rows, H);
+    else gather_kernel<bf16><<<n, 256, 0, s>>>((bf16 *)gath, x, rows, H);
 }
 
 __device__ __forceinline__ uint64_t mix64(uint64_t z) {
@@ -176,16 +174,17 @@ __device__ __forceinline__ uint64_t mix64(uint64_t z) {
     return z ^ (z >> 31);
 }
 
-__global__ void fill_uniform_kernel(bf16 *w, int64_t n, float scale, uint64_t seed) {
+template <class A> __global__ void fill_uniform_kernel(A *w, int64_t n, float scale, uint64_t seed) {
     for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x) {
         const uint64_t h = mix64(seed * 0x9e3779b97f4a7c15ull + (uint64_t)i);
         const float u = (float)(h >> 40) * (1.0f / 16777216.0f); /* [0, 1) */
-        w[i] = __float2bfloat16(scale * (2.0f * u - 1.0f));
+        stA(w + i, scale * (2.0f * u - 1.0f));
     }
 }
 
-void k_fill_uniform(cudaStream_t s, bf16 *w, int64_t n, float scale, uint64_t seed) {
-    fill_uniform_kernel<<<4096, 256, 0, s>>>(w, n, scale, seed);
+void k_fill_uniform(cudaStream_t s, int f32, void *w, int64_t n, float scale, uint64_t seed) {
+    if (f32) fill_uniform_kernel<float><<<4096, 256, 0, s>>>((float *)w, n, scale, seed);
+    else fill_uniform_kernel<bf16><<<4096, 256, 0, s>>>((bf16 *)w, n, scale, seed);
 }
 
 __global__ void fill_f32_kernel(float *w, int64_t n, float v) {
@@ -195,44 +194,51 @@ __global__ void fill_f32_kernel(float *w, int64_t n, float v) {
 
 void k_fill_f32(cudaStream_t s, float *w, int64_t n, float v) { fill_f32_kernel<<<256, 256, 0, s>>>(w, n, v); }
 
-/* Small-batch GEMV: one warp per output row n, 16-byte loads of W (8 BF16 per
- * lane per step), every token's dot product accumulated from the same loaded
- * weights, so W streams from HBM once per call whatever T (<= GEMV_MAX_T). */
-template <int T>
-__global__ void gemv_kernel(float *__restrict__ y, const bf16 *__restrict__ x, const bf16 *__restrict__ w, int32_t N,
+/* Small-batch GEMV: one warp per output row n, 16-byte loads of W (8 BF16 or
+ * 4 F32 per lane per step), every token's dot product accumulated from the
+ * same loaded weights, so W streams from HBM once per call whatever T
+ * (<= GEMV_MAX_T). */
+static __device__ __forceinline__ void unpack16(const uint4 &v, const bf16 *, float *f) {
+    const __nv_bfloat162 *h = (const __nv_bfloat162 *)&v;
+#pragma unroll
+    for (int e = 0; e < 4; e++) {
+        const float2 t = __bfloat1622float2(h[e]);
+        f[2 * e] = t.x, f[2 * e + 1] = t.y;
+    }
+}
+static __device__ __forceinline__ void unpack16(const uint4 &v, const float *, float *f) {
+    const float *p = (const float *)&v;
+#pragma unroll
+    for (int e = 0; e < 4; e++) f[e] = p[e];
+}
+
+template <class A, int T>
+__global__ void gemv_kernel(float *__restrict__ y, const A *__restrict__ x, const A *__restrict__ w, int32_t N,
                             int32_t K) {
+    constexpr int EPV = 16 / sizeof(A); /* elements per 16-byte load */
     const int32_t n = blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5), lane = threadIdx.x & 31;
     if (n >= N) return;
-    const bf16 *wr = w + (int64_t)n * K;
+    const A *wr = w + (int64_t)n * K;
     float acc[T];
 #pragma unroll
     for (int t = 0; t < T; t++) acc[t] = 0.0f;
-    const int32_t K8 = K & ~255; /* part covered by whole 32-lane x 8-element steps */
+    const int32_t Kv = K / (32 * EPV) * (32 * EPV); /* part covered by whole 32-lane steps */
 #pragma unroll 4
-    for (int32_t k = lane * 8; k < K8; k += 256) {
-        const uint4 wv = __ldg((const uint4 *)(wr + k));
-        const __nv_bfloat162 *w2 = (const __nv_bfloat162 *)&wv;
-        float wf[8];
-#pragma unroll
-        for (int e = 0; e < 4; e++) {
-            float2 f = __bfloat1622float2(w2[e]);
-            wf[2 * e] = f.x, wf[2 * e + 1] = f.y;
-        }
+    for (int32_t k = lane * EPV; k < Kv; k += 32 * EPV) {
+        float wf[EPV];
+        unpack16(__ldg((const uint4 *)(wr + k)), wr, wf);
 #pragma unroll
         for (int t = 0; t < T; t++) {
-            const uint4 xv = __ldg((const uint4 *)(x + (int64_t)t * K + k));
-            const __nv_bfloat162 *x2 = (const __nv_bfloat162 *)&xv;
+            float xf[EPV];
+            unpack16(__ldg((const uint4 *)(x + (int64_t)t * K + k)), x, xf);
 #pragma unroll
-            for (int e = 0; e < 4; e++) {
-                float2 f = __bfloat1622float2(x2[e]);
-                acc[t] += wf[2 * e] * f.x + wf[2 * e + 1] * f.y;
-            }
+            for (int e = 0; e < EPV; e++) acc[t] += wf[e] * xf[e];
         }
     }
-    for (int32_t k = K8 + lane; k < K; k += 32) {
-        const float wf = __bfloat162float(wr[k]);
+    for (int32_t k = Kv + lane; k < K; k += 32) {
+        const float wf = ldA(wr + k);
 #pragma unroll
-        for (int t = 0; t < T; t++) acc[t] += wf * __bfloat162float(x[(int64_t)t * K + k]);
+        for (int t = 0; t < T; t++) acc[t] += wf * ldA(x + (int64_t)t * K + k);
     }
 #pragma unroll
     for (int t = 0; t < T; t++) {
@@ -241,16 +247,21 @@ __global__ void gemv_kernel(float *__restrict__ y, const bf16 *__restrict__ x, c
     }
 }
 
-void k_gemv(cudaStream_t s, float *y, const bf16 *x, const bf16 *w, int32_t T, int32_t N, int32_t K) {
+template <class A> static void gemv_t(cudaStream_t s, float *y, const A *x, const A *w, int32_t T, int32_t N, int32_t K) {
     const int warps = 8;
     const int blocks = (N + warps - 1) / warps;
     switch (T) {
 #define CASE(t) \
-    case t: gemv_kernel<t><<<blocks, 32 * warps, 0, s>>>(y, x, w, N, K); break;
+    case t: gemv_kernel<A, t><<<blocks, 32 * warps, 0, s>>>(y, x, w, N, K); break;
         CASE(1) CASE(2) CASE(3) CASE(4) CASE(5) CASE(6) CASE(7) CASE(8)
 #undef CASE
     default: break;
     }
+}
+
+void k_gemv(cudaStream_t s, int f32, float *y, const void *x, const void *w, int32_t T, int32_t N, int32_t K) {
+    if (f32) gemv_t<float>(s, y, (const float *)x, (const float *)w, T, N, K);
+    else gemv_t<bf16>(s, y, (const bf16 *)x, (const bf16 *)w, T, N, K);
 }
 
 /* One block per row: the first index of the row's maximum (as the CPU

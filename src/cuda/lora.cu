@@ -10,8 +10,9 @@
 
 #define LORA_KCH 64 /* input columns staged per step of the shrink */
 
+template <class A>
 __global__ void lora_shrink(const lora_tile *__restrict__ tiles, const dmod *const *__restrict__ segtab,
-                            const int32_t *__restrict__ rows, int32_t mod_index, const bf16 *__restrict__ x,
+                            const int32_t *__restrict__ rows, int32_t mod_index, const A *__restrict__ x,
                             int32_t ldx, float *__restrict__ t) {
     __shared__ float Xs[LORA_ROWS][LORA_KCH];
     __shared__ float As[LORA_RMAX][LORA_KCH + 1];
@@ -27,7 +28,7 @@ __global__ void lora_shrink(const lora_tile *__restrict__ tiles, const dmod *con
         const int dn = min(LORA_KCH, md.in - d0);
         for (int e = tid; e < LORA_ROWS * LORA_KCH; e += nt) {
             const int r = e / LORA_KCH, d = e % LORA_KCH;
-            Xs[r][d] = r < tl.n && d < dn ? __bfloat162float(x[(int64_t)rows[tl.row0 + r] * ldx + d0 + d]) : 0.0f;
+            Xs[r][d] = r < tl.n && d < dn ? ldA(x + (int64_t)rows[tl.row0 + r] * ldx + d0 + d) : 0.0f;
         }
         for (int e = tid; e < md.r * LORA_KCH; e += nt) {
             const int j = e / LORA_KCH, d = e % LORA_KCH;
@@ -78,7 +79,7 @@ __global__ void lora_expand(const lora_tile *__restrict__ tiles, const dmod *con
     for (int r = 0; r < tl.n; r++) y[(int64_t)rows[tl.row0 + r] * ldy + col_off + o] += md.scale * acc[r];
 }
 
-void k_lora(const gpu_ctx *c, int32_t layer, int32_t target, const bf16 *x, int32_t ldx, float *y, int32_t ldy,
+void k_lora(const gpu_ctx *c, int32_t layer, int32_t target, const void *x, int32_t ldx, float *y, int32_t ldy,
             int32_t col_off) {
     if (c->n_ltiles == 0) return;
     const gpu_model *m = c->m;
@@ -87,7 +88,8 @@ void k_lora(const gpu_ctx *c, int32_t layer, int32_t target, const bf16 *x, int3
                         : target == LT_GATE || target == LT_UP ? m->F
                                                               : m->H;
     const int32_t mi = layer * LT_N + target;
-    lora_shrink<<<c->n_ltiles, 256, 0, c->s>>>(c->d_ltiles, c->d_segtab, c->d_rows, mi, x, ldx, c->lora_t);
+    if (m->f32) lora_shrink<float><<<c->n_ltiles, 256, 0, c->s>>>(c->d_ltiles, c->d_segtab, c->d_rows, mi, (const float *)x, ldx, c->lora_t);
+    else lora_shrink<bf16><<<c->n_ltiles, 256, 0, c->s>>>(c->d_ltiles, c->d_segtab, c->d_rows, mi, (const bf16 *)x, ldx, c->lora_t);
     dim3 grid(c->n_ltiles, (out + 255) / 256);
     lora_expand<<<grid, 256, 0, c->s>>>(c->d_ltiles, c->d_segtab, c->d_rows, mi, c->lora_t, y, ldy, col_off);
 }

@@ -163,7 +163,8 @@ prism_status gpu_model_attach(prism_model *m, int32_t device, int random_init, u
                         .sliding_window = c->sliding_window, .rms_eps = c->rms_eps,
                         .rope_inv_freq = m->rope_inv_freq, .embed = lin(&m->embed), .lm_head = lin(&m->lm_head),
                         .tied = m->lm_head.w == m->embed.w && c->tie_embeddings, .final_norm = m->final_norm,
-                        .layers = L, .random_init = random_init, .seed = seed};
+                        .layers = L, .random_init = random_init, .seed = seed,
+                        .f32 = m->params.precision == PRISM_PRECISION_EXACT};
     char err[1024] = "";
     gpu_model *g = NULL;
     st = (prism_status)api->model_new(&d, device, &g, err, sizeof err);

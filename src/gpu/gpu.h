@@ -56,6 +56,9 @@ typedef struct {
      * with reproducible uniform noise (norm scales 1, no biases). */
     int32_t random_init;
     uint64_t seed;
+    /* 1: F32 weights, activations and KV cache (PRISM_PRECISION_EXACT);
+     * 0: BF16 (PRISM_PRECISION_FAST, tensor cores) */
+    int32_t f32;
 } gpu_model_desc;
 
 /* One adapted projection of one layer; r == 0 = not adapted. */

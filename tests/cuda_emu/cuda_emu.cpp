@@ -1,7 +1,9 @@
 /* cuda_emu.cpp — the fiber scheduler, runtime and cuBLAS stand-ins behind
  * cuda_emu.h (see there for what this is and is not). */
+#undef _FORTIFY_SOURCE /* fibers longjmp between stacks, which __longjmp_chk refuses */
 #include "cuda_emu.h"
 
+#include <setjmp.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <ucontext.h>
@@ -17,9 +19,14 @@ namespace {
 enum { RUN, WAIT_BLOCK, WAIT_WARP, DONE };
 const size_t STACK = 128 * 1024;
 
+/* Each fiber is started once (makecontext) and then loops: run the kernel
+ * body for a block, report DONE, wait for the next block. Switches are
+ * _setjmp/_longjmp, which save no signal mask: no system call per switch. */
 struct Fiber {
     ucontext_t ctx;
+    jmp_buf jb;
     char *stack = nullptr;
+    int started = 0;
     int state = DONE;
     uint3_ tid{0, 0, 0};
 };
@@ -28,15 +35,10 @@ std::vector<Fiber> fibers;
 std::vector<float> xf;
 std::vector<int> xi;
 std::vector<char> dyn;
-ucontext_t sched;
+jmp_buf sched;
 int cur = -1;
 const std::function<void()> *body;
 uint64_t rng = 0x9e3779b97f4a7c15ull;
-
-void fiber_main() {
-    (*body)();
-    fibers[cur].state = DONE; /* uc_link returns to the scheduler */
-}
 
 void wait(int kind) {
     if (cur < 0) {
@@ -44,7 +46,25 @@ void wait(int kind) {
         abort();
     }
     fibers[cur].state = kind;
-    swapcontext(&fibers[cur].ctx, &sched);
+    if (!_setjmp(fibers[cur].jb)) _longjmp(sched, 1);
+}
+
+void fiber_main() {
+    for (;;) {
+        (*body)();
+        wait(DONE);
+    }
+}
+
+/* Runs fiber i until it waits or finishes. */
+void resume(int i) {
+    cur = i;
+    threadIdx = fibers[i].tid;
+    if (!_setjmp(sched)) {
+        if (fibers[i].started) _longjmp(fibers[i].jb, 1);
+        fibers[i].started = 1;
+        setcontext(&fibers[i].ctx);
+    }
 }
 
 uint64_t next_rand() {
@@ -94,7 +114,15 @@ void run(const cfg &c, const std::function<void()> &fn) {
         xi.resize((size_t)n);
     }
     for (int i = 0; i < n; i++)
-        if (!fibers[i].stack) fibers[i].stack = (char *)malloc(STACK);
+        if (!fibers[i].stack) {
+            Fiber &f = fibers[i];
+            f.stack = (char *)malloc(STACK);
+            getcontext(&f.ctx);
+            f.ctx.uc_stack.ss_sp = f.stack;
+            f.ctx.uc_stack.ss_size = STACK;
+            f.ctx.uc_link = nullptr;
+            makecontext(&f.ctx, fiber_main, 0);
+        }
     dyn.assign(c.smem + 16, 0);
     body = &fn;
     gridDim = c.grid;
@@ -108,11 +136,6 @@ void run(const cfg &c, const std::function<void()> &fn) {
                     Fiber &f = fibers[i];
                     f.tid = uint3_{(unsigned)i % c.block.x, (unsigned)i / c.block.x % c.block.y,
                                    (unsigned)i / (c.block.x * c.block.y)};
-                    getcontext(&f.ctx);
-                    f.ctx.uc_stack.ss_sp = f.stack;
-                    f.ctx.uc_stack.ss_size = STACK;
-                    f.ctx.uc_link = &sched;
-                    makecontext(&f.ctx, fiber_main, 0);
                     f.state = RUN;
                 }
                 for (;;) {
@@ -124,11 +147,7 @@ void run(const cfg &c, const std::function<void()> &fn) {
                         int j = (int)(next_rand() % (uint64_t)(i + 1)), t = order[i];
                         order[i] = order[j], order[j] = t;
                     }
-                    for (int k = 0; k < m; k++) {
-                        cur = order[k];
-                        threadIdx = fibers[cur].tid;
-                        swapcontext(&sched, &fibers[cur].ctx);
-                    }
+                    for (int k = 0; k < m; k++) resume(order[k]);
                     cur = -1;
                     int live = 0, at_block = 0, released = 0;
                     for (int i = 0; i < n; i++) {
@@ -251,18 +270,20 @@ cublasStatus_t cublasGemmEx(cublasHandle_t, cublasOperation_t ta, cublasOperatio
                             const void *alpha, const void *A, cudaDataType at, int lda, const void *B, cudaDataType bt,
                             int ldb, const void *beta, void *C, cudaDataType ct, int ldc, cublasComputeType_t,
                             cublasGemmAlgo_t) {
-    /* the only form prism uses: C (m, n) = alpha · Aᵀ · B + beta · C, column-major, BF16 in, F32 out */
-    if (ta != CUBLAS_OP_T || tb != CUBLAS_OP_N || at != CUDA_R_16BF || bt != CUDA_R_16BF || ct != CUDA_R_32F)
+    /* the only form prism uses: C (m, n) = alpha · Aᵀ · B + beta · C, column-major, BF16 or F32 in, F32 out */
+    if (ta != CUBLAS_OP_T || tb != CUBLAS_OP_N || at != bt || (at != CUDA_R_16BF && at != CUDA_R_32F) || ct != CUDA_R_32F)
         return CUBLAS_STATUS_NOT_SUPPORTED;
     if (lda < k || ldb < k || ldc < m) return CUBLAS_STATUS_INVALID_VALUE;
-    const __nv_bfloat16 *a = (const __nv_bfloat16 *)A, *b = (const __nv_bfloat16 *)B;
+    const bool h = at == CUDA_R_16BF;
+    auto ld = [h](const void *p, int64_t i) {
+        return h ? __bfloat162float(((const __nv_bfloat16 *)p)[i]) : ((const float *)p)[i];
+    };
     float *c = (float *)C;
     const float al = *(const float *)alpha, be = *(const float *)beta;
     for (int j = 0; j < n; j++)
         for (int i = 0; i < m; i++) {
             float s = 0.0f;
-            for (int p = 0; p < k; p++)
-                s += __bfloat162float(a[p + (int64_t)i * lda]) * __bfloat162float(b[p + (int64_t)j * ldb]);
+            for (int p = 0; p < k; p++) s += ld(A, p + (int64_t)i * lda) * ld(B, p + (int64_t)j * ldb);
             float *o = c + i + (int64_t)j * ldc;
             *o = al * s + (be != 0.0f ? be * *o : 0.0f);
         }
