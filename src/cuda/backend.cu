@@ -471,8 +471,10 @@ static void ctx_free(gpu_ctx *c) {
     if (!c) return;
     cudaSetDevice(c->m->dev);
     if (c->s) cudaStreamSynchronize(c->s);
+    for (int i = 0; i < GRAPH_CACHE; i++)
+        if (c->graphs[i].exec) cudaGraphExecDestroy(c->graphs[i].exec);
     void *d[] = {c->kc, c->vc, c->x, c->xb, c->y, c->q, c->part_o, c->part_ml, c->lora_t, c->gath, c->logits, c->amax,
-                 c->meta_d};
+                 c->meta_d, c->blas_ws};
     for (size_t i = 0; i < sizeof d / sizeof *d; i++) cudaFree(d[i]);
     if (c->meta_h) cudaFreeHost(c->meta_h);
     if (c->logits_h) cudaFreeHost(c->logits_h);
@@ -567,8 +569,16 @@ static int ctx_new(gpu_model *m, int32_t n_seq, int32_t n_ctx, int32_t B, gpu_ct
     c->d_rows = (int32_t *)(base + o_rows), c->d_hrows = (int32_t *)(base + o_hrows);
     c->d_tiles = (att_tile *)(base + o_tiles), c->d_ltiles = (lora_tile *)(base + o_lt);
     c->d_segtab = (const dmod **)(base + o_seg);
+    const size_t ws = (size_t)32 << 20;
+    if ((rc = calloc_dev(c, &c->blas_ws, ws, "cuBLAS workspace", err, errn))) {
+        ctx_free(c);
+        return rc;
+    }
+    const char *ge = getenv("PRISM_CUDA_GRAPHS");
+    c->graphs_off = ge && *ge == '0';
     cublasStatus_t bs = cublasCreate(&c->blas);
     if (bs == CUBLAS_STATUS_SUCCESS) bs = cublasSetStream(c->blas, c->s);
+    if (bs == CUBLAS_STATUS_SUCCESS) bs = cublasSetWorkspace(c->blas, c->blas_ws, ws);
     if (bs != CUBLAS_STATUS_SUCCESS) {
         if (bs != CUBLAS_STATUS_SUCCESS && c->blas == NULL) c->blas = NULL;
         ctx_free(c);
@@ -651,20 +661,12 @@ static int batch_meta(gpu_ctx *c, const gpu_batch *b, char *err, size_t errn) {
     return 0;
 }
 
-static int forward(gpu_ctx *c, const gpu_batch *b, int32_t lb, int32_t le, const float *x_in, char *err,
-                   size_t errn) {
+/* Enqueues embeddings (embed) and layers [lb, le) for the current batch metadata. */
+static int enqueue_layers(gpu_ctx *c, int32_t T, int32_t lb, int32_t le, int embed, char *err, size_t errn) {
     gpu_model *m = c->m;
-    const int32_t T = b->n_tokens, H = m->H, F = m->F;
-    if (T <= 0 || T > c->n_batch) return gpu_fail(err, errn, PRISM_GPU_E_ARG, "batch of %d tokens (n_batch %d)", T, c->n_batch);
-    if (lb < 0 || le > m->n_layers || lb >= le)
-        return gpu_fail(err, errn, PRISM_GPU_E_ARG, "layer range [%d, %d)", lb, le);
-    CU(cudaSetDevice(m->dev), "cudaSetDevice");
-    /* the pinned metadata may still feed the previous call's upload */
-    CU(cudaStreamSynchronize(c->s), "previous batch");
-    int rc = batch_meta(c, b, err, errn);
-    if (rc) return rc;
-    if (x_in) CU(cudaMemcpyAsync(c->x, x_in, (size_t)T * H * 4, cudaMemcpyHostToDevice, c->s), "uploading hidden states");
-    else if (lb == 0) k_embed(c->s, m->f32, c->x, m->embed, c->d_tok, T, H);
+    const int32_t H = m->H, F = m->F;
+    int rc;
+    if (embed) k_embed(c->s, m->f32, c->x, m->embed, c->d_tok, T, H);
     const int lora = c->n_ltiles > 0;
     const int32_t qd = (int32_t)c->qd, kvd = (int32_t)c->kvd, qn = (int32_t)c->qkv_n;
     for (int32_t l = lb; l < le; l++) {
@@ -692,8 +694,70 @@ static int forward(gpu_ctx *c, const gpu_batch *b, int32_t lb, int32_t le, const
         if (lora) k_lora(c, l, LT_DOWN, c->xb, F, c->y, H, 0);
         k_add_rmsnorm(c->s, f, c->x, c->y, L->bd, c->xb, l + 1 < le ? m->layers[l + 1].attn_norm : NULL, T, H, m->eps);
     }
-    CU(cudaGetLastError(), "forward pass");
+    return 0;
+}
+
+/* A whole-model step of a small batch from a cached graph (captured on the
+ * first step of its shape). Returns 1 if it ran, 0 to run eagerly instead. */
+static int forward_graph(gpu_ctx *c, int32_t T, char *err, size_t errn) {
+    graph_ent *g = NULL, *lru = &c->graphs[0];
+    for (int i = 0; i < GRAPH_CACHE; i++) {
+        graph_ent *e = &c->graphs[i];
+        if (e->exec && e->T == T && e->n_tiles == c->n_tiles && e->n_split == c->n_split && e->n_ltiles == c->n_ltiles) g = e;
+        if (e->used < lru->used) lru = e;
+    }
+    if (!g) {
+        cudaGraph_t graph = NULL;
+        cudaGraphExec_t exec = NULL;
+        if (cudaStreamBeginCapture(c->s, cudaStreamCaptureModeThreadLocal) != cudaSuccess) goto off;
+        {
+            char e2[256];
+            int rc = enqueue_layers(c, T, 0, c->m->n_layers, 1, e2, sizeof e2);
+            cudaError_t ce = cudaStreamEndCapture(c->s, &graph);
+            if (rc || ce != cudaSuccess || !graph) goto off;
+        }
+        if (cudaGraphInstantiate(&exec, graph, 0) != cudaSuccess) {
+            cudaGraphDestroy(graph);
+            goto off;
+        }
+        cudaGraphDestroy(graph);
+        if (lru->exec) cudaGraphExecDestroy(lru->exec);
+        g = lru;
+        *g = (graph_ent){T, c->n_tiles, c->n_split, c->n_ltiles, exec, 0};
+    }
+    g->used = ++c->graph_clock;
+    CU(cudaGraphLaunch(g->exec, c->s), "replaying the decode graph");
+    return 1;
+off: /* capture is not possible here (driver, cuBLAS): eager from now on */
+    cudaGetLastError();
+    c->graphs_off = 1;
+    return 0;
+}
+
+static int forward(gpu_ctx *c, const gpu_batch *b, int32_t lb, int32_t le, const float *x_in, char *err,
+                   size_t errn) {
+    gpu_model *m = c->m;
+    const int32_t T = b->n_tokens, H = m->H;
+    if (T <= 0 || T > c->n_batch) return gpu_fail(err, errn, PRISM_GPU_E_ARG, "batch of %d tokens (n_batch %d)", T, c->n_batch);
+    if (lb < 0 || le > m->n_layers || lb >= le)
+        return gpu_fail(err, errn, PRISM_GPU_E_ARG, "layer range [%d, %d)", lb, le);
+    CU(cudaSetDevice(m->dev), "cudaSetDevice");
+    /* the pinned metadata may still feed the previous call's upload */
+    CU(cudaStreamSynchronize(c->s), "previous batch");
+    int rc = batch_meta(c, b, err, errn);
+    if (rc) return rc;
     c->n_out = 0;
+    if (!x_in && lb == 0 && le == m->n_layers && T <= GRAPH_MAX_T && !c->graphs_off) {
+        rc = forward_graph(c, T, err, errn);
+        if (rc < 0 || rc > 1) return rc;
+        if (rc == 1) {
+            CU(cudaGetLastError(), "forward pass");
+            return 0;
+        }
+    }
+    if (x_in) CU(cudaMemcpyAsync(c->x, x_in, (size_t)T * H * 4, cudaMemcpyHostToDevice, c->s), "uploading hidden states");
+    if ((rc = enqueue_layers(c, T, lb, le, !x_in && lb == 0, err, errn))) return rc;
+    CU(cudaGetLastError(), "forward pass");
     return 0;
 }
 
@@ -759,6 +823,39 @@ static int hidden(gpu_ctx *c, int32_t i0, int32_t n, float *out, char *err, size
     return 0;
 }
 
+static int copy_bandwidth(int32_t dev, int64_t bytes, int32_t reps, double *gbps, char *err, size_t errn) {
+    int rc = set_device(dev, err, errn);
+    if (rc) return rc;
+    void *a = NULL, *b = NULL;
+    if ((rc = dalloc(&a, (size_t)bytes, "bandwidth test", err, errn))) return rc;
+    if ((rc = dalloc(&b, (size_t)bytes, "bandwidth test", err, errn))) {
+        cudaFree(a), account(-bytes);
+        return rc;
+    }
+    cudaEvent_t e0, e1;
+    cudaEventCreate(&e0);
+    cudaEventCreate(&e1);
+    float best = 1e30f;
+    cudaMemcpy(b, a, (size_t)bytes, cudaMemcpyDeviceToDevice); /* warm-up */
+    for (int r = 0; r < reps; r++) {
+        cudaEventRecord(e0, 0);
+        cudaMemcpyAsync(b, a, (size_t)bytes, cudaMemcpyDeviceToDevice, 0);
+        cudaEventRecord(e1, 0);
+        cudaEventSynchronize(e1);
+        float ms = 0;
+        cudaEventElapsedTime(&ms, e0, e1);
+        if (ms > 0 && ms < best) best = ms;
+    }
+    cudaError_t e = cudaGetLastError();
+    cudaEventDestroy(e0);
+    cudaEventDestroy(e1);
+    cudaFree(a), cudaFree(b), account(-2 * bytes);
+    __atomic_store_n(&g_bytes_peak, __atomic_load_n(&g_bytes_now, __ATOMIC_RELAXED), __ATOMIC_RELAXED);
+    if (e != cudaSuccess) return cuda_fail(err, errn, e, "bandwidth test");
+    *gbps = 2.0 * (double)bytes / (best * 1e-3) / 1e9;
+    return 0;
+}
+
 /* ------------------------------------------------------------------ table */
 
 static const prism_gpu_api g_api = {
@@ -778,6 +875,7 @@ static const prism_gpu_api g_api = {
     logits,
     argmax,
     hidden,
+    copy_bandwidth,
 };
 
 extern "C" __attribute__((visibility("default"))) const prism_gpu_api *prism_gpu_api_get(void) { return &g_api; }

@@ -100,6 +100,16 @@ typedef struct {
     int32_t seg, row0, n; /* rows[row0 .. row0+n) of segment seg */
 } lora_tile;
 
+/* Decode steps replay CUDA graphs: one per batch shape (the kernels' grids),
+ * the batch's data living in device buffers that each step refreshes. */
+#define GRAPH_CACHE 8
+#define GRAPH_MAX_T 64 /* tokens per batch captured at most (decode steps) */
+typedef struct {
+    int32_t T, n_tiles, n_split, n_ltiles; /* the shape: every grid of the step follows from it */
+    cudaGraphExec_t exec;
+    uint64_t used;
+} graph_ent;
+
 struct gpu_ctx {
     gpu_model *m;
     cudaStream_t s;
@@ -132,6 +142,10 @@ struct gpu_ctx {
     int32_t att_rows;   /* rows (tokens × heads of a group) per attention block */
     const gpu_adapter **seg_ad; /* (B) host: adapter of each segment */
     int64_t bytes;
+    graph_ent graphs[GRAPH_CACHE];
+    uint64_t graph_clock;
+    int graphs_off;     /* PRISM_CUDA_GRAPHS=0, or a capture failed: always eager */
+    void *blas_ws;      /* cuBLAS workspace (fixed, so cuBLAS calls can be captured) */
 };
 
 /* ---- error helpers (backend.cu) */

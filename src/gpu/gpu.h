@@ -124,6 +124,10 @@ typedef struct prism_gpu_api {
     int (*argmax)(gpu_ctx *c, int32_t *out, char *err, size_t errn);
     /* Residual stream rows [i0, i0 + n) of the last batch into out (n, H). */
     int (*hidden)(gpu_ctx *c, int32_t i0, int32_t n, float *out, char *err, size_t errn);
+    /* Benchmarks: device-to-device copies of `bytes`, best of `reps`, timed
+     * with CUDA events; *gbps counts bytes read plus bytes written. Resets
+     * model_memory's peak to the current use. */
+    int (*copy_bandwidth)(int32_t device, int64_t bytes, int32_t reps, double *gbps, char *err, size_t errn);
 } prism_gpu_api;
 
 /* The module's one exported symbol. */

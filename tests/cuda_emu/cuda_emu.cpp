@@ -6,6 +6,7 @@
 #include <setjmp.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <time.h>
 #include <ucontext.h>
 #include <unistd.h>
 
@@ -75,6 +76,8 @@ uint64_t next_rand() {
 } // namespace
 
 namespace emu {
+
+std::function<void(std::function<void()>)> *capture;
 
 void syncthreads() { wait(WAIT_BLOCK); }
 
@@ -234,7 +237,47 @@ cudaError_t cudaMemcpy(void *d, const void *s, size_t n, cudaMemcpyKind) {
     return cudaSuccess;
 }
 cudaError_t cudaMemcpyAsync(void *d, const void *s, size_t n, cudaMemcpyKind k, cudaStream_t) {
+    if (emu::capture) {
+        (*emu::capture)([d, s, n, k]() { cudaMemcpy(d, s, n, k); });
+        return cudaSuccess;
+    }
     return cudaMemcpy(d, s, n, k);
+}
+
+struct emu_graph {
+    std::vector<std::function<void()>> jobs;
+};
+static emu_graph *g_capturing;
+static std::function<void(std::function<void()>)> g_record = [](std::function<void()> j) {
+    g_capturing->jobs.push_back(std::move(j));
+};
+cudaError_t cudaStreamBeginCapture(cudaStream_t, cudaStreamCaptureMode) {
+    if (g_capturing) return cudaErrorInvalidValue;
+    g_capturing = new emu_graph;
+    emu::capture = &g_record;
+    return cudaSuccess;
+}
+cudaError_t cudaStreamEndCapture(cudaStream_t, cudaGraph_t *g) {
+    *g = g_capturing;
+    g_capturing = nullptr;
+    emu::capture = nullptr;
+    return *g ? cudaSuccess : cudaErrorInvalidValue;
+}
+cudaError_t cudaGraphInstantiate(cudaGraphExec_t *e, cudaGraph_t g, unsigned long long) {
+    *e = new emu_graph(*g);
+    return cudaSuccess;
+}
+cudaError_t cudaGraphLaunch(cudaGraphExec_t e, cudaStream_t) {
+    for (auto &j : e->jobs) j();
+    return cudaSuccess;
+}
+cudaError_t cudaGraphDestroy(cudaGraph_t g) {
+    delete g;
+    return cudaSuccess;
+}
+cudaError_t cudaGraphExecDestroy(cudaGraphExec_t e) {
+    delete e;
+    return cudaSuccess;
 }
 cudaError_t cudaStreamCreateWithFlags(cudaStream_t *s, unsigned) {
     *s = (cudaStream_t)malloc(1);
@@ -254,6 +297,32 @@ cudaError_t cudaGetLastError(void) {
 const char *cudaGetErrorString(cudaError_t e) { return e == cudaSuccess ? "no error" : "emulated CUDA error"; }
 const char *cudaGetErrorName(cudaError_t e) { return e == cudaSuccess ? "cudaSuccess" : "cudaErrorEmulated"; }
 
+struct emu_event {
+    double t;
+};
+static double now_s() {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+cudaError_t cudaEventCreate(cudaEvent_t *e) {
+    *e = new emu_event{0};
+    return cudaSuccess;
+}
+cudaError_t cudaEventDestroy(cudaEvent_t e) {
+    delete e;
+    return cudaSuccess;
+}
+cudaError_t cudaEventRecord(cudaEvent_t e, cudaStream_t) {
+    e->t = now_s();
+    return cudaSuccess;
+}
+cudaError_t cudaEventSynchronize(cudaEvent_t) { return cudaSuccess; }
+cudaError_t cudaEventElapsedTime(float *ms, cudaEvent_t a, cudaEvent_t b) {
+    *ms = (float)((b->t - a->t) * 1e3);
+    return cudaSuccess;
+}
+
 /* ------------------------------------------------------------ cuBLAS */
 
 cublasStatus_t cublasCreate(cublasHandle_t *h) {
@@ -265,11 +334,27 @@ cublasStatus_t cublasDestroy(cublasHandle_t h) {
     return CUBLAS_STATUS_SUCCESS;
 }
 cublasStatus_t cublasSetStream(cublasHandle_t, cudaStream_t) { return CUBLAS_STATUS_SUCCESS; }
+cublasStatus_t cublasSetWorkspace(cublasHandle_t, void *, size_t) { return CUBLAS_STATUS_SUCCESS; }
+
+static cublasStatus_t gemm_now(cublasOperation_t ta, cublasOperation_t tb, int m, int n, int k, float al,
+                               const void *A, cudaDataType at, int lda, const void *B, cudaDataType bt, int ldb,
+                               float be, void *C, cudaDataType ct, int ldc);
 
 cublasStatus_t cublasGemmEx(cublasHandle_t, cublasOperation_t ta, cublasOperation_t tb, int m, int n, int k,
                             const void *alpha, const void *A, cudaDataType at, int lda, const void *B, cudaDataType bt,
                             int ldb, const void *beta, void *C, cudaDataType ct, int ldc, cublasComputeType_t,
                             cublasGemmAlgo_t) {
+    const float al = *(const float *)alpha, be = *(const float *)beta; /* host scalars: read at the call */
+    if (emu::capture) {
+        (*emu::capture)([=]() { gemm_now(ta, tb, m, n, k, al, A, at, lda, B, bt, ldb, be, C, ct, ldc); });
+        return CUBLAS_STATUS_SUCCESS;
+    }
+    return gemm_now(ta, tb, m, n, k, al, A, at, lda, B, bt, ldb, be, C, ct, ldc);
+}
+
+static cublasStatus_t gemm_now(cublasOperation_t ta, cublasOperation_t tb, int m, int n, int k, float al,
+                               const void *A, cudaDataType at, int lda, const void *B, cudaDataType bt, int ldb,
+                               float be, void *C, cudaDataType ct, int ldc) {
     /* the only form prism uses: C (m, n) = alpha · Aᵀ · B + beta · C, column-major, BF16 or F32 in, F32 out */
     if (ta != CUBLAS_OP_T || tb != CUBLAS_OP_N || at != bt || (at != CUDA_R_16BF && at != CUDA_R_32F) || ct != CUDA_R_32F)
         return CUBLAS_STATUS_NOT_SUPPORTED;
@@ -279,7 +364,6 @@ cublasStatus_t cublasGemmEx(cublasHandle_t, cublasOperation_t ta, cublasOperatio
         return h ? __bfloat162float(((const __nv_bfloat16 *)p)[i]) : ((const float *)p)[i];
     };
     float *c = (float *)C;
-    const float al = *(const float *)alpha, be = *(const float *)beta;
     for (int j = 0; j < n; j++)
         for (int i = 0; i < m; i++) {
             float s = 0.0f;

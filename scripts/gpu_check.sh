@@ -1,0 +1,86 @@
+#!/bin/bash
+# gpu_check.sh — the CUDA backend's check on a machine with an NVIDIA GPU, in
+# one run that fits a device lease (< 8 minutes on an H100):
+#   1. build prism, the CUDA module, test_gpu and bench_gpu (sm_90 by default:
+#      CUDA_ARCHS=... to change);
+#   2. GPU-vs-CPU and GPU-vs-transformers parity on every fixture, in F32
+#      (exact) and BF16 (fast): logits, hidden states, a 300-token decode step
+#      (split-K), greedy tokens, a mixed base/LoRA batch (SGMV), the routed
+#      prefill (test_gpu with PRISM_REQUIRE_GPU=1);
+#   3. compute-sanitizer memcheck over one architecture, when installed;
+#   4. PRISM end to end on the GPU: bootstrap of the embedded model, then a
+#      routed generation;
+#   5. bench_gpu: the Markdown table of BENCHMARKS.md (0.5B and 7B shapes).
+# Machines without a package mirror: run scripts/gpu_prepare.sh first where
+# one is reachable and carry .gpu/ (Debian packages unpacked into a private
+# prefix here, fixtures). Logs go to $OUT (default /tmp/prism-gpu).
+set -u
+cd "$(dirname "$0")/.."
+OUT=${OUT:-/tmp/prism-gpu}
+mkdir -p "$OUT"
+fail=0
+step() { echo; echo "== $* ($(date +%T))"; }
+
+step "device"
+nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm,clocks.max.mem --format=csv 2>&1 || true
+nvcc --version | tail -2
+
+step "build dependencies"
+probe='#include <jansson.h>
+#include <microhttpd.h>
+#include <utf8proc.h>
+#define PCRE2_CODE_UNIT_WIDTH 8
+#include <pcre2.h>'
+if ! echo "$probe" | cc -E -x c - >/dev/null 2>&1; then
+    if [ ! -d .gpu/debs ]; then
+        echo "missing headers and no .gpu/debs: run scripts/gpu_prepare.sh where Debian's mirror is reachable and carry .gpu"
+        exit 1
+    fi
+    SYS=/tmp/prism-sysroot
+    rm -rf "$SYS" && mkdir -p "$SYS"
+    for d in .gpu/debs/*.deb; do dpkg-deb -x "$d" "$SYS"; done
+    export C_INCLUDE_PATH=$SYS/usr/include LIBRARY_PATH=$SYS/usr/lib/x86_64-linux-gnu
+    export LD_LIBRARY_PATH=$SYS/usr/lib/x86_64-linux-gnu${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
+    echo "using the Debian packages of .gpu/debs, unpacked into $SYS"
+else
+    echo "system headers present"
+fi
+if [ -z "${PRISM_FIXTURES:-}" ]; then
+    if [ -d .gpu/fixtures ]; then export PRISM_FIXTURES=$PWD/.gpu/fixtures; else export PRISM_FIXTURES=../shared/fixtures; fi
+fi
+
+step "build"
+time make -j"$(nproc)" CUDA=1 CUDA_ARCHS="${CUDA_ARCHS:-90}" build/prism build/prism-cuda.so build/tests/test_gpu \
+    build/bench/bench_gpu >"$OUT/build.log" 2>&1 || { tail -30 "$OUT/build.log"; exit 1; }
+grep -iE "warning|error" "$OUT/build.log" | head -20
+./build/prism info --device cuda || exit 1
+
+step "parity (test_gpu, fixtures $PRISM_FIXTURES)"
+PRISM_REQUIRE_GPU=1 timeout 300 ./build/tests/test_gpu 2>&1 | tee "$OUT/test_gpu.log" | grep -vE "^(exact|fast)" || true
+grep -E "^(exact|fast)" "$OUT/test_gpu.log" | head -60
+tail -1 "$OUT/test_gpu.log" | grep -q " 0 failed" || fail=1
+
+if command -v compute-sanitizer >/dev/null 2>&1; then
+    step "compute-sanitizer memcheck (llama3)"
+    PRISM_REQUIRE_GPU=1 PRISM_TEST_ARCH=llama3 timeout 180 compute-sanitizer --tool memcheck --print-limit 20 \
+        ./build/tests/test_gpu >"$OUT/memcheck.log" 2>&1
+    grep -E "ERROR SUMMARY|passed, " "$OUT/memcheck.log" | tail -3
+    grep -q "ERROR SUMMARY: 0 errors" "$OUT/memcheck.log" || fail=1
+fi
+
+step "PRISM end to end on the GPU (stories260K)"
+RUN=/tmp/prism-gpu-run
+rm -rf "$RUN"
+timeout 240 ./build/prism bootstrap --model models/stories260K --out "$RUN" --domains math,writing,safety_monitor \
+    --queries-per-domain 4 --max-answer-tokens 48 --epochs 1 --chat-template llama2 --device cuda --quiet \
+    >"$OUT/bootstrap.log" 2>&1 || { tail -20 "$OUT/bootstrap.log"; fail=1; }
+tail -3 "$OUT/bootstrap.log"
+./build/prism generate --model models/stories260K --prism "$RUN" --chat-template llama2 --device cuda \
+    --chat "Tell me a story about a brave cat" -n 48 --stats 2>&1 | tee "$OUT/generate.log" | tail -6
+grep -q "route:" "$OUT/generate.log" || fail=1
+
+step "benchmarks (bench_gpu)"
+timeout 240 ./build/bench/bench_gpu --shape all 2>&1 | tee "$OUT/bench.md"
+
+step "done: $([ $fail = 0 ] && echo PASS || echo FAIL)"
+exit $fail
