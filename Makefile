@@ -43,7 +43,7 @@ else
 CUDA_LIB := $(B)/prism-cuda.so
 endif
 
-all: $(B)/prism $(TEST_BIN) $(BENCH_BIN) $(CUDA_LIB) $(EMU_B)/prism-cuda.so
+all: $(B)/prism $(TEST_BIN) $(BENCH_BIN) $(CUDA_LIB) $(B)/emu/prism-cuda.so
 
 $(B)/obj/%.o: %.cu src/cuda/common.cuh src/gpu/gpu.h
 	@mkdir -p $(dir $@)

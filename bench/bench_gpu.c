@@ -12,7 +12,9 @@
 #include <string.h>
 
 #include "gpu/device.h"
+#include "lora/lora.h"
 #include "model/model.h"
+#include "train/grad.h"
 #include "util/timer.h"
 
 static void die(const char *what) {
@@ -66,6 +68,45 @@ static double prefill(prism_ctx *c, int32_t n_seq, int32_t n_prompt, int32_t voc
     return t;
 }
 
+/* LoRA training: r = 16 on all seven projections, steps of n_seq sequences x
+ * T tokens (CE on every next token); tokens/s of the best of `steps` steps
+ * after one warm-up step. */
+static double train_tps(prism_model *m, int32_t n_seq, int32_t T, int steps, bool recompute, uint64_t *rng) {
+    prism_lora_params lp = prism_lora_default_params();
+    lp.r = 16;
+    lp.targets = PRISM_LORA_ALL;
+    prism_adapter *a = NULL, *mo = NULL, *vo = NULL;
+    train_ws *w = NULL;
+    if (prism_adapter_new(m, lp, &a) || lora_alloc_like(a, &mo) || lora_alloc_like(a, &vo) ||
+        train_ws_new(m, T, recompute, &w) || train_ws_gpu_load(w, m, a, mo, vo))
+        die("training setup");
+    int32_t *tok = malloc((size_t)T * sizeof *tok), *lab = malloc((size_t)T * sizeof *lab);
+    adamw_params hp = adamw_default_params();
+    double best = 1e30;
+    for (int st = 0; st <= steps; st++) {
+        double t0 = prism_now(), loss, norm;
+        int64_t cnt, total = 0;
+        if (train_ws_gpu_zero(w)) die("zero");
+        for (int32_t s = 0; s < n_seq; s++) {
+            for (int32_t i = 0; i < T; i++) {
+                *rng = *rng * 6364136223846793005ull + 1442695040888963407ull;
+                tok[i] = lab[i] = (int32_t)((*rng >> 33) % (uint64_t)m->cfg.vocab);
+            }
+            train_example ex = {.loss = LOSS_CE, .n_tokens = T, .tokens = tok, .labels = lab};
+            if (train_ws_gpu_example(w, &ex, &loss, &cnt)) die("example");
+            total += cnt;
+        }
+        if (train_ws_gpu_step(w, total, 1.0, 1e-4, &hp, st + 1, &norm)) die("step");
+        if (train_ws_gpu_zero(w)) die("zero"); /* waits for the step */
+        double t = prism_now() - t0;
+        if (st > 0 && t < best) best = t;
+    }
+    free(tok), free(lab);
+    train_ws_free(w);
+    prism_adapter_free(a), prism_adapter_free(mo), prism_adapter_free(vo);
+    return (double)n_seq * T / best;
+}
+
 /* n_new greedy steps for sequences 0..n_seq-1 (after prefill); seconds. */
 static double decode(prism_ctx *c, int32_t n_seq, int32_t n_new) {
     int32_t *tok = malloc(n_seq * sizeof *tok), *pos = malloc(n_seq * sizeof *pos), *seq = malloc(n_seq * sizeof *seq);
@@ -108,7 +149,7 @@ int main(int argc, char **argv) {
     }
     printf("device: %s\ncopy bandwidth: %.0f GB/s (device-to-device, read + write, 1 GiB, best of 10)\n", desc, bw);
     const char *shapes[3] = {"0.5b", "7b", "tiny"};
-    printf("\n| shape | prefill 512 tok/s | decode b1 tok/s | b1 roofline | decode b32 tok/s | peak GiB | LoRA train tok/s |\n");
+    printf("\n| shape | prefill 512 tok/s | decode b1 tok/s | b1 roofline | decode b32 tok/s | peak GiB (inference) | LoRA train tok/s, 8 x 512 |\n");
     printf("|---|---|---|---|---|---|---|\n");
     for (int si = 0; si < 3; si++) {
         if (strcmp(which, shapes[si]) && (strcmp(which, "all") || si == 2)) continue;
@@ -139,16 +180,23 @@ int main(int argc, char **argv) {
         }
         int64_t now = 0, peak = 0;
         api->model_memory(m->gpu, &now, &peak);
+        prism_ctx_free(c);
+        c = NULL;
+        double scratch_bw;
+        api->copy_bandwidth(device, 1 << 20, 1, &scratch_bw, err, sizeof err); /* resets the peak counter */
+        const int32_t tT = si == 2 ? 64 : 512;
+        const double tr = train_tps(m, 8, tT, 2, false, &rng);
+        int64_t tnow = 0, tpeak = 0;
+        api->model_memory(m->gpu, &tnow, &tpeak);
         const double pf = n_prompt / best_pf, d1 = n_new / best_d1, d32 = 32.0 * n_new / best_d32;
         const double roof = (wbytes / (bw * 1e9)) / (best_d1 / n_new);
-        printf("| %s | %.0f | %.1f | %.0f%% | %.0f | %.2f | not on CUDA yet |\n", cfg.arch_name, pf, d1, 100 * roof, d32,
-               peak / 1073741824.0);
+        printf("| %s | %.0f | %.1f | %.0f%% | %.0f | %.2f | %.0f (peak %.2f GiB) |\n", cfg.arch_name, pf, d1, 100 * roof,
+               d32, peak / 1073741824.0, tr, tpeak / 1073741824.0);
         fprintf(stderr,
                 "%s: weights %.2f GB made on the GPU in %.1f s; prefill %.1f ms; decode b1 %.2f ms/token "
                 "(roofline %.2f ms at %.0f GB/s); decode b32 %.2f ms/step; peak %.2f GiB\n",
                 cfg.arch_name, wbytes / 1e9, t_init, best_pf * 1e3, best_d1 / n_new * 1e3, wbytes / (bw * 1e9) * 1e3,
                 bw, best_d32 / n_new * 1e3, peak / 1073741824.0);
-        prism_ctx_free(c);
         prism_model_free(m);
     }
     return 0;

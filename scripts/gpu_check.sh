@@ -7,7 +7,9 @@
 #      (exact) and BF16 (fast): logits, hidden states, a 300-token decode step
 #      (split-K), greedy tokens, a mixed base/LoRA batch (SGMV), the routed
 #      prefill (test_gpu with PRISM_REQUIRE_GPU=1);
-#   3. compute-sanitizer memcheck over one architecture, when installed;
+#   3. LoRA training on the GPU: gradients against peft's fixtures and the
+#      trainer's tests (exact resume, ...) with every model on the GPU;
+#      compute-sanitizer memcheck over one architecture, when installed;
 #   4. PRISM end to end on the GPU: bootstrap of the embedded model, then a
 #      routed generation;
 #   5. bench_gpu: the Markdown table of BENCHMARKS.md (0.5B and 7B shapes).
@@ -51,7 +53,7 @@ fi
 
 step "build"
 time make -j"$(nproc)" CUDA=1 CUDA_ARCHS="${CUDA_ARCHS:-90}" build/prism build/prism-cuda.so build/tests/test_gpu \
-    build/bench/bench_gpu >"$OUT/build.log" 2>&1 || { tail -30 "$OUT/build.log"; exit 1; }
+    build/tests/test_lora_grad build/tests/test_train build/bench/bench_gpu >"$OUT/build.log" 2>&1 || { tail -30 "$OUT/build.log"; exit 1; }
 grep -iE "warning|error" "$OUT/build.log" | head -20
 ./build/prism info --device cuda || exit 1
 
@@ -59,6 +61,13 @@ step "parity (test_gpu, fixtures $PRISM_FIXTURES)"
 PRISM_REQUIRE_GPU=1 timeout 300 ./build/tests/test_gpu 2>&1 | tee "$OUT/test_gpu.log" | grep -vE "^(exact|fast)" || true
 grep -E "^(exact|fast)" "$OUT/test_gpu.log" | head -60
 tail -1 "$OUT/test_gpu.log" | grep -q " 0 failed" || fail=1
+
+step "LoRA training on the GPU: gradients vs peft, trainer (test_lora_grad, test_train with PRISM_DEVICE=cuda)"
+for t in test_lora_grad test_train; do
+    PRISM_DEVICE=cuda timeout 120 ./build/tests/$t >"$OUT/$t.log" 2>&1
+    grep -E "FAIL|grads|passed," "$OUT/$t.log" | tail -12
+    tail -1 "$OUT/$t.log" | grep -q " 0 failed" || fail=1
+done
 
 if command -v compute-sanitizer >/dev/null 2>&1; then
     step "compute-sanitizer memcheck (llama3)"

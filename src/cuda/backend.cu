@@ -82,7 +82,7 @@ static const char *blas_str(cublasStatus_t s) {
 
 static int64_t g_bytes_now, g_bytes_peak;
 
-static void account(int64_t delta) {
+void account(int64_t delta) {
     int64_t now = __atomic_add_fetch(&g_bytes_now, delta, __ATOMIC_RELAXED), peak;
     while (now > (peak = __atomic_load_n(&g_bytes_peak, __ATOMIC_RELAXED)) &&
            !__atomic_compare_exchange_n(&g_bytes_peak, &peak, now, false, __ATOMIC_RELAXED, __ATOMIC_RELAXED)) {
@@ -725,6 +725,7 @@ static int forward_graph(gpu_ctx *c, int32_t T, char *err, size_t errn) {
         g = lru;
         *g = (graph_ent){T, c->n_tiles, c->n_split, c->n_ltiles, exec, 0};
     }
+    if (getenv("PRISM_CUDA_TRACE")) fprintf(stderr, "graph T=%d tiles=%d split=%d ltiles=%d\n", T, c->n_tiles, c->n_split, c->n_ltiles);
     g->used = ++c->graph_clock;
     CU(cudaGraphLaunch(g->exec, c->s), "replaying the decode graph");
     return 1;
@@ -858,7 +859,7 @@ static int copy_bandwidth(int32_t dev, int64_t bytes, int32_t reps, double *gbps
 
 /* ------------------------------------------------------------------ table */
 
-static const prism_gpu_api g_api = {
+static prism_gpu_api g_api = {
     PRISM_GPU_ABI,
     "CUDA runtime " STR(CUDART_VERSION) ", built for " PRISM_CUDA_ARCHS,
     device_count,
@@ -875,7 +876,11 @@ static const prism_gpu_api g_api = {
     logits,
     argmax,
     hidden,
+    NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, /* training: train.cu */
     copy_bandwidth,
 };
 
-extern "C" __attribute__((visibility("default"))) const prism_gpu_api *prism_gpu_api_get(void) { return &g_api; }
+extern "C" __attribute__((visibility("default"))) const prism_gpu_api *prism_gpu_api_get(void) {
+    if (!g_api.train_new) gpu_train_api(&g_api);
+    return &g_api;
+}

@@ -148,8 +148,9 @@ struct gpu_ctx {
     void *blas_ws;      /* cuBLAS workspace (fixed, so cuBLAS calls can be captured) */
 };
 
-/* ---- error helpers (backend.cu) */
+/* ---- error helpers and memory accounting (backend.cu) */
 int gpu_fail(char *err, size_t errn, int code, const char *fmt, ...);
+void account(int64_t delta); /* device bytes allocated (+) or freed (-), for model_memory */
 
 /* ---- kernels.cu (A = float when f32, else bf16; pointers to A are void *) */
 void k_embed(cudaStream_t s, int f32, float *x, const void *emb, const int32_t *tok, int32_t T, int32_t H);
@@ -177,6 +178,9 @@ void k_gemv(cudaStream_t s, int f32, float *y, const void *x, const void *w, int
 int attention_smem(int32_t rows, int32_t hd);
 int attention_setup(int smem_optin, char *err, size_t errn);
 void k_attention(const gpu_ctx *c, int32_t layer, void *out);
+
+/* ---- train.cu: fills the training entries of the table */
+void gpu_train_api(prism_gpu_api *api);
 
 /* ---- lora.cu: y[rows, col_off..] += scale · (x[rows]·Aᵀ)·Bᵀ for every segment's adapter */
 void k_lora(const gpu_ctx *c, int32_t layer, int32_t target, const void *x, int32_t ldx, float *y, int32_t ldy,

@@ -19,7 +19,7 @@
 extern "C" {
 #endif
 
-#define PRISM_GPU_ABI 1
+#define PRISM_GPU_ABI 2
 
 /* Status codes: the values of prism_status (checked in device.c). */
 enum { PRISM_GPU_OK = 0, PRISM_GPU_E_UNSUPPORTED = 3, PRISM_GPU_E_ARG = 4, PRISM_GPU_E_NOMEM = 5, PRISM_GPU_E_RANGE = 6,
@@ -73,6 +73,28 @@ typedef struct {
 typedef struct gpu_model gpu_model;
 typedef struct gpu_ctx gpu_ctx;
 typedef struct gpu_adapter gpu_adapter;
+typedef struct gpu_train gpu_train;
+
+/* Destination of a download: per module (n_layers, 7), A (r, in) and B (out, r). */
+typedef struct {
+    float *A, *B;
+} gpu_lora_dst;
+
+/* One training sequence (see src/train/grad.h for the losses). */
+typedef struct {
+    int32_t loss; /* 0 = masked CE, 1 = top-k KL */
+    int32_t n_tokens;
+    const int32_t *tokens;
+    const int32_t *labels; /* CE (n_tokens), -100 = ignored; logits at t score labels[t + 1] */
+    int32_t n_pos, k;      /* KL */
+    const int32_t *positions;
+    const float *teacher_values;
+    const int32_t *teacher_indices;
+    float temperature;
+} gpu_train_example;
+
+/* What a training session holds on the device, by index for train_get/train_set. */
+enum { GPU_TRAIN_PARAMS = 0, GPU_TRAIN_GRADS = 1, GPU_TRAIN_M = 2, GPU_TRAIN_V = 3 };
 
 /* One batch, as prism_batch after validation; adapter[i] is the adapter of
  * token i's sequence (NULL = base model). */
@@ -124,6 +146,29 @@ typedef struct prism_gpu_api {
     int (*argmax)(gpu_ctx *c, int32_t *out, char *err, size_t errn);
     /* Residual stream rows [i0, i0 + n) of the last batch into out (n, H). */
     int (*hidden)(gpu_ctx *c, int32_t i0, int32_t n, float *out, char *err, size_t errn);
+    /* LoRA training of one adapter shaped like mods (values unused here) on
+     * sequences up to max_tokens: its parameters, gradients and AdamW moments
+     * live on the device (zero until set). recompute: keep only each layer's
+     * input and recompute its internals before its backward. */
+    int (*train_new)(gpu_model *m, const gpu_lora_desc *mods, int32_t max_tokens, int32_t recompute, gpu_train **out,
+                     char *err, size_t errn);
+    void (*train_free)(gpu_train *t);
+    /* Upload (set) or download (get) parameters, gradients or moments (GPU_TRAIN_*);
+     * set reads mods[i].A / .B, get writes dst[i].A / .B, for adapted modules. */
+    int (*train_set)(gpu_train *t, int32_t which, const gpu_lora_desc *mods, char *err, size_t errn);
+    int (*train_get)(gpu_train *t, int32_t which, const gpu_lora_dst *dst, char *err, size_t errn);
+    int (*train_zero_grad)(gpu_train *t, char *err, size_t errn);
+    /* Forward + backward of one sequence: adds d(loss_sum)/dθ into the device
+     * gradients; *loss_sum and *count as train_example_grad; logits_out (host,
+     * n_tokens x vocab) receives the student logits when not NULL. */
+    int (*train_example)(gpu_train *t, const gpu_train_example *ex, double *loss_sum, int64_t *count, float *logits_out,
+                         char *err, size_t errn);
+    /* Gradients *= scale, then *norm = their global 2-norm. */
+    int (*train_scale_norm)(gpu_train *t, double scale, double *norm, char *err, size_t errn);
+    /* torch.optim.AdamW step number `step` (1-based) on the gradients times grad_scale. */
+    int (*train_adamw)(gpu_train *t, double grad_scale, double lr, double beta1, double beta2, double eps,
+                       double weight_decay, int64_t step, char *err, size_t errn);
+
     /* Benchmarks: device-to-device copies of `bytes`, best of `reps`, timed
      * with CUDA events; *gbps counts bytes read plus bytes written. Resets
      * model_memory's peak to the current use. */

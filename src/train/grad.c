@@ -22,6 +22,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "gpu/device.h"
 #include "kernels/kernels.h"
 #include "model/layers.h"
 #include "model/rope.h"
@@ -54,6 +55,10 @@ struct train_ws {
     float *dlogits;           /* (CHUNK, V) */
     float *hrows, *drows;     /* (CHUNK, H) gathered final-normed rows and their gradients */
     float *yscr;              /* (T, H) discarded layer output when recomputing */
+    /* CUDA models: the module's training session, made for the first adapter seen */
+    const prism_gpu_api *api;
+    gpu_train *gt;
+    prism_adapter *layout;    /* zero-valued adapter of the session's shapes (also the download buffer) */
 };
 
 enum { CHUNK = 32 }; /* logit rows materialised at once */
@@ -91,6 +96,8 @@ static int acts_alloc(layer_acts *a, const prism_config *c, int64_t T, int64_t m
 
 void train_ws_free(train_ws *w) {
     if (!w) return;
+    if (w->gt) w->api->train_free(w->gt);
+    prism_adapter_free(w->layout);
     if (w->acts) {
         int n = w->recompute ? 1 : w->n_layers;
         for (int i = 0; i < n; i++) acts_free(&w->acts[i]);
@@ -127,6 +134,14 @@ prism_status train_ws_new(const prism_model *m, int32_t max_tokens, bool recompu
     if (max_tokens <= 0) return prism_error(PRISM_E_ARG, "training sequence length must be positive (got %d)", max_tokens);
     train_ws *w = calloc(1, sizeof *w);
     if (!w) return prism_error(PRISM_E_NOMEM, "out of memory");
+    if (m->gpu) { /* the device holds everything; the session is made with the first adapter */
+        w->max_T = max_tokens;
+        w->n_layers = c->n_layers;
+        w->recompute = recompute;
+        w->api = m->gpu_api;
+        *out = w;
+        return PRISM_OK;
+    }
     const int64_t T = max_tokens, H = c->hidden, qd = (int64_t)c->n_heads * c->head_dim,
                   kvd = (int64_t)c->n_kv_heads * c->head_dim, F = c->ffn, V = c->vocab, f = sizeof(float);
     w->max_T = max_tokens;
@@ -447,6 +462,152 @@ static double loss_rows(train_ws *w, const prism_model *m, const train_example *
     return loss;
 }
 
+/* ------------------------------------------------------------------ CUDA models */
+
+static gpu_lora_desc *descs_of(const prism_adapter *a, int32_t n_layers) {
+    const int64_t n = (int64_t)n_layers * LORA_N_TARGETS;
+    gpu_lora_desc *d = calloc((size_t)n, sizeof *d);
+    if (d && a)
+        for (int64_t i = 0; i < n; i++)
+            d[i] = (gpu_lora_desc){a->mod[i].r, a->mod[i].scale, a->mod[i].in, a->mod[i].out, a->mod[i].A, a->mod[i].B};
+    return d;
+}
+
+static gpu_lora_dst *dsts_of(prism_adapter *a) {
+    const int64_t n = (int64_t)a->n_layers * LORA_N_TARGETS;
+    gpu_lora_dst *d = calloc((size_t)n, sizeof *d);
+    if (d)
+        for (int64_t i = 0; i < n; i++) d[i] = (gpu_lora_dst){a->mod[i].A, a->mod[i].B};
+    return d;
+}
+
+static bool same_layout(const prism_adapter *x, const prism_adapter *a, int32_t n_layers) {
+    for (int64_t i = 0; i < (int64_t)n_layers * LORA_N_TARGETS; i++) {
+        const int32_t r = a ? a->mod[i].r : 0;
+        if (x->mod[i].r != r || (r && (x->mod[i].in != a->mod[i].in || x->mod[i].out != a->mod[i].out ||
+                                       x->mod[i].scale != a->mod[i].scale)))
+            return false;
+    }
+    return true;
+}
+
+/* The device session for a's shapes (made, or remade when the shapes change). */
+static prism_status gpu_session(train_ws *w, const prism_model *m, const prism_adapter *a) {
+    if (w->gt && same_layout(w->layout, a, w->n_layers)) return PRISM_OK;
+    if (w->gt) w->api->train_free(w->gt);
+    w->gt = NULL;
+    prism_adapter_free(w->layout);
+    w->layout = NULL;
+    prism_status st = PRISM_OK;
+    if (a) st = lora_alloc_like(a, &w->layout);
+    else {
+        prism_lora_params lp = prism_lora_default_params();
+        lp.targets = 0;
+        st = prism_adapter_new(m, lp, &w->layout);
+    }
+    if (st) return st;
+    gpu_lora_desc *d = descs_of(w->layout, w->n_layers);
+    if (!d) return prism_error(PRISM_E_NOMEM, "out of memory");
+    char err[1024] = "";
+    st = (prism_status)w->api->train_new(m->gpu, d, w->max_T, w->recompute, &w->gt, err, sizeof err);
+    free(d);
+    return gpu_check(st, err);
+}
+
+static gpu_train_example gpu_ex(const train_example *ex) {
+    return (gpu_train_example){ex->loss == LOSS_KL, ex->n_tokens, ex->tokens, ex->labels, ex->n_pos, ex->k,
+                               ex->positions, ex->teacher_values, ex->teacher_indices, ex->temperature};
+}
+
+/* train_example_grad on the device: a's values uploaded, the example's
+ * gradient downloaded and added into grad. */
+static prism_status gpu_example_grad(train_ws *w, const prism_model *m, const prism_adapter *a, prism_adapter *grad,
+                                     const train_example *ex, double *loss_sum, int64_t *count, float *logits_out) {
+    prism_status st = gpu_session(w, m, a);
+    if (st) return st;
+    char err[1024] = "";
+    gpu_lora_desc *d = descs_of(a, w->n_layers);
+    gpu_lora_dst *dst = dsts_of(w->layout);
+    if (!d || !dst) st = prism_error(PRISM_E_NOMEM, "out of memory");
+    if (!st && a) st = (prism_status)w->api->train_set(w->gt, GPU_TRAIN_PARAMS, d, err, sizeof err);
+    if (!st) st = (prism_status)w->api->train_zero_grad(w->gt, err, sizeof err);
+    gpu_train_example gx = gpu_ex(ex);
+    if (!st) st = (prism_status)w->api->train_example(w->gt, &gx, loss_sum, count, logits_out, err, sizeof err);
+    if (!st && a && grad) st = (prism_status)w->api->train_get(w->gt, GPU_TRAIN_GRADS, dst, err, sizeof err);
+    free(d);
+    free(dst);
+    if (st) return gpu_check(st, err);
+    if (a && grad)
+        for (int64_t i = 0; i < (int64_t)a->n_layers * LORA_N_TARGETS; i++) {
+            const lora_module *s = &w->layout->mod[i];
+            lora_module *g = &grad->mod[i];
+            if (!s->r) continue;
+            for (int64_t k = 0; k < (int64_t)s->r * s->in; k++) g->A[k] += s->A[k];
+            for (int64_t k = 0; k < (int64_t)s->r * s->out; k++) g->B[k] += s->B[k];
+        }
+    return PRISM_OK;
+}
+
+bool train_ws_on_gpu(const train_ws *w) { return w && w->api; }
+
+prism_status train_ws_gpu_load(train_ws *w, const prism_model *m, const prism_adapter *a, const prism_adapter *mo,
+                               const prism_adapter *vo) {
+    prism_status st = gpu_session(w, m, a);
+    if (st) return st;
+    const prism_adapter *src[3] = {a, mo, vo};
+    const int32_t which[3] = {GPU_TRAIN_PARAMS, GPU_TRAIN_M, GPU_TRAIN_V};
+    char err[1024] = "";
+    for (int i = 0; i < 3 && !st; i++) {
+        gpu_lora_desc *d = descs_of(src[i], w->n_layers);
+        if (!d) return prism_error(PRISM_E_NOMEM, "out of memory");
+        st = (prism_status)w->api->train_set(w->gt, which[i], d, err, sizeof err);
+        free(d);
+    }
+    return gpu_check(st, err);
+}
+
+prism_status train_ws_gpu_store(train_ws *w, prism_adapter *a, prism_adapter *mo, prism_adapter *vo) {
+    prism_adapter *dstv[3] = {a, mo, vo};
+    const int32_t which[3] = {GPU_TRAIN_PARAMS, GPU_TRAIN_M, GPU_TRAIN_V};
+    char err[1024] = "";
+    prism_status st = PRISM_OK;
+    for (int i = 0; i < 3 && !st; i++) {
+        gpu_lora_dst *d = dsts_of(dstv[i]);
+        if (!d) return prism_error(PRISM_E_NOMEM, "out of memory");
+        st = (prism_status)w->api->train_get(w->gt, which[i], d, err, sizeof err);
+        free(d);
+    }
+    a->version++;
+    return gpu_check(st, err);
+}
+
+prism_status train_ws_gpu_zero(train_ws *w) {
+    char err[1024] = "";
+    return gpu_check((prism_status)w->api->train_zero_grad(w->gt, err, sizeof err), err);
+}
+
+prism_status train_ws_gpu_example(train_ws *w, const train_example *ex, double *loss_sum, int64_t *count) {
+    char err[1024] = "";
+    gpu_train_example gx = gpu_ex(ex);
+    return gpu_check((prism_status)w->api->train_example(w->gt, &gx, loss_sum, count, NULL, err, sizeof err), err);
+}
+
+prism_status train_ws_gpu_step(train_ws *w, int64_t count, double max_grad_norm, double lr, const adamw_params *hp,
+                               int64_t step, double *norm) {
+    char err[1024] = "";
+    prism_status st = (prism_status)w->api->train_scale_norm(w->gt, count > 0 ? 1.0 / (double)count : 1.0, norm, err,
+                                                             sizeof err);
+    if (st) return gpu_check(st, err);
+    double coef = 1.0;
+    if (max_grad_norm > 0) { /* as lora_clip_grad_norm */
+        double c = max_grad_norm / (*norm + 1e-6);
+        if (c < 1.0) coef = c;
+    }
+    st = (prism_status)w->api->train_adamw(w->gt, coef, lr, hp->beta1, hp->beta2, hp->eps, hp->weight_decay, step, err,
+                                           sizeof err);
+    return gpu_check(st, err);
+}
+
 prism_status train_example_grad(train_ws *w, const prism_model *m, const prism_adapter *a, prism_adapter *grad,
                                 const train_example *ex, double *loss_sum, int64_t *count, float *logits_out) {
     const prism_config *c = &m->cfg;
@@ -474,6 +635,7 @@ prism_status train_example_grad(train_ws *w, const prism_model *m, const prism_a
             if (ex->labels[t] != -100 && (ex->labels[t] < 0 || ex->labels[t] >= V))
                 return prism_error(PRISM_E_ARG, "label %d at position %lld is outside the vocabulary", ex->labels[t], (long long)t);
     }
+    if (w->api) return gpu_example_grad(w, m, a, grad, ex, loss_sum, count, logits_out);
     int32_t max_r = 0;
     int32_t first_adapted = c->n_layers;
     if (a)

@@ -48,4 +48,21 @@ void train_ws_free(train_ws *w);
 prism_status train_example_grad(train_ws *w, const prism_model *m, const prism_adapter *a, prism_adapter *grad,
                                 const train_example *ex, double *loss_sum, int64_t *count, float *logits_out);
 
+/* ---- CUDA models: the trainer keeps parameters, gradients and AdamW moments
+ * on the device between steps (train_example_grad itself always works, by
+ * uploading the adapter and downloading the gradient). */
+#include "train/optim.h"
+bool train_ws_on_gpu(const train_ws *w);
+/* Uploads a and its moments mo, vo (shaped like a) into the device session. */
+prism_status train_ws_gpu_load(train_ws *w, const prism_model *m, const prism_adapter *a, const prism_adapter *mo,
+                               const prism_adapter *vo);
+/* Downloads parameters and moments (a->version is bumped). */
+prism_status train_ws_gpu_store(train_ws *w, prism_adapter *a, prism_adapter *mo, prism_adapter *vo);
+prism_status train_ws_gpu_zero(train_ws *w);
+/* Adds one example's gradient (the loaded parameters) into the device gradients. */
+prism_status train_ws_gpu_example(train_ws *w, const train_example *ex, double *loss_sum, int64_t *count);
+/* Gradients / count, global-norm clipping (*norm before it), AdamW update number step. */
+prism_status train_ws_gpu_step(train_ws *w, int64_t count, double max_grad_norm, double lr, const adamw_params *hp,
+                               int64_t step, double *norm);
+
 #endif

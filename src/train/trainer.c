@@ -227,6 +227,9 @@ prism_status trainer_run(prism_model *m, prism_adapter *a, const train_data *d, 
         cp.n_batch = TEACHER_CHUNK;
         st = prism_ctx_new(m, cp, &tctx);
     }
+    /* CUDA models: parameters, gradients and moments stay on the device between steps */
+    const bool dev = !st && train_ws_on_gpu(ws);
+    if (dev) st = train_ws_gpu_load(ws, m, a, mo, vo);
     if (st) goto done;
     epoch_order(perm, d->n, s.seed, s.epoch, p->shuffle);
 
@@ -240,7 +243,11 @@ prism_status trainer_run(prism_model *m, prism_adapter *a, const train_data *d, 
             epoch_order(perm, d->n, s.seed, s.epoch, p->shuffle);
         }
         const int32_t n_ex = (int32_t)(d->n - s.pos < per_step ? d->n - s.pos : per_step);
-        lora_zero(g);
+        if (dev) {
+            if ((st = train_ws_gpu_zero(ws))) break;
+        } else {
+            lora_zero(g);
+        }
         double loss_sum = 0;
         int64_t count = 0, tokens = 0;
         for (int32_t j = 0; j < n_ex && !st; j++) {
@@ -266,7 +273,7 @@ prism_status trainer_run(prism_model *m, prism_adapter *a, const train_data *d, 
             train_example ex = train_item_example(it, p->loss, vals, idx);
             double ls = 0;
             int64_t cnt = 0;
-            st = train_example_grad(ws, m, a, g, &ex, &ls, &cnt, NULL);
+            st = dev ? train_ws_gpu_example(ws, &ex, &ls, &cnt) : train_example_grad(ws, m, a, g, &ex, &ls, &cnt, NULL);
             if (st) { prism_error_prefix("line %d", it->line); break; }
             loss_sum += ls;
             count += cnt;
@@ -274,13 +281,19 @@ prism_status trainer_run(prism_model *m, prism_adapter *a, const train_data *d, 
         }
         if (st) break;
         s.pos += n_ex;
-        if (count > 0) lora_mul(g, 1.0 / (double)count);
-        double norm = lora_clip_grad_norm(g, p->max_grad_norm);
-        double lr = p->lr * lr_factor(p->schedule, s.step, p->warmup_steps, total);
+        double norm = 0;
+        const double lr = p->lr * lr_factor(p->schedule, s.step, p->warmup_steps, total);
         const int32_t epoch_now = s.epoch;
-        s.step++;
-        lora_adamw_step(a, g, mo, vo, s.step, lr, &p->adamw);
-        a->version++;
+        if (dev) {
+            s.step++;
+            if ((st = train_ws_gpu_step(ws, count, p->max_grad_norm, lr, &p->adamw, s.step, &norm))) break;
+        } else {
+            if (count > 0) lora_mul(g, 1.0 / (double)count);
+            norm = lora_clip_grad_norm(g, p->max_grad_norm);
+            s.step++;
+            lora_adamw_step(a, g, mo, vo, s.step, lr, &p->adamw);
+            a->version++;
+        }
         s.tokens_seen += tokens;
         s.last_loss = count > 0 ? loss_sum / (double)count : 0.0;
         run_tokens += tokens;
@@ -298,10 +311,13 @@ prism_status trainer_run(prism_model *m, prism_adapter *a, const train_data *d, 
         }
         if (p->stop_at_step > 0 && s.step >= p->stop_at_step) go_on = false;
         bool last = s.step == total || !go_on;
-        if (p->out_dir && (last || (p->save_every > 0 && s.step % p->save_every == 0)))
+        if (p->out_dir && (last || (p->save_every > 0 && s.step % p->save_every == 0))) {
+            if (dev && (st = train_ws_gpu_store(ws, a, mo, vo))) break;
             if ((st = checkpoint_save(p->out_dir, a, mo, vo, &s, cfg))) break;
+        }
         if (!go_on) break;
     }
+    if (dev && !st) st = train_ws_gpu_store(ws, a, mo, vo); /* the trained values back into a */
     res->steps_done = s.step;
     res->finished = !st && s.step == total;
 done:

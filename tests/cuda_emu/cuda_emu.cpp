@@ -3,6 +3,7 @@
 #undef _FORTIFY_SOURCE /* fibers longjmp between stacks, which __longjmp_chk refuses */
 #include "cuda_emu.h"
 
+#include <dlfcn.h>
 #include <setjmp.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -35,6 +36,7 @@ struct Fiber {
 std::vector<Fiber> fibers;
 std::vector<float> xf;
 std::vector<int> xi;
+std::vector<double> xd;
 std::vector<char> dyn;
 jmp_buf sched;
 int cur = -1;
@@ -78,6 +80,7 @@ uint64_t next_rand() {
 namespace emu {
 
 std::function<void(std::function<void()>)> *capture;
+const void *running_kernel;
 
 void syncthreads() { wait(WAIT_BLOCK); }
 
@@ -99,9 +102,40 @@ int shfl_xor(int v, int m) {
     return r;
 }
 
+double shfl_xor(double v, int m) {
+    const int t = cur;
+    xd[t] = v;
+    wait(WAIT_WARP);
+    const double r = xd[(t & ~31) | ((t & 31) ^ m)];
+    wait(WAIT_WARP);
+    return r;
+}
+
+void syncwarp() { wait(WAIT_WARP); }
+
 void *dyn_smem() { return dyn.data(); }
 
 void run(const cfg &c, const std::function<void()> &fn) {
+    /* Each block's thread order comes from (seed, launch number, block), so
+     * CUDA_EMU_SEED picks another set of orders and CUDA_EMU_ONLY=a:b confines
+     * the shuffling to launches a..b-1 (to bisect a race) without changing
+     * the orders of the others. */
+    static uint64_t seed, launch_no, only_a = 0, only_b = UINT64_MAX;
+    static int init;
+    if (!init) {
+        init = 1;
+        const char *e = getenv("CUDA_EMU_SEED");
+        seed = e && *e ? strtoull(e, NULL, 10) : 0;
+        if ((e = getenv("CUDA_EMU_ONLY")) && *e) sscanf(e, "%lu:%lu", &only_a, &only_b);
+    }
+    const uint64_t this_launch = launch_no++;
+    if ((getenv("CUDA_EMU_NAME") && strtoull(getenv("CUDA_EMU_NAME"), NULL, 10) == this_launch) || getenv("CUDA_EMU_LOG")) {
+        Dl_info di;
+        if (dladdr(running_kernel, &di) && di.dli_sname)
+            fprintf(stderr, "cuda_emu: launch %lu is %s, grid (%u,%u,%u) block (%u,%u,%u) smem %zu\n", this_launch,
+                    di.dli_sname, c.grid.x, c.grid.y, c.grid.z, c.block.x, c.block.y, c.block.z, c.smem);
+    }
+    const int shuffle = this_launch >= only_a && this_launch < only_b;
     const int n = (int)(c.block.x * c.block.y * c.block.z);
     if (n <= 0 || n > 1024 || c.block.x > 1024) {
         fprintf(stderr, "cuda_emu: invalid block of %d threads\n", n);
@@ -115,6 +149,7 @@ void run(const cfg &c, const std::function<void()> &fn) {
         fibers.resize((size_t)n);
         xf.resize((size_t)n);
         xi.resize((size_t)n);
+        xd.resize((size_t)n);
     }
     for (int i = 0; i < n; i++)
         if (!fibers[i].stack) {
@@ -135,6 +170,8 @@ void run(const cfg &c, const std::function<void()> &fn) {
         for (unsigned by = 0; by < c.grid.y; by++)
             for (unsigned bx = 0; bx < c.grid.x; bx++) {
                 blockIdx = uint3_{bx, by, bz};
+                rng = (seed + 1) * 0x9e3779b97f4a7c15ull ^ (this_launch << 20) ^ ((uint64_t)bx << 40) ^ ((uint64_t)by << 8) ^ bz;
+                rng = rng ? rng : 1;
                 for (int i = 0; i < n; i++) {
                     Fiber &f = fibers[i];
                     f.tid = uint3_{(unsigned)i % c.block.x, (unsigned)i / c.block.x % c.block.y,
@@ -146,7 +183,7 @@ void run(const cfg &c, const std::function<void()> &fn) {
                     int m = 0;
                     for (int i = 0; i < n; i++)
                         if (fibers[i].state == RUN) order[m++] = i;
-                    for (int i = m - 1; i > 0; i--) {
+                    for (int i = shuffle ? m - 1 : 0; i > 0; i--) {
                         int j = (int)(next_rand() % (uint64_t)(i + 1)), t = order[i];
                         order[i] = order[j], order[j] = t;
                     }
@@ -355,10 +392,10 @@ cublasStatus_t cublasGemmEx(cublasHandle_t, cublasOperation_t ta, cublasOperatio
 static cublasStatus_t gemm_now(cublasOperation_t ta, cublasOperation_t tb, int m, int n, int k, float al,
                                const void *A, cudaDataType at, int lda, const void *B, cudaDataType bt, int ldb,
                                float be, void *C, cudaDataType ct, int ldc) {
-    /* the only form prism uses: C (m, n) = alpha · Aᵀ · B + beta · C, column-major, BF16 or F32 in, F32 out */
-    if (ta != CUBLAS_OP_T || tb != CUBLAS_OP_N || at != bt || (at != CUDA_R_16BF && at != CUDA_R_32F) || ct != CUDA_R_32F)
-        return CUBLAS_STATUS_NOT_SUPPORTED;
-    if (lda < k || ldb < k || ldc < m) return CUBLAS_STATUS_INVALID_VALUE;
+    /* C (m, n) = alpha · op(A) · op(B) + beta · C, column-major, BF16 or F32 in, F32 out */
+    if (at != bt || (at != CUDA_R_16BF && at != CUDA_R_32F) || ct != CUDA_R_32F) return CUBLAS_STATUS_NOT_SUPPORTED;
+    if (lda < (ta == CUBLAS_OP_N ? m : k) || ldb < (tb == CUBLAS_OP_N ? k : n) || ldc < m)
+        return CUBLAS_STATUS_INVALID_VALUE;
     const bool h = at == CUDA_R_16BF;
     auto ld = [h](const void *p, int64_t i) {
         return h ? __bfloat162float(((const __nv_bfloat16 *)p)[i]) : ((const float *)p)[i];
@@ -367,7 +404,9 @@ static cublasStatus_t gemm_now(cublasOperation_t ta, cublasOperation_t tb, int m
     for (int j = 0; j < n; j++)
         for (int i = 0; i < m; i++) {
             float s = 0.0f;
-            for (int p = 0; p < k; p++) s += ld(A, p + (int64_t)i * lda) * ld(B, p + (int64_t)j * ldb);
+            for (int p = 0; p < k; p++)
+                s += ld(A, ta == CUBLAS_OP_N ? i + (int64_t)p * lda : p + (int64_t)i * lda) *
+                     ld(B, tb == CUBLAS_OP_N ? p + (int64_t)j * ldb : j + (int64_t)p * ldb);
             float *o = c + i + (int64_t)j * ldc;
             *o = al * s + (be != 0.0f ? be * *o : 0.0f);
         }

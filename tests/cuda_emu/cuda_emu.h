@@ -55,9 +55,12 @@ namespace emu {
 void syncthreads();
 float shfl_xor(float v, int lane_mask);
 int shfl_xor(int v, int lane_mask);
+double shfl_xor(double v, int lane_mask);
+void syncwarp();
 void *dyn_smem();
 } // namespace emu
 #define __syncthreads() emu::syncthreads()
+#define __syncwarp() emu::syncwarp()
 #define __shfl_xor_sync(mask, v, o) emu::shfl_xor((v), (o))
 #define PRISM_DYN_SMEM(type, name) type *name = (type *)emu::dyn_smem()
 
@@ -158,8 +161,12 @@ struct cfg {
 void run(const cfg &c, const std::function<void()> &body);
 template <class T> struct same { typedef T type; };
 /* arguments convert to the kernel's parameter types at the call, as with <<<>>> */
+extern const void *running_kernel; /* for CUDA_EMU_NAME: which kernel a launch number is */
 template <class... P> void launch(const cfg &c, void (*k)(P...), typename same<P>::type... a) {
-    std::function<void()> job = [c, k, a...]() { run(c, [&]() { k(a...); }); };
+    std::function<void()> job = [c, k, a...]() {
+        running_kernel = (const void *)k;
+        run(c, [&]() { k(a...); });
+    };
     if (capture) (*capture)(job);
     else job();
 }

@@ -1,0 +1,881 @@
+/* train.cu — LoRA training on the device: forward with saved activations,
+ * masked-CE or top-k-KL loss, backward through the frozen model to dA/dB,
+ * global gradient norm and AdamW — the same computation as src/train/grad.c
+ * and optim.c (see there for the formulas), so a GPU run can be checked
+ * against peft's gradients exactly as the CPU one is.
+ *
+ * Activations are kept in F32; matmuls against the frozen weights take their
+ * input in the model's activation type (BF16 with tensor cores, or F32 for
+ * --precision exact), everything LoRA is F32. Attention works per KV head on
+ * head-major copies of q, k, v, so each of its six products (scores, P·V,
+ * and the four of the backward) is one GEMM for the whole group of query heads
+ * sharing that KV head; the probabilities P (nh, T, T) are materialised.
+ * With recompute, only each layer's input is kept and the layer's forward
+ * runs again just before its backward. */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "cuda/common.cuh"
+
+#define LOSS_ROWS 64 /* logit rows materialised at once */
+
+typedef struct {
+    int32_t r;
+    float scale;
+    int32_t in, out;
+    int64_t offA, offB; /* into the flat parameter / gradient / moment arrays */
+} tmod;
+
+typedef struct {
+    float *h1, *r1, *qraw, *kraw, *rq, *rk;
+    float *qh, *kh, *vh; /* head-major (n, T, hd), after norm and RoPE */
+    float *P;            /* (nh, T, T) */
+    float *att;          /* (T, qd) */
+    float *xmid, *h2, *r2;
+    float *gu;           /* (T, 2F) gate | up, biases included */
+    float *a;            /* (T, F) */
+    float *mid[LT_N];    /* (T, r) */
+} tacts;
+
+struct gpu_train {
+    gpu_model *m;
+    cudaStream_t s;
+    cublasHandle_t blas;
+    int32_t T_max, recompute, n_mods, max_r, first_adapted;
+    tmod *mods;
+    int64_t n_params;
+    float *p, *g, *m1, *m2;
+    float *xs;         /* (L + 1, T, H) */
+    tacts *acts;       /* n_layers, or 1 with recompute */
+    int n_acts;
+    float *hf, *rf, *dx, *dh, *y, *datt, *dqkv, *dgu, *hd_tmp, *ltmp, *oh, *dP;
+    void *abuf;        /* activation-type copy of a GEMM input (T, max(H, qd, F, 2F)) */
+    float *logits, *dlogits, *drows;
+    void *hrows;       /* (LOSS_ROWS, max(H, V)) activation type: gathered rows / dlogits */
+    double *row_loss, *norm_part;
+    int32_t *d_tok, *d_labels, *d_rows, *d_terms, *d_tidx;
+    float *d_tval;
+    int64_t cap_teacher;
+    void **allocs;
+    int n_allocs, cap_allocs;
+    int64_t bytes;
+};
+
+/* ------------------------------------------------------------------ kernels */
+
+__device__ __forceinline__ float t_warp_sum(float v) {
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    return v;
+}
+
+__device__ float t_block_sum(float v, float *red) {
+    const int lane = threadIdx.x & 31, w = threadIdx.x >> 5, nw = (blockDim.x + 31) >> 5;
+    v = t_warp_sum(v);
+    __syncthreads();
+    if (lane == 0) red[w] = v;
+    __syncthreads();
+    return t_warp_sum(lane < nw ? red[lane] : 0.0f);
+}
+
+/* h = rmsnorm(x)·w (F32) and r = 1/rms per row; one block per row. */
+__global__ void tk_norm_fwd(float *h, float *r, const float *x, const float *w, int32_t H, float eps) {
+    __shared__ float red[32];
+    const int64_t i = blockIdx.x;
+    const float *xr = x + i * H;
+    float ss = 0.0f;
+    for (int32_t j = threadIdx.x; j < H; j += blockDim.x) ss += xr[j] * xr[j];
+    const float rr = 1.0f / sqrtf(t_block_sum(ss, red) / (float)H + eps);
+    for (int32_t j = threadIdx.x; j < H; j += blockDim.x) h[i * H + j] = w[j] * (xr[j] * rr);
+    if (threadIdx.x == 0) r[i] = rr;
+}
+
+/* RMSNorm backward over rows of n values: row (t, h) at t·ld + col0 + h·n in
+ * dy / out, t·ldx + h·n in x, r[t·nh + h]. out = (acc ? out : 0) + r·dy·w − c·x,
+ * c = r³·Σ(dy·w·x)/n. out may alias dy. One block per row. */
+__global__ void tk_norm_bwd(float *out, const float *dy, const float *x, const float *w, const float *r, int32_t n,
+                            int32_t nh, int64_t ld, int64_t col0, int64_t ldx, int acc) {
+    __shared__ float red[32];
+    const int64_t row = blockIdx.x, t = row / nh, h = row % nh;
+    const float *dyr = dy + t * ld + col0 + h * n, *xr = x + t * ldx + h * n;
+    float *o = out + t * ld + col0 + h * n;
+    const float rr = r[row];
+    float dot = 0.0f;
+    for (int32_t j = threadIdx.x; j < n; j += blockDim.x) dot += dyr[j] * w[j] * xr[j];
+    const float c = rr * rr * rr * t_block_sum(dot, red) / (float)n;
+    for (int32_t j = threadIdx.x; j < n; j += blockDim.x) {
+        const float v = rr * dyr[j] * w[j] - c * xr[j];
+        o[j] = acc ? o[j] + v : v;
+    }
+}
+
+/* q, k, v from y (T, qkv_n): bias, Qwen3 norm (raw and r saved), RoPE at
+ * position t; written head-major. One warp per (t, head). */
+__global__ void tk_qkv_fwd(const float *y, const float *bqkv, const float *q_norm, const float *k_norm,
+                           const float *inv_freq, float *qraw, float *kraw, float *rq, float *rk, float *qh, float *kh,
+                           float *vh, int32_t T, int32_t nh, int32_t nkv, int32_t hd, int64_t qkv_n, float eps) {
+    const int64_t t = blockIdx.x;
+    const int32_t head = blockIdx.y * (blockDim.x >> 5) + (threadIdx.x >> 5), lane = threadIdx.x & 31;
+    if (head >= nh + 2 * nkv) return;
+    const int64_t qd = (int64_t)nh * hd, kvd = (int64_t)nkv * hd;
+    const int is_q = head < nh, is_k = !is_q && head < nh + nkv, is_v = head >= nh + nkv;
+    const int32_t hh = is_q ? head : is_k ? head - nh : head - nh - nkv;
+    const int64_t col = is_q ? (int64_t)hh * hd : is_k ? qd + (int64_t)hh * hd : qd + kvd + (int64_t)hh * hd;
+    const float *src = y + t * qkv_n + col;
+    float *dst = (is_q ? qh : is_k ? kh : vh) + ((int64_t)hh * T + t) * hd;
+    const int32_t half = hd / 2;
+    const float *nw = is_q ? q_norm : k_norm;
+    float ss = 0.0f;
+    for (int32_t j = lane; j < hd; j += 32) {
+        const float v = src[j] + (bqkv ? bqkv[col + j] : 0.0f);
+        dst[j] = v;
+        ss += v * v;
+    }
+    __syncwarp();
+    if (is_v) return;
+    if (nw) {
+        float *raw = (is_q ? qraw + t * qd : kraw + t * kvd) + (int64_t)hh * hd;
+        const float rr = 1.0f / sqrtf(t_warp_sum(ss) / (float)hd + eps);
+        for (int32_t j = lane; j < hd; j += 32) {
+            raw[j] = dst[j];
+            dst[j] = nw[j] * (dst[j] * rr);
+        }
+        if (lane == 0) (is_q ? rq[t * nh + hh] : rk[t * nkv + hh]) = rr;
+        __syncwarp();
+    }
+    for (int32_t j = lane; j < half; j += 32) {
+        float sn, cs;
+        sincosf((float)t * inv_freq[j], &sn, &cs);
+        const float x1 = dst[j], x2 = dst[j + half];
+        dst[j] = x1 * cs - x2 * sn;
+        dst[j + half] = x2 * cs + x1 * sn;
+    }
+}
+
+/* RoPE backward (rotation by −t) in place on rows t of d: heads n of dim hd at t·ld + col0. */
+__global__ void tk_rope_bwd(float *d, const float *inv_freq, int32_t n, int32_t hd, int64_t ld, int64_t col0) {
+    const int64_t t = blockIdx.x;
+    const int32_t half = hd / 2;
+    for (int32_t e = threadIdx.x; e < n * half; e += blockDim.x) {
+        const int32_t h = e / half, j = e % half;
+        float *v = d + t * ld + col0 + (int64_t)h * hd;
+        float sn, cs;
+        sincosf((float)(-t) * inv_freq[j], &sn, &cs);
+        const float x1 = v[j], x2 = v[j + half];
+        v[j] = x1 * cs - x2 * sn;
+        v[j + half] = x2 * cs + x1 * sn;
+    }
+}
+
+/* Row-major (T, n·hd at ld, col0) <-> head-major (n, T, hd). to_heads: src rows -> dst heads. */
+__global__ void tk_heads(float *rows, float *heads, int32_t T, int32_t n, int32_t hd, int64_t ld, int64_t col0,
+                         int to_heads) {
+    const int64_t t = blockIdx.x;
+    for (int32_t e = threadIdx.x; e < n * hd; e += blockDim.x) {
+        const int32_t h = e / hd, d = e % hd;
+        float *r = rows + t * ld + col0 + e, *hp = heads + ((int64_t)h * T + t) * hd + d;
+        if (to_heads) *hp = *r;
+        else *r = *hp;
+    }
+}
+
+/* Causal (sliding-window) softmax of score rows in place; row r is query t = r % T. */
+__global__ void tk_softmax(float *S, int32_t T, int32_t window) {
+    __shared__ float red[32];
+    const int64_t row = blockIdx.x;
+    const int32_t t = (int32_t)(row % T), first = window > 0 && t - window + 1 > 0 ? t - window + 1 : 0;
+    float *s = S + row * T;
+    float mx = -INFINITY;
+    for (int32_t j = first + threadIdx.x; j <= t; j += blockDim.x) mx = fmaxf(mx, s[j]);
+    for (int o = 16; o > 0; o >>= 1) mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, o));
+    __shared__ float mxs[32];
+    if ((threadIdx.x & 31) == 0) mxs[threadIdx.x >> 5] = mx;
+    __syncthreads();
+    mx = -INFINITY;
+    for (int w = 0; w < (int)((blockDim.x + 31) >> 5); w++) mx = fmaxf(mx, mxs[w]);
+    float sum = 0.0f;
+    for (int32_t j = first + threadIdx.x; j <= t; j += blockDim.x) sum += expf(s[j] - mx);
+    sum = t_block_sum(sum, red);
+    for (int32_t j = threadIdx.x; j < T; j += blockDim.x) s[j] = j >= first && j <= t ? expf(s[j] - mx) / sum : 0.0f;
+}
+
+/* dS = P ⊙ (dP − Σ_j P·dP) · scale, in place in dP; one block per row. */
+__global__ void tk_dsoftmax(float *dP, const float *P, int32_t T, float scale) {
+    __shared__ float red[32];
+    const int64_t row = blockIdx.x;
+    const float *p = P + row * T;
+    float *d = dP + row * T;
+    float s = 0.0f;
+    for (int32_t j = threadIdx.x; j < T; j += blockDim.x) s += p[j] * d[j];
+    s = t_block_sum(s, red);
+    for (int32_t j = threadIdx.x; j < T; j += blockDim.x) d[j] = p[j] == 0.0f ? 0.0f : p[j] * (d[j] - s) * scale;
+}
+
+/* out = a + b (+ bias per column); n columns. */
+__global__ void tk_add(float *out, const float *a, const float *b, const float *bias, int64_t total, int32_t n) {
+    for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < total; i += (int64_t)gridDim.x * blockDim.x)
+        out[i] = a[i] + b[i] + (bias ? bias[i % n] : 0.0f);
+}
+
+__global__ void tk_bias(float *y, const float *bias, int64_t total, int32_t n) {
+    for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < total; i += (int64_t)gridDim.x * blockDim.x)
+        y[i] += bias[i % n];
+}
+
+__global__ void tk_swiglu_fwd(float *a, const float *gu, int32_t F) {
+    const int64_t t = blockIdx.y;
+    const int32_t j = blockIdx.x * blockDim.x + threadIdx.x;
+    if (j >= F) return;
+    const float g = gu[t * 2 * F + j];
+    a[t * F + j] = g / (1.0f + expf(-g)) * gu[t * 2 * F + F + j];
+}
+
+__global__ void tk_swiglu_bwd(float *dgu, const float *da, const float *gu, int32_t F) {
+    const int64_t t = blockIdx.y;
+    const int32_t j = blockIdx.x * blockDim.x + threadIdx.x;
+    if (j >= F) return;
+    const float g = gu[t * 2 * F + j], u = gu[t * 2 * F + F + j], sg = 1.0f / (1.0f + expf(-g)), d = da[t * F + j];
+    dgu[t * 2 * F + F + j] = d * g * sg;
+    dgu[t * 2 * F + j] = d * u * sg * (1.0f + g * (1.0f - sg));
+}
+
+template <class A> __global__ void tk_to(A *dst, const float *src, int64_t n) {
+    for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x)
+        stA(dst + i, src[i]);
+}
+
+/* dst[j] = A(src[rows[j]]) for n rows of H. */
+template <class A> __global__ void tk_gather(A *dst, const float *src, const int32_t *rows, int32_t H) {
+    const int64_t j = blockIdx.x, r = rows[j];
+    for (int32_t k = threadIdx.x; k < H; k += blockDim.x) stA(dst + j * H + k, src[r * H + k]);
+}
+
+__global__ void tk_scatter_add(float *dst, const float *src, const int32_t *rows, int32_t H) {
+    const int64_t j = blockIdx.x, r = rows[j];
+    for (int32_t k = threadIdx.x; k < H; k += blockDim.x) dst[r * H + k] += src[j * H + k];
+}
+
+/* Loss of one logits row and its gradient (dlogits row fully written).
+ * CE: label = labels[rows[i] + 1]. KL: term p = terms[i] of the teacher top-k. */
+__global__ void tk_loss(const float *logits, float *dl, double *row_loss, const int32_t *rows, const int32_t *terms,
+                        const int32_t *labels, const float *tval, const int32_t *tidx, int32_t V, int32_t kind,
+                        int32_t K, float temp) {
+    __shared__ double dred[32];
+    __shared__ float fred[32];
+    const int64_t i = blockIdx.x;
+    const float *lg = logits + i * V;
+    float *d = dl + i * V;
+    const int lane = threadIdx.x & 31, w = threadIdx.x >> 5, nw = (blockDim.x + 31) >> 5;
+    if (kind == 0) {
+        float mx = -INFINITY;
+        for (int32_t v = threadIdx.x; v < V; v += blockDim.x) mx = fmaxf(mx, lg[v]);
+        for (int o = 16; o > 0; o >>= 1) mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, o));
+        if (lane == 0) fred[w] = mx;
+        __syncthreads();
+        mx = -INFINITY;
+        for (int k = 0; k < nw; k++) mx = fmaxf(mx, fred[k]);
+        double sum = 0;
+        for (int32_t v = threadIdx.x; v < V; v += blockDim.x) sum += exp((double)lg[v] - mx);
+        for (int o = 16; o > 0; o >>= 1) sum += __shfl_xor_sync(0xffffffffu, sum, o);
+        if (lane == 0) dred[w] = sum;
+        __syncthreads();
+        sum = 0;
+        for (int k = 0; k < nw; k++) sum += dred[k];
+        const int32_t label = labels[rows[i] + 1];
+        for (int32_t v = threadIdx.x; v < V; v += blockDim.x)
+            d[v] = (float)(exp((double)lg[v] - mx) / sum) - (v == label ? 1.0f : 0.0f);
+        if (threadIdx.x == 0) row_loss[i] = log(sum) + mx - lg[label];
+        return;
+    }
+    for (int32_t v = threadIdx.x; v < V; v += blockDim.x) d[v] = 0.0f;
+    __syncthreads();
+    if (threadIdx.x != 0) return;
+    const int32_t p = terms[i];
+    const float T = temp;
+    const float *tv = tval + (int64_t)p * K;
+    const int32_t *ti = tidx + (int64_t)p * K;
+    double tmx = -INFINITY, smx = -INFINITY, ts = 0, ss = 0;
+    for (int32_t j = 0; j < K; j++) {
+        tmx = tv[j] / T > tmx ? tv[j] / T : tmx;
+        smx = lg[ti[j]] / T > smx ? lg[ti[j]] / T : smx;
+    }
+    for (int32_t j = 0; j < K; j++) ts += exp(tv[j] / T - tmx), ss += exp(lg[ti[j]] / T - smx);
+    const double tl = log(ts) + tmx, sl = log(ss) + smx;
+    double kl = 0;
+    for (int32_t j = 0; j < K; j++) {
+        const double lpt = tv[j] / T - tl, lps = lg[ti[j]] / T - sl, pt = exp(lpt), ps = exp(lps);
+        kl += pt * (lpt - lps);
+        d[ti[j]] += (float)(T * (ps - pt));
+    }
+    row_loss[i] = kl * T * T;
+}
+
+__global__ void tk_scale_sumsq(float *g, int64_t n, float scale, double *part) {
+    __shared__ double red[32];
+    double s = 0;
+    for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x) {
+        const float v = g[i] * scale;
+        g[i] = v;
+        s += (double)v * v;
+    }
+    for (int o = 16; o > 0; o >>= 1) s += __shfl_xor_sync(0xffffffffu, s, o);
+    if ((threadIdx.x & 31) == 0) red[threadIdx.x >> 5] = s;
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        double t = 0;
+        for (int k = 0; k < (int)(blockDim.x >> 5); k++) t += red[k];
+        part[blockIdx.x] = t;
+    }
+}
+
+/* torch.optim.AdamW, as adamw_update in src/train/optim.c. */
+__global__ void tk_adamw(float *p, const float *g, float *m, float *v, int64_t n, float gscale, float decay, int wd,
+                         float w1, float b2, float w2, float step_size, float bc2_sqrt, float eps) {
+    for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x) {
+        const float pi = wd ? p[i] * decay : p[i];
+        const float gi = g[i] * gscale;
+        const float mi = m[i] + w1 * (gi - m[i]);
+        const float vi = v[i] * b2 + w2 * gi * gi;
+        const float denom = sqrtf(vi) / bc2_sqrt + eps;
+        m[i] = mi;
+        v[i] = vi;
+        p[i] = pi + -step_size * mi / denom;
+    }
+}
+
+__global__ void tk_zero(float *x, int64_t n) {
+    for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x)
+        x[i] = 0.0f;
+}
+
+/* ------------------------------------------------------------------ host helpers */
+
+#define CU(call, what)                                                                          \
+    do {                                                                                        \
+        cudaError_t e_ = (call);                                                                \
+        if (e_ != cudaSuccess)                                                                  \
+            return gpu_fail(err, errn, e_ == cudaErrorMemoryAllocation ? PRISM_GPU_E_NOMEM : PRISM_GPU_E_DEVICE, \
+                            "%s: CUDA error %s", (what), cudaGetErrorString(e_));               \
+    } while (0)
+#define BL(call)                                                                                             \
+    do {                                                                                                     \
+        cublasStatus_t b_ = (call);                                                                          \
+        if (b_ != CUBLAS_STATUS_SUCCESS)                                                                     \
+            return gpu_fail(err, errn, PRISM_GPU_E_DEVICE, "training GEMM: cuBLAS status %d", (int)b_);     \
+    } while (0)
+#define TRY(x)                  \
+    do {                        \
+        int r_ = (x);           \
+        if (r_) return r_;      \
+    } while (0)
+
+static int talloc(gpu_train *t, void **p, size_t bytes, char *err, size_t errn) {
+    *p = NULL;
+    if (t->n_allocs == t->cap_allocs) {
+        int cap = t->cap_allocs ? 2 * t->cap_allocs : 64;
+        void **a = (void **)realloc(t->allocs, (size_t)cap * sizeof *a);
+        if (!a) return gpu_fail(err, errn, PRISM_GPU_E_NOMEM, "out of host memory");
+        t->allocs = a, t->cap_allocs = cap;
+    }
+    if (!bytes) bytes = 16;
+    cudaError_t e = cudaMalloc(p, bytes);
+    if (e != cudaSuccess) {
+        *p = NULL;
+        cudaGetLastError();
+        size_t fr = 0, tot = 0;
+        cudaMemGetInfo(&fr, &tot);
+        return gpu_fail(err, errn, PRISM_GPU_E_NOMEM,
+                        "LoRA training: allocating %.1f MiB failed (%.2f GiB free of %.2f; try recomputation or "
+                        "shorter sequences)",
+                        bytes / 1048576.0, fr / 1073741824.0, tot / 1073741824.0);
+    }
+    t->allocs[t->n_allocs++] = *p;
+    t->bytes += (int64_t)bytes;
+    account((int64_t)bytes);
+    return 0;
+}
+#define TA(ptr, n) TRY(talloc(t, (void **)&(ptr), (size_t)(n), err, errn))
+
+static const float ONE = 1.0f, ZERO = 0.0f;
+
+/* F32 GEMM, column-major cuBLAS conventions. */
+static int sg(gpu_train *t, cublasOperation_t oa, cublasOperation_t ob, int m, int n, int k, float alpha, const float *A,
+              int lda, const float *B, int ldb, float beta, float *C, int ldc, char *err, size_t errn) {
+    BL(cublasGemmEx(t->blas, oa, ob, m, n, k, &alpha, A, CUDA_R_32F, lda, B, CUDA_R_32F, ldb, &beta, C, CUDA_R_32F,
+                    ldc, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+    return 0;
+}
+
+/* x (n floats) in the activation type, into abuf (or x itself for F32). */
+static const void *as_act(gpu_train *t, const float *x, int64_t n) {
+    if (t->m->f32) return x;
+    tk_to<bf16><<<1024, 256, 0, t->s>>>((bf16 *)t->abuf, x, n);
+    return t->abuf;
+}
+
+/* y (T, out; ldy) = x (T, in) · Wᵀ (+ beta·y) */
+static int w_fwd(gpu_train *t, float *y, int ldy, const float *x, const dlin *W, int32_t T, char *err, size_t errn) {
+    const int in = (int)W->in, out = (int)W->out;
+    const void *xa = as_act(t, x, (int64_t)T * in);
+    const cudaDataType at = t->m->f32 ? CUDA_R_32F : CUDA_R_16BF;
+    BL(cublasGemmEx(t->blas, CUBLAS_OP_T, CUBLAS_OP_N, out, T, in, &ONE, W->w, at, in, xa, at, in, &ZERO, y, CUDA_R_32F,
+                    ldy, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+    return 0;
+}
+
+/* dx (T, in) (+)= dy (T, out; ldy) · W */
+static int w_bwd(gpu_train *t, float *dx, const float *dy, int ldy, const dlin *W, int32_t T, float beta, char *err,
+                 size_t errn) {
+    const int in = (int)W->in, out = (int)W->out;
+    const void *da = dy;
+    int ld = ldy;
+    if (!t->m->f32) { /* pack (T, out) at ldy into abuf as BF16 */
+        if (ldy != out) return gpu_fail(err, errn, PRISM_GPU_E_ARG, "internal: strided BF16 backward input");
+        da = as_act(t, dy, (int64_t)T * out);
+    }
+    const cudaDataType at = t->m->f32 ? CUDA_R_32F : CUDA_R_16BF;
+    BL(cublasGemmEx(t->blas, CUBLAS_OP_N, CUBLAS_OP_N, in, T, out, &ONE, W->w, at, in, da, at, ld, &beta, dx, CUDA_R_32F,
+                    in, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+    return 0;
+}
+
+static const tmod *mod_of(const gpu_train *t, int32_t l, int target) {
+    const tmod *md = &t->mods[(int64_t)l * LT_N + target];
+    return md->r ? md : NULL;
+}
+
+/* LoRA forward: mid = x·Aᵀ; y[:, col..] += s·mid·Bᵀ */
+static int lora_fwd(gpu_train *t, const tmod *md, const float *x, int ldx, float *mid, float *y, int ldy, int32_t T,
+                    char *err, size_t errn) {
+    if (!md) return 0;
+    const float *A = t->p + md->offA, *B = t->p + md->offB;
+    TRY(sg(t, CUBLAS_OP_T, CUBLAS_OP_N, md->r, T, md->in, 1.0f, A, md->in, x, ldx, 0.0f, mid, md->r, err, errn));
+    TRY(sg(t, CUBLAS_OP_T, CUBLAS_OP_N, md->out, T, md->r, md->scale, B, md->r, mid, md->r, 1.0f, y, ldy, err, errn));
+    return 0;
+}
+
+/* LoRA backward (lin_bwd in grad.c): tmp = dy·B; dB += s·dyᵀ·mid; dA += s·tmpᵀ·x; dx += s·tmp·A */
+static int lora_bwd(gpu_train *t, const tmod *md, const float *x, int ldx, const float *mid, const float *dy, int ldy,
+                    float *dx, int lddx, int32_t T, char *err, size_t errn) {
+    if (!md) return 0;
+    const float *A = t->p + md->offA, *B = t->p + md->offB;
+    float *gA = t->g + md->offA, *gB = t->g + md->offB, *tmp = t->ltmp;
+    TRY(sg(t, CUBLAS_OP_N, CUBLAS_OP_N, md->r, T, md->out, 1.0f, B, md->r, dy, ldy, 0.0f, tmp, md->r, err, errn));
+    TRY(sg(t, CUBLAS_OP_N, CUBLAS_OP_T, md->r, md->out, T, md->scale, mid, md->r, dy, ldy, 1.0f, gB, md->r, err, errn));
+    TRY(sg(t, CUBLAS_OP_N, CUBLAS_OP_T, md->in, md->r, T, md->scale, x, ldx, tmp, md->r, 1.0f, gA, md->in, err, errn));
+    TRY(sg(t, CUBLAS_OP_N, CUBLAS_OP_N, md->in, T, md->r, md->scale, A, md->in, tmp, md->r, 1.0f, dx, lddx, err, errn));
+    return 0;
+}
+
+static int grid_for(int64_t n) { return (int)(n / 256 + 1 < 4096 ? n / 256 + 1 : 4096); }
+
+/* ------------------------------------------------------------------ forward / backward of one layer */
+
+static int layer_fwd(gpu_train *t, int32_t l, tacts *A, const float *x, float *y_out, int32_t T, char *err,
+                     size_t errn) {
+    const gpu_model *m = t->m;
+    const dlayer *L = &m->layers[l];
+    const int32_t H = m->H, hd = m->hd, nh = m->nh, nkv = m->nkv, F = m->F, group = nh / nkv;
+    const int64_t qd = (int64_t)nh * hd, kvd = (int64_t)nkv * hd, qn = qd + 2 * kvd;
+    tk_norm_fwd<<<T, 256, 0, t->s>>>(A->h1, A->r1, x, L->attn_norm, H, m->eps);
+    TRY(w_fwd(t, t->y, (int)qn, A->h1, &L->wqkv, T, err, errn));
+    TRY(lora_fwd(t, mod_of(t, l, LT_Q), A->h1, H, A->mid[LT_Q], t->y, (int)qn, T, err, errn));
+    TRY(lora_fwd(t, mod_of(t, l, LT_K), A->h1, H, A->mid[LT_K], t->y + qd, (int)qn, T, err, errn));
+    TRY(lora_fwd(t, mod_of(t, l, LT_V), A->h1, H, A->mid[LT_V], t->y + qd + kvd, (int)qn, T, err, errn));
+    dim3 gq(T, (nh + 2 * nkv + 3) / 4);
+    tk_qkv_fwd<<<gq, 128, 0, t->s>>>(t->y, L->bqkv, L->q_norm, L->k_norm, m->inv_freq, A->qraw, A->kraw, A->rq, A->rk,
+                                     A->qh, A->kh, A->vh, T, nh, nkv, hd, qn, m->eps);
+    const float scale = 1.0f / sqrtf((float)hd);
+    for (int32_t g = 0; g < nkv; g++) {
+        const int64_t gt = (int64_t)group * T;
+        float *Qg = A->qh + (int64_t)g * gt * hd, *Kg = A->kh + (int64_t)g * T * hd, *Vg = A->vh + (int64_t)g * T * hd;
+        float *Pg = A->P + (int64_t)g * gt * T, *Og = t->oh + (int64_t)g * gt * hd;
+        TRY(sg(t, CUBLAS_OP_T, CUBLAS_OP_N, T, (int)gt, hd, scale, Kg, hd, Qg, hd, 0.0f, Pg, T, err, errn));
+        tk_softmax<<<(int)gt, 128, 0, t->s>>>(Pg, T, m->window);
+        TRY(sg(t, CUBLAS_OP_N, CUBLAS_OP_N, hd, (int)gt, T, 1.0f, Vg, hd, Pg, T, 0.0f, Og, hd, err, errn));
+    }
+    tk_heads<<<T, 256, 0, t->s>>>(A->att, t->oh, T, nh, hd, qd, 0, 0);
+    TRY(w_fwd(t, t->y, H, A->att, &L->wo, T, err, errn));
+    TRY(lora_fwd(t, mod_of(t, l, LT_O), A->att, (int)qd, A->mid[LT_O], t->y, H, T, err, errn));
+    tk_add<<<grid_for((int64_t)T * H), 256, 0, t->s>>>(A->xmid, x, t->y, L->bo, (int64_t)T * H, H);
+    tk_norm_fwd<<<T, 256, 0, t->s>>>(A->h2, A->r2, A->xmid, L->ffn_norm, H, m->eps);
+    TRY(w_fwd(t, A->gu, 2 * F, A->h2, &L->wgu, T, err, errn));
+    TRY(lora_fwd(t, mod_of(t, l, LT_GATE), A->h2, H, A->mid[LT_GATE], A->gu, 2 * F, T, err, errn));
+    TRY(lora_fwd(t, mod_of(t, l, LT_UP), A->h2, H, A->mid[LT_UP], A->gu + F, 2 * F, T, err, errn));
+    if (L->bgu) tk_bias<<<grid_for((int64_t)T * 2 * F), 256, 0, t->s>>>(A->gu, L->bgu, (int64_t)T * 2 * F, 2 * F);
+    dim3 gs((F + 255) / 256, T);
+    tk_swiglu_fwd<<<gs, 256, 0, t->s>>>(A->a, A->gu, F);
+    TRY(w_fwd(t, t->y, H, A->a, &L->wd, T, err, errn));
+    TRY(lora_fwd(t, mod_of(t, l, LT_DOWN), A->a, F, A->mid[LT_DOWN], t->y, H, T, err, errn));
+    tk_add<<<grid_for((int64_t)T * H), 256, 0, t->s>>>(y_out, A->xmid, t->y, L->bd, (int64_t)T * H, H);
+    return 0;
+}
+
+/* t->dx: gradient w.r.t. the layer output on entry, w.r.t. its input x on return. */
+static int layer_bwd(gpu_train *t, int32_t l, const tacts *A, const float *x, int32_t T, char *err, size_t errn) {
+    const gpu_model *m = t->m;
+    const dlayer *L = &m->layers[l];
+    const int32_t H = m->H, hd = m->hd, nh = m->nh, nkv = m->nkv, F = m->F, group = nh / nkv;
+    const int64_t qd = (int64_t)nh * hd, kvd = (int64_t)nkv * hd, qn = qd + 2 * kvd;
+    float *dx = t->dx, *da = t->hd_tmp;
+    /* MLP */
+    TRY(w_bwd(t, da, dx, H, &L->wd, T, 0.0f, err, errn));
+    TRY(lora_bwd(t, mod_of(t, l, LT_DOWN), A->a, F, A->mid[LT_DOWN], dx, H, da, F, T, err, errn));
+    dim3 gs((F + 255) / 256, T);
+    tk_swiglu_bwd<<<gs, 256, 0, t->s>>>(t->dgu, da, A->gu, F);
+    TRY(w_bwd(t, t->dh, t->dgu, 2 * F, &L->wgu, T, 0.0f, err, errn));
+    TRY(lora_bwd(t, mod_of(t, l, LT_GATE), A->h2, H, A->mid[LT_GATE], t->dgu, 2 * F, t->dh, H, T, err, errn));
+    TRY(lora_bwd(t, mod_of(t, l, LT_UP), A->h2, H, A->mid[LT_UP], t->dgu + F, 2 * F, t->dh, H, T, err, errn));
+    tk_norm_bwd<<<T, 256, 0, t->s>>>(dx, t->dh, A->xmid, L->ffn_norm, A->r2, H, 1, H, 0, H, 1);
+    /* attention */
+    TRY(w_bwd(t, t->datt, dx, H, &L->wo, T, 0.0f, err, errn));
+    TRY(lora_bwd(t, mod_of(t, l, LT_O), A->att, (int)qd, A->mid[LT_O], dx, H, t->datt, (int)qd, T, err, errn));
+    tk_heads<<<T, 256, 0, t->s>>>(t->datt, t->oh, T, nh, hd, qd, 0, 1); /* oh := dO head-major */
+    float *dqh = t->hd_tmp;                                              /* (nh, T, hd) */
+    float *dkh = dqh + qd * T, *dvh = dkh + kvd * T;
+    const float scale = 1.0f / sqrtf((float)hd);
+    for (int32_t g = 0; g < nkv; g++) {
+        const int64_t gt = (int64_t)group * T;
+        const float *Qg = A->qh + (int64_t)g * gt * hd, *Kg = A->kh + (int64_t)g * T * hd,
+                    *Vg = A->vh + (int64_t)g * T * hd, *Pg = A->P + (int64_t)g * gt * T;
+        float *dOg = t->oh + (int64_t)g * gt * hd, *dPg = t->dP + (int64_t)g * gt * T;
+        TRY(sg(t, CUBLAS_OP_T, CUBLAS_OP_N, T, (int)gt, hd, 1.0f, Vg, hd, dOg, hd, 0.0f, dPg, T, err, errn));
+        tk_dsoftmax<<<(int)gt, 128, 0, t->s>>>(dPg, Pg, T, scale);
+        TRY(sg(t, CUBLAS_OP_N, CUBLAS_OP_N, hd, (int)gt, T, 1.0f, Kg, hd, dPg, T, 0.0f, dqh + (int64_t)g * gt * hd, hd,
+               err, errn));
+        TRY(sg(t, CUBLAS_OP_N, CUBLAS_OP_T, hd, T, (int)gt, 1.0f, Qg, hd, dPg, T, 0.0f, dkh + (int64_t)g * T * hd, hd,
+               err, errn));
+        TRY(sg(t, CUBLAS_OP_N, CUBLAS_OP_T, hd, T, (int)gt, 1.0f, dOg, hd, Pg, T, 0.0f, dvh + (int64_t)g * T * hd, hd,
+               err, errn));
+    }
+    tk_heads<<<T, 256, 0, t->s>>>(t->dqkv, dqh, T, nh, hd, qn, 0, 0);
+    tk_heads<<<T, 256, 0, t->s>>>(t->dqkv, dkh, T, nkv, hd, qn, qd, 0);
+    tk_heads<<<T, 256, 0, t->s>>>(t->dqkv, dvh, T, nkv, hd, qn, qd + kvd, 0);
+    tk_rope_bwd<<<T, 256, 0, t->s>>>(t->dqkv, m->inv_freq, nh, hd, qn, 0);
+    tk_rope_bwd<<<T, 256, 0, t->s>>>(t->dqkv, m->inv_freq, nkv, hd, qn, qd);
+    if (L->q_norm) {
+        tk_norm_bwd<<<T * nh, 128, 0, t->s>>>(t->dqkv, t->dqkv, A->qraw, L->q_norm, A->rq, hd, nh, qn, 0, qd, 0);
+        tk_norm_bwd<<<T * nkv, 128, 0, t->s>>>(t->dqkv, t->dqkv, A->kraw, L->k_norm, A->rk, hd, nkv, qn, qd, kvd, 0);
+    }
+    TRY(w_bwd(t, t->dh, t->dqkv, (int)qn, &L->wqkv, T, 0.0f, err, errn));
+    TRY(lora_bwd(t, mod_of(t, l, LT_Q), A->h1, H, A->mid[LT_Q], t->dqkv, (int)qn, t->dh, H, T, err, errn));
+    TRY(lora_bwd(t, mod_of(t, l, LT_K), A->h1, H, A->mid[LT_K], t->dqkv + qd, (int)qn, t->dh, H, T, err, errn));
+    TRY(lora_bwd(t, mod_of(t, l, LT_V), A->h1, H, A->mid[LT_V], t->dqkv + qd + kvd, (int)qn, t->dh, H, T, err, errn));
+    tk_norm_bwd<<<T, 256, 0, t->s>>>(dx, t->dh, x, L->attn_norm, A->r1, H, 1, H, 0, H, 1);
+    return 0;
+}
+
+/* ------------------------------------------------------------------ session */
+
+static void train_free(gpu_train *t) {
+    if (!t) return;
+    cudaSetDevice(t->m->dev);
+    if (t->s) cudaStreamSynchronize(t->s);
+    for (int i = 0; i < t->n_allocs; i++) cudaFree(t->allocs[i]);
+    account(-t->bytes);
+    if (t->blas) cublasDestroy(t->blas);
+    if (t->s) cudaStreamDestroy(t->s);
+    free(t->allocs);
+    free(t->acts);
+    free(t->mods);
+    free(t);
+}
+
+static int acts_alloc(gpu_train *t, tacts *A, char *err, size_t errn) {
+    const gpu_model *m = t->m;
+    const int64_t T = t->T_max, H = m->H, hd = m->hd, nh = m->nh, nkv = m->nkv, F = m->F, qd = nh * hd,
+                  kvd = nkv * hd, f = 4;
+    const int qk = m->layers[0].q_norm != NULL;
+    memset(A, 0, sizeof *A);
+    TA(A->h1, T * H * f); TA(A->r1, T * f);
+    if (qk) {
+        TA(A->qraw, T * qd * f); TA(A->kraw, T * kvd * f); TA(A->rq, T * nh * f); TA(A->rk, T * nkv * f);
+    }
+    TA(A->qh, T * qd * f); TA(A->kh, T * kvd * f); TA(A->vh, T * kvd * f);
+    TA(A->P, nh * T * T * f); TA(A->att, T * qd * f);
+    TA(A->xmid, T * H * f); TA(A->h2, T * H * f); TA(A->r2, T * f);
+    TA(A->gu, T * 2 * F * f); TA(A->a, T * F * f);
+    for (int k = 0; k < LT_N; k++) TA(A->mid[k], T * (t->max_r ? t->max_r : 1) * f);
+    return 0;
+}
+
+static int train_new(gpu_model *m, const gpu_lora_desc *mods, int32_t max_tokens, int32_t recompute, gpu_train **out,
+                     char *err, size_t errn) {
+    *out = NULL;
+    CU(cudaSetDevice(m->dev), "cudaSetDevice");
+    if (max_tokens <= 0) return gpu_fail(err, errn, PRISM_GPU_E_ARG, "training sequence length %d", max_tokens);
+    gpu_train *t = (gpu_train *)calloc(1, sizeof *t);
+    if (!t) return gpu_fail(err, errn, PRISM_GPU_E_NOMEM, "out of host memory");
+    t->m = m;
+    t->T_max = max_tokens;
+    t->recompute = recompute != 0;
+    t->n_mods = m->n_layers * LT_N;
+    t->mods = (tmod *)calloc((size_t)t->n_mods, sizeof *t->mods);
+    t->first_adapted = m->n_layers;
+    int rc = 0;
+    if (!t->mods) {
+        free(t);
+        return gpu_fail(err, errn, PRISM_GPU_E_NOMEM, "out of host memory");
+    }
+    for (int i = 0; i < t->n_mods; i++) {
+        if (mods[i].r <= 0) continue;
+        tmod *d = &t->mods[i];
+        d->r = mods[i].r, d->scale = mods[i].scale, d->in = (int32_t)mods[i].in, d->out = (int32_t)mods[i].out;
+        d->offA = t->n_params;
+        t->n_params += (int64_t)d->r * d->in;
+        d->offB = t->n_params;
+        t->n_params += (int64_t)d->r * d->out;
+        if (d->r > t->max_r) t->max_r = d->r;
+        if (i / LT_N < t->first_adapted) t->first_adapted = i / LT_N;
+    }
+    const int64_t T = max_tokens, H = m->H, hd = m->hd, nh = m->nh, nkv = m->nkv, F = m->F, V = m->V, qd = nh * hd,
+                  kvd = nkv * hd, qn = qd + 2 * kvd, f = 4;
+    cudaError_t ce = cudaStreamCreateWithFlags(&t->s, cudaStreamNonBlocking);
+    if (ce != cudaSuccess) {
+        train_free(t);
+        return gpu_fail(err, errn, PRISM_GPU_E_DEVICE, "cudaStreamCreate: %s", cudaGetErrorString(ce));
+    }
+    if (cublasCreate(&t->blas) != CUBLAS_STATUS_SUCCESS || cublasSetStream(t->blas, t->s) != CUBLAS_STATUS_SUCCESS) {
+        train_free(t);
+        return gpu_fail(err, errn, PRISM_GPU_E_DEVICE, "cublasCreate failed");
+    }
+#define TA2(ptr, n)                                                      \
+    do {                                                                 \
+        if ((rc = talloc(t, (void **)&(ptr), (size_t)(n), err, errn))) goto fail; \
+    } while (0)
+    TA2(t->p, t->n_params * f); TA2(t->g, t->n_params * f); TA2(t->m1, t->n_params * f); TA2(t->m2, t->n_params * f);
+    TA2(t->xs, (m->n_layers + 1) * T * H * f);
+    t->n_acts = t->recompute ? 1 : m->n_layers;
+    t->acts = (tacts *)calloc((size_t)t->n_acts, sizeof *t->acts);
+    if (!t->acts) {
+        rc = gpu_fail(err, errn, PRISM_GPU_E_NOMEM, "out of host memory");
+        goto fail;
+    }
+    for (int i = 0; i < t->n_acts; i++)
+        if ((rc = acts_alloc(t, &t->acts[i], err, errn))) goto fail;
+    {
+        int64_t wide = qn > 2 * F ? qn : 2 * F;
+        wide = wide > H ? wide : H;
+        int64_t hdt = qn > F ? qn : F; /* dq|dk|dv head-major, da, or a recomputed layer's output */
+        hdt = hdt > H ? hdt : H;
+        TA2(t->hf, T * H * f); TA2(t->rf, T * f); TA2(t->dx, T * H * f); TA2(t->dh, T * H * f);
+        TA2(t->y, T * wide * f); TA2(t->datt, T * qd * f); TA2(t->dqkv, T * qn * f); TA2(t->dgu, T * 2 * F * f);
+        TA2(t->hd_tmp, T * hdt * f); TA2(t->ltmp, T * (t->max_r ? t->max_r : 1) * f); TA2(t->oh, T * qd * f);
+        TA2(t->dP, nh * T * T * f);
+        int64_t aw = wide > F ? wide : F;
+        aw = aw > qd ? aw : qd;
+        TA2(t->abuf, T * aw * (int64_t)m->asz);
+        TA2(t->logits, (int64_t)LOSS_ROWS * V * f); TA2(t->dlogits, (int64_t)LOSS_ROWS * V * f);
+        TA2(t->drows, (int64_t)LOSS_ROWS * H * f);
+        TA2(t->hrows, (int64_t)LOSS_ROWS * (V > H ? V : H) * (int64_t)m->asz);
+        TA2(t->row_loss, LOSS_ROWS * 8); TA2(t->norm_part, 1024 * 8);
+        TA2(t->d_tok, T * 4); TA2(t->d_labels, T * 4); TA2(t->d_rows, T * 4); TA2(t->d_terms, T * 4);
+    }
+#undef TA2
+    tk_zero<<<grid_for(t->n_params), 256, 0, t->s>>>(t->p, t->n_params);
+    tk_zero<<<grid_for(t->n_params), 256, 0, t->s>>>(t->g, t->n_params);
+    tk_zero<<<grid_for(t->n_params), 256, 0, t->s>>>(t->m1, t->n_params);
+    tk_zero<<<grid_for(t->n_params), 256, 0, t->s>>>(t->m2, t->n_params);
+    ce = cudaStreamSynchronize(t->s);
+    if (ce != cudaSuccess) {
+        rc = gpu_fail(err, errn, PRISM_GPU_E_DEVICE, "LoRA training setup: %s", cudaGetErrorString(ce));
+        goto fail;
+    }
+    *out = t;
+    return 0;
+fail:
+    train_free(t);
+    return rc;
+}
+
+static float *which_buf(gpu_train *t, int32_t which) {
+    return which == GPU_TRAIN_PARAMS ? t->p : which == GPU_TRAIN_GRADS ? t->g : which == GPU_TRAIN_M ? t->m1 : t->m2;
+}
+
+static int train_set(gpu_train *t, int32_t which, const gpu_lora_desc *mods, char *err, size_t errn) {
+    CU(cudaSetDevice(t->m->dev), "cudaSetDevice");
+    CU(cudaStreamSynchronize(t->s), "training");
+    float *b = which_buf(t, which);
+    for (int i = 0; i < t->n_mods; i++) {
+        const tmod *d = &t->mods[i];
+        if (!d->r) continue;
+        if (mods[i].r != d->r || mods[i].in != d->in || mods[i].out != d->out)
+            return gpu_fail(err, errn, PRISM_GPU_E_ARG, "module %d does not match the training session's shapes", i);
+        CU(cudaMemcpy(b + d->offA, mods[i].A, (size_t)d->r * d->in * 4, cudaMemcpyHostToDevice), "uploading LoRA");
+        CU(cudaMemcpy(b + d->offB, mods[i].B, (size_t)d->r * d->out * 4, cudaMemcpyHostToDevice), "uploading LoRA");
+    }
+    return 0;
+}
+
+static int train_get(gpu_train *t, int32_t which, const gpu_lora_dst *dst, char *err, size_t errn) {
+    CU(cudaSetDevice(t->m->dev), "cudaSetDevice");
+    CU(cudaStreamSynchronize(t->s), "training");
+    const float *b = which_buf(t, which);
+    for (int i = 0; i < t->n_mods; i++) {
+        const tmod *d = &t->mods[i];
+        if (!d->r) continue;
+        CU(cudaMemcpy(dst[i].A, b + d->offA, (size_t)d->r * d->in * 4, cudaMemcpyDeviceToHost), "downloading LoRA");
+        CU(cudaMemcpy(dst[i].B, b + d->offB, (size_t)d->r * d->out * 4, cudaMemcpyDeviceToHost), "downloading LoRA");
+    }
+    return 0;
+}
+
+static int train_zero_grad(gpu_train *t, char *err, size_t errn) {
+    CU(cudaSetDevice(t->m->dev), "cudaSetDevice");
+    tk_zero<<<grid_for(t->n_params), 256, 0, t->s>>>(t->g, t->n_params);
+    CU(cudaGetLastError(), "zeroing gradients");
+    return 0;
+}
+
+/* Loss rows rows[0..n) (terms for KL), dlogits·W_lm added into dhf rows; per-row losses summed into *loss. */
+static int loss_rows(gpu_train *t, const gpu_train_example *ex, const int32_t *rows, const int32_t *terms, int n,
+                     float *dhf, double *loss, char *err, size_t errn) {
+    const gpu_model *m = t->m;
+    const int32_t H = m->H, V = m->V;
+    CU(cudaMemcpyAsync(t->d_rows, rows, (size_t)n * 4, cudaMemcpyHostToDevice, t->s), "loss rows");
+    CU(cudaMemcpyAsync(t->d_terms, terms, (size_t)n * 4, cudaMemcpyHostToDevice, t->s), "loss rows");
+    if (m->f32) tk_gather<float><<<n, 256, 0, t->s>>>((float *)t->hrows, t->hf, t->d_rows, H);
+    else tk_gather<bf16><<<n, 256, 0, t->s>>>((bf16 *)t->hrows, t->hf, t->d_rows, H);
+    const cudaDataType at = m->f32 ? CUDA_R_32F : CUDA_R_16BF;
+    BL(cublasGemmEx(t->blas, CUBLAS_OP_T, CUBLAS_OP_N, V, n, H, &ONE, m->lm_head, at, H, t->hrows, at, H, &ZERO,
+                    t->logits, CUDA_R_32F, V, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+    tk_loss<<<n, 256, 0, t->s>>>(t->logits, t->dlogits, t->row_loss, t->d_rows, t->d_terms, t->d_labels, t->d_tval,
+                                 t->d_tidx, V, ex->loss, ex->k, ex->temperature);
+    const void *dl = t->dlogits;
+    if (!m->f32) {
+        tk_to<bf16><<<1024, 256, 0, t->s>>>((bf16 *)t->hrows, t->dlogits, (int64_t)n * V);
+        dl = t->hrows;
+    }
+    BL(cublasGemmEx(t->blas, CUBLAS_OP_N, CUBLAS_OP_N, H, n, V, &ONE, m->lm_head, at, H, dl, at, V, &ZERO, t->drows,
+                    CUDA_R_32F, H, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+    tk_scatter_add<<<n, 256, 0, t->s>>>(dhf, t->drows, t->d_rows, H);
+    double rl[LOSS_ROWS];
+    CU(cudaMemcpyAsync(rl, t->row_loss, (size_t)n * 8, cudaMemcpyDeviceToHost, t->s), "loss");
+    CU(cudaStreamSynchronize(t->s), "loss");
+    for (int i = 0; i < n; i++) *loss += rl[i];
+    return 0;
+}
+
+static int train_example(gpu_train *t, const gpu_train_example *ex, double *loss_sum, int64_t *count,
+                         float *logits_out, char *err, size_t errn) {
+    gpu_model *m = t->m;
+    const int32_t T = ex->n_tokens, H = m->H, V = m->V, L = m->n_layers;
+    *loss_sum = 0;
+    *count = 0;
+    CU(cudaSetDevice(m->dev), "cudaSetDevice");
+    if (T <= 0 || T > t->T_max)
+        return gpu_fail(err, errn, PRISM_GPU_E_ARG, "training sequence of %d tokens (the session holds %d)", T, t->T_max);
+    CU(cudaMemcpyAsync(t->d_tok, ex->tokens, (size_t)T * 4, cudaMemcpyHostToDevice, t->s), "tokens");
+    if (ex->loss == 0) {
+        CU(cudaMemcpyAsync(t->d_labels, ex->labels, (size_t)T * 4, cudaMemcpyHostToDevice, t->s), "labels");
+    } else {
+        const int64_t need = (int64_t)ex->n_pos * ex->k;
+        if (need > t->cap_teacher) {
+            TRY(talloc(t, (void **)&t->d_tval, (size_t)need * 4, err, errn));
+            TRY(talloc(t, (void **)&t->d_tidx, (size_t)need * 4, err, errn));
+            t->cap_teacher = need;
+        }
+        if (need) {
+            CU(cudaMemcpyAsync(t->d_tval, ex->teacher_values, (size_t)need * 4, cudaMemcpyHostToDevice, t->s), "teacher");
+            CU(cudaMemcpyAsync(t->d_tidx, ex->teacher_indices, (size_t)need * 4, cudaMemcpyHostToDevice, t->s), "teacher");
+        }
+    }
+    /* forward */
+    k_embed(t->s, m->f32, t->xs, m->embed, t->d_tok, T, H);
+    const int64_t stride = (int64_t)t->T_max * H;
+    for (int32_t l = 0; l < L; l++)
+        TRY(layer_fwd(t, l, &t->acts[t->recompute ? 0 : l], t->xs + l * stride, t->xs + (l + 1) * stride, T, err, errn));
+    const float *xl = t->xs + (int64_t)L * stride;
+    tk_norm_fwd<<<T, 256, 0, t->s>>>(t->hf, t->rf, xl, m->final_norm, H, m->eps);
+    /* loss rows, in chunks; dhf accumulates in dh */
+    tk_zero<<<grid_for((int64_t)T * H), 256, 0, t->s>>>(t->dh, (int64_t)T * H);
+    int32_t rows[LOSS_ROWS], terms[LOSS_ROWS];
+    int n = 0;
+    double loss = 0;
+    int64_t cnt = 0;
+    if (ex->loss == 0) {
+        for (int32_t p = 0; p + 1 < T; p++) {
+            if (ex->labels[p + 1] == -100) continue;
+            rows[n] = p, terms[n] = 0, cnt++;
+            if (++n == LOSS_ROWS) {
+                TRY(loss_rows(t, ex, rows, terms, n, t->dh, &loss, err, errn));
+                n = 0;
+            }
+        }
+    } else {
+        for (int32_t p = 0; p < ex->n_pos; p++) {
+            rows[n] = ex->positions[p], terms[n] = p;
+            if (++n == LOSS_ROWS) {
+                TRY(loss_rows(t, ex, rows, terms, n, t->dh, &loss, err, errn));
+                n = 0;
+            }
+        }
+        cnt = ex->n_pos;
+    }
+    if (n) TRY(loss_rows(t, ex, rows, terms, n, t->dh, &loss, err, errn));
+    if (logits_out) { /* every row's logits (the scored ones were computed above too, but not kept) */
+        for (int32_t t0 = 0; t0 < T; t0 += LOSS_ROWS) {
+            const int32_t tn = T - t0 < LOSS_ROWS ? T - t0 : LOSS_ROWS;
+            for (int32_t i = 0; i < tn; i++) rows[i] = t0 + i;
+            CU(cudaMemcpyAsync(t->d_rows, rows, (size_t)tn * 4, cudaMemcpyHostToDevice, t->s), "rows");
+            if (m->f32) tk_gather<float><<<tn, 256, 0, t->s>>>((float *)t->hrows, t->hf, t->d_rows, H);
+            else tk_gather<bf16><<<tn, 256, 0, t->s>>>((bf16 *)t->hrows, t->hf, t->d_rows, H);
+            const cudaDataType at = m->f32 ? CUDA_R_32F : CUDA_R_16BF;
+            BL(cublasGemmEx(t->blas, CUBLAS_OP_T, CUBLAS_OP_N, V, tn, H, &ONE, m->lm_head, at, H, t->hrows, at, H, &ZERO,
+                            t->logits, CUDA_R_32F, V, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+            CU(cudaMemcpyAsync(logits_out + (int64_t)t0 * V, t->logits, (size_t)tn * V * 4, cudaMemcpyDeviceToHost, t->s),
+               "logits");
+            CU(cudaStreamSynchronize(t->s), "logits");
+        }
+    }
+    *loss_sum = loss;
+    *count = cnt;
+    if (t->first_adapted >= L) return 0;
+    /* backward */
+    tk_norm_bwd<<<T, 256, 0, t->s>>>(t->dx, t->dh, xl, m->final_norm, t->rf, H, 1, H, 0, H, 0);
+    for (int32_t l = L - 1; l >= t->first_adapted; l--) {
+        tacts *A = &t->acts[t->recompute ? 0 : l];
+        const float *xin = t->xs + l * stride;
+        if (t->recompute) TRY(layer_fwd(t, l, A, xin, t->hd_tmp, T, err, errn)); /* output unused */
+        TRY(layer_bwd(t, l, A, xin, T, err, errn));
+    }
+    CU(cudaGetLastError(), "LoRA backward");
+    return 0;
+}
+
+static int train_scale_norm(gpu_train *t, double scale, double *norm, char *err, size_t errn) {
+    CU(cudaSetDevice(t->m->dev), "cudaSetDevice");
+    const int blocks = 1024;
+    tk_scale_sumsq<<<blocks, 256, 0, t->s>>>(t->g, t->n_params, (float)scale, t->norm_part);
+    double part[1024];
+    CU(cudaMemcpyAsync(part, t->norm_part, sizeof part, cudaMemcpyDeviceToHost, t->s), "gradient norm");
+    CU(cudaStreamSynchronize(t->s), "gradient norm");
+    double ss = 0;
+    for (int i = 0; i < blocks; i++) ss += part[i];
+    *norm = sqrt(ss);
+    return 0;
+}
+
+static int train_adamw(gpu_train *t, double gscale, double lr, double beta1, double beta2, double eps, double wd,
+                       int64_t step, char *err, size_t errn) {
+    CU(cudaSetDevice(t->m->dev), "cudaSetDevice");
+    const double bc1 = 1.0 - pow(beta1, (double)step), bc2 = 1.0 - pow(beta2, (double)step);
+    tk_adamw<<<grid_for(t->n_params), 256, 0, t->s>>>(t->p, t->g, t->m1, t->m2, t->n_params, (float)gscale,
+                                                      (float)(1.0 - lr * wd), wd != 0, (float)(1.0 - beta1),
+                                                      (float)beta2, (float)(1.0 - beta2), (float)(lr / bc1),
+                                                      (float)sqrt(bc2), (float)eps);
+    CU(cudaGetLastError(), "AdamW");
+    return 0;
+}
+
+void gpu_train_api(prism_gpu_api *api) {
+    api->train_new = train_new;
+    api->train_free = train_free;
+    api->train_set = train_set;
+    api->train_get = train_get;
+    api->train_zero_grad = train_zero_grad;
+    api->train_example = train_example;
+    api->train_scale_norm = train_scale_norm;
+    api->train_adamw = train_adamw;
+}
