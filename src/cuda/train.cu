@@ -399,11 +399,13 @@ static int talloc(gpu_train *t, void **p, size_t bytes, char *err, size_t errn) 
 
 static const float ONE = 1.0f, ZERO = 0.0f;
 
-/* F32 GEMM, column-major cuBLAS conventions. */
+/* F32 GEMM, column-major cuBLAS conventions: attention and LoRA products.
+ * Full F32 for --precision exact; TF32 tensor cores (10-bit mantissa, F32
+ * accumulation) when the model runs in BF16 anyway. */
 static int sg(gpu_train *t, cublasOperation_t oa, cublasOperation_t ob, int m, int n, int k, float alpha, const float *A,
               int lda, const float *B, int ldb, float beta, float *C, int ldc, char *err, size_t errn) {
     BL(cublasGemmEx(t->blas, oa, ob, m, n, k, &alpha, A, CUDA_R_32F, lda, B, CUDA_R_32F, ldb, &beta, C, CUDA_R_32F,
-                    ldc, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+                    ldc, t->m->f32 ? CUBLAS_COMPUTE_32F : CUBLAS_COMPUTE_32F_FAST_TF32, CUBLAS_GEMM_DEFAULT));
     return 0;
 }
 
