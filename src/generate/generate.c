@@ -1,6 +1,7 @@
 /* generate.c — batched generation: one prefill over every prompt, then one
  * decode step per iteration for all live sequences, each with its own
  * sampler, stop conditions and incremental detokenizer. */
+#include <omp.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -80,7 +81,8 @@ prism_status prism_generate(prism_ctx *c, const prism_tokenizer *t, const int32_
     for (int32_t i = 0; i < n; i++) out[i].gate_prob = -1.0f;
     gen_seq *S = calloc((size_t)n, sizeof *S);
     int32_t *bt = malloc((size_t)c->p.n_batch * 3 * sizeof(int32_t));
-    float *lg = malloc((size_t)V * sizeof(float));
+    const int n_thr = omp_get_max_threads();
+    float *lg = malloc((size_t)V * (size_t)n_thr * sizeof(float)); /* one logits copy per sampling thread */
     int32_t *start = malloc((size_t)n * sizeof(int32_t));
     float *h0 = NULL; /* (prompt tokens, H) layer-0 outputs kept between routing phases */
     prism_status st = PRISM_OK;
@@ -237,10 +239,31 @@ prism_status prism_generate(prism_ctx *c, const prism_tokenizer *t, const int32_
         prism_batch b = {.n_tokens = nb, .token = bt, .pos = bp, .seq = bs, .want_logits = NULL};
         if ((st = prism_decode(c, &b))) goto done;
         decoded += nb;
+        /* Sampling is per sequence (own sampler and RNG), so rows go in parallel:
+         * with a GPU doing the forward pass, a full-vocabulary softmax per row
+         * on one host core would otherwise take as long as the step itself. */
+        int any_greedy = 0, any_sampled = 0;
+        for (int32_t k = 0; k < nb; k++) {
+            if (prism_sampler_is_greedy(S[bs[k]].sampler)) any_greedy = 1;
+            else any_sampled = 1;
+        }
+        /* a CUDA context copies logits / argmaxes on first use: do it once, before the threads */
+        if ((any_sampled && !prism_get_logits(c, 0)) || (any_greedy && prism_get_argmax(c, 0) < 0)) {
+            st = prism_error(PRISM_E_ARG, "no logits: %s", prism_last_error());
+            goto done;
+        }
+        prism_status sst = PRISM_OK;
+#pragma omp parallel for schedule(dynamic, 1) if (nb > 1 && (int64_t)nb * V >= (1 << 17))
         for (int32_t k = 0; k < nb; k++) {
             gen_seq *s = &S[bs[k]];
-            if ((st = sample_row(c, k, s->sampler, lg, V, s->hist, s->n_hist, &s->next))) goto done;
+            prism_status r = sample_row(c, k, s->sampler, lg + (size_t)omp_get_thread_num() * (size_t)V, V, s->hist,
+                                        s->n_hist, &s->next);
+            if (r) {
+#pragma omp critical
+                sst = r;
+            }
         }
+        if ((st = sst)) goto done;
     }
     if (stats) {
         stats->decode_s = prism_now() - t1;
