@@ -55,6 +55,7 @@ static prism_status ctx_new_gpu(prism_ctx *x, prism_ctx **out) {
     x->hid_ok = xcalloc((size_t)B, 1, &fail);
     x->tok_ad = xcalloc((size_t)B, sizeof(*x->tok_ad), &fail);
     x->amax = xcalloc((size_t)B, sizeof(int32_t), &fail);
+    x->lora_rows = xcalloc((size_t)B, sizeof(int32_t), &fail); /* reused as the head's row list */
     x->n_threads = 1;
     if (fail) {
         prism_ctx_free(x);
@@ -490,10 +491,8 @@ static prism_status ensure_logits(prism_ctx *x) {
 }
 
 static prism_status decode_head_gpu(prism_ctx *x) {
-    prism_status st = ensure_logits(x);
-    if (st) return st;
-    /* gather doubles as the row list (n_out int32 fit in n_out * H floats) */
-    int32_t *rows = (int32_t *)x->gather;
+    prism_status st;
+    int32_t *rows = x->lora_rows; /* (B): the batch rows that want logits, in logit-row order */
     for (int32_t i = 0; i < x->n_tokens; i++)
         if (x->out_row[i] >= 0) rows[x->out_row[i]] = i;
     char err[1024] = "";
