@@ -22,6 +22,8 @@ CLI_OBJ  := $(CLI_SRC:%.c=$(B)/obj/%.o)
 TEST_BIN := $(TEST_SRC:tests/%.c=$(B)/tests/%)
 BENCH_BIN := $(BENCH_SRC:bench/%.c=$(B)/bench/%)
 
+.DEFAULT_GOAL := all
+
 # Optional CUDA module (src/cuda/*.cu -> $(B)/prism-cuda.so), built when nvcc
 # is found (CUDA=auto) or forced (CUDA=1); CUDA=0 skips it. The prism binary
 # never links CUDA: it loads the module with dlopen for --device cuda.
