@@ -89,7 +89,7 @@ tail -3 "$OUT/bootstrap.log"
 grep -q "route:" "$OUT/generate.log" || fail=1
 
 step "benchmarks (bench_gpu)"
-timeout 240 ./build/bench/bench_gpu --shape all 2>&1 | tee "$OUT/bench.md"
+timeout 240 ./build/bench/bench_gpu ${BENCH_ARGS:---shape all} 2>&1 | tee "$OUT/bench.md"
 
 step "done: $([ $fail = 0 ] && echo PASS || echo FAIL)"
 exit $fail

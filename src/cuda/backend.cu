@@ -833,23 +833,21 @@ static int copy_bandwidth(int32_t dev, int64_t bytes, int32_t reps, double *gbps
         cudaFree(a), account(-bytes);
         return rc;
     }
-    cudaEvent_t e0, e1;
-    cudaEventCreate(&e0);
-    cudaEventCreate(&e1);
+    cudaEvent_t e0 = NULL, e1 = NULL;
     float best = 1e30f;
-    cudaMemcpy(b, a, (size_t)bytes, cudaMemcpyDeviceToDevice); /* warm-up */
-    for (int r = 0; r < reps; r++) {
-        cudaEventRecord(e0, 0);
-        cudaMemcpyAsync(b, a, (size_t)bytes, cudaMemcpyDeviceToDevice, 0);
-        cudaEventRecord(e1, 0);
-        cudaEventSynchronize(e1);
+    cudaError_t e = cudaEventCreate(&e0);
+    if (e == cudaSuccess) e = cudaEventCreate(&e1);
+    if (e == cudaSuccess) e = cudaMemcpy(b, a, (size_t)bytes, cudaMemcpyDeviceToDevice); /* warm-up */
+    for (int r = 0; e == cudaSuccess && r < reps; r++) {
         float ms = 0;
-        cudaEventElapsedTime(&ms, e0, e1);
-        if (ms > 0 && ms < best) best = ms;
+        if ((e = cudaEventRecord(e0, 0)) == cudaSuccess &&
+            (e = cudaMemcpyAsync(b, a, (size_t)bytes, cudaMemcpyDeviceToDevice, 0)) == cudaSuccess &&
+            (e = cudaEventRecord(e1, 0)) == cudaSuccess && (e = cudaEventSynchronize(e1)) == cudaSuccess &&
+            (e = cudaEventElapsedTime(&ms, e0, e1)) == cudaSuccess && ms > 0 && ms < best)
+            best = ms;
     }
-    cudaError_t e = cudaGetLastError();
-    cudaEventDestroy(e0);
-    cudaEventDestroy(e1);
+    if (e0) cudaEventDestroy(e0);
+    if (e1) cudaEventDestroy(e1);
     cudaFree(a), cudaFree(b), account(-2 * bytes);
     __atomic_store_n(&g_bytes_peak, __atomic_load_n(&g_bytes_now, __ATOMIC_RELAXED), __ATOMIC_RELAXED);
     if (e != cudaSuccess) return cuda_fail(err, errn, e, "bandwidth test");

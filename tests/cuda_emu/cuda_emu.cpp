@@ -413,8 +413,3 @@ static cublasStatus_t gemm_now(cublasOperation_t ta, cublasOperation_t tb, int m
     return CUBLAS_STATUS_SUCCESS;
 }
 
-/* The fiber stacks live as long as the process; free them at exit so leak
- * checkers see only the program's own allocations. */
-__attribute__((destructor)) static void free_fibers() {
-    for (auto &f : fibers) free(f.stack), f.stack = nullptr;
-}
