@@ -706,8 +706,8 @@ static int forward_graph(gpu_ctx *c, int32_t T, char *err, size_t errn) {
         if (e->exec && e->T == T && e->n_tiles == c->n_tiles && e->n_split == c->n_split && e->n_ltiles == c->n_ltiles) g = e;
         if (e->used < lru->used) lru = e;
     }
+    cudaGraph_t graph = NULL;
     if (!g) {
-        cudaGraph_t graph = NULL;
         cudaGraphExec_t exec = NULL;
         if (cudaStreamBeginCapture(c->s, cudaStreamCaptureModeThreadLocal) != cudaSuccess) goto off;
         {
@@ -716,20 +716,18 @@ static int forward_graph(gpu_ctx *c, int32_t T, char *err, size_t errn) {
             cudaError_t ce = cudaStreamEndCapture(c->s, &graph);
             if (rc || ce != cudaSuccess || !graph) goto off;
         }
-        if (cudaGraphInstantiate(&exec, graph, 0) != cudaSuccess) {
-            cudaGraphDestroy(graph);
-            goto off;
-        }
+        if (cudaGraphInstantiate(&exec, graph, 0) != cudaSuccess) goto off;
         cudaGraphDestroy(graph);
+        graph = NULL;
         if (lru->exec) cudaGraphExecDestroy(lru->exec);
         g = lru;
         *g = (graph_ent){T, c->n_tiles, c->n_split, c->n_ltiles, exec, 0};
     }
-    if (getenv("PRISM_CUDA_TRACE")) fprintf(stderr, "graph T=%d tiles=%d split=%d ltiles=%d\n", T, c->n_tiles, c->n_split, c->n_ltiles);
     g->used = ++c->graph_clock;
     CU(cudaGraphLaunch(g->exec, c->s), "replaying the decode graph");
     return 1;
 off: /* capture is not possible here (driver, cuBLAS): eager from now on */
+    if (graph) cudaGraphDestroy(graph);
     cudaGetLastError();
     c->graphs_off = 1;
     return 0;
