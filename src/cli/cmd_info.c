@@ -24,6 +24,9 @@ int cmd_info(int argc, char **argv) {
     prism_model_get_info(m, &f);
     const double GiB = 1024.0 * 1024 * 1024;
     int64_t kv = prism_model_kv_bytes_per_token(m);
+    /* a CUDA model keeps its KV cache in BF16 unless --precision exact */
+    const int kv_bf16 = c.device && strncmp(dev, "cpu", 3) && c.precision != PRISM_PRECISION_EXACT;
+    if (kv_bf16) kv /= 2;
     int32_t ctx = c.n_ctx ? c.n_ctx : (f.max_pos < 4096 ? f.max_pos : 4096);
     printf("model:        %s\n", c.model);
     printf("architecture: %s (model_type %s)\n", f.arch, f.model_type);
@@ -36,8 +39,8 @@ int cmd_info(int argc, char **argv) {
     printf("norm eps:     %g; embeddings %s\n", f.rms_eps, f.tied_embeddings ? "tied" : "separate lm_head");
     printf("bos:          %d; eos:", f.bos_id);
     for (int k = 0; k < f.n_eos; k++) printf(" %d", f.eos_ids[k]);
-    printf("\nkv cache:     %.1f KiB per token per sequence (F32); %.3f GiB for one sequence of %d tokens\n",
-           kv / 1024.0, (double)kv * ctx / GiB, ctx);
+    printf("\nkv cache:     %.1f KiB per token per sequence (%s); %.3f GiB for one sequence of %d tokens\n",
+           kv / 1024.0, kv_bf16 ? "BF16" : "F32", (double)kv * ctx / GiB, ctx);
     printf("memory:       ~%.3f GiB for weights + one %d-token sequence\n", (f.weight_bytes + (double)kv * ctx) / GiB, ctx);
     printf("device:       %s\n", dev);
     printf("load time:    %.3f s\n", load_s);
