@@ -53,7 +53,7 @@ fi
 
 step "build"
 time make -j"$(nproc)" CUDA=1 CUDA_ARCHS="${CUDA_ARCHS:-90}" build/prism build/prism-cuda.so build/tests/test_gpu \
-    build/tests/test_lora_grad build/tests/test_train build/bench/bench_gpu >"$OUT/build.log" 2>&1 || { tail -30 "$OUT/build.log"; exit 1; }
+    build/tests/test_lora_grad build/tests/test_train build/tests/test_prism build/bench/bench_gpu >"$OUT/build.log" 2>&1 || { tail -30 "$OUT/build.log"; exit 1; }
 grep -iE "warning|error" "$OUT/build.log" | head -20
 ./build/prism info --device cuda || exit 1
 
@@ -62,8 +62,8 @@ PRISM_REQUIRE_GPU=1 timeout 300 ./build/tests/test_gpu 2>&1 | tee "$OUT/test_gpu
 grep -E "^(exact|fast)" "$OUT/test_gpu.log" | head -60
 tail -1 "$OUT/test_gpu.log" | grep -q " 0 failed" || fail=1
 
-step "LoRA training on the GPU: gradients vs peft, trainer (test_lora_grad, test_train with PRISM_DEVICE=cuda)"
-for t in test_lora_grad test_train; do
+step "LoRA training and routing on the GPU (test_lora_grad, test_train, test_prism with PRISM_DEVICE=cuda)"
+for t in test_lora_grad test_train test_prism; do
     PRISM_DEVICE=cuda timeout 120 ./build/tests/$t >"$OUT/$t.log" 2>&1
     grep -E "FAIL|grads|passed," "$OUT/$t.log" | tail -12
     tail -1 "$OUT/$t.log" | grep -q " 0 failed" || fail=1

@@ -43,11 +43,12 @@ for isa in avx2 generic; do
 done
 # The CUDA module's own code (kernels, SGMV, split-K attention, host side) on
 # the CPU emulator of tests/cuda_emu: the GPU parity suite without a GPU.
-# LoRA training (gradients against peft, the trainer's exact resume) runs there
-# too, with every model of those tests loaded onto the emulated device.
+# Then, with every model loaded onto the emulated device: LoRA training
+# (gradients against peft, the trainer's exact resume), PRISM routing (forced
+# and gated routes, chunked routed prefill) and the CLI end to end.
 if [ -f "$B/emu/prism-cuda.so" ] && [ -x "$B/tests/test_gpu" ]; then
     run_one "test_gpu (CUDA module on the CPU emulator)" env PRISM_CUDA_MODULE="$B/emu/prism-cuda.so" "$B/tests/test_gpu"
-    for t in test_lora_grad test_train; do
+    for t in test_lora_grad test_train test_prism test_cli; do
         [ -x "$B/tests/$t" ] && run_one "$t (PRISM_DEVICE=cuda, CPU emulator)" \
             env PRISM_DEVICE=cuda PRISM_CUDA_MODULE="$B/emu/prism-cuda.so" "$B/tests/$t"
     done
