@@ -52,6 +52,21 @@ static __device__ __forceinline__ float ldA(const bf16 *p) { return __bfloat162f
 static __device__ __forceinline__ void stA(float *p, float v) { *p = v; }
 static __device__ __forceinline__ void stA(bf16 *p, float v) { *p = __float2bfloat16(v); }
 
+static __device__ __forceinline__ float warp_sum(float v) {
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    return v;
+}
+
+/* Sum over a block of up to 1024 threads, every thread gets it; red has 32 floats. */
+static __device__ __forceinline__ float block_sum(float v, float *red) {
+    const int lane = threadIdx.x & 31, w = threadIdx.x >> 5, nw = (blockDim.x + 31) >> 5;
+    v = warp_sum(v);
+    __syncthreads(); /* red may still be read from a previous call */
+    if (lane == 0) red[w] = v;
+    __syncthreads();
+    return warp_sum(lane < nw ? red[lane] : 0.0f);
+}
+
 typedef struct {
     dlin wqkv, wo, wgu, wd;
     float *attn_norm, *ffn_norm, *q_norm, *k_norm;

@@ -4,22 +4,6 @@
  * accurate sin/cos/exp). */
 #include "cuda/common.cuh"
 
-__device__ __forceinline__ float warp_sum(float v) {
-    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-    return v;
-}
-
-/* Sum over a block of up to 1024 threads; red has 32 floats. */
-__device__ float block_sum(float v, float *red) {
-    const int lane = threadIdx.x & 31, w = threadIdx.x >> 5, nw = (blockDim.x + 31) >> 5;
-    v = warp_sum(v);
-    __syncthreads(); /* red may still be read from a previous call */
-    if (lane == 0) red[w] = v;
-    __syncthreads();
-    float t = lane < nw ? red[lane] : 0.0f;
-    return warp_sum(t);
-}
-
 template <class A> __global__ void embed_kernel(float *x, const A *emb, const int32_t *tok, int32_t H) {
     const int64_t i = blockIdx.x;
     const A *e = emb + (int64_t)tok[i] * H;

@@ -65,20 +65,6 @@ struct gpu_train {
 
 /* ------------------------------------------------------------------ kernels */
 
-__device__ __forceinline__ float t_warp_sum(float v) {
-    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-    return v;
-}
-
-__device__ float t_block_sum(float v, float *red) {
-    const int lane = threadIdx.x & 31, w = threadIdx.x >> 5, nw = (blockDim.x + 31) >> 5;
-    v = t_warp_sum(v);
-    __syncthreads();
-    if (lane == 0) red[w] = v;
-    __syncthreads();
-    return t_warp_sum(lane < nw ? red[lane] : 0.0f);
-}
-
 /* h = rmsnorm(x)·w (F32) and r = 1/rms per row; one block per row. */
 __global__ void tk_norm_fwd(float *h, float *r, const float *x, const float *w, int32_t H, float eps) {
     __shared__ float red[32];
@@ -86,7 +72,7 @@ __global__ void tk_norm_fwd(float *h, float *r, const float *x, const float *w, 
     const float *xr = x + i * H;
     float ss = 0.0f;
     for (int32_t j = threadIdx.x; j < H; j += blockDim.x) ss += xr[j] * xr[j];
-    const float rr = 1.0f / sqrtf(t_block_sum(ss, red) / (float)H + eps);
+    const float rr = 1.0f / sqrtf(block_sum(ss, red) / (float)H + eps);
     for (int32_t j = threadIdx.x; j < H; j += blockDim.x) h[i * H + j] = w[j] * (xr[j] * rr);
     if (threadIdx.x == 0) r[i] = rr;
 }
@@ -103,7 +89,7 @@ __global__ void tk_norm_bwd(float *out, const float *dy, const float *x, const f
     const float rr = r[row];
     float dot = 0.0f;
     for (int32_t j = threadIdx.x; j < n; j += blockDim.x) dot += dyr[j] * w[j] * xr[j];
-    const float c = rr * rr * rr * t_block_sum(dot, red) / (float)n;
+    const float c = rr * rr * rr * block_sum(dot, red) / (float)n;
     for (int32_t j = threadIdx.x; j < n; j += blockDim.x) {
         const float v = rr * dyr[j] * w[j] - c * xr[j];
         o[j] = acc ? o[j] + v : v;
@@ -136,7 +122,7 @@ __global__ void tk_qkv_fwd(const float *y, const float *bqkv, const float *q_nor
     if (is_v) return;
     if (nw) {
         float *raw = (is_q ? qraw + t * qd : kraw + t * kvd) + (int64_t)hh * hd;
-        const float rr = 1.0f / sqrtf(t_warp_sum(ss) / (float)hd + eps);
+        const float rr = 1.0f / sqrtf(warp_sum(ss) / (float)hd + eps);
         for (int32_t j = lane; j < hd; j += 32) {
             raw[j] = dst[j];
             dst[j] = nw[j] * (dst[j] * rr);
@@ -196,7 +182,7 @@ __global__ void tk_softmax(float *S, int32_t T, int32_t window) {
     for (int w = 0; w < (int)((blockDim.x + 31) >> 5); w++) mx = fmaxf(mx, mxs[w]);
     float sum = 0.0f;
     for (int32_t j = first + threadIdx.x; j <= t; j += blockDim.x) sum += expf(s[j] - mx);
-    sum = t_block_sum(sum, red);
+    sum = block_sum(sum, red);
     for (int32_t j = threadIdx.x; j < T; j += blockDim.x) s[j] = j >= first && j <= t ? expf(s[j] - mx) / sum : 0.0f;
 }
 
@@ -208,7 +194,7 @@ __global__ void tk_dsoftmax(float *dP, const float *P, int32_t T, float scale) {
     float *d = dP + row * T;
     float s = 0.0f;
     for (int32_t j = threadIdx.x; j < T; j += blockDim.x) s += p[j] * d[j];
-    s = t_block_sum(s, red);
+    s = block_sum(s, red);
     for (int32_t j = threadIdx.x; j < T; j += blockDim.x) d[j] = p[j] == 0.0f ? 0.0f : p[j] * (d[j] - s) * scale;
 }
 
@@ -243,12 +229,6 @@ __global__ void tk_swiglu_bwd(float *dgu, const float *da, const float *gu, int3
 template <class A> __global__ void tk_to(A *dst, const float *src, int64_t n) {
     for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x)
         stA(dst + i, src[i]);
-}
-
-/* dst[j] = A(src[rows[j]]) for n rows of H. */
-template <class A> __global__ void tk_gather(A *dst, const float *src, const int32_t *rows, int32_t H) {
-    const int64_t j = blockIdx.x, r = rows[j];
-    for (int32_t k = threadIdx.x; k < H; k += blockDim.x) stA(dst + j * H + k, src[r * H + k]);
 }
 
 __global__ void tk_scatter_add(float *dst, const float *src, const int32_t *rows, int32_t H) {
@@ -342,11 +322,6 @@ __global__ void tk_adamw(float *p, const float *g, float *m, float *v, int64_t n
         v[i] = vi;
         p[i] = pi + -step_size * mi / denom;
     }
-}
-
-__global__ void tk_zero(float *x, int64_t n) {
-    for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x)
-        x[i] = 0.0f;
 }
 
 /* ------------------------------------------------------------------ host helpers */
@@ -675,10 +650,10 @@ static int train_new(gpu_model *m, const gpu_lora_desc *mods, int32_t max_tokens
         TA2(t->d_tok, T * 4); TA2(t->d_labels, T * 4); TA2(t->d_rows, T * 4); TA2(t->d_terms, T * 4);
     }
 #undef TA2
-    tk_zero<<<grid_for(t->n_params), 256, 0, t->s>>>(t->p, t->n_params);
-    tk_zero<<<grid_for(t->n_params), 256, 0, t->s>>>(t->g, t->n_params);
-    tk_zero<<<grid_for(t->n_params), 256, 0, t->s>>>(t->m1, t->n_params);
-    tk_zero<<<grid_for(t->n_params), 256, 0, t->s>>>(t->m2, t->n_params);
+    k_fill_f32(t->s, t->p, t->n_params, 0.0f);
+    k_fill_f32(t->s, t->g, t->n_params, 0.0f);
+    k_fill_f32(t->s, t->m1, t->n_params, 0.0f);
+    k_fill_f32(t->s, t->m2, t->n_params, 0.0f);
     ce = cudaStreamSynchronize(t->s);
     if (ce != cudaSuccess) {
         rc = gpu_fail(err, errn, PRISM_GPU_E_DEVICE, "LoRA training setup: %s", cudaGetErrorString(ce));
@@ -725,7 +700,7 @@ static int train_get(gpu_train *t, int32_t which, const gpu_lora_dst *dst, char 
 
 static int train_zero_grad(gpu_train *t, char *err, size_t errn) {
     CU(cudaSetDevice(t->m->dev), "cudaSetDevice");
-    tk_zero<<<grid_for(t->n_params), 256, 0, t->s>>>(t->g, t->n_params);
+    k_fill_f32(t->s, t->g, t->n_params, 0.0f);
     CU(cudaGetLastError(), "zeroing gradients");
     return 0;
 }
@@ -737,8 +712,7 @@ static int loss_rows(gpu_train *t, const gpu_train_example *ex, const int32_t *r
     const int32_t H = m->H, V = m->V;
     CU(cudaMemcpyAsync(t->d_rows, rows, (size_t)n * 4, cudaMemcpyHostToDevice, t->s), "loss rows");
     CU(cudaMemcpyAsync(t->d_terms, terms, (size_t)n * 4, cudaMemcpyHostToDevice, t->s), "loss rows");
-    if (m->f32) tk_gather<float><<<n, 256, 0, t->s>>>((float *)t->hrows, t->hf, t->d_rows, H);
-    else tk_gather<bf16><<<n, 256, 0, t->s>>>((bf16 *)t->hrows, t->hf, t->d_rows, H);
+    k_gather_rows(t->s, m->f32, t->hrows, t->hf, t->d_rows, n, H);
     const cudaDataType at = m->f32 ? CUDA_R_32F : CUDA_R_16BF;
     BL(cublasGemmEx(t->blas, CUBLAS_OP_T, CUBLAS_OP_N, V, n, H, &ONE, m->lm_head, at, H, t->hrows, at, H, &ZERO,
                     t->logits, CUDA_R_32F, V, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
@@ -791,7 +765,7 @@ static int train_example(gpu_train *t, const gpu_train_example *ex, double *loss
     const float *xl = t->xs + (int64_t)L * stride;
     tk_norm_fwd<<<T, 256, 0, t->s>>>(t->hf, t->rf, xl, m->final_norm, H, m->eps);
     /* loss rows, in chunks; dhf accumulates in dh */
-    tk_zero<<<grid_for((int64_t)T * H), 256, 0, t->s>>>(t->dh, (int64_t)T * H);
+    k_fill_f32(t->s, t->dh, (int64_t)T * H, 0.0f);
     int32_t rows[LOSS_ROWS], terms[LOSS_ROWS];
     int n = 0;
     double loss = 0;
@@ -821,8 +795,7 @@ static int train_example(gpu_train *t, const gpu_train_example *ex, double *loss
             const int32_t tn = T - t0 < LOSS_ROWS ? T - t0 : LOSS_ROWS;
             for (int32_t i = 0; i < tn; i++) rows[i] = t0 + i;
             CU(cudaMemcpyAsync(t->d_rows, rows, (size_t)tn * 4, cudaMemcpyHostToDevice, t->s), "rows");
-            if (m->f32) tk_gather<float><<<tn, 256, 0, t->s>>>((float *)t->hrows, t->hf, t->d_rows, H);
-            else tk_gather<bf16><<<tn, 256, 0, t->s>>>((bf16 *)t->hrows, t->hf, t->d_rows, H);
+            k_gather_rows(t->s, m->f32, t->hrows, t->hf, t->d_rows, tn, H);
             const cudaDataType at = m->f32 ? CUDA_R_32F : CUDA_R_16BF;
             BL(cublasGemmEx(t->blas, CUBLAS_OP_T, CUBLAS_OP_N, V, tn, H, &ONE, m->lm_head, at, H, t->hrows, at, H, &ZERO,
                             t->logits, CUDA_R_32F, V, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));

@@ -169,7 +169,8 @@ prism_status gpu_model_attach(prism_model *m, int32_t device, int random_init, u
     gpu_model *g = NULL;
     st = (prism_status)api->model_new(&d, device, &g, err, sizeof err);
     free(L);
-    if (st) return prism_error((int)st == PRISM_GPU_E_DEVICE ? PRISM_E_UNSUPPORTED : st, "%s: %s", m->dir, err);
+    if ((st = gpu_check(st, err))) prism_error_prefix("%s", m->dir);
+    if (st) return st;
     static uint64_t serial;
     m->gpu = g;
     m->gpu_api = api;
@@ -202,7 +203,8 @@ prism_status gpu_adapter_for(const prism_model *m, const prism_adapter *a, const
     gpu_adapter *g = NULL;
     prism_status st = (prism_status)m->gpu_api->adapter_new(m->gpu, d, &g, err, sizeof err);
     free(d);
-    if (st) return prism_error((int)st == PRISM_GPU_E_DEVICE ? PRISM_E_UNSUPPORTED : st, "adapter %s: %s", prism_adapter_name(a), err);
+    if ((st = gpu_check(st, err))) prism_error_prefix("adapter %s", prism_adapter_name(a));
+    if (st) return st;
     w->gpu = g;
     w->gpu_api = m->gpu_api;
     w->gpu_serial = m->gpu_serial;

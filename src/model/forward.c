@@ -452,21 +452,15 @@ static prism_status run_layers(prism_ctx *x, int32_t lb, int32_t le, const float
     if (x->gpu) {
         prism_status st = run_layers_gpu(x, lb, le, x_in);
         if (st) return st;
-        x->layers_done = le;
-        if (le == NL)
-            for (int32_t i = 0; i < x->n_tokens; i++) {
-                x->seq_len[x->b_seq[i]] = x->b_pos[i] + 1;
-                x->seq_tok[(size_t)x->b_seq[i] * (size_t)x->p.n_ctx + (size_t)x->b_pos[i]] = x->b_token[i];
-            }
-        return PRISM_OK;
-    }
-    x->n_adapted = 0;
-    for (int32_t i = 0; i < x->n_tokens; i++) x->n_adapted += x->seq_adapter[x->b_seq[i]] != NULL;
-    x->lora_failed = 0;
-    for (int32_t l = lb; l < le; l++) layer_forward(x, l);
-    if (x->lora_failed) {
-        x->layers_done = 0; /* the batch is unusable; it must be run again from layer 0 */
-        return prism_error(PRISM_E_NOMEM, "out of memory applying LoRA adapters");
+    } else {
+        x->n_adapted = 0;
+        for (int32_t i = 0; i < x->n_tokens; i++) x->n_adapted += x->seq_adapter[x->b_seq[i]] != NULL;
+        x->lora_failed = 0;
+        for (int32_t l = lb; l < le; l++) layer_forward(x, l);
+        if (x->lora_failed) {
+            x->layers_done = 0; /* the batch is unusable; it must be run again from layer 0 */
+            return prism_error(PRISM_E_NOMEM, "out of memory applying LoRA adapters");
+        }
     }
     x->layers_done = le;
     if (le == NL)
