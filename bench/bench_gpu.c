@@ -4,7 +4,7 @@
  * tokens at batch 1 and batch 32, peak device memory, and the decode roofline
  * (weight bytes per step over the copy bandwidth measured on the same card).
  *
- *   bench_gpu [--shape 0.5b|7b|all|tiny] [--device N] [--runs R] [--new N]
+ *   bench_gpu [--shape 0.5b|7b|all|tiny] [--device N] [--runs R] [--new N] [--train 0|1]
  *
  * Prints a Markdown table (BENCHMARKS.md) and one line per measurement. */
 #include <stdio.h>
@@ -126,16 +126,21 @@ static double decode(prism_ctx *c, int32_t n_seq, int32_t n_new) {
 
 int main(int argc, char **argv) {
     const char *which = "all";
-    int32_t device = 0, runs = 3, n_new = 128, n_prompt = 512;
+    int32_t device = 0, runs = 3, n_new = 128, n_prompt = 512, do_train = 1;
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "--shape") && i + 1 < argc) which = argv[++i];
         else if (!strcmp(argv[i], "--device") && i + 1 < argc) device = atoi(argv[++i]);
         else if (!strcmp(argv[i], "--runs") && i + 1 < argc) runs = atoi(argv[++i]);
         else if (!strcmp(argv[i], "--new") && i + 1 < argc) n_new = atoi(argv[++i]);
+        else if (!strcmp(argv[i], "--train") && i + 1 < argc) do_train = atoi(argv[++i]);
         else {
-            fprintf(stderr, "usage: bench_gpu [--shape 0.5b|7b|all|tiny] [--device N] [--runs R] [--new N]\n");
+            fprintf(stderr, "usage: bench_gpu [--shape 0.5b|7b|all|tiny] [--device N] [--runs R] [--new N] [--train 0|1]\n");
             return 2;
         }
+    }
+    if (runs < 1 || n_new < 1 || n_new > 600) {
+        fprintf(stderr, "bench_gpu: --runs must be >= 1 and --new 1..600 (decode follows a 16-token prompt in a 640-position context)\n");
+        return 2;
     }
     char desc[512];
     if (prism_device_describe(device, desc, sizeof desc)) die("device");
@@ -185,13 +190,15 @@ int main(int argc, char **argv) {
         double scratch_bw;
         api->copy_bandwidth(device, 1 << 20, 1, &scratch_bw, err, sizeof err); /* resets the peak counter */
         const int32_t tT = si == 2 ? 64 : 512;
-        const double tr = train_tps(m, 8, tT, 2, false, &rng);
+        const double tr = do_train ? train_tps(m, 8, tT, 2, false, &rng) : 0;
         int64_t tnow = 0, tpeak = 0;
         api->model_memory(m->gpu, &tnow, &tpeak);
         const double pf = n_prompt / best_pf, d1 = n_new / best_d1, d32 = 32.0 * n_new / best_d32;
         const double roof = (wbytes / (bw * 1e9)) / (best_d1 / n_new);
-        printf("| %s | %.0f | %.1f | %.0f%% | %.0f | %.2f | %.0f (peak %.2f GiB) |\n", cfg.arch_name, pf, d1, 100 * roof,
-               d32, peak / 1073741824.0, tr, tpeak / 1073741824.0);
+        char trs[64] = "not run";
+        if (do_train) snprintf(trs, sizeof trs, "%.0f (peak %.2f GiB)", tr, tpeak / 1073741824.0);
+        printf("| %s | %.0f | %.1f | %.0f%% | %.0f | %.2f | %s |\n", cfg.arch_name, pf, d1, 100 * roof, d32,
+               peak / 1073741824.0, trs);
         fprintf(stderr,
                 "%s: weights %.2f GB made on the GPU in %.1f s; prefill %.1f ms; decode b1 %.2f ms/token "
                 "(roofline %.2f ms at %.0f GB/s); decode b32 %.2f ms/step; peak %.2f GiB\n",

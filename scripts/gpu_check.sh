@@ -1,31 +1,37 @@
 #!/bin/bash
 # gpu_check.sh — the CUDA backend's check on a machine with an NVIDIA GPU, in
-# one run that fits a device lease (< 8 minutes on an H100):
-#   1. build prism, the CUDA module, test_gpu and bench_gpu (sm_90 by default:
-#      CUDA_ARCHS=... to change);
+# one run that fits a device lease (< 8 minutes on an H100), most important
+# step first, each step under its own time limit:
+#   1. build prism, the CUDA module and the test/bench programs (sm_90 by
+#      default: CUDA_ARCHS=... to change);
 #   2. GPU-vs-CPU and GPU-vs-transformers parity on every fixture, in F32
 #      (exact) and BF16 (fast): logits, hidden states, a 300-token decode step
 #      (split-K), greedy tokens, a mixed base/LoRA batch (SGMV), the routed
 #      prefill (test_gpu with PRISM_REQUIRE_GPU=1);
-#   3. LoRA training on the GPU: gradients against peft's fixtures and the
-#      trainer's tests (exact resume, ...) with every model on the GPU;
-#      compute-sanitizer memcheck over one architecture, when installed;
-#   4. PRISM end to end on the GPU: bootstrap of the embedded model, then a
+#   3. bench_gpu: the Markdown table of BENCHMARKS.md (0.5B and 7B shapes),
+#      then the 7B decode without CUDA graphs and without the GEMV kernel;
+#   4. LoRA training on the GPU: gradients against peft's fixtures, the
+#      trainer's tests (exact resume, ...) and routed inference with every
+#      model on the GPU;
+#   5. PRISM end to end on the GPU: bootstrap of the embedded model, then a
 #      routed generation;
-#   5. bench_gpu: the Markdown table of BENCHMARKS.md (0.5B and 7B shapes).
+#   6. compute-sanitizer memcheck over one architecture, when installed.
 # Machines without a package mirror: run scripts/gpu_prepare.sh first where
 # one is reachable and carry .gpu/ (Debian packages unpacked into a private
-# prefix here, fixtures). Logs go to $OUT (default /tmp/prism-gpu).
+# prefix here, fixtures). Logs go to $OUT (default /tmp/prism-gpu), at most
+# eight files.
 set -u
 cd "$(dirname "$0")/.."
 OUT=${OUT:-/tmp/prism-gpu}
 mkdir -p "$OUT"
 fail=0
 step() { echo; echo "== $* ($(date +%T))"; }
+exec > >(tee "$OUT/check.log") 2>&1
 
 step "device"
 nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm,clocks.max.mem --format=csv 2>&1 || true
 nvcc --version | tail -2
+grep PRETTY /etc/os-release; cc --version | head -1; nproc
 
 step "build dependencies"
 probe='#include <jansson.h>
@@ -41,6 +47,10 @@ if ! echo "$probe" | cc -E -x c - >/dev/null 2>&1; then
     SYS=/tmp/prism-sysroot
     rm -rf "$SYS" && mkdir -p "$SYS"
     for d in .gpu/debs/*.deb; do dpkg-deb -x "$d" "$SYS"; done
+    if ! ldconfig -p | grep -q 'libgnutls\.so\.30' && [ -d .gpu/debs/fallback ]; then
+        for d in .gpu/debs/fallback/*.deb; do dpkg-deb -x "$d" "$SYS"; done
+        echo "libgnutls.so.30 missing: using Debian's (libmicrohttpd needs it)"
+    fi
     export C_INCLUDE_PATH=$SYS/usr/include LIBRARY_PATH=$SYS/usr/lib/x86_64-linux-gnu
     export LD_LIBRARY_PATH=$SYS/usr/lib/x86_64-linux-gnu${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
     echo "using the Debian packages of .gpu/debs, unpacked into $SYS"
@@ -58,38 +68,46 @@ grep -iE "warning|error" "$OUT/build.log" | head -20
 ./build/prism info --device cuda || exit 1
 
 step "parity (test_gpu, fixtures $PRISM_FIXTURES)"
-PRISM_REQUIRE_GPU=1 timeout 300 ./build/tests/test_gpu 2>&1 | tee "$OUT/test_gpu.log" | grep -vE "^(exact|fast)" || true
+PRISM_REQUIRE_GPU=1 timeout 120 ./build/tests/test_gpu >"$OUT/test_gpu.log" 2>&1
+grep -vE "^(exact|fast|ok)" "$OUT/test_gpu.log" | tail -40
 grep -E "^(exact|fast)" "$OUT/test_gpu.log" | head -60
 tail -1 "$OUT/test_gpu.log" | grep -q " 0 failed" || fail=1
 
+step "benchmarks (bench_gpu)"
+timeout 200 ./build/bench/bench_gpu ${BENCH_ARGS:---shape all} >"$OUT/bench.md" 2>&1
+cat "$OUT/bench.md"
+step "7B decode without CUDA graphs, then without the GEMV kernel (diagnostics)"
+{ PRISM_CUDA_GRAPHS=0 timeout 60 ./build/bench/bench_gpu --shape 7b --train 0 --runs 1 2>&1 | tail -2
+  PRISM_CUDA_NO_GEMV=1 timeout 60 ./build/bench/bench_gpu --shape 7b --train 0 --runs 1 2>&1 | tail -2; } | tee "$OUT/bench_variants.log"
+
 step "LoRA training and routing on the GPU (test_lora_grad, test_train, test_prism with PRISM_DEVICE=cuda)"
 for t in test_lora_grad test_train test_prism; do
-    PRISM_DEVICE=cuda timeout 120 ./build/tests/$t >"$OUT/$t.log" 2>&1
-    grep -E "FAIL|grads|passed," "$OUT/$t.log" | tail -12
-    tail -1 "$OUT/$t.log" | grep -q " 0 failed" || fail=1
+    echo "-- $t"
+    PRISM_DEVICE=cuda timeout 90 ./build/tests/$t >"$OUT/$t.tmp" 2>&1
+    grep -E "FAIL|grads|passed," "$OUT/$t.tmp" | tail -12
+    tail -1 "$OUT/$t.tmp" | grep -q " 0 failed" || { fail=1; tail -5 "$OUT/$t.tmp"; }
+    cat "$OUT/$t.tmp" >>"$OUT/training.log" && rm "$OUT/$t.tmp"
 done
-
-if command -v compute-sanitizer >/dev/null 2>&1; then
-    step "compute-sanitizer memcheck (llama3)"
-    PRISM_REQUIRE_GPU=1 PRISM_TEST_ARCH=llama3 timeout 180 compute-sanitizer --tool memcheck --print-limit 20 \
-        ./build/tests/test_gpu >"$OUT/memcheck.log" 2>&1
-    grep -E "ERROR SUMMARY|passed, " "$OUT/memcheck.log" | tail -3
-    grep -q "ERROR SUMMARY: 0 errors" "$OUT/memcheck.log" || fail=1
-fi
 
 step "PRISM end to end on the GPU (stories260K)"
 RUN=/tmp/prism-gpu-run
 rm -rf "$RUN"
-timeout 240 ./build/prism bootstrap --model models/stories260K --out "$RUN" --domains math,writing,safety_monitor \
-    --queries-per-domain 4 --max-answer-tokens 48 --epochs 1 --chat-template llama2 --device cuda --quiet \
-    >"$OUT/bootstrap.log" 2>&1 || { tail -20 "$OUT/bootstrap.log"; fail=1; }
-tail -3 "$OUT/bootstrap.log"
+{ time timeout 120 ./build/prism bootstrap --model models/stories260K --out "$RUN" --domains math,writing,safety_monitor \
+    --queries-per-domain 4 --max-answer-tokens 48 --epochs 1 --chat-template llama2 --device cuda --quiet; } \
+    >"$OUT/e2e.log" 2>&1 || fail=1
+tail -6 "$OUT/e2e.log"
 ./build/prism generate --model models/stories260K --prism "$RUN" --chat-template llama2 --device cuda \
-    --chat "Tell me a story about a brave cat" -n 48 --stats 2>&1 | tee "$OUT/generate.log" | tail -6
-grep -q "route:" "$OUT/generate.log" || fail=1
+    --chat "Tell me a story about a brave cat" -n 48 --stats >>"$OUT/e2e.log" 2>&1
+tail -6 "$OUT/e2e.log"
+grep -q "route:" "$OUT/e2e.log" || fail=1
 
-step "benchmarks (bench_gpu)"
-timeout 240 ./build/bench/bench_gpu ${BENCH_ARGS:---shape all} 2>&1 | tee "$OUT/bench.md"
+if command -v compute-sanitizer >/dev/null 2>&1; then
+    step "compute-sanitizer memcheck (llama3)"
+    PRISM_REQUIRE_GPU=1 PRISM_TEST_ARCH=llama3 timeout 120 compute-sanitizer --tool memcheck --print-limit 20 \
+        ./build/tests/test_gpu >"$OUT/memcheck.log" 2>&1
+    grep -E "ERROR SUMMARY|passed, " "$OUT/memcheck.log" | tail -3
+    grep -q "ERROR SUMMARY: 0 errors" "$OUT/memcheck.log" || { fail=1; grep -m 30 -A 12 "=========" "$OUT/memcheck.log" | head -60; }
+fi
 
 step "done: $([ $fail = 0 ] && echo PASS || echo FAIL)"
 exit $fail

@@ -12,5 +12,10 @@ rm -rf .gpu/fixtures && cp -r "$FIX" .gpu/fixtures && rm -f .gpu/fixtures/make_f
 cd .gpu/debs
 apt-get download libpcre2-dev libpcre2-8-0 libpcre2-16-0 libpcre2-32-0 libpcre2-posix3 \
     libjansson-dev libjansson4 libutf8proc-dev libutf8proc2 libmicrohttpd-dev libmicrohttpd12 >/dev/null
-ls
+# libmicrohttpd's own needs, unpacked there only where the system lacks them
+mkdir -p fallback && cd fallback
+apt-get download libgnutls30 libhogweed6 libnettle8 libidn2-0 libunistring2 libp11-kit0 libtasn1-6 libgmp10 libffi8 >/dev/null
+for f in *%*; do [ -e "$f" ] && mv "$f" "$(echo "$f" | sed "s/%3a/_/")"; done
+cd ..
+ls . fallback
 du -sh ..
