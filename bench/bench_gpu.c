@@ -5,6 +5,10 @@
  * (weight bytes per step over the copy bandwidth measured on the same card).
  *
  *   bench_gpu [--shape 0.5b|7b|all|tiny] [--device N] [--runs R] [--new N] [--train 0|1]
+ *             [--only prefill|decode1|decode32|train] [--train-seqs N]
+ *
+ * --only runs one phase (and its setup) alone, for a profiler
+ * (scripts/gpu_profile.sh); --train-seqs sets the sequences per training step.
  *
  * Prints a Markdown table (BENCHMARKS.md) and one line per measurement. */
 #include <stdio.h>
@@ -126,17 +130,32 @@ static double decode(prism_ctx *c, int32_t n_seq, int32_t n_new) {
 
 int main(int argc, char **argv) {
     const char *which = "all";
-    int32_t device = 0, runs = 3, n_new = 128, n_prompt = 512, do_train = 1;
+    int32_t device = 0, runs = 3, n_new = 128, n_prompt = 512, do_train = 1, train_seqs = 8;
+    const char *only = NULL;
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "--shape") && i + 1 < argc) which = argv[++i];
         else if (!strcmp(argv[i], "--device") && i + 1 < argc) device = atoi(argv[++i]);
         else if (!strcmp(argv[i], "--runs") && i + 1 < argc) runs = atoi(argv[++i]);
         else if (!strcmp(argv[i], "--new") && i + 1 < argc) n_new = atoi(argv[++i]);
         else if (!strcmp(argv[i], "--train") && i + 1 < argc) do_train = atoi(argv[++i]);
+        else if (!strcmp(argv[i], "--train-seqs") && i + 1 < argc) train_seqs = atoi(argv[++i]);
+        else if (!strcmp(argv[i], "--only") && i + 1 < argc) only = argv[++i];
         else {
-            fprintf(stderr, "usage: bench_gpu [--shape 0.5b|7b|all|tiny] [--device N] [--runs R] [--new N] [--train 0|1]\n");
+            fprintf(stderr, "usage: bench_gpu [--shape 0.5b|7b|all|tiny] [--device N] [--runs R] [--new N] [--train 0|1]\n"
+                            "                 [--only prefill|decode1|decode32|train] [--train-seqs N]\n");
             return 2;
         }
+    }
+    const bool do_pf = !only || !strcmp(only, "prefill"), do_d1 = !only || !strcmp(only, "decode1"),
+               do_d32 = !only || !strcmp(only, "decode32");
+    if (only && !do_pf && !do_d1 && !do_d32 && strcmp(only, "train")) {
+        fprintf(stderr, "bench_gpu: --only takes prefill, decode1, decode32 or train, not '%s'\n", only);
+        return 2;
+    }
+    if (only && strcmp(only, "train")) do_train = 0;
+    if (train_seqs < 1) {
+        fprintf(stderr, "bench_gpu: --train-seqs must be >= 1\n");
+        return 2;
     }
     if (runs < 1 || n_new < 1 || n_new > 600) {
         fprintf(stderr, "bench_gpu: --runs must be >= 1 and --new 1..600 (decode follows a 16-token prompt in a 640-position context)\n");
@@ -154,7 +173,7 @@ int main(int argc, char **argv) {
     }
     printf("device: %s\ncopy bandwidth: %.0f GB/s (device-to-device, read + write, 1 GiB, best of 10)\n", desc, bw);
     const char *shapes[3] = {"0.5b", "7b", "tiny"};
-    printf("\n| shape | prefill 512 tok/s | decode b1 tok/s | b1 roofline | decode b32 tok/s | peak GiB (inference) | LoRA train tok/s, 8 x 512 |\n");
+    printf("\n| shape | prefill 512 tok/s | decode b1 tok/s | b1 roofline | decode b32 tok/s | peak GiB (inference) | LoRA train tok/s, %d x 512 |\n", train_seqs);
     printf("|---|---|---|---|---|---|---|\n");
     for (int si = 0; si < 3; si++) {
         if (strcmp(which, shapes[si]) && (strcmp(which, "all") || si == 2)) continue;
@@ -172,16 +191,23 @@ int main(int argc, char **argv) {
         /* weights read per decode step: every matrix once (embedding rows are negligible; tied = one matrix) */
         const double wbytes = (double)m->weight_bytes - (cfg.tie_embeddings ? 0 : 2.0 * cfg.vocab * cfg.hidden);
         double best_pf = 1e30, best_d1 = 1e30, best_d32 = 1e30;
-        prefill(c, 1, n_prompt, cfg.vocab, &rng); /* warm-up: cuBLAS heuristics, first-touch */
+        if (do_pf) prefill(c, 1, n_prompt, cfg.vocab, &rng); /* warm-up: cuBLAS heuristics, first-touch */
         for (int r = 0; r < runs; r++) {
-            double t = prefill(c, 1, n_prompt, cfg.vocab, &rng);
-            best_pf = t < best_pf ? t : best_pf;
-            prefill(c, 1, 16, cfg.vocab, &rng);
-            t = decode(c, 1, n_new);
-            best_d1 = t < best_d1 ? t : best_d1;
-            prefill(c, 32, 16, cfg.vocab, &rng);
-            t = decode(c, 32, n_new);
-            best_d32 = t < best_d32 ? t : best_d32;
+            double t;
+            if (do_pf) {
+                t = prefill(c, 1, n_prompt, cfg.vocab, &rng);
+                best_pf = t < best_pf ? t : best_pf;
+            }
+            if (do_d1) {
+                prefill(c, 1, 16, cfg.vocab, &rng);
+                t = decode(c, 1, n_new);
+                best_d1 = t < best_d1 ? t : best_d1;
+            }
+            if (do_d32) {
+                prefill(c, 32, 16, cfg.vocab, &rng);
+                t = decode(c, 32, n_new);
+                best_d32 = t < best_d32 ? t : best_d32;
+            }
         }
         int64_t now = 0, peak = 0;
         api->model_memory(m->gpu, &now, &peak);
@@ -190,7 +216,7 @@ int main(int argc, char **argv) {
         double scratch_bw;
         api->copy_bandwidth(device, 1 << 20, 1, &scratch_bw, err, sizeof err); /* resets the peak counter */
         const int32_t tT = si == 2 ? 64 : 512;
-        const double tr = do_train ? train_tps(m, 8, tT, 2, false, &rng) : 0;
+        const double tr = do_train ? train_tps(m, train_seqs, tT, 2, false, &rng) : 0;
         int64_t tnow = 0, tpeak = 0;
         api->model_memory(m->gpu, &tnow, &tpeak);
         const double pf = n_prompt / best_pf, d1 = n_new / best_d1, d32 = 32.0 * n_new / best_d32;

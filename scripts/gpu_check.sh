@@ -9,7 +9,7 @@
 #      (split-K), greedy tokens, a mixed base/LoRA batch (SGMV), the routed
 #      prefill (test_gpu with PRISM_REQUIRE_GPU=1);
 #   3. bench_gpu: the Markdown table of BENCHMARKS.md (0.5B and 7B shapes),
-#      then the 7B decode without CUDA graphs and without the GEMV kernel;
+#      then the 7B decode without CUDA graphs, with the first GEMV, with cuBLAS;
 #   4. LoRA training on the GPU: gradients against peft's fixtures, the
 #      trainer's tests (exact resume, ...) and routed inference with every
 #      model on the GPU;
@@ -76,9 +76,10 @@ tail -1 "$OUT/test_gpu.log" | grep -q " 0 failed" || fail=1
 step "benchmarks (bench_gpu)"
 timeout 200 ./build/bench/bench_gpu ${BENCH_ARGS:---shape all} >"$OUT/bench.md" 2>&1
 cat "$OUT/bench.md"
-step "7B decode without CUDA graphs, then without the GEMV kernel (diagnostics)"
-{ PRISM_CUDA_GRAPHS=0 timeout 60 ./build/bench/bench_gpu --shape 7b --train 0 --runs 1 2>&1 | tail -2
-  PRISM_CUDA_NO_GEMV=1 timeout 60 ./build/bench/bench_gpu --shape 7b --train 0 --runs 1 2>&1 | tail -2; } | tee "$OUT/bench_variants.log"
+step "7B decode without CUDA graphs, with the first GEMV kernel, with cuBLAS only (diagnostics)"
+for v in PRISM_CUDA_GRAPHS=0 PRISM_CUDA_GEMV=1 PRISM_CUDA_NO_GEMV=1; do
+    echo "$v: $(env $v timeout 60 ./build/bench/bench_gpu --shape 7b --train 0 --runs 1 2>&1 | grep "shape:")"
+done | tee "$OUT/bench_variants.log"
 
 step "LoRA training and routing on the GPU (test_lora_grad, test_train, test_prism with PRISM_DEVICE=cuda)"
 for t in test_lora_grad test_train test_prism; do

@@ -3,6 +3,7 @@
  * steps use instead of cuBLAS. Numerics follow src/model (F32 statistics,
  * accurate sin/cos/exp). */
 #include "cuda/common.cuh"
+#include <stdlib.h>
 
 template <class A> __global__ void embed_kernel(float *x, const A *emb, const int32_t *tok, int32_t H) {
     const int64_t i = blockIdx.x;
@@ -231,9 +232,85 @@ __global__ void gemv_kernel(float *__restrict__ y, const A *__restrict__ x, cons
     }
 }
 
+/* A 16-byte load of weights read once: through the non-coherent path, not
+ * kept in L1 (the activations stay there). */
+static __device__ __forceinline__ uint4 ld_stream16(const void *p) {
+#ifdef PRISM_CUDA_EMU
+    return *(const uint4 *)p;
+#else
+    uint4 r;
+    asm("ld.global.nc.L1::no_allocate.v4.u32 {%0, %1, %2, %3}, [%4];"
+        : "=r"(r.x), "=r"(r.y), "=r"(r.z), "=r"(r.w)
+        : "l"(p));
+    return r;
+#endif
+}
+
+/* The same product with more bytes in flight: each lane issues U independent
+ * 16-byte weight loads before it does any arithmetic (K % (16 / sizeof(A)) == 0). */
+template <class A, int T, int U>
+__global__ void __launch_bounds__(256) gemv_mlp_kernel(float *__restrict__ y, const A *__restrict__ x,
+                                                       const A *__restrict__ w, int32_t N, int32_t K) {
+    constexpr int EPV = 16 / sizeof(A);
+    const int32_t n = blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5), lane = threadIdx.x & 31;
+    if (n >= N) return;
+    const uint4 *wr = (const uint4 *)(w + (int64_t)n * K);
+    const int32_t kv = K / EPV; /* 16-byte vectors per row */
+    float acc[T];
+#pragma unroll
+    for (int t = 0; t < T; t++) acc[t] = 0.0f;
+    int32_t i = lane;
+    for (; i + (U - 1) * 32 < kv; i += U * 32) {
+        uint4 wv[U];
+#pragma unroll
+        for (int u = 0; u < U; u++) wv[u] = ld_stream16(wr + i + u * 32);
+#pragma unroll
+        for (int u = 0; u < U; u++) {
+            float wf[EPV];
+            unpack16(wv[u], w, wf);
+#pragma unroll
+            for (int t = 0; t < T; t++) {
+                float xf[EPV];
+                unpack16(__ldg((const uint4 *)(x + (int64_t)t * K) + i + u * 32), x, xf);
+#pragma unroll
+                for (int e = 0; e < EPV; e++) acc[t] += wf[e] * xf[e];
+            }
+        }
+    }
+#pragma unroll 4
+    for (; i < kv; i += 32) {
+        float wf[EPV];
+        unpack16(ld_stream16(wr + i), w, wf);
+#pragma unroll
+        for (int t = 0; t < T; t++) {
+            float xf[EPV];
+            unpack16(__ldg((const uint4 *)(x + (int64_t)t * K) + i), x, xf);
+#pragma unroll
+            for (int e = 0; e < EPV; e++) acc[t] += wf[e] * xf[e];
+        }
+    }
+#pragma unroll
+    for (int t = 0; t < T; t++) {
+        const float v = warp_sum(acc[t]);
+        if (lane == 0) y[(int64_t)t * N + n] = v;
+    }
+}
+
 template <class A> static void gemv_t(cudaStream_t s, float *y, const A *x, const A *w, int32_t T, int32_t N, int32_t K) {
     const int warps = 8;
     const int blocks = (N + warps - 1) / warps;
+    static int v = -1; /* PRISM_CUDA_GEMV=1: the first kernel (for comparison) */
+    if (v < 0) v = getenv("PRISM_CUDA_GEMV") && *getenv("PRISM_CUDA_GEMV") == '1' ? 1 : 2;
+    if (v == 2) {
+        switch (T) {
+#define CASE(t, u) \
+    case t: gemv_mlp_kernel<A, t, u><<<blocks, 32 * warps, 0, s>>>(y, x, w, N, K); break;
+            CASE(1, 8) CASE(2, 8) CASE(3, 4) CASE(4, 4) CASE(5, 4) CASE(6, 4) CASE(7, 4) CASE(8, 4)
+#undef CASE
+        default: break;
+        }
+        return;
+    }
     switch (T) {
 #define CASE(t) \
     case t: gemv_kernel<A, t><<<blocks, 32 * warps, 0, s>>>(y, x, w, N, K); break;
