@@ -16,7 +16,7 @@ for shape in $shapes; do
     for phase in ${PHASES:-prefill decode1 decode32 train}; do
         log="$OUT/ncu-$shape-$phase.csv"
         echo "== $shape $phase"
-        PRISM_CUDA_GRAPHS=0 timeout 300 ncu --csv --page raw --print-units base --cache-control none --clock-control none \
+        PRISM_CUDA_GRAPHS=0 timeout "${NCU_TIMEOUT:-300}" ncu --csv --page raw --print-units base --cache-control none --clock-control none \
             --metrics gpu__time_duration.sum,dram__bytes_read.sum \
             ./build/bench/bench_gpu --shape "$shape" --only "$phase" --runs 1 --new 4 --train-seqs 1 >"$log" 2>&1
         python3 - "$log" "$phase" <<'PY'
