@@ -16,11 +16,16 @@
  *     then decode steps, against the CPU engine with the same adapter;
  *   - layer-range execution (layer 0, then adapter chosen, then 1..L-1, the
  *     PRISM routed prefill) == running the adapter from the start;
- *   - device argmax == argmax of the copied logits. */
+ *   - device argmax == argmax of the copied logits;
+ *   - Mistral with a sliding window of 7 (the fixture has none): prefill in
+ *     two chunks, then decode steps, against the CPU engine. */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
+
+#include <jansson.h>
 
 #include "model/forward.h"
 #include "model/safetensors.h"
@@ -313,6 +318,64 @@ static void test_arch(const char *arch) {
     free(idsf), free(ids), free(pos), free(seq), free(want);
 }
 
+/* The mistral fixture with "sliding_window": 7, in a temporary directory
+ * (the weights symlinked): the window's masks in prefill chunks and decode. */
+static void test_window(void) {
+    char src[1024], dir[] = "/tmp/prism-gpu-window-XXXXXX", path[1200], target[2048];
+    snprintf(src, sizeof src, "%s/mistral/model", fixtures_root());
+    if (!mkdtemp(dir)) { CHECK(0, "mkdtemp"); return; }
+    snprintf(path, sizeof path, "%s/config.json", src);
+    json_error_t je;
+    json_t *cfg = json_load_file(path, 0, &je);
+    CHECK(cfg != NULL, "read %s: %s", path, je.text);
+    if (!cfg) return;
+    json_object_set_new(cfg, "sliding_window", json_integer(7));
+    snprintf(path, sizeof path, "%s/config.json", dir);
+    CHECK(json_dump_file(cfg, path, 0) == 0, "write %s", path);
+    json_decref(cfg);
+    snprintf(path, sizeof path, "%s/model.safetensors", dir);
+    snprintf(target, sizeof target, "%s/model.safetensors", src);
+    if (target[0] != '/') {
+        char cwd[512];
+        if (getcwd(cwd, sizeof cwd)) snprintf(target, sizeof target, "%s/%s/model.safetensors", cwd, src);
+    }
+    CHECK(symlink(target, path) == 0, "symlink %s", path);
+    prism_model *mc = load(dir, PRISM_DEVICE_CPU), *mg = load(dir, 0);
+    if (mc && mg) {
+        CHECK(mg->cfg.sliding_window == 7, "window read: %d", mg->cfg.sliding_window);
+        const int V = mg->cfg.vocab, T = 40;
+        prism_ctx *cg = new_ctx(mg, 2), *cc = new_ctx(mc, 2);
+        int32_t ids[2 * T];
+        for (int i = 0; i < 2 * T; i++) ids[i] = (i * 37 + 11) % V;
+        double worst = 0;
+        /* two chunks (tokens 0..29 of both, then 30..39), then 3 decode steps */
+        for (int part = 0; part < 5; part++) {
+            int32_t bt[2 * T], bp[2 * T], bs[2 * T], n = 0;
+            for (int sq = 0; sq < 2; sq++) {
+                const int a = part == 0 ? 0 : part == 1 ? 30 : 40 + part - 2, e = part == 0 ? 30 : part == 1 ? 40 : a + 1;
+                for (int p = a; p < e; p++) bt[n] = p < T ? ids[sq * T + p] : (p * 13 + sq) % V, bp[n] = p, bs[n] = sq, n++;
+            }
+            prism_batch b = {n, bt, bp, bs, NULL};
+            CHECK(prism_decode(cg, &b) == PRISM_OK, "window gpu decode: %s", prism_last_error());
+            CHECK(prism_decode(cc, &b) == PRISM_OK, "window cpu decode: %s", prism_last_error());
+            for (int i = 0; i < n; i++) {
+                const float *g = prism_get_logits(cg, i), *c = prism_get_logits(cc, i);
+                if (!g || !c) continue; /* only the last row of each sequence has logits */
+                double e = rel_err(g, c, V);
+                worst = e > worst ? e : worst;
+            }
+        }
+        CHECK(worst < TOL, "sliding window 7: gpu vs cpu rel err %.3g", worst);
+        printf("%s mistral sliding window 7 (2 chunks + 3 decode steps): rel err %.2e vs cpu\n", PNAME, worst);
+        prism_ctx_free(cg), prism_ctx_free(cc);
+    }
+    prism_model_free(mc), prism_model_free(mg);
+    unlink(path);
+    snprintf(path, sizeof path, "%s/config.json", dir);
+    unlink(path);
+    rmdir(dir);
+}
+
 int main(void) {
     test_device_strings();
     char desc[512];
@@ -332,6 +395,7 @@ int main(void) {
             TOL = p ? 3e-2 : 1e-4;
             for (size_t i = 0; i < sizeof ARCHS / sizeof *ARCHS; i++)
                 if (!only || !strcmp(only, ARCHS[i])) test_arch(ARCHS[i]);
+            if (!only || !strcmp(only, "mistral")) test_window();
         }
     }
     TEST_MAIN_END();

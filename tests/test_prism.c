@@ -192,8 +192,9 @@ static void test_routing(void) {
             double e = rel_err(prism_get_logits(cc, at - 1), prism_get_logits(c1, lens[i] - 1), (size_t)m->cfg.vocab);
             worst = e > worst ? e : worst;
         }
-        /* a batch of 4 and a single sequence take different matmul paths: equal to F32 rounding */
-    CHECK(worst < 1e-6, "decode_routed logits == alone with the same route (worst %.3e)", worst);
+        /* a batch of 4 and a single sequence take different matmul paths: equal to F32
+         * rounding (on the GPU, cuBLAS against the GEMV kernel: 1.5e-6 measured on an H100) */
+    CHECK(worst < 1e-5, "decode_routed logits == alone with the same route (worst %.3e)", worst);
     printf("ok   decode_routed batch == each sequence alone: worst rel_err %.3e\n", worst);
         prism_ctx_free(c1);
         prism_ctx_free(cc);

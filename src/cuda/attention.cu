@@ -20,31 +20,47 @@ static __device__ __forceinline__ int32_t first_key(int32_t p, int32_t window) {
 }
 
 int attention_smem(int32_t rows, int32_t hd) {
-    /* Q (rows, hd) | K (KC, hd + 1) | V (KC, hd) | S (rows, KC) | O (rows, hd) | m, l, alpha (rows) */
-    return (int)sizeof(float) * (rows * hd + ATT_KC * (hd + 1) + ATT_KC * hd + rows * ATT_KC + rows * hd + 3 * rows);
+    /* Q (rows, hd + 1) | K (KC, hd + 1) | V (KC, hd) | S (rows, KC) | m, l, alpha (rows) */
+    return (int)sizeof(float) * (rows * (hd + 1) + ATT_KC * (hd + 1) + ATT_KC * hd + rows * ATT_KC + 3 * rows);
 }
 
-template <class A>
-__global__ void attention_kernel(const float *__restrict__ q, const A *__restrict__ kc, const A *__restrict__ vc,
-                                 const att_tile *__restrict__ tiles, A *__restrict__ out, float *__restrict__ part_o,
-                                 float2 *__restrict__ part_ml, int32_t T, int32_t nh, int32_t nkv, int32_t hd,
-                                 int32_t n_ctx, int32_t window, float scale) {
+static __device__ __forceinline__ float warp_max(float v) {
+    for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
+    return v;
+}
+
+/* Rows r = w + 4 i (i < 8) of warp w: R <= ATT_MAX_ROWS = 32. Each lane owns
+ * the dims lane + 32 j (j < DPL) of those rows' outputs, in registers.
+ * Scores: thread t computes a 2 x 4 tile (rows 2 (t >> 3) + {0, 1}, keys
+ * 4 (t & 7) + {0..3}) of S; the softmax of a row is one warp, a lane per key. */
+template <class A, int DPL>
+__global__ void __launch_bounds__(ATT_THREADS)
+    attention_kernel(const float *__restrict__ q, const A *__restrict__ kc, const A *__restrict__ vc,
+                     const att_tile *__restrict__ tiles, A *__restrict__ out, float *__restrict__ part_o,
+                     float2 *__restrict__ part_ml, int32_t T, int32_t nh, int32_t nkv, int32_t hd, int32_t n_ctx,
+                     int32_t window, float scale) {
+    static_assert(ATT_THREADS == 128 && ATT_KC == 32, "the thread layout assumes 4 warps and 32-key chunks");
+    constexpr int EPV = 16 / sizeof(A), RPW = ATT_MAX_ROWS / 4;
     PRISM_DYN_SMEM(float, sm);
     const att_tile tile = tiles[blockIdx.x];
     const int32_t kh = blockIdx.y, split = blockIdx.z, n_split = gridDim.z;
-    const int32_t group = nh / nkv, R = tile.n * group;
+    const int32_t group = nh / nkv, R = tile.n * group, hp = hd + 1;
     const int64_t kvd = (int64_t)nkv * hd, qd = (int64_t)nh * hd;
-    float *Qs = sm, *Ks = Qs + R * hd, *Vs = Ks + ATT_KC * (hd + 1), *S = Vs + ATT_KC * hd, *O = S + R * ATT_KC,
-          *rm = O + R * hd, *rl = rm + R, *ra = rl + R;
-    const int tid = threadIdx.x, nt = blockDim.x;
+    float *Qs = sm, *Ks = Qs + R * hp, *Vs = Ks + ATT_KC * hp, *S = Vs + ATT_KC * hd, *rm = S + R * ATT_KC,
+          *rl = rm + R, *ra = rl + R;
+    const int tid = threadIdx.x, lane = tid & 31, w = tid >> 5;
 
     /* rows: r = t * group + g -> token i0 + t, head kh * group + g */
-    for (int e = tid; e < R * hd; e += nt) {
-        const int r = e / hd, d = e % hd, t = r / group, g = r % group;
-        Qs[e] = q[(int64_t)(tile.i0 + t) * qd + (int64_t)(kh * group + g) * hd + d] * scale;
-        O[e] = 0.0f;
+    for (int e = tid; e < R * hd; e += ATT_THREADS) {
+        const int r = e / hd, d = e - r * hd, t = r / group, g = r - t * group;
+        Qs[r * hp + d] = q[(int64_t)(tile.i0 + t) * qd + (int64_t)(kh * group + g) * hd + d] * scale;
     }
-    for (int r = tid; r < R; r += nt) rm[r] = -INFINITY, rl[r] = 0.0f;
+    for (int r = tid; r < R; r += ATT_THREADS) rm[r] = -INFINITY, rl[r] = 0.0f;
+    float o[RPW][DPL];
+#pragma unroll
+    for (int i = 0; i < RPW; i++)
+#pragma unroll
+        for (int j = 0; j < DPL; j++) o[i][j] = 0.0f;
 
     const int32_t kbeg = first_key(tile.p0, window), kend = tile.p0 + tile.n; /* keys [kbeg, kend) */
     int32_t span = (kend - kbeg + n_split - 1) / n_split;
@@ -52,74 +68,118 @@ __global__ void attention_kernel(const float *__restrict__ q, const A *__restric
     const int32_t s0 = kbeg + split * span, s1 = min(kend, s0 + span);
     const A *kb = kc + (int64_t)tile.seq * n_ctx * kvd + (int64_t)kh * hd;
     const A *vb = vc + (int64_t)tile.seq * n_ctx * kvd + (int64_t)kh * hd;
+    const int vec = hd % EPV == 0, vpr = hd / EPV;
+    const int r0 = (tid >> 3) * 2, k0 = (tid & 7) * 4; /* this thread's score tile */
     __syncthreads();
 
     for (int32_t c0 = s0; c0 < s1; c0 += ATT_KC) {
         const int32_t nk = min(ATT_KC, s1 - c0);
-        for (int e = tid; e < ATT_KC * hd; e += nt) {
-            const int k = e / hd, d = e % hd;
-            float kv = 0.0f, vv = 0.0f;
-            if (k < nk) {
-                kv = ldA(kb + (int64_t)(c0 + k) * kvd + d);
-                vv = ldA(vb + (int64_t)(c0 + k) * kvd + d);
+        /* stage the chunk's keys and values as F32, 16-byte loads when rows allow */
+        if (vec) {
+            for (int e = tid; e < ATT_KC * vpr; e += ATT_THREADS) {
+                const int k = e / vpr, v = e - k * vpr;
+                float kf[EPV], vf[EPV];
+                if (k < nk) {
+                    unpack16(__ldg((const uint4 *)(kb + (int64_t)(c0 + k) * kvd) + v), kb, kf);
+                    unpack16(__ldg((const uint4 *)(vb + (int64_t)(c0 + k) * kvd) + v), vb, vf);
+                } else {
+#pragma unroll
+                    for (int j = 0; j < EPV; j++) kf[j] = vf[j] = 0.0f;
+                }
+#pragma unroll
+                for (int j = 0; j < EPV; j++) Ks[k * hp + v * EPV + j] = kf[j], Vs[k * hd + v * EPV + j] = vf[j];
             }
-            Ks[k * (hd + 1) + d] = kv;
-            Vs[k * hd + d] = vv;
+        } else {
+            for (int e = tid; e < ATT_KC * hd; e += ATT_THREADS) {
+                const int k = e / hd, d = e - k * hd;
+                const bool in = k < nk;
+                Ks[k * hp + d] = in ? ldA(kb + (int64_t)(c0 + k) * kvd + d) : 0.0f;
+                Vs[k * hd + d] = in ? ldA(vb + (int64_t)(c0 + k) * kvd + d) : 0.0f;
+            }
         }
         __syncthreads();
-        for (int e = tid; e < R * ATT_KC; e += nt) {
-            const int r = e / ATT_KC, k = e % ATT_KC, key = c0 + k;
-            const int32_t p = tile.p0 + r / group;
-            float sc = -INFINITY;
-            if (k < nk && key <= p && key >= first_key(p, window)) {
-                const float *qr = Qs + r * hd, *kr = Ks + k * (hd + 1);
-                float acc = 0.0f;
-                for (int d = 0; d < hd; d++) acc += qr[d] * kr[d];
-                sc = acc;
+        if (r0 < R) {
+            float acc[2][4] = {{0.0f, 0.0f, 0.0f, 0.0f}, {0.0f, 0.0f, 0.0f, 0.0f}};
+            const float *q0 = Qs + r0 * hp, *q1 = Qs + (r0 + 1 < R ? r0 + 1 : r0) * hp, *kr = Ks + k0 * hp;
+            for (int d = 0; d < hd; d++) {
+                const float a0 = q0[d], a1 = q1[d];
+                const float b0 = kr[d], b1 = kr[hp + d], b2 = kr[2 * hp + d], b3 = kr[3 * hp + d];
+                acc[0][0] += a0 * b0, acc[0][1] += a0 * b1, acc[0][2] += a0 * b2, acc[0][3] += a0 * b3;
+                acc[1][0] += a1 * b0, acc[1][1] += a1 * b1, acc[1][2] += a1 * b2, acc[1][3] += a1 * b3;
             }
-            S[e] = sc;
+#pragma unroll
+            for (int i = 0; i < 2; i++) {
+                const int r = r0 + i;
+                if (r >= R) break;
+                const int32_t p = tile.p0 + r / group, fk = first_key(p, window);
+#pragma unroll
+                for (int j = 0; j < 4; j++) {
+                    const int32_t key = c0 + k0 + j;
+                    S[r * ATT_KC + k0 + j] = k0 + j < nk && key <= p && key >= fk ? acc[i][j] : -INFINITY;
+                }
+            }
         }
         __syncthreads();
-        for (int r = tid; r < R; r += nt) {
-            float *sr = S + r * ATT_KC;
-            float mx = rm[r];
-            for (int k = 0; k < ATT_KC; k++) mx = fmaxf(mx, sr[k]);
+        for (int r = w; r < R; r += 4) { /* online softmax, one warp per row, a lane per key */
+            const float sc = S[r * ATT_KC + lane], mold = rm[r];
+            const float mx = warp_max(fmaxf(mold, sc));
             if (mx == -INFINITY) { /* nothing visible yet */
-                ra[r] = 1.0f;
-                for (int k = 0; k < ATT_KC; k++) sr[k] = 0.0f;
+                S[r * ATT_KC + lane] = 0.0f;
+                if (lane == 0) ra[r] = 1.0f;
                 continue;
             }
-            const float alpha = rm[r] == -INFINITY ? 0.0f : expf(rm[r] - mx);
-            float sum = 0.0f;
-            for (int k = 0; k < ATT_KC; k++) {
-                const float pk = sr[k] == -INFINITY ? 0.0f : expf(sr[k] - mx);
-                sr[k] = pk;
-                sum += pk;
+            const float pk = sc == -INFINITY ? 0.0f : expf(sc - mx);
+            S[r * ATT_KC + lane] = pk;
+            const float sum = warp_sum(pk);
+            if (lane == 0) {
+                const float alpha = mold == -INFINITY ? 0.0f : expf(mold - mx);
+                rl[r] = rl[r] * alpha + sum;
+                rm[r] = mx;
+                ra[r] = alpha;
             }
-            rl[r] = rl[r] * alpha + sum;
-            rm[r] = mx;
-            ra[r] = alpha;
         }
         __syncthreads();
-        for (int e = tid; e < R * hd; e += nt) {
-            const int r = e / hd, d = e % hd;
-            const float *sr = S + r * ATT_KC;
-            float acc = O[e] * ra[r];
-            for (int k = 0; k < nk; k++) acc += sr[k] * Vs[k * hd + d];
-            O[e] = acc;
+#pragma unroll
+        for (int i = 0; i < RPW; i++) {
+            const int r = w + 4 * i;
+            if (r < R) {
+                const float alpha = ra[r];
+#pragma unroll
+                for (int j = 0; j < DPL; j++) o[i][j] *= alpha;
+            }
         }
-        __syncthreads();
+        for (int k = 0; k < nk; k++) {
+            float vv[DPL];
+#pragma unroll
+            for (int j = 0; j < DPL; j++) vv[j] = lane + 32 * j < hd ? Vs[k * hd + lane + 32 * j] : 0.0f;
+#pragma unroll
+            for (int i = 0; i < RPW; i++) {
+                const int r = w + 4 * i;
+                if (r < R) {
+                    const float pk = S[r * ATT_KC + k];
+#pragma unroll
+                    for (int j = 0; j < DPL; j++) o[i][j] += pk * vv[j];
+                }
+            }
+        }
+        __syncthreads(); /* K, V and S are overwritten by the next chunk */
     }
 
-    for (int e = tid; e < R * hd; e += nt) {
-        const int r = e / hd, d = e % hd, t = r / group, h = kh * group + r % group;
-        const int64_t i = tile.i0 + t;
-        if (n_split == 1) {
-            stA(out + i * qd + (int64_t)h * hd + d, rl[r] > 0.0f ? O[e] / rl[r] : 0.0f);
-        } else {
-            part_o[((int64_t)split * T + i) * qd + (int64_t)h * hd + d] = O[e];
-            if (d == 0) part_ml[((int64_t)split * T + i) * nh + h] = make_float2(rm[r], rl[r]);
+#pragma unroll
+    for (int i = 0; i < RPW; i++) {
+        const int r = w + 4 * i;
+        if (r >= R) continue;
+        const int t = r / group, h = kh * group + r - t * group;
+        const int64_t ti = tile.i0 + t;
+        const float l = rl[r];
+#pragma unroll
+        for (int j = 0; j < DPL; j++) {
+            const int d = lane + 32 * j;
+            if (d >= hd) continue;
+            if (n_split == 1) stA(out + ti * qd + (int64_t)h * hd + d, l > 0.0f ? o[i][j] / l : 0.0f);
+            else part_o[((int64_t)split * T + ti) * qd + (int64_t)h * hd + d] = o[i][j];
         }
+        if (n_split > 1 && lane == 0) part_ml[((int64_t)split * T + ti) * nh + h] = make_float2(rm[r], l);
     }
 }
 
@@ -147,10 +207,19 @@ __global__ void attention_combine(const float *__restrict__ part_o, const float2
     }
 }
 
+template <class A, int DPL> static cudaError_t attention_optin(int smem_optin) {
+    return cudaFuncSetAttribute(attention_kernel<A, DPL>, cudaFuncAttributeMaxDynamicSharedMemorySize, smem_optin);
+}
+
 int attention_setup(int smem_optin, char *err, size_t errn) {
-    cudaError_t e = cudaFuncSetAttribute(attention_kernel<bf16>, cudaFuncAttributeMaxDynamicSharedMemorySize, smem_optin);
-    if (e == cudaSuccess)
-        e = cudaFuncSetAttribute(attention_kernel<float>, cudaFuncAttributeMaxDynamicSharedMemorySize, smem_optin);
+    cudaError_t e = attention_optin<bf16, 1>(smem_optin);
+    if (e == cudaSuccess) e = attention_optin<bf16, 2>(smem_optin);
+    if (e == cudaSuccess) e = attention_optin<bf16, 4>(smem_optin);
+    if (e == cudaSuccess) e = attention_optin<bf16, 8>(smem_optin);
+    if (e == cudaSuccess) e = attention_optin<float, 1>(smem_optin);
+    if (e == cudaSuccess) e = attention_optin<float, 2>(smem_optin);
+    if (e == cudaSuccess) e = attention_optin<float, 4>(smem_optin);
+    if (e == cudaSuccess) e = attention_optin<float, 8>(smem_optin);
     if (e != cudaSuccess)
         return gpu_fail(err, errn, PRISM_GPU_E_UNSUPPORTED, "attention kernel: %s (is this GPU covered by the build?)",
                         cudaGetErrorString(e));
@@ -162,7 +231,14 @@ template <class A> static void attention_t(const gpu_ctx *c, int32_t layer, A *o
     const int64_t lay = (int64_t)layer * c->n_seq * c->n_ctx * c->kvd;
     dim3 grid(c->n_tiles, m->nkv, c->n_split);
     const int smem = attention_smem(c->att_rows, m->hd);
-    attention_kernel<A><<<grid, ATT_THREADS, smem, c->s>>>(c->q, (const A *)c->kc + lay, (const A *)c->vc + lay, c->d_tiles, out, c->part_o, c->part_ml, c->T, m->nh, m->nkv, m->hd, c->n_ctx, m->window, 1.0f / sqrtf((float)m->hd));
+    const A *kc = (const A *)c->kc + lay, *vc = (const A *)c->vc + lay;
+    const float scale = 1.0f / sqrtf((float)m->hd);
+    switch (m->hd <= 32 ? 1 : m->hd <= 64 ? 2 : m->hd <= 128 ? 4 : 8) { /* hd <= ATT_MAX_HD, checked by ctx_new */
+#define CASE(n) \
+    case n: attention_kernel<A, n><<<grid, ATT_THREADS, smem, c->s>>>(c->q, kc, vc, c->d_tiles, out, c->part_o, c->part_ml, c->T, m->nh, m->nkv, m->hd, c->n_ctx, m->window, scale); break;
+        CASE(1) CASE(2) CASE(4) CASE(8)
+#undef CASE
+    }
     if (c->n_split > 1) {
         dim3 g2(c->T, m->nh);
         attention_combine<A><<<g2, 128, 0, c->s>>>(c->part_o, c->part_ml, out, c->T, m->nh, m->hd, c->n_split);

@@ -473,7 +473,7 @@ static void ctx_free(gpu_ctx *c) {
     if (c->s) cudaStreamSynchronize(c->s);
     for (int i = 0; i < GRAPH_CACHE; i++)
         if (c->graphs[i].exec) cudaGraphExecDestroy(c->graphs[i].exec);
-    void *d[] = {c->kc, c->vc, c->x, c->xb, c->y, c->q, c->part_o, c->part_ml, c->lora_t, c->gath, c->logits, c->amax,
+    void *d[] = {c->kc, c->vc, c->x, c->xb, c->y, c->q, c->part_o, c->part_ml, c->lora_t, c->gath, c->logits, c->act, c->amax, c->amax_pv, c->amax_pi,
                  c->meta_d, c->blas_ws};
     for (size_t i = 0; i < sizeof d / sizeof *d; i++) cudaFree(d[i]);
     if (c->meta_h) cudaFreeHost(c->meta_h);
@@ -506,7 +506,13 @@ static int ctx_new(gpu_model *m, int32_t n_seq, int32_t n_ctx, int32_t B, gpu_ct
     c->qkv_n = c->qd + 2 * c->kvd;
     const int32_t group = m->nh / m->nkv;
     /* attention rows per block: as many tokens x group heads as fit in 32 rows and in shared memory */
-    int32_t rows = group > 32 ? group : 32 / group * group;
+    if (group > ATT_MAX_ROWS || m->hd > ATT_MAX_HD) {
+        free(c);
+        return gpu_fail(err, errn, PRISM_GPU_E_UNSUPPORTED,
+                        "attention for %d query heads per KV head of dim %d: the CUDA kernel takes at most %d and %d",
+                        group, m->hd, ATT_MAX_ROWS, ATT_MAX_HD);
+    }
+    int32_t rows = ATT_MAX_ROWS / group * group;
     while (rows > group && attention_smem(rows, m->hd) > m->smem_optin) rows -= group;
     if (attention_smem(rows, m->hd) > m->smem_optin) {
         free(c);
@@ -539,7 +545,10 @@ static int ctx_new(gpu_model *m, int32_t n_seq, int32_t n_ctx, int32_t B, gpu_ct
         (rc = calloc_dev(c, (void **)&c->part_ml, (size_t)(ATT_MAX_SPLIT * ts * m->nh) * 8, "attention", err, errn)) ||
         (rc = calloc_dev(c, (void **)&c->lora_t, (size_t)(B * LORA_RMAX) * 4, "LoRA", err, errn)) ||
         (rc = calloc_dev(c, (void **)&c->gath, (size_t)(B * H) * m->asz, "activations", err, errn)) ||
-        (rc = calloc_dev(c, (void **)&c->amax, (size_t)B * 4, "argmax", err, errn))) {
+        (rc = calloc_dev(c, (void **)&c->act, (size_t)(GEMV_MAX_T * F) * m->asz, "activations", err, errn)) ||
+        (rc = calloc_dev(c, (void **)&c->amax, (size_t)B * 4, "argmax", err, errn)) ||
+        (rc = calloc_dev(c, (void **)&c->amax_pv, (size_t)B * AMAX_PARTS * 4, "argmax", err, errn)) ||
+        (rc = calloc_dev(c, (void **)&c->amax_pi, (size_t)B * AMAX_PARTS * 4, "argmax", err, errn))) {
         ctx_free(c);
         return rc;
     }
@@ -589,12 +598,17 @@ static int ctx_new(gpu_model *m, int32_t n_seq, int32_t n_ctx, int32_t B, gpu_ct
     return 0;
 }
 
+/* Whether a product of T rows over K inputs takes the small-batch GEMV kernels. */
+static int use_gemv(int32_t T, int64_t K) {
+    static int no_gemv = -1; /* PRISM_CUDA_NO_GEMV=1: cuBLAS for every size (to bisect a mismatch) */
+    if (no_gemv < 0) no_gemv = getenv("PRISM_CUDA_NO_GEMV") && *getenv("PRISM_CUDA_NO_GEMV") == '1';
+    return T <= GEMV_MAX_T && K % 8 == 0 && !no_gemv;
+}
+
 /* y (T, N) = x (T, K)·Wᵀ */
 static int gemm(gpu_ctx *c, float *y, const void *x, const dlin *w, int32_t T, char *err, size_t errn) {
     const int32_t N = (int32_t)w->out, K = (int32_t)w->in;
-    static int no_gemv = -1; /* PRISM_CUDA_NO_GEMV=1: cuBLAS for every size (to bisect a mismatch) */
-    if (no_gemv < 0) no_gemv = getenv("PRISM_CUDA_NO_GEMV") && *getenv("PRISM_CUDA_NO_GEMV") == '1';
-    if (T <= GEMV_MAX_T && K % 8 == 0 && !no_gemv) {
+    if (use_gemv(T, K)) {
         k_gemv(c->s, c->m->f32, y, x, w->w, T, N, K);
         return 0;
     }
@@ -635,7 +649,7 @@ static int batch_meta(gpu_ctx *c, const gpu_batch *b, char *err, size_t errn) {
     c->T = T, c->n_tiles = nt, c->max_keys = max_keys;
     c->n_split = 1;
     if (T <= ATT_SPLIT_TOKENS) {
-        const int32_t blocks = nt * m->nkv, want = (2 * m->n_sm + blocks - 1) / blocks, by_keys = (max_keys + 127) / 128;
+        const int32_t blocks = nt * m->nkv, want = (2 * m->n_sm + blocks - 1) / blocks, by_keys = (max_keys + 63) / 64;
         int32_t ns = want < by_keys ? want : by_keys;
         c->n_split = ns < 1 ? 1 : ns > ATT_MAX_SPLIT ? ATT_MAX_SPLIT : ns;
     }
@@ -684,13 +698,18 @@ static int enqueue_layers(gpu_ctx *c, int32_t T, int32_t lb, int32_t le, int emb
         if ((rc = gemm(c, c->y, c->xb, &L->wo, T, err, errn))) return rc;
         if (lora) k_lora(c, l, LT_O, c->xb, qd, c->y, H, 0);
         k_add_rmsnorm(c->s, f, c->x, c->y, L->bo, c->xb, L->ffn_norm, T, H, m->eps);
-        if ((rc = gemm(c, c->y, c->xb, &L->wgu, T, err, errn))) return rc;
-        if (lora) {
-            k_lora(c, l, LT_GATE, c->xb, H, c->y, 2 * F, 0);
-            k_lora(c, l, LT_UP, c->xb, H, c->y, 2 * F, F);
+        if (!lora && use_gemv(T, H) && use_gemv(T, F)) { /* small batch: SwiGLU in the gate|up GEMV */
+            k_gemv_glu(c->s, f, c->act, c->xb, L->wgu.w, L->bgu, T, F, H);
+            if ((rc = gemm(c, c->y, c->act, &L->wd, T, err, errn))) return rc;
+        } else {
+            if ((rc = gemm(c, c->y, c->xb, &L->wgu, T, err, errn))) return rc;
+            if (lora) {
+                k_lora(c, l, LT_GATE, c->xb, H, c->y, 2 * F, 0);
+                k_lora(c, l, LT_UP, c->xb, H, c->y, 2 * F, F);
+            }
+            k_swiglu(c->s, f, c->xb, c->y, L->bgu, T, F);
+            if ((rc = gemm(c, c->y, c->xb, &L->wd, T, err, errn))) return rc;
         }
-        k_swiglu(c->s, f, c->xb, c->y, L->bgu, T, F);
-        if ((rc = gemm(c, c->y, c->xb, &L->wd, T, err, errn))) return rc;
         if (lora) k_lora(c, l, LT_DOWN, c->xb, F, c->y, H, 0);
         k_add_rmsnorm(c->s, f, c->x, c->y, L->bd, c->xb, l + 1 < le ? m->layers[l + 1].attn_norm : NULL, T, H, m->eps);
     }
@@ -788,7 +807,7 @@ static int head(gpu_ctx *c, const int32_t *rows, int32_t n_out, char *err, size_
         dlin w = {m->lm_head, m->V, m->H};
         int rc = gemm(c, c->logits, c->gath, &w, n_out, err, errn);
         if (rc) return rc;
-        k_argmax(c->s, c->amax, c->logits, n_out, m->V);
+        k_argmax(c->s, c->amax, c->amax_pv, c->amax_pi, c->logits, n_out, m->V);
     }
     CU(cudaGetLastError(), "LM head");
     return 0;

@@ -34,6 +34,8 @@ enum { LT_Q, LT_K, LT_V, LT_O, LT_GATE, LT_UP, LT_DOWN, LT_N };
 /* Rows of a query tile grouped for the attention kernel. */
 #define ATT_KC 32        /* keys per chunk staged in shared memory */
 #define ATT_THREADS 128
+#define ATT_MAX_ROWS 32  /* rows (tokens x heads of a KV group) per block at most */
+#define ATT_MAX_HD 256   /* head dimension at most */
 #define ATT_MAX_SPLIT 16 /* split-K blocks per (tile, kv head) at most */
 #define ATT_SPLIT_TOKENS 256 /* split-K only for batches up to this many tokens (decode) */
 
@@ -51,6 +53,21 @@ static __device__ __forceinline__ float ldA(const float *p) { return *p; }
 static __device__ __forceinline__ float ldA(const bf16 *p) { return __bfloat162float(*p); }
 static __device__ __forceinline__ void stA(float *p, float v) { *p = v; }
 static __device__ __forceinline__ void stA(bf16 *p, float v) { *p = __float2bfloat16(v); }
+
+/* The 16 bytes of v as F32: 8 BF16 or 4 F32 (the pointer picks the type). */
+static __device__ __forceinline__ void unpack16(const uint4 &v, const bf16 *, float *f) {
+    const __nv_bfloat162 *h = (const __nv_bfloat162 *)&v;
+#pragma unroll
+    for (int e = 0; e < 4; e++) {
+        const float2 t = __bfloat1622float2(h[e]);
+        f[2 * e] = t.x, f[2 * e + 1] = t.y;
+    }
+}
+static __device__ __forceinline__ void unpack16(const uint4 &v, const float *, float *f) {
+    const float *p = (const float *)&v;
+#pragma unroll
+    for (int e = 0; e < 4; e++) f[e] = p[e];
+}
 
 static __device__ __forceinline__ float warp_sum(float v) {
     for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
@@ -142,7 +159,10 @@ struct gpu_ctx {
     void *gath;         /* A (B, H) head rows */
     float *logits;      /* (cap_logits rows, V) device */
     float *logits_h;    /* (cap_logits rows, V) pinned host copy */
+    void *act;          /* (GEMV_MAX_T, F) A: SwiGLU output of the fused small-batch path */
     int32_t *amax;      /* (B) device argmax of each head row */
+    float *amax_pv;     /* (B, AMAX_PARTS) its partial maxima */
+    int32_t *amax_pi;
     int32_t cap_logits, n_out;
     /* batch metadata: one device block, uploaded once per forward call */
     void *meta_d, *meta_h; /* device / pinned host, meta_bytes each */
@@ -184,10 +204,15 @@ void k_swiglu(cudaStream_t s, int f32, void *xb, const float *y, const float *bg
 void k_gather_rows(cudaStream_t s, int f32, void *gath, const float *x, const int32_t *rows, int32_t n, int32_t H);
 void k_fill_uniform(cudaStream_t s, int f32, void *w, int64_t n, float scale, uint64_t seed);
 void k_fill_f32(cudaStream_t s, float *w, int64_t n, float v);
-void k_argmax(cudaStream_t s, int32_t *out, const float *logits, int32_t n, int32_t V);
+#define AMAX_PARTS 32 /* blocks per row of the device argmax (<= 32) */
+void k_argmax(cudaStream_t s, int32_t *out, float *pv, int32_t *pi, const float *logits, int32_t n, int32_t V);
 /* y (T, N) F32 = x (T, K) · Wᵀ, x and W (N, K) of type A; for T <= GEMV_MAX_T. */
 #define GEMV_MAX_T 8
 void k_gemv(cudaStream_t s, int f32, float *y, const void *x, const void *w, int32_t T, int32_t N, int32_t K);
+/* act (T, F) = silu(x·Wgᵀ + bg) * (x·Wuᵀ + bu) with Wgu = [Wg; Wu] (2F, K) of
+ * type A; for T <= GEMV_MAX_T, K % 8 == 0. */
+void k_gemv_glu(cudaStream_t s, int f32, void *act, const void *x, const void *w, const float *bgu, int32_t T,
+                int32_t F, int32_t K);
 
 /* ---- attention.cu */
 int attention_smem(int32_t rows, int32_t hd);

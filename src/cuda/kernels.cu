@@ -16,36 +16,74 @@ void k_embed(cudaStream_t s, int f32, float *x, const void *emb, const int32_t *
     else embed_kernel<bf16><<<T, 256, 0, s>>>(x, (const bf16 *)emb, tok, H);
 }
 
-/* One block per row. add: x += y + bias first. out16: normed row as BF16
- * (when w != NULL); inplace: normed row back into x as F32. */
+/* One block per row. add: x += y + bias first. out: normed row as A (when
+ * w != NULL); inplace: normed row back into x as F32. The row stays in
+ * registers between the passes (H <= NORM_THREADS * NORM_PER_THREAD; wider
+ * rows are read again), and every load of a pass is issued before any use. */
+#define NORM_THREADS 256
+#define NORM_PER_THREAD 32
 template <class A>
-__global__ void norm_kernel(float *x, const float *y, const float *bias, A *out, const float *w, int32_t H, float eps,
-                            int inplace) {
+__global__ void __launch_bounds__(NORM_THREADS)
+    norm_kernel(float *__restrict__ x, const float *__restrict__ y, const float *__restrict__ bias, A *__restrict__ out,
+                const float *__restrict__ w, int32_t H, float eps, int inplace) {
     __shared__ float red[32];
     const int64_t i = blockIdx.x;
     float *xr = x + i * H;
+    const float *yr = y ? y + i * H : NULL;
     float ss = 0.0f;
-    for (int32_t j = threadIdx.x; j < H; j += blockDim.x) {
+    if (H <= NORM_THREADS * NORM_PER_THREAD) {
+        float v[NORM_PER_THREAD];
+#pragma unroll
+        for (int u = 0; u < NORM_PER_THREAD; u++) {
+            const int32_t j = threadIdx.x + u * NORM_THREADS;
+            v[u] = j < H ? xr[j] : 0.0f;
+        }
+        if (yr) {
+#pragma unroll
+            for (int u = 0; u < NORM_PER_THREAD; u++) {
+                const int32_t j = threadIdx.x + u * NORM_THREADS;
+                if (j < H) {
+                    v[u] += yr[j] + (bias ? bias[j] : 0.0f);
+                    xr[j] = v[u];
+                }
+            }
+        }
+#pragma unroll
+        for (int u = 0; u < NORM_PER_THREAD; u++) ss += v[u] * v[u];
+        if (!w) return;
+        const float r = 1.0f / sqrtf(block_sum(ss, red) / (float)H + eps);
+#pragma unroll
+        for (int u = 0; u < NORM_PER_THREAD; u++) {
+            const int32_t j = threadIdx.x + u * NORM_THREADS;
+            if (j < H) {
+                const float o = w[j] * (v[u] * r);
+                if (inplace) xr[j] = o;
+                else stA(out + i * H + j, o);
+            }
+        }
+        return;
+    }
+    for (int32_t j = threadIdx.x; j < H; j += NORM_THREADS) {
         float v = xr[j];
-        if (y) {
-            v += y[i * H + j] + (bias ? bias[j] : 0.0f);
+        if (yr) {
+            v += yr[j] + (bias ? bias[j] : 0.0f);
             xr[j] = v;
         }
         ss += v * v;
     }
     if (!w) return;
     const float r = 1.0f / sqrtf(block_sum(ss, red) / (float)H + eps);
-    for (int32_t j = threadIdx.x; j < H; j += blockDim.x) {
-        float v = w[j] * (xr[j] * r);
-        if (inplace) xr[j] = v;
-        else stA(out + i * H + j, v);
+    for (int32_t j = threadIdx.x; j < H; j += NORM_THREADS) {
+        const float o = w[j] * (xr[j] * r);
+        if (inplace) xr[j] = o;
+        else stA(out + i * H + j, o);
     }
 }
 
 void k_add_rmsnorm(cudaStream_t s, int f32, float *x, const float *y, const float *bias, void *xb, const float *w,
                    int32_t T, int32_t H, float eps) {
-    if (f32) norm_kernel<float><<<T, 256, 0, s>>>(x, y, bias, (float *)xb, w, H, eps, 0);
-    else norm_kernel<bf16><<<T, 256, 0, s>>>(x, y, bias, (bf16 *)xb, w, H, eps, 0);
+    if (f32) norm_kernel<float><<<T, NORM_THREADS, 0, s>>>(x, y, bias, (float *)xb, w, H, eps, 0);
+    else norm_kernel<bf16><<<T, NORM_THREADS, 0, s>>>(x, y, bias, (bf16 *)xb, w, H, eps, 0);
 }
 
 void k_rmsnorm(cudaStream_t s, int f32, void *xb, const float *x, const float *w, int32_t T, int32_t H, float eps) {
@@ -53,7 +91,7 @@ void k_rmsnorm(cudaStream_t s, int f32, void *xb, const float *x, const float *w
 }
 
 void k_rmsnorm_inplace(cudaStream_t s, float *x, const float *w, int32_t T, int32_t H, float eps) {
-    norm_kernel<float><<<T, 256, 0, s>>>(x, NULL, NULL, NULL, w, H, eps, 1);
+    norm_kernel<float><<<T, NORM_THREADS, 0, s>>>(x, NULL, NULL, NULL, w, H, eps, 1);
 }
 
 /* One warp per (token, head) of the fused q|k|v row: bias, the Qwen3 per-head
@@ -183,20 +221,6 @@ void k_fill_f32(cudaStream_t s, float *w, int64_t n, float v) { fill_f32_kernel<
  * 4 F32 per lane per step), every token's dot product accumulated from the
  * same loaded weights, so W streams from HBM once per call whatever T
  * (<= GEMV_MAX_T). */
-static __device__ __forceinline__ void unpack16(const uint4 &v, const bf16 *, float *f) {
-    const __nv_bfloat162 *h = (const __nv_bfloat162 *)&v;
-#pragma unroll
-    for (int e = 0; e < 4; e++) {
-        const float2 t = __bfloat1622float2(h[e]);
-        f[2 * e] = t.x, f[2 * e + 1] = t.y;
-    }
-}
-static __device__ __forceinline__ void unpack16(const uint4 &v, const float *, float *f) {
-    const float *p = (const float *)&v;
-#pragma unroll
-    for (int e = 0; e < 4; e++) f[e] = p[e];
-}
-
 template <class A, int T>
 __global__ void gemv_kernel(float *__restrict__ y, const A *__restrict__ x, const A *__restrict__ w, int32_t N,
                             int32_t K) {
@@ -296,6 +320,72 @@ __global__ void __launch_bounds__(256) gemv_mlp_kernel(float *__restrict__ y, co
     }
 }
 
+/* Gate and up projections with SwiGLU in the epilogue, for small batches:
+ * warp n computes rows n (gate) and F + n (up) of the fused [2F, K] weight and
+ * writes act[t][n] = silu(g + bg) * (u + bu), rounded to A as k_swiglu does. */
+template <class A, int T, int U>
+__global__ void __launch_bounds__(256) gemv_glu_kernel(A *__restrict__ act, const A *__restrict__ x,
+                                                       const A *__restrict__ w, const float *__restrict__ bgu,
+                                                       int32_t F, int32_t K) {
+    constexpr int EPV = 16 / sizeof(A);
+    const int32_t n = blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5), lane = threadIdx.x & 31;
+    if (n >= F) return;
+    const uint4 *wg = (const uint4 *)(w + (int64_t)n * K), *wu = (const uint4 *)(w + (int64_t)(F + n) * K);
+    const int32_t kv = K / EPV;
+    float ag[T], au[T];
+#pragma unroll
+    for (int t = 0; t < T; t++) ag[t] = au[t] = 0.0f;
+    for (int32_t i = lane; i < kv; i += U * 32) {
+        uint4 vg[U], vu[U];
+#pragma unroll
+        for (int u = 0; u < U; u++) {
+            const bool in = i + u * 32 < kv;
+            vg[u] = in ? ld_stream16(wg + i + u * 32) : make_uint4(0, 0, 0, 0);
+            vu[u] = in ? ld_stream16(wu + i + u * 32) : make_uint4(0, 0, 0, 0);
+        }
+#pragma unroll
+        for (int u = 0; u < U; u++) {
+            if (i + u * 32 >= kv) break;
+            float gf[EPV], uf[EPV];
+            unpack16(vg[u], w, gf);
+            unpack16(vu[u], w, uf);
+#pragma unroll
+            for (int t = 0; t < T; t++) {
+                float xf[EPV];
+                unpack16(__ldg((const uint4 *)(x + (int64_t)t * K) + i + u * 32), x, xf);
+#pragma unroll
+                for (int e = 0; e < EPV; e++) ag[t] += gf[e] * xf[e], au[t] += uf[e] * xf[e];
+            }
+        }
+    }
+#pragma unroll
+    for (int t = 0; t < T; t++) {
+        float g = warp_sum(ag[t]), u = warp_sum(au[t]);
+        if (lane == 0) {
+            if (bgu) g += bgu[n], u += bgu[F + n];
+            stA(act + (int64_t)t * F + n, g / (1.0f + expf(-g)) * u);
+        }
+    }
+}
+
+template <class A>
+static void gemv_glu_t(cudaStream_t s, A *act, const A *x, const A *w, const float *bgu, int32_t T, int32_t F, int32_t K) {
+    const int warps = 8, blocks = (F + warps - 1) / warps;
+    switch (T) {
+#define CASE(t, u) \
+    case t: gemv_glu_kernel<A, t, u><<<blocks, 32 * warps, 0, s>>>(act, x, w, bgu, F, K); break;
+        CASE(1, 8) CASE(2, 8) CASE(3, 4) CASE(4, 4) CASE(5, 4) CASE(6, 4) CASE(7, 4) CASE(8, 4)
+#undef CASE
+    default: break;
+    }
+}
+
+void k_gemv_glu(cudaStream_t s, int f32, void *act, const void *x, const void *w, const float *bgu, int32_t T,
+                int32_t F, int32_t K) {
+    if (f32) gemv_glu_t<float>(s, (float *)act, (const float *)x, (const float *)w, bgu, T, F, K);
+    else gemv_glu_t<bf16>(s, (bf16 *)act, (const bf16 *)x, (const bf16 *)w, bgu, T, F, K);
+}
+
 template <class A> static void gemv_t(cudaStream_t s, float *y, const A *x, const A *w, int32_t T, int32_t N, int32_t K) {
     const int warps = 8;
     const int blocks = (N + warps - 1) / warps;
@@ -325,38 +415,56 @@ void k_gemv(cudaStream_t s, int f32, float *y, const void *x, const void *w, int
     else gemv_t<bf16>(s, y, (const bf16 *)x, (const bf16 *)w, T, N, K);
 }
 
-/* One block per row: the first index of the row's maximum (as the CPU
- * sampler's greedy path; NaN never wins). */
-__global__ void argmax_kernel(int32_t *out, const float *logits, int32_t V) {
-    __shared__ float bv[32];
-    __shared__ int32_t bi[32];
-    const float *row = logits + (int64_t)blockIdx.x * V;
-    float best = -INFINITY;
-    int32_t idx = 0x7fffffff;
-    for (int32_t j = threadIdx.x; j < V; j += blockDim.x) {
-        const float v = row[j];
-        if (v > best) best = v, idx = j; /* j increases: the first maximum of this thread is kept */
-    }
+/* The first index of each row's maximum (as the CPU sampler's greedy path;
+ * NaN never wins), in two launches: AMAX_PARTS blocks per row each reduce a
+ * slice to (value, index), then one warp per row reduces the slices. */
+static __device__ __forceinline__ void amax_pick(float &best, int32_t &idx, float ov, int32_t oi) {
+    if (ov > best || (ov == best && oi < idx)) best = ov, idx = oi;
+}
+
+static __device__ __forceinline__ void amax_warp(float &best, int32_t &idx) {
     for (int o = 16; o > 0; o >>= 1) {
         const float ov = __shfl_xor_sync(0xffffffffu, best, o);
         const int32_t oi = __shfl_xor_sync(0xffffffffu, idx, o);
-        if (ov > best || (ov == best && oi < idx)) best = ov, idx = oi;
-    }
-    const int lane = threadIdx.x & 31, w = threadIdx.x >> 5, nw = blockDim.x >> 5;
-    if (lane == 0) bv[w] = best, bi[w] = idx;
-    __syncthreads();
-    if (w == 0) {
-        best = lane < nw ? bv[lane] : -INFINITY;
-        idx = lane < nw ? bi[lane] : 0x7fffffff;
-        for (int o = 16; o > 0; o >>= 1) {
-            const float ov = __shfl_xor_sync(0xffffffffu, best, o);
-            const int32_t oi = __shfl_xor_sync(0xffffffffu, idx, o);
-            if (ov > best || (ov == best && oi < idx)) best = ov, idx = oi;
-        }
-        if (lane == 0) out[blockIdx.x] = idx == 0x7fffffff ? 0 : idx;
+        amax_pick(best, idx, ov, oi);
     }
 }
 
-void k_argmax(cudaStream_t s, int32_t *out, const float *logits, int32_t n, int32_t V) {
-    if (n > 0) argmax_kernel<<<n, 1024, 0, s>>>(out, logits, V);
+__global__ void __launch_bounds__(256) argmax_part_kernel(float *pv, int32_t *pi, const float *__restrict__ logits,
+                                                          int32_t V) {
+    __shared__ float bv[8];
+    __shared__ int32_t bi[8];
+    const float *row = logits + (int64_t)blockIdx.x * V;
+    const int32_t slice = (V + AMAX_PARTS - 1) / AMAX_PARTS, j0 = blockIdx.y * slice, j1 = min(V, j0 + slice);
+    float best = -INFINITY;
+    int32_t idx = 0x7fffffff;
+#pragma unroll 8
+    for (int32_t j = j0 + threadIdx.x; j < j1; j += 256) {
+        const float v = row[j];
+        if (v > best) best = v, idx = j; /* j increases: the first maximum of this thread is kept */
+    }
+    amax_warp(best, idx);
+    const int lane = threadIdx.x & 31, w = threadIdx.x >> 5;
+    if (lane == 0) bv[w] = best, bi[w] = idx;
+    __syncthreads();
+    if (w == 0) {
+        best = lane < 8 ? bv[lane] : -INFINITY;
+        idx = lane < 8 ? bi[lane] : 0x7fffffff;
+        amax_warp(best, idx);
+        if (lane == 0) pv[blockIdx.x * AMAX_PARTS + blockIdx.y] = best, pi[blockIdx.x * AMAX_PARTS + blockIdx.y] = idx;
+    }
+}
+
+__global__ void argmax_final_kernel(int32_t *out, const float *pv, const int32_t *pi) {
+    const int lane = threadIdx.x;
+    float best = lane < AMAX_PARTS ? pv[blockIdx.x * AMAX_PARTS + lane] : -INFINITY;
+    int32_t idx = lane < AMAX_PARTS ? pi[blockIdx.x * AMAX_PARTS + lane] : 0x7fffffff;
+    amax_warp(best, idx);
+    if (lane == 0) out[blockIdx.x] = idx == 0x7fffffff ? 0 : idx;
+}
+
+void k_argmax(cudaStream_t s, int32_t *out, float *pv, int32_t *pi, const float *logits, int32_t n, int32_t V) {
+    if (n <= 0) return;
+    argmax_part_kernel<<<dim3(n, AMAX_PARTS), 256, 0, s>>>(pv, pi, logits, V);
+    argmax_final_kernel<<<n, 32, 0, s>>>(out, pv, pi);
 }
