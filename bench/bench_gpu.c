@@ -221,15 +221,19 @@ int main(int argc, char **argv) {
         api->model_memory(m->gpu, &tnow, &tpeak);
         const double pf = n_prompt / best_pf, d1 = n_new / best_d1, d32 = 32.0 * n_new / best_d32;
         const double roof = (wbytes / (bw * 1e9)) / (best_d1 / n_new);
-        char trs[64] = "not run";
+        char spf[32] = "-", sd1[32] = "-", sroof[32] = "-", sd32[32] = "-", trs[64] = "not run";
+        if (do_pf) snprintf(spf, sizeof spf, "%.0f", pf);
+        if (do_d1) snprintf(sd1, sizeof sd1, "%.1f", d1), snprintf(sroof, sizeof sroof, "%.0f%%", 100 * roof);
+        if (do_d32) snprintf(sd32, sizeof sd32, "%.0f", d32);
         if (do_train) snprintf(trs, sizeof trs, "%.0f (peak %.2f GiB)", tr, tpeak / 1073741824.0);
-        printf("| %s | %.0f | %.1f | %.0f%% | %.0f | %.2f | %s |\n", cfg.arch_name, pf, d1, 100 * roof, d32,
-               peak / 1073741824.0, trs);
-        fprintf(stderr,
-                "%s: weights %.2f GB made on the GPU in %.1f s; prefill %.1f ms; decode b1 %.2f ms/token "
-                "(roofline %.2f ms at %.0f GB/s); decode b32 %.2f ms/step; peak %.2f GiB\n",
-                cfg.arch_name, wbytes / 1e9, t_init, best_pf * 1e3, best_d1 / n_new * 1e3, wbytes / (bw * 1e9) * 1e3,
-                bw, best_d32 / n_new * 1e3, peak / 1073741824.0);
+        printf("| %s | %s | %s | %s | %s | %.2f | %s |\n", cfg.arch_name, spf, sd1, sroof, sd32, peak / 1073741824.0, trs);
+        fprintf(stderr, "%s: weights %.2f GB made on the GPU in %.1f s", cfg.arch_name, wbytes / 1e9, t_init);
+        if (do_pf) fprintf(stderr, "; prefill %.1f ms", best_pf * 1e3);
+        if (do_d1)
+            fprintf(stderr, "; decode b1 %.2f ms/token (roofline %.2f ms at %.0f GB/s)", best_d1 / n_new * 1e3,
+                    wbytes / (bw * 1e9) * 1e3, bw);
+        if (do_d32) fprintf(stderr, "; decode b32 %.2f ms/step", best_d32 / n_new * 1e3);
+        fprintf(stderr, "; peak %.2f GiB\n", peak / 1073741824.0);
         prism_model_free(m);
     }
     return 0;

@@ -61,7 +61,77 @@ struct gpu_train {
     void **allocs;
     int n_allocs, cap_allocs;
     int64_t bytes;
+    struct tprof *prof; /* PRISM_CUDA_PROFILE=1 */
 };
+
+/* ------------------------------------------------------------------ profile */
+
+/* PRISM_CUDA_PROFILE=1: where a training run's GPU time goes. Events on the
+ * stream mark the end of each span; the time since the previous mark is
+ * charged to the span's category; printed to stderr when the session ends. */
+enum { TP_OTHER, TP_EMBED_NORM, TP_GEMM_F, TP_LORA_F, TP_ATT_F, TP_ELT_F, TP_LOSS, TP_GEMM_B, TP_LORA_B, TP_ATT_B,
+       TP_ELT_B, TP_OPT, TP_N };
+static const char *const TP_NAME[TP_N] = {"host gaps, uploads",        "embedding, final norm",
+                                          "frozen GEMMs, forward",     "LoRA, forward",
+                                          "attention, forward",        "norms, SwiGLU, adds, forward",
+                                          "loss (LM head, CE/KL)",     "frozen GEMMs, backward",
+                                          "LoRA, backward",            "attention, backward",
+                                          "norms, SwiGLU, adds, backward", "gradient norm, AdamW"};
+#define TP_MAX 1024
+struct tprof {
+    cudaEvent_t ev[TP_MAX];
+    int cat[TP_MAX], n, examples;
+    double ms[TP_N];
+};
+
+static void prof_flush(gpu_train *t) {
+    struct tprof *P = t->prof;
+    if (!P || P->n < 2) return;
+    cudaEventSynchronize(P->ev[P->n - 1]);
+    for (int i = 1; i < P->n; i++) {
+        float ms = 0;
+        if (cudaEventElapsedTime(&ms, P->ev[i - 1], P->ev[i]) == cudaSuccess) P->ms[P->cat[i]] += ms;
+    }
+    cudaEvent_t last = P->ev[P->n - 1];
+    P->ev[P->n - 1] = P->ev[0], P->ev[0] = last, P->n = 1;
+}
+
+/* The work enqueued since the previous mark was of category cat. */
+static void prof_mark(gpu_train *t, int cat) {
+    struct tprof *P = t->prof;
+    if (!P) return;
+    if (P->n == TP_MAX) prof_flush(t);
+    if (cudaEventRecord(P->ev[P->n], t->s) == cudaSuccess) P->cat[P->n++] = cat;
+}
+
+static void prof_new(gpu_train *t) {
+    const char *e = getenv("PRISM_CUDA_PROFILE");
+    if (!e || *e != '1') return;
+    struct tprof *P = (struct tprof *)calloc(1, sizeof *P);
+    if (!P) return;
+    for (int i = 0; i < TP_MAX; i++)
+        if (cudaEventCreate(&P->ev[i]) != cudaSuccess) {
+            for (int j = 0; j < i; j++) cudaEventDestroy(P->ev[j]);
+            free(P);
+            return;
+        }
+    t->prof = P;
+}
+
+static void prof_free(gpu_train *t) {
+    struct tprof *P = t->prof;
+    if (!P) return;
+    prof_flush(t);
+    double tot = 0;
+    for (int c = 0; c < TP_N; c++) tot += P->ms[c];
+    fprintf(stderr, "prism-cuda training profile: %d examples, %.1f ms of GPU time\n", P->examples, tot);
+    for (int c = 0; c < TP_N; c++)
+        if (P->ms[c] > 0)
+            fprintf(stderr, "  %5.1f%%  %9.2f ms  %s\n", tot > 0 ? 100 * P->ms[c] / tot : 0.0, P->ms[c], TP_NAME[c]);
+    for (int i = 0; i < TP_MAX; i++) cudaEventDestroy(P->ev[i]);
+    free(P);
+    t->prof = NULL;
+}
 
 /* ------------------------------------------------------------------ kernels */
 
@@ -456,10 +526,13 @@ static int layer_fwd(gpu_train *t, int32_t l, tacts *A, const float *x, float *y
     const int32_t H = m->H, hd = m->hd, nh = m->nh, nkv = m->nkv, F = m->F, group = nh / nkv;
     const int64_t qd = (int64_t)nh * hd, kvd = (int64_t)nkv * hd, qn = qd + 2 * kvd;
     tk_norm_fwd<<<T, 256, 0, t->s>>>(A->h1, A->r1, x, L->attn_norm, H, m->eps);
+    prof_mark(t, TP_ELT_F);
     TRY(w_fwd(t, t->y, (int)qn, A->h1, &L->wqkv, T, err, errn));
+    prof_mark(t, TP_GEMM_F);
     TRY(lora_fwd(t, mod_of(t, l, LT_Q), A->h1, H, A->mid[LT_Q], t->y, (int)qn, T, err, errn));
     TRY(lora_fwd(t, mod_of(t, l, LT_K), A->h1, H, A->mid[LT_K], t->y + qd, (int)qn, T, err, errn));
     TRY(lora_fwd(t, mod_of(t, l, LT_V), A->h1, H, A->mid[LT_V], t->y + qd + kvd, (int)qn, T, err, errn));
+    prof_mark(t, TP_LORA_F);
     dim3 gq(T, (nh + 2 * nkv + 3) / 4);
     tk_qkv_fwd<<<gq, 128, 0, t->s>>>(t->y, L->bqkv, L->q_norm, L->k_norm, m->inv_freq, A->qraw, A->kraw, A->rq, A->rk,
                                      A->qh, A->kh, A->vh, T, nh, nkv, hd, qn, m->eps);
@@ -473,19 +546,29 @@ static int layer_fwd(gpu_train *t, int32_t l, tacts *A, const float *x, float *y
         TRY(sg(t, CUBLAS_OP_N, CUBLAS_OP_N, hd, (int)gt, T, 1.0f, Vg, hd, Pg, T, 0.0f, Og, hd, err, errn));
     }
     tk_heads<<<T, 256, 0, t->s>>>(A->att, t->oh, T, nh, hd, qd, 0, 0);
+    prof_mark(t, TP_ATT_F);
     TRY(w_fwd(t, t->y, H, A->att, &L->wo, T, err, errn));
+    prof_mark(t, TP_GEMM_F);
     TRY(lora_fwd(t, mod_of(t, l, LT_O), A->att, (int)qd, A->mid[LT_O], t->y, H, T, err, errn));
+    prof_mark(t, TP_LORA_F);
     tk_add<<<grid_for((int64_t)T * H), 256, 0, t->s>>>(A->xmid, x, t->y, L->bo, (int64_t)T * H, H);
     tk_norm_fwd<<<T, 256, 0, t->s>>>(A->h2, A->r2, A->xmid, L->ffn_norm, H, m->eps);
+    prof_mark(t, TP_ELT_F);
     TRY(w_fwd(t, A->gu, 2 * F, A->h2, &L->wgu, T, err, errn));
+    prof_mark(t, TP_GEMM_F);
     TRY(lora_fwd(t, mod_of(t, l, LT_GATE), A->h2, H, A->mid[LT_GATE], A->gu, 2 * F, T, err, errn));
     TRY(lora_fwd(t, mod_of(t, l, LT_UP), A->h2, H, A->mid[LT_UP], A->gu + F, 2 * F, T, err, errn));
+    prof_mark(t, TP_LORA_F);
     if (L->bgu) tk_bias<<<grid_for((int64_t)T * 2 * F), 256, 0, t->s>>>(A->gu, L->bgu, (int64_t)T * 2 * F, 2 * F);
     dim3 gs((F + 255) / 256, T);
     tk_swiglu_fwd<<<gs, 256, 0, t->s>>>(A->a, A->gu, F);
+    prof_mark(t, TP_ELT_F);
     TRY(w_fwd(t, t->y, H, A->a, &L->wd, T, err, errn));
+    prof_mark(t, TP_GEMM_F);
     TRY(lora_fwd(t, mod_of(t, l, LT_DOWN), A->a, F, A->mid[LT_DOWN], t->y, H, T, err, errn));
+    prof_mark(t, TP_LORA_F);
     tk_add<<<grid_for((int64_t)T * H), 256, 0, t->s>>>(y_out, A->xmid, t->y, L->bd, (int64_t)T * H, H);
+    prof_mark(t, TP_ELT_F);
     return 0;
 }
 
@@ -497,17 +580,26 @@ static int layer_bwd(gpu_train *t, int32_t l, const tacts *A, const float *x, in
     const int64_t qd = (int64_t)nh * hd, kvd = (int64_t)nkv * hd, qn = qd + 2 * kvd;
     float *dx = t->dx, *da = t->hd_tmp;
     /* MLP */
+    prof_mark(t, TP_OTHER);
     TRY(w_bwd(t, da, dx, H, &L->wd, T, 0.0f, err, errn));
+    prof_mark(t, TP_GEMM_B);
     TRY(lora_bwd(t, mod_of(t, l, LT_DOWN), A->a, F, A->mid[LT_DOWN], dx, H, da, F, T, err, errn));
+    prof_mark(t, TP_LORA_B);
     dim3 gs((F + 255) / 256, T);
     tk_swiglu_bwd<<<gs, 256, 0, t->s>>>(t->dgu, da, A->gu, F);
+    prof_mark(t, TP_ELT_B);
     TRY(w_bwd(t, t->dh, t->dgu, 2 * F, &L->wgu, T, 0.0f, err, errn));
+    prof_mark(t, TP_GEMM_B);
     TRY(lora_bwd(t, mod_of(t, l, LT_GATE), A->h2, H, A->mid[LT_GATE], t->dgu, 2 * F, t->dh, H, T, err, errn));
     TRY(lora_bwd(t, mod_of(t, l, LT_UP), A->h2, H, A->mid[LT_UP], t->dgu + F, 2 * F, t->dh, H, T, err, errn));
+    prof_mark(t, TP_LORA_B);
     tk_norm_bwd<<<T, 256, 0, t->s>>>(dx, t->dh, A->xmid, L->ffn_norm, A->r2, H, 1, H, 0, H, 1);
+    prof_mark(t, TP_ELT_B);
     /* attention */
     TRY(w_bwd(t, t->datt, dx, H, &L->wo, T, 0.0f, err, errn));
+    prof_mark(t, TP_GEMM_B);
     TRY(lora_bwd(t, mod_of(t, l, LT_O), A->att, (int)qd, A->mid[LT_O], dx, H, t->datt, (int)qd, T, err, errn));
+    prof_mark(t, TP_LORA_B);
     tk_heads<<<T, 256, 0, t->s>>>(t->datt, t->oh, T, nh, hd, qd, 0, 1); /* oh := dO head-major */
     float *dqh = t->hd_tmp;                                              /* (nh, T, hd) */
     float *dkh = dqh + qd * T, *dvh = dkh + kvd * T;
@@ -535,11 +627,15 @@ static int layer_bwd(gpu_train *t, int32_t l, const tacts *A, const float *x, in
         tk_norm_bwd<<<T * nh, 128, 0, t->s>>>(t->dqkv, t->dqkv, A->qraw, L->q_norm, A->rq, hd, nh, qn, 0, qd, 0);
         tk_norm_bwd<<<T * nkv, 128, 0, t->s>>>(t->dqkv, t->dqkv, A->kraw, L->k_norm, A->rk, hd, nkv, qn, qd, kvd, 0);
     }
+    prof_mark(t, TP_ATT_B);
     TRY(w_bwd(t, t->dh, t->dqkv, (int)qn, &L->wqkv, T, 0.0f, err, errn));
+    prof_mark(t, TP_GEMM_B);
     TRY(lora_bwd(t, mod_of(t, l, LT_Q), A->h1, H, A->mid[LT_Q], t->dqkv, (int)qn, t->dh, H, T, err, errn));
     TRY(lora_bwd(t, mod_of(t, l, LT_K), A->h1, H, A->mid[LT_K], t->dqkv + qd, (int)qn, t->dh, H, T, err, errn));
     TRY(lora_bwd(t, mod_of(t, l, LT_V), A->h1, H, A->mid[LT_V], t->dqkv + qd + kvd, (int)qn, t->dh, H, T, err, errn));
+    prof_mark(t, TP_LORA_B);
     tk_norm_bwd<<<T, 256, 0, t->s>>>(dx, t->dh, x, L->attn_norm, A->r1, H, 1, H, 0, H, 1);
+    prof_mark(t, TP_ELT_B);
     return 0;
 }
 
@@ -549,6 +645,7 @@ static void train_free(gpu_train *t) {
     if (!t) return;
     cudaSetDevice(t->m->dev);
     if (t->s) cudaStreamSynchronize(t->s);
+    prof_free(t);
     for (int i = 0; i < t->n_allocs; i++) cudaFree(t->allocs[i]);
     account(-t->bytes);
     if (t->blas) cublasDestroy(t->blas);
@@ -617,6 +714,7 @@ static int train_new(gpu_model *m, const gpu_lora_desc *mods, int32_t max_tokens
         train_free(t);
         return gpu_fail(err, errn, PRISM_GPU_E_DEVICE, "cublasCreate failed");
     }
+    prof_new(t);
 #define TA2(ptr, n)                                                      \
     do {                                                                 \
         if ((rc = talloc(t, (void **)&(ptr), (size_t)(n), err, errn))) goto fail; \
@@ -758,12 +856,15 @@ static int train_example(gpu_train *t, const gpu_train_example *ex, double *loss
         }
     }
     /* forward */
+    prof_mark(t, TP_OTHER);
     k_embed(t->s, m->f32, t->xs, m->embed, t->d_tok, T, H);
+    prof_mark(t, TP_EMBED_NORM);
     const int64_t stride = (int64_t)t->T_max * H;
     for (int32_t l = 0; l < L; l++)
         TRY(layer_fwd(t, l, &t->acts[t->recompute ? 0 : l], t->xs + l * stride, t->xs + (l + 1) * stride, T, err, errn));
     const float *xl = t->xs + (int64_t)L * stride;
     tk_norm_fwd<<<T, 256, 0, t->s>>>(t->hf, t->rf, xl, m->final_norm, H, m->eps);
+    prof_mark(t, TP_EMBED_NORM);
     /* loss rows, in chunks; dhf accumulates in dh */
     k_fill_f32(t->s, t->dh, (int64_t)T * H, 0.0f);
     int32_t rows[LOSS_ROWS], terms[LOSS_ROWS];
@@ -804,11 +905,14 @@ static int train_example(gpu_train *t, const gpu_train_example *ex, double *loss
             CU(cudaStreamSynchronize(t->s), "logits");
         }
     }
+    prof_mark(t, TP_LOSS);
     *loss_sum = loss;
     *count = cnt;
+    if (t->prof) t->prof->examples++;
     if (t->first_adapted >= L) return 0;
     /* backward */
     tk_norm_bwd<<<T, 256, 0, t->s>>>(t->dx, t->dh, xl, m->final_norm, t->rf, H, 1, H, 0, H, 0);
+    prof_mark(t, TP_EMBED_NORM);
     for (int32_t l = L - 1; l >= t->first_adapted; l--) {
         tacts *A = &t->acts[t->recompute ? 0 : l];
         const float *xin = t->xs + l * stride;
@@ -816,12 +920,14 @@ static int train_example(gpu_train *t, const gpu_train_example *ex, double *loss
         TRY(layer_bwd(t, l, A, xin, T, err, errn));
     }
     CU(cudaGetLastError(), "LoRA backward");
+    prof_flush(t);
     return 0;
 }
 
 static int train_scale_norm(gpu_train *t, double scale, double *norm, char *err, size_t errn) {
     CU(cudaSetDevice(t->m->dev), "cudaSetDevice");
     const int blocks = 1024;
+    prof_mark(t, TP_OTHER);
     tk_scale_sumsq<<<blocks, 256, 0, t->s>>>(t->g, t->n_params, (float)scale, t->norm_part);
     double part[1024];
     CU(cudaMemcpyAsync(part, t->norm_part, sizeof part, cudaMemcpyDeviceToHost, t->s), "gradient norm");
@@ -840,6 +946,7 @@ static int train_adamw(gpu_train *t, double gscale, double lr, double beta1, dou
                                                       (float)(1.0 - lr * wd), wd != 0, (float)(1.0 - beta1),
                                                       (float)beta2, (float)(1.0 - beta2), (float)(lr / bc1),
                                                       (float)sqrt(bc2), (float)eps);
+    prof_mark(t, TP_OPT);
     CU(cudaGetLastError(), "AdamW");
     return 0;
 }
