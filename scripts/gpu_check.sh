@@ -9,13 +9,15 @@
 #      (split-K), greedy tokens, a mixed base/LoRA batch (SGMV), the routed
 #      prefill (test_gpu with PRISM_REQUIRE_GPU=1);
 #   3. bench_gpu: the Markdown table of BENCHMARKS.md (0.5B and 7B shapes),
-#      then the 7B decode without CUDA graphs, with the first GEMV, with cuBLAS;
+#      then the 7B decode without PDL and without CUDA graphs, and where the
+#      training step's time goes (PRISM_CUDA_PROFILE=1);
 #   4. LoRA training on the GPU: gradients against peft's fixtures, the
 #      trainer's tests (exact resume, ...) and routed inference with every
 #      model on the GPU;
 #   5. PRISM end to end on the GPU: bootstrap of the embedded model, then a
 #      routed generation;
-#   6. compute-sanitizer memcheck over one architecture, when installed.
+#   6. compute-sanitizer memcheck and racecheck over one architecture, when
+#      installed.
 # Machines without a package mirror: run scripts/gpu_prepare.sh first where
 # one is reachable and carry .gpu/ (Debian packages unpacked into a private
 # prefix here, fixtures). Logs go to $OUT (default /tmp/prism-gpu), at most
@@ -72,14 +74,19 @@ PRISM_REQUIRE_GPU=1 timeout 120 ./build/tests/test_gpu >"$OUT/test_gpu.log" 2>&1
 grep -vE "^(exact|fast|ok)" "$OUT/test_gpu.log" | tail -40
 grep -E "^(exact|fast)" "$OUT/test_gpu.log" | head -60
 tail -1 "$OUT/test_gpu.log" | grep -q " 0 failed" || fail=1
+echo "-- again with plain launches (PRISM_CUDA_PDL=0): $(PRISM_CUDA_PDL=0 PRISM_REQUIRE_GPU=1 timeout 120 ./build/tests/test_gpu 2>&1 | tail -1)"
 
 step "benchmarks (bench_gpu)"
 timeout 200 ./build/bench/bench_gpu ${BENCH_ARGS:---shape all} >"$OUT/bench.md" 2>&1
 cat "$OUT/bench.md"
-step "7B decode without CUDA graphs, with the first GEMV kernel, with cuBLAS only (diagnostics)"
-for v in PRISM_CUDA_GRAPHS=0 PRISM_CUDA_GEMV=1 PRISM_CUDA_NO_GEMV=1; do
+step "7B decode without programmatic dependent launch, without CUDA graphs (diagnostics)"
+for v in PRISM_CUDA_PDL=0 PRISM_CUDA_GRAPHS=0; do
     echo "$v: $(env $v timeout 60 ./build/bench/bench_gpu --shape 7b --train 0 --runs 1 2>&1 | grep "shape:")"
 done | tee "$OUT/bench_variants.log"
+step "where LoRA training's GPU time goes (PRISM_CUDA_PROFILE=1, 8 x 512 per step)"
+for shape in 7b 0.5b; do
+    PRISM_CUDA_PROFILE=1 timeout 90 ./build/bench/bench_gpu --shape $shape --only train --runs 1 2>&1 | grep -E "^ |profile|\| Qwen"
+done | tee -a "$OUT/bench_variants.log"
 
 step "LoRA training and routing on the GPU (test_lora_grad, test_train, test_prism with PRISM_DEVICE=cuda)"
 for t in test_lora_grad test_train test_prism; do
@@ -108,6 +115,11 @@ if command -v compute-sanitizer >/dev/null 2>&1; then
         ./build/tests/test_gpu >"$OUT/memcheck.log" 2>&1
     grep -E "ERROR SUMMARY|passed, " "$OUT/memcheck.log" | tail -3
     grep -q "ERROR SUMMARY: 0 errors" "$OUT/memcheck.log" || { fail=1; grep -m 30 -A 12 "=========" "$OUT/memcheck.log" | head -60; }
+    step "compute-sanitizer racecheck (llama3, shared memory hazards)"
+    PRISM_REQUIRE_GPU=1 PRISM_TEST_ARCH=llama3 timeout 60 compute-sanitizer --tool racecheck --print-limit 20 \
+        ./build/tests/test_gpu >>"$OUT/memcheck.log" 2>&1
+    grep -E "RACECHECK SUMMARY|ERROR SUMMARY|passed, " "$OUT/memcheck.log" | tail -3
+    tail -3 "$OUT/memcheck.log" | grep -qE "(ERROR|RACECHECK) SUMMARY: 0 " || { fail=1; grep -m 10 -B2 -A10 "Error\|Warning\|hazard" "$OUT/memcheck.log" | tail -40; }
 fi
 
 step "done: $([ $fail = 0 ] && echo PASS || echo FAIL)"

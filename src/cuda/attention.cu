@@ -42,6 +42,8 @@ __global__ void __launch_bounds__(ATT_THREADS)
     static_assert(ATT_THREADS == 128 && ATT_KC == 32, "the thread layout assumes 4 warps and 32-key chunks");
     constexpr int EPV = 16 / sizeof(A), RPW = ATT_MAX_ROWS / 4;
     PRISM_DYN_SMEM(float, sm);
+    pdl_wait();
+    pdl_trigger();
     const att_tile tile = tiles[blockIdx.x];
     const int32_t kh = blockIdx.y, split = blockIdx.z, n_split = gridDim.z;
     const int32_t group = nh / nkv, R = tile.n * group, hp = hd + 1;
@@ -131,6 +133,7 @@ __global__ void __launch_bounds__(ATT_THREADS)
             const float pk = sc == -INFINITY ? 0.0f : expf(sc - mx);
             S[r * ATT_KC + lane] = pk;
             const float sum = warp_sum(pk);
+            __syncwarp(); /* every lane has read rm[r] before lane 0 updates it */
             if (lane == 0) {
                 const float alpha = mold == -INFINITY ? 0.0f : expf(mold - mx);
                 rl[r] = rl[r] * alpha + sum;
@@ -187,6 +190,8 @@ __global__ void __launch_bounds__(ATT_THREADS)
 template <class A>
 __global__ void attention_combine(const float *__restrict__ part_o, const float2 *__restrict__ part_ml,
                                   A *__restrict__ out, int32_t T, int32_t nh, int32_t hd, int32_t n_split) {
+    pdl_wait();
+    pdl_trigger();
     const int64_t i = blockIdx.x;
     const int32_t h = blockIdx.y;
     const int64_t qd = (int64_t)nh * hd;
@@ -235,13 +240,13 @@ template <class A> static void attention_t(const gpu_ctx *c, int32_t layer, A *o
     const float scale = 1.0f / sqrtf((float)m->hd);
     switch (m->hd <= 32 ? 1 : m->hd <= 64 ? 2 : m->hd <= 128 ? 4 : 8) { /* hd <= ATT_MAX_HD, checked by ctx_new */
 #define CASE(n) \
-    case n: attention_kernel<A, n><<<grid, ATT_THREADS, smem, c->s>>>(c->q, kc, vc, c->d_tiles, out, c->part_o, c->part_ml, c->T, m->nh, m->nkv, m->hd, c->n_ctx, m->window, scale); break;
+    case n: PDL_LAUNCH((attention_kernel<A, n>), grid, ATT_THREADS, smem, c->s, (const float *)c->q, kc, vc, (const att_tile *)c->d_tiles, out, c->part_o, c->part_ml, c->T, m->nh, m->nkv, m->hd, c->n_ctx, m->window, scale); break;
         CASE(1) CASE(2) CASE(4) CASE(8)
 #undef CASE
     }
     if (c->n_split > 1) {
         dim3 g2(c->T, m->nh);
-        attention_combine<A><<<g2, 128, 0, c->s>>>(c->part_o, c->part_ml, out, c->T, m->nh, m->hd, c->n_split);
+        PDL_LAUNCH(attention_combine<A>, g2, 128, 0, c->s, (const float *)c->part_o, (const float2 *)c->part_ml, out, c->T, m->nh, m->hd, c->n_split);
     }
 }
 

@@ -54,6 +54,42 @@ static __device__ __forceinline__ float ldA(const bf16 *p) { return __bfloat162f
 static __device__ __forceinline__ void stA(float *p, float v) { *p = v; }
 static __device__ __forceinline__ void stA(bf16 *p, float v) { *p = __float2bfloat16(v); }
 
+/* Programmatic dependent launch (Hopper, sm_90+): a kernel launched with
+ * PDL_LAUNCH may start while its predecessor on the stream is finishing. It
+ * must call pdl_wait() before it reads anything earlier work wrote (immutable
+ * weights may be touched before), and every such kernel calls it, so
+ * completion stays transitive along the stream. pdl_trigger() lets the
+ * successor be scheduled early. Off (plain launches) where the GPU or the
+ * build's code for it predates sm_90, or with PRISM_CUDA_PDL=0. */
+static __device__ __forceinline__ void pdl_wait(void) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.wait;" ::: "memory");
+#endif
+}
+static __device__ __forceinline__ void pdl_trigger(void) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+#endif
+}
+#ifdef PRISM_CUDA_EMU
+#define PDL_LAUNCH(kern, grid, block, smem, stream, ...) \
+    emu::launch(emu::cfg(grid, block, smem, stream), kern, __VA_ARGS__)
+#else
+int pdl_enabled(void); /* for the current device */
+template <typename... KP, typename... Args>
+static inline void pdl_launch(void (*kern)(KP...), dim3 grid, dim3 block, size_t smem, cudaStream_t s, Args... args) {
+    cudaLaunchConfig_t cfg = {};
+    cudaLaunchAttribute at[1];
+    cfg.gridDim = grid, cfg.blockDim = block, cfg.dynamicSmemBytes = smem, cfg.stream = s;
+    at[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+    at[0].val.programmaticStreamSerializationAllowed = 1;
+    cfg.attrs = at, cfg.numAttrs = pdl_enabled() ? 1 : 0;
+    cudaLaunchKernelEx(&cfg, kern, ((KP)args)...); /* errors surface at the caller's cudaGetLastError */
+}
+/* kern in parentheses when its template arguments hold commas */
+#define PDL_LAUNCH(kern, grid, block, smem, stream, ...) pdl_launch(kern, grid, block, smem, stream, __VA_ARGS__)
+#endif
+
 /* The 16 bytes of v as F32: 8 BF16 or 4 F32 (the pointer picks the type). */
 static __device__ __forceinline__ void unpack16(const uint4 &v, const bf16 *, float *f) {
     const __nv_bfloat162 *h = (const __nv_bfloat162 *)&v;

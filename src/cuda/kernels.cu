@@ -6,14 +6,16 @@
 #include <stdlib.h>
 
 template <class A> __global__ void embed_kernel(float *x, const A *emb, const int32_t *tok, int32_t H) {
+    pdl_wait();
+    pdl_trigger();
     const int64_t i = blockIdx.x;
     const A *e = emb + (int64_t)tok[i] * H;
     for (int32_t j = threadIdx.x; j < H; j += blockDim.x) x[i * H + j] = ldA(e + j);
 }
 
 void k_embed(cudaStream_t s, int f32, float *x, const void *emb, const int32_t *tok, int32_t T, int32_t H) {
-    if (f32) embed_kernel<float><<<T, 256, 0, s>>>(x, (const float *)emb, tok, H);
-    else embed_kernel<bf16><<<T, 256, 0, s>>>(x, (const bf16 *)emb, tok, H);
+    if (f32) PDL_LAUNCH(embed_kernel<float>, T, 256, 0, s, x, (const float *)emb, tok, H);
+    else PDL_LAUNCH(embed_kernel<bf16>, T, 256, 0, s, x, (const bf16 *)emb, tok, H);
 }
 
 /* One block per row. add: x += y + bias first. out: normed row as A (when
@@ -26,6 +28,8 @@ template <class A>
 __global__ void __launch_bounds__(NORM_THREADS)
     norm_kernel(float *__restrict__ x, const float *__restrict__ y, const float *__restrict__ bias, A *__restrict__ out,
                 const float *__restrict__ w, int32_t H, float eps, int inplace) {
+    pdl_wait();
+    pdl_trigger();
     __shared__ float red[32];
     const int64_t i = blockIdx.x;
     float *xr = x + i * H;
@@ -82,8 +86,8 @@ __global__ void __launch_bounds__(NORM_THREADS)
 
 void k_add_rmsnorm(cudaStream_t s, int f32, float *x, const float *y, const float *bias, void *xb, const float *w,
                    int32_t T, int32_t H, float eps) {
-    if (f32) norm_kernel<float><<<T, NORM_THREADS, 0, s>>>(x, y, bias, (float *)xb, w, H, eps, 0);
-    else norm_kernel<bf16><<<T, NORM_THREADS, 0, s>>>(x, y, bias, (bf16 *)xb, w, H, eps, 0);
+    if (f32) PDL_LAUNCH(norm_kernel<float>, T, NORM_THREADS, 0, s, x, y, bias, (float *)xb, w, H, eps, 0);
+    else PDL_LAUNCH(norm_kernel<bf16>, T, NORM_THREADS, 0, s, x, y, bias, (bf16 *)xb, w, H, eps, 0);
 }
 
 void k_rmsnorm(cudaStream_t s, int f32, void *xb, const float *x, const float *w, int32_t T, int32_t H, float eps) {
@@ -91,7 +95,7 @@ void k_rmsnorm(cudaStream_t s, int f32, void *xb, const float *x, const float *w
 }
 
 void k_rmsnorm_inplace(cudaStream_t s, float *x, const float *w, int32_t T, int32_t H, float eps) {
-    norm_kernel<float><<<T, NORM_THREADS, 0, s>>>(x, NULL, NULL, NULL, w, H, eps, 1);
+    PDL_LAUNCH(norm_kernel<float>, T, NORM_THREADS, 0, s, x, (const float *)NULL, (const float *)NULL, (float *)NULL, w, H, eps, 1);
 }
 
 /* One warp per (token, head) of the fused q|k|v row: bias, the Qwen3 per-head
@@ -101,6 +105,8 @@ template <class A>
 __global__ void qkv_post_kernel(const float *y, const float *bqkv, const float *q_norm, const float *k_norm,
                                 const float *inv_freq, const int32_t *pos, const int32_t *seq, float *q, A *kc, A *vc, int32_t nh, int32_t nkv, int32_t hd, int32_t n_ctx, int64_t qkv_n,
                                 float eps) {
+    pdl_wait();
+    pdl_trigger();
     const int64_t i = blockIdx.x;
     const int32_t head = blockIdx.y * (blockDim.x >> 5) + (threadIdx.x >> 5), lane = threadIdx.x & 31;
     if (head >= nh + 2 * nkv) return;
@@ -160,12 +166,14 @@ void k_qkv_post(cudaStream_t s, const gpu_ctx *c, int32_t layer, int32_t T) {
     dim3 grid(T, (m->nh + 2 * m->nkv + warps - 1) / warps);
     const int64_t lay = (int64_t)layer * c->n_seq * c->n_ctx * c->kvd;
     if (m->f32)
-        qkv_post_kernel<float><<<grid, 32 * warps, 0, s>>>(c->y, L->bqkv, L->q_norm, L->k_norm, m->inv_freq, c->d_pos, c->d_seq, c->q, (float *)c->kc + lay, (float *)c->vc + lay, m->nh, m->nkv, m->hd, c->n_ctx, c->qkv_n, m->eps);
+        PDL_LAUNCH(qkv_post_kernel<float>, grid, 32 * warps, 0, s, c->y, L->bqkv, L->q_norm, L->k_norm, m->inv_freq, c->d_pos, c->d_seq, c->q, (float *)c->kc + lay, (float *)c->vc + lay, m->nh, m->nkv, m->hd, c->n_ctx, c->qkv_n, m->eps);
     else
-        qkv_post_kernel<bf16><<<grid, 32 * warps, 0, s>>>(c->y, L->bqkv, L->q_norm, L->k_norm, m->inv_freq, c->d_pos, c->d_seq, c->q, (bf16 *)c->kc + lay, (bf16 *)c->vc + lay, m->nh, m->nkv, m->hd, c->n_ctx, c->qkv_n, m->eps);
+        PDL_LAUNCH(qkv_post_kernel<bf16>, grid, 32 * warps, 0, s, c->y, L->bqkv, L->q_norm, L->k_norm, m->inv_freq, c->d_pos, c->d_seq, c->q, (bf16 *)c->kc + lay, (bf16 *)c->vc + lay, m->nh, m->nkv, m->hd, c->n_ctx, c->qkv_n, m->eps);
 }
 
 template <class A> __global__ void swiglu_kernel(A *xb, const float *y, const float *bgu, int32_t F) {
+    pdl_wait();
+    pdl_trigger();
     const int64_t i = blockIdx.y;
     const int32_t j = blockIdx.x * blockDim.x + threadIdx.x;
     if (j >= F) return;
@@ -176,19 +184,21 @@ template <class A> __global__ void swiglu_kernel(A *xb, const float *y, const fl
 
 void k_swiglu(cudaStream_t s, int f32, void *xb, const float *y, const float *bgu, int32_t T, int32_t F) {
     dim3 grid((F + 255) / 256, T);
-    if (f32) swiglu_kernel<float><<<grid, 256, 0, s>>>((float *)xb, y, bgu, F);
-    else swiglu_kernel<bf16><<<grid, 256, 0, s>>>((bf16 *)xb, y, bgu, F);
+    if (f32) PDL_LAUNCH(swiglu_kernel<float>, grid, 256, 0, s, (float *)xb, y, bgu, F);
+    else PDL_LAUNCH(swiglu_kernel<bf16>, grid, 256, 0, s, (bf16 *)xb, y, bgu, F);
 }
 
 template <class A> __global__ void gather_kernel(A *g, const float *x, const int32_t *rows, int32_t H) {
+    pdl_wait();
+    pdl_trigger();
     const int64_t j = blockIdx.x, r = rows[j];
     for (int32_t k = threadIdx.x; k < H; k += blockDim.x) stA(g + j * H + k, x[r * H + k]);
 }
 
 void k_gather_rows(cudaStream_t s, int f32, void *gath, const float *x, const int32_t *rows, int32_t n, int32_t H) {
     if (n <= 0) return;
-    if (f32) gather_kernel<float><<<n, 256, 0, s>>>((float *)gath, x, rows, H);
-    else gather_kernel<bf16><<<n, 256, 0, s>>>((bf16 *)gath, x, rows, H);
+    if (f32) PDL_LAUNCH(gather_kernel<float>, n, 256, 0, s, (float *)gath, x, rows, H);
+    else PDL_LAUNCH(gather_kernel<bf16>, n, 256, 0, s, (bf16 *)gath, x, rows, H);
 }
 
 __device__ __forceinline__ uint64_t mix64(uint64_t z) {
@@ -271,25 +281,33 @@ static __device__ __forceinline__ uint4 ld_stream16(const void *p) {
 }
 
 /* The same product with more bytes in flight: each lane issues U independent
- * 16-byte weight loads before it does any arithmetic (K % (16 / sizeof(A)) == 0). */
+ * 16-byte weight loads before it does any arithmetic (K % (16 / sizeof(A)) == 0).
+ * The first U loads go out before pdl_wait(): weights don't depend on the
+ * previous kernel, so they overlap its tail. */
 template <class A, int T, int U>
 __global__ void __launch_bounds__(256) gemv_mlp_kernel(float *__restrict__ y, const A *__restrict__ x,
                                                        const A *__restrict__ w, int32_t N, int32_t K) {
     constexpr int EPV = 16 / sizeof(A);
     const int32_t n = blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5), lane = threadIdx.x & 31;
-    if (n >= N) return;
+    if (n >= N) {
+        pdl_wait();
+        return;
+    }
     const uint4 *wr = (const uint4 *)(w + (int64_t)n * K);
     const int32_t kv = K / EPV; /* 16-byte vectors per row */
     float acc[T];
 #pragma unroll
     for (int t = 0; t < T; t++) acc[t] = 0.0f;
     int32_t i = lane;
-    for (; i + (U - 1) * 32 < kv; i += U * 32) {
-        uint4 wv[U];
+    uint4 wv[U];
 #pragma unroll
-        for (int u = 0; u < U; u++) wv[u] = ld_stream16(wr + i + u * 32);
+    for (int u = 0; u < U; u++) wv[u] = i + u * 32 < kv ? ld_stream16(wr + i + u * 32) : make_uint4(0, 0, 0, 0);
+    pdl_wait();
+    pdl_trigger();
+    for (;;) {
 #pragma unroll
         for (int u = 0; u < U; u++) {
+            if (i + u * 32 >= kv) break;
             float wf[EPV];
             unpack16(wv[u], w, wf);
 #pragma unroll
@@ -300,18 +318,10 @@ __global__ void __launch_bounds__(256) gemv_mlp_kernel(float *__restrict__ y, co
                 for (int e = 0; e < EPV; e++) acc[t] += wf[e] * xf[e];
             }
         }
-    }
-#pragma unroll 4
-    for (; i < kv; i += 32) {
-        float wf[EPV];
-        unpack16(ld_stream16(wr + i), w, wf);
+        i += U * 32;
+        if (i >= kv) break;
 #pragma unroll
-        for (int t = 0; t < T; t++) {
-            float xf[EPV];
-            unpack16(__ldg((const uint4 *)(x + (int64_t)t * K) + i), x, xf);
-#pragma unroll
-            for (int e = 0; e < EPV; e++) acc[t] += wf[e] * xf[e];
-        }
+        for (int u = 0; u < U; u++) wv[u] = i + u * 32 < kv ? ld_stream16(wr + i + u * 32) : make_uint4(0, 0, 0, 0);
     }
 #pragma unroll
     for (int t = 0; t < T; t++) {
@@ -329,20 +339,26 @@ __global__ void __launch_bounds__(256) gemv_glu_kernel(A *__restrict__ act, cons
                                                        int32_t F, int32_t K) {
     constexpr int EPV = 16 / sizeof(A);
     const int32_t n = blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5), lane = threadIdx.x & 31;
-    if (n >= F) return;
+    if (n >= F) {
+        pdl_wait();
+        return;
+    }
     const uint4 *wg = (const uint4 *)(w + (int64_t)n * K), *wu = (const uint4 *)(w + (int64_t)(F + n) * K);
     const int32_t kv = K / EPV;
     float ag[T], au[T];
 #pragma unroll
     for (int t = 0; t < T; t++) ag[t] = au[t] = 0.0f;
-    for (int32_t i = lane; i < kv; i += U * 32) {
-        uint4 vg[U], vu[U];
+    int32_t i = lane;
+    uint4 vg[U], vu[U];
 #pragma unroll
-        for (int u = 0; u < U; u++) {
-            const bool in = i + u * 32 < kv;
-            vg[u] = in ? ld_stream16(wg + i + u * 32) : make_uint4(0, 0, 0, 0);
-            vu[u] = in ? ld_stream16(wu + i + u * 32) : make_uint4(0, 0, 0, 0);
-        }
+    for (int u = 0; u < U; u++) {
+        const bool in = i + u * 32 < kv;
+        vg[u] = in ? ld_stream16(wg + i + u * 32) : make_uint4(0, 0, 0, 0);
+        vu[u] = in ? ld_stream16(wu + i + u * 32) : make_uint4(0, 0, 0, 0);
+    }
+    pdl_wait(); /* the first weights are in flight: now wait for x */
+    pdl_trigger();
+    for (;;) {
 #pragma unroll
         for (int u = 0; u < U; u++) {
             if (i + u * 32 >= kv) break;
@@ -356,6 +372,14 @@ __global__ void __launch_bounds__(256) gemv_glu_kernel(A *__restrict__ act, cons
 #pragma unroll
                 for (int e = 0; e < EPV; e++) ag[t] += gf[e] * xf[e], au[t] += uf[e] * xf[e];
             }
+        }
+        i += U * 32;
+        if (i >= kv) break;
+#pragma unroll
+        for (int u = 0; u < U; u++) {
+            const bool in = i + u * 32 < kv;
+            vg[u] = in ? ld_stream16(wg + i + u * 32) : make_uint4(0, 0, 0, 0);
+            vu[u] = in ? ld_stream16(wu + i + u * 32) : make_uint4(0, 0, 0, 0);
         }
     }
 #pragma unroll
@@ -373,7 +397,7 @@ static void gemv_glu_t(cudaStream_t s, A *act, const A *x, const A *w, const flo
     const int warps = 8, blocks = (F + warps - 1) / warps;
     switch (T) {
 #define CASE(t, u) \
-    case t: gemv_glu_kernel<A, t, u><<<blocks, 32 * warps, 0, s>>>(act, x, w, bgu, F, K); break;
+    case t: PDL_LAUNCH((gemv_glu_kernel<A, t, u>), blocks, 32 * warps, 0, s, act, x, w, bgu, F, K); break;
         CASE(1, 8) CASE(2, 8) CASE(3, 4) CASE(4, 4) CASE(5, 4) CASE(6, 4) CASE(7, 4) CASE(8, 4)
 #undef CASE
     default: break;
@@ -394,7 +418,7 @@ template <class A> static void gemv_t(cudaStream_t s, float *y, const A *x, cons
     if (v == 2) {
         switch (T) {
 #define CASE(t, u) \
-    case t: gemv_mlp_kernel<A, t, u><<<blocks, 32 * warps, 0, s>>>(y, x, w, N, K); break;
+    case t: PDL_LAUNCH((gemv_mlp_kernel<A, t, u>), blocks, 32 * warps, 0, s, y, x, w, N, K); break;
             CASE(1, 8) CASE(2, 8) CASE(3, 4) CASE(4, 4) CASE(5, 4) CASE(6, 4) CASE(7, 4) CASE(8, 4)
 #undef CASE
         default: break;
@@ -432,6 +456,8 @@ static __device__ __forceinline__ void amax_warp(float &best, int32_t &idx) {
 
 __global__ void __launch_bounds__(256) argmax_part_kernel(float *pv, int32_t *pi, const float *__restrict__ logits,
                                                           int32_t V) {
+    pdl_wait();
+    pdl_trigger();
     __shared__ float bv[8];
     __shared__ int32_t bi[8];
     const float *row = logits + (int64_t)blockIdx.x * V;
@@ -456,6 +482,8 @@ __global__ void __launch_bounds__(256) argmax_part_kernel(float *pv, int32_t *pi
 }
 
 __global__ void argmax_final_kernel(int32_t *out, const float *pv, const int32_t *pi) {
+    pdl_wait();
+    pdl_trigger();
     const int lane = threadIdx.x;
     float best = lane < AMAX_PARTS ? pv[blockIdx.x * AMAX_PARTS + lane] : -INFINITY;
     int32_t idx = lane < AMAX_PARTS ? pi[blockIdx.x * AMAX_PARTS + lane] : 0x7fffffff;
@@ -465,6 +493,26 @@ __global__ void argmax_final_kernel(int32_t *out, const float *pv, const int32_t
 
 void k_argmax(cudaStream_t s, int32_t *out, float *pv, int32_t *pi, const float *logits, int32_t n, int32_t V) {
     if (n <= 0) return;
-    argmax_part_kernel<<<dim3(n, AMAX_PARTS), 256, 0, s>>>(pv, pi, logits, V);
-    argmax_final_kernel<<<n, 32, 0, s>>>(out, pv, pi);
+    PDL_LAUNCH(argmax_part_kernel, dim3(n, AMAX_PARTS), 256, 0, s, pv, pi, logits, V);
+    PDL_LAUNCH(argmax_final_kernel, n, 32, 0, s, out, (const float *)pv, (const int32_t *)pi);
 }
+
+#ifndef PRISM_CUDA_EMU
+int pdl_enabled(void) {
+    static int ok[64]; /* per device: 0 unknown, 1 on, 2 off */
+    int dev = 0;
+    if (cudaGetDevice(&dev) != cudaSuccess || dev < 0 || dev >= 64) return 0;
+    if (!ok[dev]) {
+        const char *e = getenv("PRISM_CUDA_PDL");
+        int major = 0;
+        cudaFuncAttributes fa;
+        /* the kernels' code must be sm_90's own (pdl_wait compiles to nothing below) */
+        const int on = !(e && *e == '0') &&
+                       cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev) == cudaSuccess &&
+                       major >= 9 && cudaFuncGetAttributes(&fa, (const void *)argmax_final_kernel) == cudaSuccess &&
+                       fa.ptxVersion >= 90;
+        ok[dev] = on ? 1 : 2;
+    }
+    return ok[dev] == 1;
+}
+#endif
