@@ -196,6 +196,7 @@ struct gpu_ctx {
     float *logits;      /* (cap_logits rows, V) device */
     float *logits_h;    /* (cap_logits rows, V) pinned host copy */
     void *act;          /* (GEMV_MAX_T, F) A: SwiGLU output of the fused small-batch path */
+    float *ss_part;     /* (GEMV_MAX_T, (H + 7) / 8): partial sums of squares between fused GEMVs */
     int32_t *amax;      /* (B) device argmax of each head row */
     float *amax_pv;     /* (B, AMAX_PARTS) its partial maxima */
     int32_t *amax_pi;
@@ -242,13 +243,31 @@ void k_fill_uniform(cudaStream_t s, int f32, void *w, int64_t n, float scale, ui
 void k_fill_f32(cudaStream_t s, float *w, int64_t n, float v);
 #define AMAX_PARTS 32 /* blocks per row of the device argmax (<= 32) */
 void k_argmax(cudaStream_t s, int32_t *out, float *pv, int32_t *pi, const float *logits, int32_t n, int32_t V);
+/* Fusions of the small-batch GEMVs (kernels.cu): GV_NORM reads RMSNorm(res)·nw
+ * as its input, GV_ADD adds its output into res; see gemv_mlp_kernel. */
+typedef struct {
+    float *res;        /* the residual stream (T, H) F32 */
+    const float *nw;   /* GV_NORM: RMSNorm weight (K) */
+    const float *bias; /* GV_ADD: added with the product (N), or NULL */
+    float *part;       /* per-block partial sums of squares of res: (T, nparts) */
+    int32_t nparts;    /* GV_NORM: blocks of the GV_ADD kernel that wrote part */
+    float eps;
+} gemv_fuse;
+#define GEMV_FUSE_SMEM (48 << 10) /* GV_NORM stages T·K activations in shared memory */
+#define GV_WARPS 8                /* GEMV rows (warps) per block */
+
 /* y (T, N) F32 = x (T, K) · Wᵀ, x and W (N, K) of type A; for T <= GEMV_MAX_T. */
 #define GEMV_MAX_T 8
 void k_gemv(cudaStream_t s, int f32, float *y, const void *x, const void *w, int32_t T, int32_t N, int32_t K);
+/* y = RMSNorm(f.res)·f.nw · Wᵀ */
+void k_gemv_norm(cudaStream_t s, int f32, float *y, const void *w, int32_t T, int32_t N, int32_t K, const gemv_fuse &f);
+/* f.res += x · Wᵀ + f.bias, and f.part its partial sums of squares (one per block of GV_WARPS rows) */
+void k_gemv_add(cudaStream_t s, int f32, const void *x, const void *w, int32_t T, int32_t N, int32_t K,
+                const gemv_fuse &f);
 /* act (T, F) = silu(x·Wgᵀ + bg) * (x·Wuᵀ + bu) with Wgu = [Wg; Wu] (2F, K) of
- * type A; for T <= GEMV_MAX_T, K % 8 == 0. */
+ * type A; x = RMSNorm(norm->res)·norm->nw when norm != NULL. */
 void k_gemv_glu(cudaStream_t s, int f32, void *act, const void *x, const void *w, const float *bgu, int32_t T,
-                int32_t F, int32_t K);
+                int32_t F, int32_t K, const gemv_fuse *norm);
 
 /* ---- attention.cu */
 int attention_smem(int32_t rows, int32_t hd);

@@ -227,45 +227,6 @@ __global__ void fill_f32_kernel(float *w, int64_t n, float v) {
 
 void k_fill_f32(cudaStream_t s, float *w, int64_t n, float v) { fill_f32_kernel<<<256, 256, 0, s>>>(w, n, v); }
 
-/* Small-batch GEMV: one warp per output row n, 16-byte loads of W (8 BF16 or
- * 4 F32 per lane per step), every token's dot product accumulated from the
- * same loaded weights, so W streams from HBM once per call whatever T
- * (<= GEMV_MAX_T). */
-template <class A, int T>
-__global__ void gemv_kernel(float *__restrict__ y, const A *__restrict__ x, const A *__restrict__ w, int32_t N,
-                            int32_t K) {
-    constexpr int EPV = 16 / sizeof(A); /* elements per 16-byte load */
-    const int32_t n = blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5), lane = threadIdx.x & 31;
-    if (n >= N) return;
-    const A *wr = w + (int64_t)n * K;
-    float acc[T];
-#pragma unroll
-    for (int t = 0; t < T; t++) acc[t] = 0.0f;
-    const int32_t Kv = K / (32 * EPV) * (32 * EPV); /* part covered by whole 32-lane steps */
-#pragma unroll 4
-    for (int32_t k = lane * EPV; k < Kv; k += 32 * EPV) {
-        float wf[EPV];
-        unpack16(__ldg((const uint4 *)(wr + k)), wr, wf);
-#pragma unroll
-        for (int t = 0; t < T; t++) {
-            float xf[EPV];
-            unpack16(__ldg((const uint4 *)(x + (int64_t)t * K + k)), x, xf);
-#pragma unroll
-            for (int e = 0; e < EPV; e++) acc[t] += wf[e] * xf[e];
-        }
-    }
-    for (int32_t k = Kv + lane; k < K; k += 32) {
-        const float wf = ldA(wr + k);
-#pragma unroll
-        for (int t = 0; t < T; t++) acc[t] += wf * ldA(x + (int64_t)t * K + k);
-    }
-#pragma unroll
-    for (int t = 0; t < T; t++) {
-        const float v = warp_sum(acc[t]);
-        if (lane == 0) y[(int64_t)t * N + n] = v;
-    }
-}
-
 /* A 16-byte load of weights read once: through the non-coherent path, not
  * kept in L1 (the activations stay there). */
 static __device__ __forceinline__ uint4 ld_stream16(const void *p) {
@@ -280,21 +241,77 @@ static __device__ __forceinline__ uint4 ld_stream16(const void *p) {
 #endif
 }
 
-/* The same product with more bytes in flight: each lane issues U independent
- * 16-byte weight loads before it does any arithmetic (K % (16 / sizeof(A)) == 0).
- * The first U loads go out before pdl_wait(): weights don't depend on the
- * previous kernel, so they overlap its tail. */
-template <class A, int T, int U>
-__global__ void __launch_bounds__(256) gemv_mlp_kernel(float *__restrict__ y, const A *__restrict__ x,
-                                                       const A *__restrict__ w, int32_t N, int32_t K) {
-    constexpr int EPV = 16 / sizeof(A);
-    const int32_t n = blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5), lane = threadIdx.x & 31;
-    if (n >= N) {
-        pdl_wait();
-        return;
+/* Small-batch GEMV (T <= GEMV_MAX_T tokens, K % (16 / sizeof(A)) == 0): one
+ * warp per output row, each lane issuing U independent 16-byte weight loads
+ * before any arithmetic, every token's dot product accumulated from the same
+ * loaded weights, so W streams from HBM once per call. The first U loads go
+ * out before pdl_wait(): weights don't depend on the previous kernel.
+ *
+ * Fusions for the decode step (gemv_fuse), so that a layer is five kernels:
+ *  - GV_NORM: the input is RMSNorm(res)·nw, computed by each block into shared
+ *    memory as A (exactly as norm_kernel rounds it) from the residual stream
+ *    res and the per-block partial sums of squares the producer left in part;
+ *  - GV_ADD: instead of writing y, res[t][n] += y + bias[n], and each block
+ *    leaves the partial sum of squares of its rows of res in part — in a fixed
+ *    order, so results don't depend on scheduling. */
+enum { GV_PLAIN, GV_NORM, GV_ADD };
+
+template <class A, int T, int MODE>
+static __device__ __forceinline__ void gemv_stage(A *xs, const gemv_fuse &f, int32_t K) {
+    __shared__ float rr[T];
+    if (MODE != GV_NORM) return;
+    if (threadIdx.x < T) { /* fixed order: deterministic */
+        float ss = 0.0f;
+        for (int32_t b = 0; b < f.nparts; b++) ss += f.part[threadIdx.x * f.nparts + b];
+        rr[threadIdx.x] = 1.0f / sqrtf(ss / (float)K + f.eps);
     }
-    const uint4 *wr = (const uint4 *)(w + (int64_t)n * K);
-    const int32_t kv = K / EPV; /* 16-byte vectors per row */
+    __syncthreads();
+    for (int32_t e = threadIdx.x; e < T * K; e += blockDim.x) {
+        const int32_t t = e / K, k = e - t * K;
+        stA(xs + e, f.nw[k] * (f.res[e] * rr[t]));
+    }
+    __syncthreads();
+}
+
+template <class A, int T, int MODE>
+static __device__ __forceinline__ void gemv_finish(float (&acc)[T], float *y, const gemv_fuse &f, int32_t n, int32_t N,
+                                                   int32_t lane, bool valid) {
+    __shared__ float sq[GV_WARPS][T];
+    const int w = threadIdx.x >> 5;
+#pragma unroll
+    for (int t = 0; t < T; t++) {
+        const float v = warp_sum(acc[t]);
+        if (lane == 0 && valid) {
+            if (MODE == GV_ADD) {
+                const float xn = f.res[(int64_t)t * N + n] + v + (f.bias ? f.bias[n] : 0.0f);
+                f.res[(int64_t)t * N + n] = xn;
+                sq[w][t] = xn * xn;
+            } else {
+                y[(int64_t)t * N + n] = v;
+            }
+        } else if (lane == 0 && MODE == GV_ADD) {
+            sq[w][t] = 0.0f;
+        }
+    }
+    if (MODE != GV_ADD) return;
+    __syncthreads();
+    if (threadIdx.x < T) {
+        float ss = 0.0f;
+        for (int i = 0; i < GV_WARPS; i++) ss += sq[i][threadIdx.x];
+        f.part[threadIdx.x * gridDim.x + blockIdx.x] = ss;
+    }
+}
+
+template <class A, int T, int U, int MODE>
+__global__ void __launch_bounds__(256) gemv_mlp_kernel(float *__restrict__ y, const A *__restrict__ x,
+                                                       const A *__restrict__ w, int32_t N, int32_t K, gemv_fuse f) {
+    constexpr int EPV = 16 / sizeof(A);
+    PRISM_DYN_SMEM(uint4, xs_raw); /* GV_NORM: the normed input (T, K) */
+    A *xs = (A *)xs_raw;
+    const int32_t n = blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5), lane = threadIdx.x & 31;
+    const bool valid = n < N;
+    const uint4 *wr = (const uint4 *)(w + (int64_t)(valid ? n : 0) * K);
+    const int32_t kv = valid ? K / EPV : 0; /* 16-byte vectors of this warp's row */
     float acc[T];
 #pragma unroll
     for (int t = 0; t < T; t++) acc[t] = 0.0f;
@@ -304,6 +321,8 @@ __global__ void __launch_bounds__(256) gemv_mlp_kernel(float *__restrict__ y, co
     for (int u = 0; u < U; u++) wv[u] = i + u * 32 < kv ? ld_stream16(wr + i + u * 32) : make_uint4(0, 0, 0, 0);
     pdl_wait();
     pdl_trigger();
+    gemv_stage<A, T, MODE>(xs, f, K);
+    const A *xin = MODE == GV_NORM ? (const A *)xs : x;
     for (;;) {
 #pragma unroll
         for (int u = 0; u < U; u++) {
@@ -313,7 +332,8 @@ __global__ void __launch_bounds__(256) gemv_mlp_kernel(float *__restrict__ y, co
 #pragma unroll
             for (int t = 0; t < T; t++) {
                 float xf[EPV];
-                unpack16(__ldg((const uint4 *)(x + (int64_t)t * K) + i + u * 32), x, xf);
+                const uint4 *xp = (const uint4 *)(xin + (int64_t)t * K) + i + u * 32;
+                unpack16(MODE == GV_NORM ? *xp : __ldg(xp), x, xf);
 #pragma unroll
                 for (int e = 0; e < EPV; e++) acc[t] += wf[e] * xf[e];
             }
@@ -323,28 +343,25 @@ __global__ void __launch_bounds__(256) gemv_mlp_kernel(float *__restrict__ y, co
 #pragma unroll
         for (int u = 0; u < U; u++) wv[u] = i + u * 32 < kv ? ld_stream16(wr + i + u * 32) : make_uint4(0, 0, 0, 0);
     }
-#pragma unroll
-    for (int t = 0; t < T; t++) {
-        const float v = warp_sum(acc[t]);
-        if (lane == 0) y[(int64_t)t * N + n] = v;
-    }
+    gemv_finish<A, T, MODE>(acc, y, f, n, N, lane, valid);
 }
 
-/* Gate and up projections with SwiGLU in the epilogue, for small batches:
- * warp n computes rows n (gate) and F + n (up) of the fused [2F, K] weight and
- * writes act[t][n] = silu(g + bg) * (u + bu), rounded to A as k_swiglu does. */
-template <class A, int T, int U>
+/* Gate and up projections with SwiGLU in the epilogue: warp n computes rows n
+ * (gate) and F + n (up) of the fused [2F, K] weight and writes
+ * act[t][n] = silu(g + bg) * (u + bu), rounded to A as k_swiglu does.
+ * GV_NORM as above. */
+template <class A, int T, int U, int MODE>
 __global__ void __launch_bounds__(256) gemv_glu_kernel(A *__restrict__ act, const A *__restrict__ x,
                                                        const A *__restrict__ w, const float *__restrict__ bgu,
-                                                       int32_t F, int32_t K) {
+                                                       int32_t F, int32_t K, gemv_fuse f) {
     constexpr int EPV = 16 / sizeof(A);
+    PRISM_DYN_SMEM(uint4, xs_raw);
+    A *xs = (A *)xs_raw;
     const int32_t n = blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5), lane = threadIdx.x & 31;
-    if (n >= F) {
-        pdl_wait();
-        return;
-    }
-    const uint4 *wg = (const uint4 *)(w + (int64_t)n * K), *wu = (const uint4 *)(w + (int64_t)(F + n) * K);
-    const int32_t kv = K / EPV;
+    const bool valid = n < F;
+    const uint4 *wg = (const uint4 *)(w + (int64_t)(valid ? n : 0) * K),
+                *wu = (const uint4 *)(w + (int64_t)(valid ? F + n : 0) * K);
+    const int32_t kv = valid ? K / EPV : 0;
     float ag[T], au[T];
 #pragma unroll
     for (int t = 0; t < T; t++) ag[t] = au[t] = 0.0f;
@@ -358,6 +375,8 @@ __global__ void __launch_bounds__(256) gemv_glu_kernel(A *__restrict__ act, cons
     }
     pdl_wait(); /* the first weights are in flight: now wait for x */
     pdl_trigger();
+    gemv_stage<A, T, MODE>(xs, f, K);
+    const A *xin = MODE == GV_NORM ? (const A *)xs : x;
     for (;;) {
 #pragma unroll
         for (int u = 0; u < U; u++) {
@@ -368,7 +387,8 @@ __global__ void __launch_bounds__(256) gemv_glu_kernel(A *__restrict__ act, cons
 #pragma unroll
             for (int t = 0; t < T; t++) {
                 float xf[EPV];
-                unpack16(__ldg((const uint4 *)(x + (int64_t)t * K) + i + u * 32), x, xf);
+                const uint4 *xp = (const uint4 *)(xin + (int64_t)t * K) + i + u * 32;
+                unpack16(MODE == GV_NORM ? *xp : __ldg(xp), x, xf);
 #pragma unroll
                 for (int e = 0; e < EPV; e++) ag[t] += gf[e] * xf[e], au[t] += uf[e] * xf[e];
             }
@@ -385,58 +405,70 @@ __global__ void __launch_bounds__(256) gemv_glu_kernel(A *__restrict__ act, cons
 #pragma unroll
     for (int t = 0; t < T; t++) {
         float g = warp_sum(ag[t]), u = warp_sum(au[t]);
-        if (lane == 0) {
+        if (lane == 0 && valid) {
             if (bgu) g += bgu[n], u += bgu[F + n];
             stA(act + (int64_t)t * F + n, g / (1.0f + expf(-g)) * u);
         }
     }
 }
 
-template <class A>
-static void gemv_glu_t(cudaStream_t s, A *act, const A *x, const A *w, const float *bgu, int32_t T, int32_t F, int32_t K) {
-    const int warps = 8, blocks = (F + warps - 1) / warps;
+/* U: 16-byte loads in flight per lane (fewer with more tokens: registers). */
+#define GEMV_CASES(M) M(1, 8) M(2, 8) M(3, 4) M(4, 4) M(5, 4) M(6, 4) M(7, 4) M(8, 4)
+
+template <class A, int MODE>
+static void gemv_t(cudaStream_t s, float *y, const A *x, const A *w, int32_t T, int32_t N, int32_t K, const gemv_fuse &f) {
+    const int blocks = (N + GV_WARPS - 1) / GV_WARPS;
+    const size_t smem = MODE == GV_NORM ? (size_t)T * K * sizeof(A) : 0;
     switch (T) {
 #define CASE(t, u) \
-    case t: PDL_LAUNCH((gemv_glu_kernel<A, t, u>), blocks, 32 * warps, 0, s, act, x, w, bgu, F, K); break;
-        CASE(1, 8) CASE(2, 8) CASE(3, 4) CASE(4, 4) CASE(5, 4) CASE(6, 4) CASE(7, 4) CASE(8, 4)
+    case t: PDL_LAUNCH((gemv_mlp_kernel<A, t, u, MODE>), blocks, 32 * GV_WARPS, smem, s, y, x, w, N, K, f); break;
+        GEMV_CASES(CASE)
 #undef CASE
     default: break;
     }
 }
 
-void k_gemv_glu(cudaStream_t s, int f32, void *act, const void *x, const void *w, const float *bgu, int32_t T,
-                int32_t F, int32_t K) {
-    if (f32) gemv_glu_t<float>(s, (float *)act, (const float *)x, (const float *)w, bgu, T, F, K);
-    else gemv_glu_t<bf16>(s, (bf16 *)act, (const bf16 *)x, (const bf16 *)w, bgu, T, F, K);
-}
-
-template <class A> static void gemv_t(cudaStream_t s, float *y, const A *x, const A *w, int32_t T, int32_t N, int32_t K) {
-    const int warps = 8;
-    const int blocks = (N + warps - 1) / warps;
-    static int v = -1; /* PRISM_CUDA_GEMV=1: the first kernel (for comparison) */
-    if (v < 0) v = getenv("PRISM_CUDA_GEMV") && *getenv("PRISM_CUDA_GEMV") == '1' ? 1 : 2;
-    if (v == 2) {
-        switch (T) {
-#define CASE(t, u) \
-    case t: PDL_LAUNCH((gemv_mlp_kernel<A, t, u>), blocks, 32 * warps, 0, s, y, x, w, N, K); break;
-            CASE(1, 8) CASE(2, 8) CASE(3, 4) CASE(4, 4) CASE(5, 4) CASE(6, 4) CASE(7, 4) CASE(8, 4)
-#undef CASE
-        default: break;
-        }
-        return;
-    }
+template <class A, int MODE>
+static void gemv_glu_t(cudaStream_t s, A *act, const A *x, const A *w, const float *bgu, int32_t T, int32_t F, int32_t K,
+                       const gemv_fuse &f) {
+    const int blocks = (F + GV_WARPS - 1) / GV_WARPS;
+    const size_t smem = MODE == GV_NORM ? (size_t)T * K * sizeof(A) : 0;
     switch (T) {
-#define CASE(t) \
-    case t: gemv_kernel<A, t><<<blocks, 32 * warps, 0, s>>>(y, x, w, N, K); break;
-        CASE(1) CASE(2) CASE(3) CASE(4) CASE(5) CASE(6) CASE(7) CASE(8)
+#define CASE(t, u) \
+    case t: PDL_LAUNCH((gemv_glu_kernel<A, t, u, MODE>), blocks, 32 * GV_WARPS, smem, s, act, x, w, bgu, F, K, f); break;
+        GEMV_CASES(CASE)
 #undef CASE
     default: break;
     }
 }
 
 void k_gemv(cudaStream_t s, int f32, float *y, const void *x, const void *w, int32_t T, int32_t N, int32_t K) {
-    if (f32) gemv_t<float>(s, y, (const float *)x, (const float *)w, T, N, K);
-    else gemv_t<bf16>(s, y, (const bf16 *)x, (const bf16 *)w, T, N, K);
+    const gemv_fuse f = {};
+    if (f32) gemv_t<float, GV_PLAIN>(s, y, (const float *)x, (const float *)w, T, N, K, f);
+    else gemv_t<bf16, GV_PLAIN>(s, y, (const bf16 *)x, (const bf16 *)w, T, N, K, f);
+}
+
+void k_gemv_norm(cudaStream_t s, int f32, float *y, const void *w, int32_t T, int32_t N, int32_t K, const gemv_fuse &f) {
+    if (f32) gemv_t<float, GV_NORM>(s, y, (const float *)NULL, (const float *)w, T, N, K, f);
+    else gemv_t<bf16, GV_NORM>(s, y, (const bf16 *)NULL, (const bf16 *)w, T, N, K, f);
+}
+
+void k_gemv_add(cudaStream_t s, int f32, const void *x, const void *w, int32_t T, int32_t N, int32_t K,
+                const gemv_fuse &f) {
+    if (f32) gemv_t<float, GV_ADD>(s, (float *)NULL, (const float *)x, (const float *)w, T, N, K, f);
+    else gemv_t<bf16, GV_ADD>(s, (float *)NULL, (const bf16 *)x, (const bf16 *)w, T, N, K, f);
+}
+
+void k_gemv_glu(cudaStream_t s, int f32, void *act, const void *x, const void *w, const float *bgu, int32_t T,
+                int32_t F, int32_t K, const gemv_fuse *norm) {
+    const gemv_fuse f = norm ? *norm : gemv_fuse{};
+    if (f32) {
+        if (norm) gemv_glu_t<float, GV_NORM>(s, (float *)act, (const float *)x, (const float *)w, bgu, T, F, K, f);
+        else gemv_glu_t<float, GV_PLAIN>(s, (float *)act, (const float *)x, (const float *)w, bgu, T, F, K, f);
+    } else {
+        if (norm) gemv_glu_t<bf16, GV_NORM>(s, (bf16 *)act, (const bf16 *)x, (const bf16 *)w, bgu, T, F, K, f);
+        else gemv_glu_t<bf16, GV_PLAIN>(s, (bf16 *)act, (const bf16 *)x, (const bf16 *)w, bgu, T, F, K, f);
+    }
 }
 
 /* The first index of each row's maximum (as the CPU sampler's greedy path;
