@@ -19,9 +19,10 @@ static __device__ __forceinline__ int32_t first_key(int32_t p, int32_t window) {
     return window > 0 && p - window + 1 > 0 ? p - window + 1 : 0;
 }
 
-int attention_smem(int32_t rows, int32_t hd) {
-    /* Q (rows, hd + 1) | K (KC, hd + 1) | V (KC, hd) | S (rows, KC) | m, l, alpha (rows) */
-    return (int)sizeof(float) * (rows * (hd + 1) + ATT_KC * (hd + 1) + ATT_KC * hd + rows * ATT_KC + 3 * rows);
+int attention_smem(int32_t rows, int32_t hd, int32_t new_tokens) {
+    /* Q (rows, hd + 1) | K (KC, hd + 1) | V (KC, hd) | S (rows, KC) | m, l, alpha (rows) | new K, V (new_tokens, hd) */
+    return (int)sizeof(float) *
+           (rows * (hd + 1) + ATT_KC * (hd + 1) + ATT_KC * hd + rows * ATT_KC + 3 * rows + 2 * new_tokens * hd);
 }
 
 static __device__ __forceinline__ float warp_max(float v) {
@@ -32,13 +33,19 @@ static __device__ __forceinline__ float warp_max(float v) {
 /* Rows r = w + 4 i (i < 8) of warp w: R <= ATT_MAX_ROWS = 32. Each lane owns
  * the dims lane + 32 j (j < DPL) of those rows' outputs, in registers.
  * Scores: thread t computes a 2 x 4 tile (rows 2 (t >> 3) + {0, 1}, keys
- * 4 (t & 7) + {0..3}) of S; the softmax of a row is one warp, a lane per key. */
+ * 4 (t & 7) + {0..3}) of S; the softmax of a row is one warp, a lane per key.
+ *
+ * With pp.on (a batch whose every sequence is one tile: decode), the block
+ * does k_qkv_post's work for its own rows from the GEMV output pp.y: q rows
+ * into Qs, the tile's new k and v rows of its KV head into shared memory
+ * (rounded to A, as read back from the cache), which its chunks use for
+ * positions >= p0; split 0 also writes them to the cache. */
 template <class A, int DPL>
 __global__ void __launch_bounds__(ATT_THREADS)
-    attention_kernel(const float *__restrict__ q, const A *__restrict__ kc, const A *__restrict__ vc,
+    attention_kernel(const float *__restrict__ q, const A *kc, const A *vc, /* written with pp.on */
                      const att_tile *__restrict__ tiles, A *__restrict__ out, float *__restrict__ part_o,
                      float2 *__restrict__ part_ml, int32_t T, int32_t nh, int32_t nkv, int32_t hd, int32_t n_ctx,
-                     int32_t window, float scale) {
+                     int32_t window, float scale, att_post pp) {
     static_assert(ATT_THREADS == 128 && ATT_KC == 32, "the thread layout assumes 4 warps and 32-key chunks");
     constexpr int EPV = 16 / sizeof(A), RPW = ATT_MAX_ROWS / 4;
     PRISM_DYN_SMEM(float, sm);
@@ -49,13 +56,38 @@ __global__ void __launch_bounds__(ATT_THREADS)
     const int32_t group = nh / nkv, R = tile.n * group, hp = hd + 1;
     const int64_t kvd = (int64_t)nkv * hd, qd = (int64_t)nh * hd;
     float *Qs = sm, *Ks = Qs + R * hp, *Vs = Ks + ATT_KC * hp, *S = Vs + ATT_KC * hd, *rm = S + R * ATT_KC,
-          *rl = rm + R, *ra = rl + R;
+          *rl = rm + R, *ra = rl + R, *NK = ra + R, *NV = NK + tile.n * hd;
     const int tid = threadIdx.x, lane = tid & 31, w = tid >> 5;
 
     /* rows: r = t * group + g -> token i0 + t, head kh * group + g */
-    for (int e = tid; e < R * hd; e += ATT_THREADS) {
-        const int r = e / hd, d = e - r * hd, t = r / group, g = r - t * group;
-        Qs[r * hp + d] = q[(int64_t)(tile.i0 + t) * qd + (int64_t)(kh * group + g) * hd + d] * scale;
+    if (pp.on) {
+        for (int r = w; r < R + 2 * tile.n; r += ATT_THREADS / 32) {
+            const int t = r < R ? r / group : r < R + tile.n ? r - R : r - R - tile.n;
+            const int64_t col = r < R ? (int64_t)(kh * group + r - t * group) * hd
+                                      : (r < R + tile.n ? qd : qd + kvd) + (int64_t)kh * hd;
+            const float *src = pp.y + (int64_t)(tile.i0 + t) * pp.qkv_n + col, *b = pp.bqkv ? pp.bqkv + col : NULL;
+            const int32_t p = tile.p0 + t;
+            if (r < R) qkv_post_row(Qs + r * hp, src, b, pp.q_norm, true, pp.inv_freq, p, hd, pp.eps, scale, lane);
+            else if (r < R + tile.n) qkv_post_row(NK + t * hd, src, b, pp.k_norm, true, pp.inv_freq, p, hd, pp.eps, 1.0f, lane);
+            else qkv_post_row(NV + t * hd, src, b, (const float *)NULL, false, pp.inv_freq, p, hd, pp.eps, 1.0f, lane);
+        }
+        __syncthreads();
+        A *kw = (A *)kc + ((int64_t)tile.seq * n_ctx + tile.p0) * kvd + (int64_t)kh * hd;
+        A *vw = (A *)vc + ((int64_t)tile.seq * n_ctx + tile.p0) * kvd + (int64_t)kh * hd;
+        for (int e = tid; e < tile.n * hd; e += ATT_THREADS) {
+            A kr, vr;
+            stA(&kr, NK[e]), stA(&vr, NV[e]);
+            NK[e] = ldA(&kr), NV[e] = ldA(&vr);
+            if (split == 0) {
+                const int t = e / hd, d = e - t * hd;
+                kw[t * kvd + d] = kr, vw[t * kvd + d] = vr;
+            }
+        }
+    } else {
+        for (int e = tid; e < R * hd; e += ATT_THREADS) {
+            const int r = e / hd, d = e - r * hd, t = r / group, g = r - t * group;
+            Qs[r * hp + d] = q[(int64_t)(tile.i0 + t) * qd + (int64_t)(kh * group + g) * hd + d] * scale;
+        }
     }
     for (int r = tid; r < R; r += ATT_THREADS) rm[r] = -INFINITY, rl[r] = 0.0f;
     float o[RPW][DPL];
@@ -81,7 +113,11 @@ __global__ void __launch_bounds__(ATT_THREADS)
             for (int e = tid; e < ATT_KC * vpr; e += ATT_THREADS) {
                 const int k = e / vpr, v = e - k * vpr;
                 float kf[EPV], vf[EPV];
-                if (k < nk) {
+                if (k < nk && pp.on && c0 + k >= tile.p0) { /* this tile's own key: computed above */
+#pragma unroll
+                    for (int j = 0; j < EPV; j++)
+                        kf[j] = NK[(c0 + k - tile.p0) * hd + v * EPV + j], vf[j] = NV[(c0 + k - tile.p0) * hd + v * EPV + j];
+                } else if (k < nk) {
                     unpack16(__ldg((const uint4 *)(kb + (int64_t)(c0 + k) * kvd) + v), kb, kf);
                     unpack16(__ldg((const uint4 *)(vb + (int64_t)(c0 + k) * kvd) + v), vb, vf);
                 } else {
@@ -94,9 +130,9 @@ __global__ void __launch_bounds__(ATT_THREADS)
         } else {
             for (int e = tid; e < ATT_KC * hd; e += ATT_THREADS) {
                 const int k = e / hd, d = e - k * hd;
-                const bool in = k < nk;
-                Ks[k * hp + d] = in ? ldA(kb + (int64_t)(c0 + k) * kvd + d) : 0.0f;
-                Vs[k * hd + d] = in ? ldA(vb + (int64_t)(c0 + k) * kvd + d) : 0.0f;
+                const bool in = k < nk, own = in && pp.on && c0 + k >= tile.p0;
+                Ks[k * hp + d] = own ? NK[(c0 + k - tile.p0) * hd + d] : in ? ldA(kb + (int64_t)(c0 + k) * kvd + d) : 0.0f;
+                Vs[k * hd + d] = own ? NV[(c0 + k - tile.p0) * hd + d] : in ? ldA(vb + (int64_t)(c0 + k) * kvd + d) : 0.0f;
             }
         }
         __syncthreads();
@@ -235,12 +271,14 @@ template <class A> static void attention_t(const gpu_ctx *c, int32_t layer, A *o
     const gpu_model *m = c->m;
     const int64_t lay = (int64_t)layer * c->n_seq * c->n_ctx * c->kvd;
     dim3 grid(c->n_tiles, m->nkv, c->n_split);
-    const int smem = attention_smem(c->att_rows, m->hd);
+    const int smem = attention_smem(c->att_rows, m->hd, c->att_fused ? c->tq : 0);
+    const dlayer *L = &m->layers[layer];
+    const att_post pp = {c->att_fused, c->y, L->bqkv, L->q_norm, L->k_norm, m->inv_freq, c->qkv_n, m->eps};
     const A *kc = (const A *)c->kc + lay, *vc = (const A *)c->vc + lay;
     const float scale = 1.0f / sqrtf((float)m->hd);
     switch (m->hd <= 32 ? 1 : m->hd <= 64 ? 2 : m->hd <= 128 ? 4 : 8) { /* hd <= ATT_MAX_HD, checked by ctx_new */
 #define CASE(n) \
-    case n: PDL_LAUNCH((attention_kernel<A, n>), grid, ATT_THREADS, smem, c->s, (const float *)c->q, kc, vc, (const att_tile *)c->d_tiles, out, c->part_o, c->part_ml, c->T, m->nh, m->nkv, m->hd, c->n_ctx, m->window, scale); break;
+    case n: PDL_LAUNCH((attention_kernel<A, n>), grid, ATT_THREADS, smem, c->s, (const float *)c->q, kc, vc, (const att_tile *)c->d_tiles, out, c->part_o, c->part_ml, c->T, m->nh, m->nkv, m->hd, c->n_ctx, m->window, scale, pp); break;
         CASE(1) CASE(2) CASE(4) CASE(8)
 #undef CASE
     }

@@ -513,12 +513,12 @@ static int ctx_new(gpu_model *m, int32_t n_seq, int32_t n_ctx, int32_t B, gpu_ct
                         group, m->hd, ATT_MAX_ROWS, ATT_MAX_HD);
     }
     int32_t rows = ATT_MAX_ROWS / group * group;
-    while (rows > group && attention_smem(rows, m->hd) > m->smem_optin) rows -= group;
-    if (attention_smem(rows, m->hd) > m->smem_optin) {
+    while (rows > group && attention_smem(rows, m->hd, rows / group) > m->smem_optin) rows -= group;
+    if (attention_smem(rows, m->hd, rows / group) > m->smem_optin) {
         free(c);
         return gpu_fail(err, errn, PRISM_GPU_E_UNSUPPORTED,
                         "attention for %d heads per KV head of dim %d needs %d bytes of shared memory; this GPU offers %d",
-                        group, m->hd, attention_smem(rows, m->hd), m->smem_optin);
+                        group, m->hd, attention_smem(rows, m->hd, rows / group), m->smem_optin);
     }
     c->att_rows = rows;
     c->tq = rows / group;
@@ -648,6 +648,17 @@ static int batch_meta(gpu_ctx *c, const gpu_batch *b, char *err, size_t errn) {
         i = j;
     }
     c->T = T, c->n_tiles = nt, c->max_keys = max_keys;
+    /* one tile per sequence (decode): attention does the q|k|v post-processing itself */
+    c->att_fused = 1;
+    for (int32_t a = 0; a < nt && c->att_fused; a++)
+        for (int32_t b2 = a + 1; b2 < nt; b2++)
+            if (tiles[a].seq == tiles[b2].seq) {
+                c->att_fused = 0;
+                break;
+            }
+    static int no_fuse = -1;
+    if (no_fuse < 0) no_fuse = getenv("PRISM_CUDA_FUSE") && *getenv("PRISM_CUDA_FUSE") == '0';
+    if (no_fuse || nt > 64) c->att_fused = 0;
     c->n_split = 1;
     if (T <= ATT_SPLIT_TOKENS) {
         const int32_t blocks = nt * m->nkv, want = (2 * m->n_sm + blocks - 1) / blocks, by_keys = (max_keys + 63) / 64;
@@ -710,7 +721,7 @@ static int enqueue_layers(gpu_ctx *c, int32_t T, int32_t lb, int32_t le, int emb
             k_lora(c, l, LT_K, c->xb, H, c->y, qn, qd);
             k_lora(c, l, LT_V, c->xb, H, c->y, qn, qd + kvd);
         }
-        k_qkv_post(c->s, c, l, T);
+        if (!c->att_fused) k_qkv_post(c->s, c, l, T);
         k_attention(c, l, c->xb);
         if (fuse) {
             fu.bias = L->bo;
@@ -743,7 +754,9 @@ static int forward_graph(gpu_ctx *c, int32_t T, char *err, size_t errn) {
     graph_ent *g = NULL, *lru = &c->graphs[0];
     for (int i = 0; i < GRAPH_CACHE; i++) {
         graph_ent *e = &c->graphs[i];
-        if (e->exec && e->T == T && e->n_tiles == c->n_tiles && e->n_split == c->n_split && e->n_ltiles == c->n_ltiles) g = e;
+        if (e->exec && e->T == T && e->n_tiles == c->n_tiles && e->n_split == c->n_split && e->n_ltiles == c->n_ltiles &&
+            e->att_fused == c->att_fused)
+            g = e;
         if (e->used < lru->used) lru = e;
     }
     cudaGraph_t graph = NULL;
@@ -761,7 +774,7 @@ static int forward_graph(gpu_ctx *c, int32_t T, char *err, size_t errn) {
         graph = NULL;
         if (lru->exec) cudaGraphExecDestroy(lru->exec);
         g = lru;
-        *g = (graph_ent){T, c->n_tiles, c->n_split, c->n_ltiles, exec, 0};
+        *g = (graph_ent){T, c->n_tiles, c->n_split, c->n_ltiles, c->att_fused, exec, 0};
     }
     g->used = ++c->graph_clock;
     CU(cudaGraphLaunch(g->exec, c->s), "replaying the decode graph");

@@ -120,6 +120,48 @@ static __device__ __forceinline__ float block_sum(float v, float *red) {
     return warp_sum(lane < nw ? red[lane] : 0.0f);
 }
 
+/* One warp post-processes one head row of the fused q|k|v GEMV output: + bias
+ * b, then for q and k (rope) the per-head RMSNorm (Qwen3, when nw) and RoPE
+ * at position p, rotate-half pairs (j, j + hd/2); dst[j] = value·scale.
+ * hd <= 512. Used by k_qkv_post and by the attention kernel's fused decode. */
+template <class D>
+static __device__ __forceinline__ void qkv_post_row(D *dst, const float *src, const float *b, const float *nw, bool rope,
+                                                    const float *inv_freq, int32_t p, int32_t hd, float eps,
+                                                    float scale, int lane) {
+    const int32_t half = hd / 2;
+    float a[8], bb[8]; /* lane's pairs (j, j + half) for j = lane, lane + 32, ... */
+    int n = 0;
+    float ss = 0.0f;
+    for (int32_t j = lane; j < half; j += 32, n++) {
+        a[n] = src[j] + (b ? b[j] : 0.0f);
+        bb[n] = src[j + half] + (b ? b[j + half] : 0.0f);
+        ss += a[n] * a[n] + bb[n] * bb[n];
+    }
+    if (rope && nw) {
+        const float r = 1.0f / sqrtf(warp_sum(ss) / (float)hd + eps);
+        n = 0;
+        for (int32_t j = lane; j < half; j += 32, n++) {
+            a[n] = nw[j] * (a[n] * r);
+            bb[n] = nw[j + half] * (bb[n] * r);
+        }
+    }
+    if (rope) {
+        n = 0;
+        for (int32_t j = lane; j < half; j += 32, n++) {
+            float sn, cs;
+            sincosf((float)p * inv_freq[j], &sn, &cs);
+            const float x1 = a[n], x2 = bb[n];
+            a[n] = x1 * cs - x2 * sn;
+            bb[n] = x2 * cs + x1 * sn;
+        }
+    }
+    n = 0;
+    for (int32_t j = lane; j < half; j += 32, n++) {
+        stA(dst + j, a[n] * scale);
+        stA(dst + j + half, bb[n] * scale);
+    }
+}
+
 typedef struct {
     dlin wqkv, wo, wgu, wd;
     float *attn_norm, *ffn_norm, *q_norm, *k_norm;
@@ -164,6 +206,14 @@ typedef struct {
     int32_t i0, n, seq, p0;
 } att_tile;
 
+/* The q|k|v post-processing folded into attention (decode); see attention.cu. */
+typedef struct {
+    int32_t on;
+    const float *y, *bqkv, *q_norm, *k_norm, *inv_freq;
+    int64_t qkv_n;
+    float eps;
+} att_post;
+
 typedef struct {
     int32_t seg, row0, n; /* rows[row0 .. row0+n) of segment seg */
 } lora_tile;
@@ -173,7 +223,7 @@ typedef struct {
 #define GRAPH_CACHE 8
 #define GRAPH_MAX_T 64 /* tokens per batch captured at most (decode steps) */
 typedef struct {
-    int32_t T, n_tiles, n_split, n_ltiles; /* the shape: every grid of the step follows from it */
+    int32_t T, n_tiles, n_split, n_ltiles, att_fused; /* the shape: every grid of the step follows from it */
     cudaGraphExec_t exec;
     uint64_t used;
 } graph_ent;
@@ -210,6 +260,7 @@ struct gpu_ctx {
     const dmod **d_segtab;
     /* host view of the batch */
     int32_t T, n_tiles, n_ltiles, n_segs, n_split, max_keys;
+    int32_t att_fused;  /* one tile per sequence: q/k-norm, RoPE and the KV write inside attention */
     int32_t tq;         /* tokens per attention tile */
     int32_t att_rows;   /* rows (tokens × heads of a group) per attention block */
     const gpu_adapter **seg_ad; /* (B) host: adapter of each segment */
@@ -270,7 +321,7 @@ void k_gemv_glu(cudaStream_t s, int f32, void *act, const void *x, const void *w
                 int32_t F, int32_t K, const gemv_fuse *norm);
 
 /* ---- attention.cu */
-int attention_smem(int32_t rows, int32_t hd);
+int attention_smem(int32_t rows, int32_t hd, int32_t new_tokens);
 int attention_setup(int smem_optin, char *err, size_t errn);
 void k_attention(const gpu_ctx *c, int32_t layer, void *out);
 

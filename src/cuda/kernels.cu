@@ -110,52 +110,17 @@ __global__ void qkv_post_kernel(const float *y, const float *bqkv, const float *
     const int64_t i = blockIdx.x;
     const int32_t head = blockIdx.y * (blockDim.x >> 5) + (threadIdx.x >> 5), lane = threadIdx.x & 31;
     if (head >= nh + 2 * nkv) return;
-    const int32_t half = hd / 2, p = pos[i];
+    const int32_t p = pos[i];
     const int64_t kvd = (int64_t)nkv * hd, qd = (int64_t)nh * hd;
     const int64_t col = head < nh ? (int64_t)head * hd
                                   : head < nh + nkv ? qd + (int64_t)(head - nh) * hd : qd + kvd + (int64_t)(head - nh - nkv) * hd;
-    const float *src = y + i * qkv_n + col;
-    const float *b = bqkv ? bqkv + col : NULL;
+    const float *src = y + i * qkv_n + col, *b = bqkv ? bqkv + col : NULL;
     const int is_v = head >= nh + nkv;
-    const float *nw = head < nh ? q_norm : k_norm;
-    /* each lane holds pairs (j, j + half) for j = lane, lane + 32, ... (hd <= 512) */
-    float a[8], bb[8];
-    int n = 0;
-    float ss = 0.0f;
-    for (int32_t j = lane; j < half; j += 32, n++) {
-        a[n] = src[j] + (b ? b[j] : 0.0f);
-        bb[n] = src[j + half] + (b ? b[j + half] : 0.0f);
-        ss += a[n] * a[n] + bb[n] * bb[n];
-    }
-    if (!is_v && nw) {
-        const float r = 1.0f / sqrtf(warp_sum(ss) / (float)hd + eps);
-        n = 0;
-        for (int32_t j = lane; j < half; j += 32, n++) {
-            a[n] = nw[j] * (a[n] * r);
-            bb[n] = nw[j + half] * (bb[n] * r);
-        }
-    }
-    if (!is_v) {
-        n = 0;
-        for (int32_t j = lane; j < half; j += 32, n++) {
-            float sn, cs;
-            sincosf((float)p * inv_freq[j], &sn, &cs);
-            const float x1 = a[n], x2 = bb[n];
-            a[n] = x1 * cs - x2 * sn;
-            bb[n] = x2 * cs + x1 * sn;
-        }
-    }
-    const int64_t row = ((int64_t)seq[i] * n_ctx + p) * kvd;
-    n = 0;
-    for (int32_t j = lane; j < half; j += 32, n++) {
-        if (head < nh) {
-            q[i * qd + (int64_t)head * hd + j] = a[n];
-            q[i * qd + (int64_t)head * hd + j + half] = bb[n];
-        } else {
-            A *dst = (is_v ? vc : kc) + row + (int64_t)(is_v ? head - nh - nkv : head - nh) * hd;
-            stA(dst + j, a[n]);
-            stA(dst + j + half, bb[n]);
-        }
+    if (head < nh) {
+        qkv_post_row(q + i * qd + (int64_t)head * hd, src, b, q_norm, true, inv_freq, p, hd, eps, 1.0f, lane);
+    } else {
+        A *dst = (is_v ? vc : kc) + ((int64_t)seq[i] * n_ctx + p) * kvd + (int64_t)(is_v ? head - nh - nkv : head - nh) * hd;
+        qkv_post_row(dst, src, b, is_v ? NULL : k_norm, !is_v, inv_freq, p, hd, eps, 1.0f, lane);
     }
 }
 
