@@ -796,6 +796,7 @@ static int forward(gpu_ctx *c, const gpu_batch *b, int32_t lb, int32_t le, const
     CU(cudaSetDevice(m->dev), "cudaSetDevice");
     /* the pinned metadata may still feed the previous call's upload */
     CU(cudaStreamSynchronize(c->s), "previous batch");
+    c->head_pending = 0;
     int rc = batch_meta(c, b, err, errn);
     if (rc) return rc;
     c->n_out = 0;
@@ -833,7 +834,10 @@ static int head(gpu_ctx *c, const int32_t *rows, int32_t n_out, char *err, size_
             }
             c->cap_logits = n_out;
         }
-        CU(cudaStreamSynchronize(c->s), "head"); /* hrows shares the metadata block's pinned twin */
+        /* hrows lives in the metadata block's pinned twin: forward() synchronised before
+         * refilling it, so only a second head() of the same batch may find its upload pending */
+        if (c->head_pending) CU(cudaStreamSynchronize(c->s), "head");
+        c->head_pending = 1;
         int32_t *hrows = (int32_t *)((char *)c->meta_h + ((char *)c->d_hrows - (char *)c->meta_d));
         memcpy(hrows, rows, (size_t)n_out * 4);
         CU(cudaMemcpyAsync(c->d_hrows, hrows, (size_t)n_out * 4, cudaMemcpyHostToDevice, c->s), "head rows");
@@ -854,6 +858,7 @@ static int logits(gpu_ctx *c, const float **out, char *err, size_t errn) {
     CU(cudaMemcpyAsync(c->logits_h, c->logits, (size_t)c->n_out * c->m->V * 4, cudaMemcpyDeviceToHost, c->s),
        "copying logits");
     CU(cudaStreamSynchronize(c->s), "copying logits");
+    c->head_pending = 0;
     *out = c->logits_h;
     return 0;
 }
@@ -863,6 +868,7 @@ static int argmax(gpu_ctx *c, int32_t *out, char *err, size_t errn) {
     if (c->n_out == 0) return 0;
     CU(cudaMemcpyAsync(out, c->amax, (size_t)c->n_out * 4, cudaMemcpyDeviceToHost, c->s), "copying argmax");
     CU(cudaStreamSynchronize(c->s), "copying argmax");
+    c->head_pending = 0;
     return 0;
 }
 

@@ -261,6 +261,7 @@ struct gpu_ctx {
     /* host view of the batch */
     int32_t T, n_tiles, n_ltiles, n_segs, n_split, max_keys;
     int32_t att_fused;  /* one tile per sequence: q/k-norm, RoPE and the KV write inside attention */
+    int32_t head_pending; /* a head() upload of hrows may not have run yet */
     int32_t tq;         /* tokens per attention tile */
     int32_t att_rows;   /* rows (tokens × heads of a group) per attention block */
     const gpu_adapter **seg_ad; /* (B) host: adapter of each segment */
