@@ -7,10 +7,12 @@
 #   2. GPU-vs-CPU and GPU-vs-transformers parity on every fixture, in F32
 #      (exact) and BF16 (fast): logits, hidden states, a 300-token decode step
 #      (split-K), greedy tokens, a mixed base/LoRA batch (SGMV), the routed
-#      prefill (test_gpu with PRISM_REQUIRE_GPU=1);
+#      prefill (test_gpu with PRISM_REQUIRE_GPU=1), then again without PDL and
+#      without the decode fusions;
 #   3. bench_gpu: the Markdown table of BENCHMARKS.md (0.5B and 7B shapes),
-#      then the 7B decode without PDL and without CUDA graphs, and where the
-#      training step's time goes (PRISM_CUDA_PROFILE=1);
+#      then the 7B decode without PDL, without the decode fusions and without
+#      CUDA graphs, and where the training step's time goes
+#      (PRISM_CUDA_PROFILE=1);
 #   4. LoRA training on the GPU: gradients against peft's fixtures, the
 #      trainer's tests (exact resume, ...) and routed inference with every
 #      model on the GPU;
@@ -75,12 +77,13 @@ grep -vE "^(exact|fast|ok)" "$OUT/test_gpu.log" | tail -40
 grep -E "^(exact|fast)" "$OUT/test_gpu.log" | head -60
 tail -1 "$OUT/test_gpu.log" | grep -q " 0 failed" || fail=1
 echo "-- again with plain launches (PRISM_CUDA_PDL=0): $(PRISM_CUDA_PDL=0 PRISM_REQUIRE_GPU=1 timeout 120 ./build/tests/test_gpu 2>&1 | tail -1)"
+echo "-- again with separate norm, SwiGLU and q|k|v kernels (PRISM_CUDA_FUSE=0): $(PRISM_CUDA_FUSE=0 PRISM_REQUIRE_GPU=1 timeout 120 ./build/tests/test_gpu 2>&1 | tail -1)"
 
 step "benchmarks (bench_gpu)"
 timeout 200 ./build/bench/bench_gpu ${BENCH_ARGS:---shape all} >"$OUT/bench.md" 2>&1
 cat "$OUT/bench.md"
-step "7B decode without programmatic dependent launch, without CUDA graphs (diagnostics)"
-for v in PRISM_CUDA_PDL=0 PRISM_CUDA_GRAPHS=0; do
+step "7B decode without programmatic dependent launch, without the decode fusions, without CUDA graphs (diagnostics)"
+for v in PRISM_CUDA_PDL=0 PRISM_CUDA_FUSE=0 PRISM_CUDA_GRAPHS=0; do
     echo "$v: $(env $v timeout 60 ./build/bench/bench_gpu --shape 7b --train 0 --runs 1 2>&1 | grep "shape:")"
 done | tee "$OUT/bench_variants.log"
 step "where LoRA training's GPU time goes (PRISM_CUDA_PROFILE=1, 8 x 512 per step)"
