@@ -458,6 +458,16 @@ static int sg(gpu_train *t, cublasOperation_t oa, cublasOperation_t ob, int m, i
     return 0;
 }
 
+/* The same, for `batch` products at constant strides (one per KV head). */
+static int sgb(gpu_train *t, cublasOperation_t oa, cublasOperation_t ob, int m, int n, int k, float alpha, const float *A,
+               int lda, long long sa, const float *B, int ldb, long long sb, float beta, float *C, int ldc, long long sc,
+               int batch, char *err, size_t errn) {
+    BL(cublasGemmStridedBatchedEx(t->blas, oa, ob, m, n, k, &alpha, A, CUDA_R_32F, lda, sa, B, CUDA_R_32F, ldb, sb, &beta,
+                                  C, CUDA_R_32F, ldc, sc, batch,
+                                  t->m->f32 ? CUBLAS_COMPUTE_32F : CUBLAS_COMPUTE_32F_FAST_TF32, CUBLAS_GEMM_DEFAULT));
+    return 0;
+}
+
 /* x (n floats) in the activation type, into abuf (or x itself for F32). */
 static const void *as_act(gpu_train *t, const float *x, int64_t n) {
     if (t->m->f32) return x;
@@ -541,13 +551,13 @@ static int layer_fwd(gpu_train *t, int32_t l, tacts *A, const float *x, float *y
     tk_qkv_fwd<<<gq, 128, 0, t->s>>>(t->y, L->bqkv, L->q_norm, L->k_norm, m->inv_freq, A->qraw, A->kraw, A->rq, A->rk,
                                      A->qh, A->kh, A->vh, T, nh, nkv, hd, qn, m->eps);
     const float scale = 1.0f / sqrtf((float)hd);
-    for (int32_t g = 0; g < nkv; g++) {
+    { /* per KV head g (one batched GEMM each): S_g = scale·K_gᵀQ_g, P_g = softmax(S_g), O_g = V_g·P_g */
         const int64_t gt = (int64_t)group * T;
-        float *Qg = A->qh + (int64_t)g * gt * hd, *Kg = A->kh + (int64_t)g * T * hd, *Vg = A->vh + (int64_t)g * T * hd;
-        float *Pg = A->P + (int64_t)g * gt * T, *Og = t->oh + (int64_t)g * gt * hd;
-        TRY(sg(t, CUBLAS_OP_T, CUBLAS_OP_N, T, (int)gt, hd, scale, Kg, hd, Qg, hd, 0.0f, Pg, T, err, errn));
-        tk_softmax<<<(int)gt, 128, 0, t->s>>>(Pg, T, m->window);
-        TRY(sg(t, CUBLAS_OP_N, CUBLAS_OP_N, hd, (int)gt, T, 1.0f, Vg, hd, Pg, T, 0.0f, Og, hd, err, errn));
+        TRY(sgb(t, CUBLAS_OP_T, CUBLAS_OP_N, T, (int)gt, hd, scale, A->kh, hd, (long long)T * hd, A->qh, hd, gt * hd, 0.0f,
+                A->P, T, gt * T, nkv, err, errn));
+        tk_softmax<<<(int)(gt * nkv), 128, 0, t->s>>>(A->P, T, m->window); /* rows of every head: position = row % T */
+        TRY(sgb(t, CUBLAS_OP_N, CUBLAS_OP_N, hd, (int)gt, T, 1.0f, A->vh, hd, (long long)T * hd, A->P, T, gt * T, 0.0f,
+                t->oh, hd, gt * hd, nkv, err, errn));
     }
     tk_heads<<<T, 256, 0, t->s>>>(A->att, t->oh, T, nh, hd, qd, 0, 0);
     prof_mark(t, TP_ATT_F);
@@ -608,19 +618,17 @@ static int layer_bwd(gpu_train *t, int32_t l, const tacts *A, const float *x, in
     float *dqh = t->hd_tmp;                                              /* (nh, T, hd) */
     float *dkh = dqh + qd * T, *dvh = dkh + kvd * T;
     const float scale = 1.0f / sqrtf((float)hd);
-    for (int32_t g = 0; g < nkv; g++) {
-        const int64_t gt = (int64_t)group * T;
-        const float *Qg = A->qh + (int64_t)g * gt * hd, *Kg = A->kh + (int64_t)g * T * hd,
-                    *Vg = A->vh + (int64_t)g * T * hd, *Pg = A->P + (int64_t)g * gt * T;
-        float *dOg = t->oh + (int64_t)g * gt * hd, *dPg = t->dP + (int64_t)g * gt * T;
-        TRY(sg(t, CUBLAS_OP_T, CUBLAS_OP_N, T, (int)gt, hd, 1.0f, Vg, hd, dOg, hd, 0.0f, dPg, T, err, errn));
-        tk_dsoftmax<<<(int)gt, 128, 0, t->s>>>(dPg, Pg, T, scale);
-        TRY(sg(t, CUBLAS_OP_N, CUBLAS_OP_N, hd, (int)gt, T, 1.0f, Kg, hd, dPg, T, 0.0f, dqh + (int64_t)g * gt * hd, hd,
-               err, errn));
-        TRY(sg(t, CUBLAS_OP_N, CUBLAS_OP_T, hd, T, (int)gt, 1.0f, Qg, hd, dPg, T, 0.0f, dkh + (int64_t)g * T * hd, hd,
-               err, errn));
-        TRY(sg(t, CUBLAS_OP_N, CUBLAS_OP_T, hd, T, (int)gt, 1.0f, dOg, hd, Pg, T, 0.0f, dvh + (int64_t)g * T * hd, hd,
-               err, errn));
+    { /* per KV head g, batched: dP_g = V_gᵀdO_g, dS_g, dQ_g = K_g·dS_g, dK_g = Q_g·dS_gᵀ, dV_g = dO_g·P_gᵀ */
+        const int64_t gt = (int64_t)group * T, sq = gt * hd, skv = (int64_t)T * hd, sp = gt * T;
+        TRY(sgb(t, CUBLAS_OP_T, CUBLAS_OP_N, T, (int)gt, hd, 1.0f, A->vh, hd, skv, t->oh, hd, sq, 0.0f, t->dP, T, sp, nkv,
+                err, errn));
+        tk_dsoftmax<<<(int)(gt * nkv), 128, 0, t->s>>>(t->dP, A->P, T, scale);
+        TRY(sgb(t, CUBLAS_OP_N, CUBLAS_OP_N, hd, (int)gt, T, 1.0f, A->kh, hd, skv, t->dP, T, sp, 0.0f, dqh, hd, sq, nkv,
+                err, errn));
+        TRY(sgb(t, CUBLAS_OP_N, CUBLAS_OP_T, hd, T, (int)gt, 1.0f, A->qh, hd, sq, t->dP, T, sp, 0.0f, dkh, hd, skv, nkv,
+                err, errn));
+        TRY(sgb(t, CUBLAS_OP_N, CUBLAS_OP_T, hd, T, (int)gt, 1.0f, t->oh, hd, sq, A->P, T, sp, 0.0f, dvh, hd, skv, nkv,
+                err, errn));
     }
     tk_heads<<<T, 256, 0, t->s>>>(t->dqkv, dqh, T, nh, hd, qn, 0, 0);
     tk_heads<<<T, 256, 0, t->s>>>(t->dqkv, dkh, T, nkv, hd, qn, qd, 0);

@@ -389,6 +389,29 @@ cublasStatus_t cublasGemmEx(cublasHandle_t, cublasOperation_t ta, cublasOperatio
     return gemm_now(ta, tb, m, n, k, al, A, at, lda, B, bt, ldb, be, C, ct, ldc);
 }
 
+cublasStatus_t cublasGemmStridedBatchedEx(cublasHandle_t, cublasOperation_t ta, cublasOperation_t tb, int m, int n,
+                                          int k, const void *alpha, const void *A, cudaDataType at, int lda,
+                                          long long sa, const void *B, cudaDataType bt, int ldb, long long sb,
+                                          const void *beta, void *C, cudaDataType ct, int ldc, long long sc, int batch,
+                                          cublasComputeType_t, cublasGemmAlgo_t) {
+    const float al = *(const float *)alpha, be = *(const float *)beta;
+    if (batch < 0) return CUBLAS_STATUS_INVALID_VALUE;
+    auto run = [=]() {
+        const size_t ea = at == CUDA_R_16BF ? 2 : 4, eb = bt == CUDA_R_16BF ? 2 : 4;
+        for (int i = 0; i < batch; i++) {
+            cublasStatus_t st = gemm_now(ta, tb, m, n, k, al, (const char *)A + i * sa * ea, at, lda,
+                                         (const char *)B + i * sb * eb, bt, ldb, be, (float *)C + i * sc, ct, ldc);
+            if (st != CUBLAS_STATUS_SUCCESS) return st;
+        }
+        return CUBLAS_STATUS_SUCCESS;
+    };
+    if (emu::capture) {
+        (*emu::capture)([=]() { run(); });
+        return CUBLAS_STATUS_SUCCESS;
+    }
+    return run();
+}
+
 static cublasStatus_t gemm_now(cublasOperation_t ta, cublasOperation_t tb, int m, int n, int k, float al,
                                const void *A, cudaDataType at, int lda, const void *B, cudaDataType bt, int ldb,
                                float be, void *C, cudaDataType ct, int ldc) {
