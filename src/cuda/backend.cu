@@ -473,7 +473,7 @@ static void ctx_free(gpu_ctx *c) {
     if (c->s) cudaStreamSynchronize(c->s);
     for (int i = 0; i < GRAPH_CACHE; i++)
         if (c->graphs[i].exec) cudaGraphExecDestroy(c->graphs[i].exec);
-    void *d[] = {c->kc, c->vc, c->x, c->xb, c->y, c->q, c->part_o, c->part_ml, c->lora_t, c->gath, c->logits, c->act, c->ss_part, c->amax, c->amax_pv, c->amax_pi,
+    void *d[] = {c->kc, c->vc, c->x, c->xb, c->y, c->q, c->part_o, c->part_ml, c->lora_t, c->gath, c->logits, c->act, c->ss_part, c->rnorm, c->ticket, c->amax, c->amax_pv, c->amax_pi,
                  c->meta_d, c->blas_ws};
     for (size_t i = 0; i < sizeof d / sizeof *d; i++) cudaFree(d[i]);
     if (c->meta_h) cudaFreeHost(c->meta_h);
@@ -485,6 +485,7 @@ static void ctx_free(gpu_ctx *c) {
     free(c);
 }
 
+/* A context buffer (uninitialised; see zero_dev). */
 static int calloc_dev(gpu_ctx *c, void **p, size_t bytes, const char *what, char *err, size_t errn) {
     int rc = dalloc(p, bytes, what, err, errn);
     if (!rc) c->bytes += (int64_t)bytes;
@@ -547,12 +548,15 @@ static int ctx_new(gpu_model *m, int32_t n_seq, int32_t n_ctx, int32_t B, gpu_ct
         (rc = calloc_dev(c, (void **)&c->gath, (size_t)(B * H) * m->asz, "activations", err, errn)) ||
         (rc = calloc_dev(c, (void **)&c->act, (size_t)(GEMV_MAX_T * F) * m->asz, "activations", err, errn)) ||
         (rc = calloc_dev(c, (void **)&c->ss_part, (size_t)GEMV_MAX_T * ((H + GV_WARPS - 1) / GV_WARPS) * 4, "activations", err, errn)) ||
+        (rc = calloc_dev(c, (void **)&c->rnorm, (size_t)GEMV_MAX_T * 4, "activations", err, errn)) ||
+        (rc = calloc_dev(c, (void **)&c->ticket, 4, "activations", err, errn)) ||
         (rc = calloc_dev(c, (void **)&c->amax, (size_t)B * 4, "argmax", err, errn)) ||
         (rc = calloc_dev(c, (void **)&c->amax_pv, (size_t)B * AMAX_PARTS * 4, "argmax", err, errn)) ||
         (rc = calloc_dev(c, (void **)&c->amax_pi, (size_t)B * AMAX_PARTS * 4, "argmax", err, errn))) {
         ctx_free(c);
         return rc;
     }
+    k_fill_f32(c->s, (float *)c->ticket, 1, 0.0f); /* GV_ADD's ticket: 0 (all bits), and each kernel leaves it so */
     /* metadata block: tok, pos, seq, rows, hrows (B each) | tiles (B) | lora tiles (2B) | segment table (B) */
     size_t off = 0;
     const size_t o_tok = off; off = align16(off + (size_t)B * 4);
@@ -702,13 +706,11 @@ static int enqueue_layers(gpu_ctx *c, int32_t T, int32_t lb, int32_t le, int emb
     const int32_t qd = (int32_t)c->qd, kvd = (int32_t)c->kvd, qn = (int32_t)c->qkv_n;
     static int no_fuse = -1; /* PRISM_CUDA_FUSE=0: separate norm and SwiGLU kernels (to bisect) */
     if (no_fuse < 0) no_fuse = getenv("PRISM_CUDA_FUSE") && *getenv("PRISM_CUDA_FUSE") == '0';
-    const int fuse = !lora && !no_fuse && use_gemv(T, H) && use_gemv(T, F) && use_gemv(T, qd) &&
-                     (int64_t)T * H * m->asz <= GEMV_FUSE_SMEM;
-    const int32_t nparts = (H + GV_WARPS - 1) / GV_WARPS;
+    const int fuse = !lora && !no_fuse && use_gemv(T, H) && use_gemv(T, F) && use_gemv(T, qd);
     for (int32_t l = lb; l < le; l++) {
         const dlayer *L = &m->layers[l];
         const int f = m->f32;
-        gemv_fuse fu = {c->x, NULL, NULL, c->ss_part, nparts, m->eps};
+        gemv_fuse fu = {c->x, NULL, NULL, c->ss_part, c->rnorm, c->ticket, H, m->eps};
         if (fuse && l > lb) { /* x was left un-normed by the previous layer's down GEMV */
             fu.nw = L->attn_norm;
             k_gemv_norm(c->s, f, c->y, L->wqkv.w, T, qn, H, fu);

@@ -246,7 +246,9 @@ struct gpu_ctx {
     float *logits;      /* (cap_logits rows, V) device */
     float *logits_h;    /* (cap_logits rows, V) pinned host copy */
     void *act;          /* (GEMV_MAX_T, F) A: SwiGLU output of the fused small-batch path */
-    float *ss_part;     /* (GEMV_MAX_T, (H + 7) / 8): partial sums of squares between fused GEMVs */
+    float *ss_part;     /* (GEMV_MAX_T, (H + 7) / 8): per-block sums of squares of the fused GEMVs */
+    float *rnorm;       /* (GEMV_MAX_T) 1/rms of the residual rows, between fused GEMVs */
+    int32_t *ticket;    /* GV_ADD's ticket counter */
     int32_t *amax;      /* (B) device argmax of each head row */
     float *amax_pv;     /* (B, AMAX_PARTS) its partial maxima */
     int32_t *amax_pi;
@@ -301,19 +303,20 @@ typedef struct {
     float *res;        /* the residual stream (T, H) F32 */
     const float *nw;   /* GV_NORM: RMSNorm weight (K) */
     const float *bias; /* GV_ADD: added with the product (N), or NULL */
-    float *part;       /* per-block partial sums of squares of res: (T, nparts) */
-    int32_t nparts;    /* GV_NORM: blocks of the GV_ADD kernel that wrote part */
+    float *part;       /* GV_ADD: per-block sums of squares (T, blocks) */
+    float *rnorm;      /* (T): 1/rms of res's rows, left by GV_ADD for GV_NORM */
+    int32_t *count;    /* GV_ADD's ticket counter, 0 between kernels */
+    int32_t K;         /* GV_NORM: the row length of res */
     float eps;
 } gemv_fuse;
-#define GEMV_FUSE_SMEM (48 << 10) /* GV_NORM stages T·K activations in shared memory */
-#define GV_WARPS 8                /* GEMV rows (warps) per block */
+#define GV_WARPS 8 /* GEMV rows (warps) per block */
 
 /* y (T, N) F32 = x (T, K) · Wᵀ, x and W (N, K) of type A; for T <= GEMV_MAX_T. */
 #define GEMV_MAX_T 8
 void k_gemv(cudaStream_t s, int f32, float *y, const void *x, const void *w, int32_t T, int32_t N, int32_t K);
 /* y = RMSNorm(f.res)·f.nw · Wᵀ */
 void k_gemv_norm(cudaStream_t s, int f32, float *y, const void *w, int32_t T, int32_t N, int32_t K, const gemv_fuse &f);
-/* f.res += x · Wᵀ + f.bias, and f.part its partial sums of squares (one per block of GV_WARPS rows) */
+/* f.res += x · Wᵀ + f.bias, and f.rnorm = 1/rms of its rows (via f.part, f.count) */
 void k_gemv_add(cudaStream_t s, int f32, const void *x, const void *w, int32_t T, int32_t N, int32_t K,
                 const gemv_fuse &f);
 /* act (T, F) = silu(x·Wgᵀ + bg) * (x·Wuᵀ + bu) with Wgu = [Wg; Wu] (2F, K) of

@@ -213,35 +213,43 @@ static __device__ __forceinline__ uint4 ld_stream16(const void *p) {
  * out before pdl_wait(): weights don't depend on the previous kernel.
  *
  * Fusions for the decode step (gemv_fuse), so that a layer is five kernels:
- *  - GV_NORM: the input is RMSNorm(res)·nw, computed by each block into shared
- *    memory as A (exactly as norm_kernel rounds it) from the residual stream
- *    res and the per-block partial sums of squares the producer left in part;
- *  - GV_ADD: instead of writing y, res[t][n] += y + bias[n], and each block
- *    leaves the partial sum of squares of its rows of res in part — in a fixed
- *    order, so results don't depend on scheduling. */
+ *  - GV_ADD: instead of writing y, res[t][n] += y + bias[n]. Each block leaves
+ *    the sum of squares of its rows of res in part; the last block to finish
+ *    (a ticket counter) adds them up in a fixed order and leaves
+ *    rnorm[t] = 1/rms(res[t]) — deterministic, whatever the scheduling;
+ *  - GV_NORM: the input is RMSNorm(res)·nw, formed while loading — each
+ *    element rounded to A exactly as norm_kernel writes it — from res, nw and
+ *    the rnorm the previous GV_ADD kernel left. */
 enum { GV_PLAIN, GV_NORM, GV_ADD };
 
-template <class A, int T, int MODE>
-static __device__ __forceinline__ void gemv_stage(A *xs, const gemv_fuse &f, int32_t K) {
-    __shared__ float rr[T];
-    if (MODE != GV_NORM) return;
-    if (threadIdx.x < T) { /* fixed order: deterministic */
-        float ss = 0.0f;
-        for (int32_t b = 0; b < f.nparts; b++) ss += f.part[threadIdx.x * f.nparts + b];
-        rr[threadIdx.x] = 1.0f / sqrtf(ss / (float)K + f.eps);
+static __device__ __forceinline__ float round_as(const bf16 *, float v) { return __bfloat162float(__float2bfloat16(v)); }
+static __device__ __forceinline__ float round_as(const float *, float v) { return v; }
+
+/* x[t][k0 .. k0 + EPV) as F32: A from x, or (GV_NORM) normed from res */
+template <class A, int MODE>
+static __device__ __forceinline__ void gemv_x(float *xf, const A *x, const gemv_fuse &f, float r, int64_t off) {
+    constexpr int EPV = 16 / sizeof(A);
+    if (MODE != GV_NORM) {
+        unpack16(__ldg((const uint4 *)(x + off)), x, xf);
+        return;
     }
-    __syncthreads();
-    for (int32_t e = threadIdx.x; e < T * K; e += blockDim.x) {
-        const int32_t t = e / K, k = e - t * K;
-        stA(xs + e, f.nw[k] * (f.res[e] * rr[t]));
+    const int64_t k0 = off % f.K; /* off = t * K + k0 */
+    float rv[EPV], wv[EPV];
+#pragma unroll
+    for (int h = 0; h < EPV; h += 4) {
+        unpack16(__ldg((const uint4 *)(f.res + off + h)), f.res, rv + h);
+        unpack16(__ldg((const uint4 *)(f.nw + k0 + h)), f.nw, wv + h);
     }
-    __syncthreads();
+#pragma unroll
+    for (int e = 0; e < EPV; e++) xf[e] = round_as(x, wv[e] * (rv[e] * r));
 }
 
-template <class A, int T, int MODE>
+template <int T, int MODE>
 static __device__ __forceinline__ void gemv_finish(float (&acc)[T], float *y, const gemv_fuse &f, int32_t n, int32_t N,
                                                    int32_t lane, bool valid) {
     __shared__ float sq[GV_WARPS][T];
+    __shared__ float red[32];
+    __shared__ int last;
     const int w = threadIdx.x >> 5;
 #pragma unroll
     for (int t = 0; t < T; t++) {
@@ -265,19 +273,29 @@ static __device__ __forceinline__ void gemv_finish(float (&acc)[T], float *y, co
         for (int i = 0; i < GV_WARPS; i++) ss += sq[i][threadIdx.x];
         f.part[threadIdx.x * gridDim.x + blockIdx.x] = ss;
     }
+    __threadfence(); /* this block's part and res before its ticket */
+    __syncthreads();
+    if (threadIdx.x == 0) last = atomicAdd(f.count, 1) == (int)gridDim.x - 1;
+    __syncthreads();
+    if (!last) return;
+    for (int t = 0; t < T; t++) {
+        float ss = 0.0f;
+        for (int32_t b = threadIdx.x; b < (int32_t)gridDim.x; b += blockDim.x) ss += __ldcg(f.part + t * gridDim.x + b);
+        ss = block_sum(ss, red);
+        if (threadIdx.x == 0) f.rnorm[t] = 1.0f / sqrtf(ss / (float)N + f.eps);
+    }
+    if (threadIdx.x == 0) *f.count = 0; /* ready for the next GV_ADD kernel */
 }
 
 template <class A, int T, int U, int MODE>
 __global__ void __launch_bounds__(256) gemv_mlp_kernel(float *__restrict__ y, const A *__restrict__ x,
                                                        const A *__restrict__ w, int32_t N, int32_t K, gemv_fuse f) {
     constexpr int EPV = 16 / sizeof(A);
-    PRISM_DYN_SMEM(uint4, xs_raw); /* GV_NORM: the normed input (T, K) */
-    A *xs = (A *)xs_raw;
     const int32_t n = blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5), lane = threadIdx.x & 31;
     const bool valid = n < N;
     const uint4 *wr = (const uint4 *)(w + (int64_t)(valid ? n : 0) * K);
     const int32_t kv = valid ? K / EPV : 0; /* 16-byte vectors of this warp's row */
-    float acc[T];
+    float acc[T], rn[T];
 #pragma unroll
     for (int t = 0; t < T; t++) acc[t] = 0.0f;
     int32_t i = lane;
@@ -286,8 +304,8 @@ __global__ void __launch_bounds__(256) gemv_mlp_kernel(float *__restrict__ y, co
     for (int u = 0; u < U; u++) wv[u] = i + u * 32 < kv ? ld_stream16(wr + i + u * 32) : make_uint4(0, 0, 0, 0);
     pdl_wait();
     pdl_trigger();
-    gemv_stage<A, T, MODE>(xs, f, K);
-    const A *xin = MODE == GV_NORM ? (const A *)xs : x;
+#pragma unroll
+    for (int t = 0; t < T; t++) rn[t] = MODE == GV_NORM ? __ldcg(f.rnorm + t) : 1.0f;
     for (;;) {
 #pragma unroll
         for (int u = 0; u < U; u++) {
@@ -297,8 +315,7 @@ __global__ void __launch_bounds__(256) gemv_mlp_kernel(float *__restrict__ y, co
 #pragma unroll
             for (int t = 0; t < T; t++) {
                 float xf[EPV];
-                const uint4 *xp = (const uint4 *)(xin + (int64_t)t * K) + i + u * 32;
-                unpack16(MODE == GV_NORM ? *xp : __ldg(xp), x, xf);
+                gemv_x<A, MODE>(xf, x, f, rn[t], (int64_t)t * K + (int64_t)(i + u * 32) * EPV);
 #pragma unroll
                 for (int e = 0; e < EPV; e++) acc[t] += wf[e] * xf[e];
             }
@@ -308,7 +325,7 @@ __global__ void __launch_bounds__(256) gemv_mlp_kernel(float *__restrict__ y, co
 #pragma unroll
         for (int u = 0; u < U; u++) wv[u] = i + u * 32 < kv ? ld_stream16(wr + i + u * 32) : make_uint4(0, 0, 0, 0);
     }
-    gemv_finish<A, T, MODE>(acc, y, f, n, N, lane, valid);
+    gemv_finish<T, MODE>(acc, y, f, n, N, lane, valid);
 }
 
 /* Gate and up projections with SwiGLU in the epilogue: warp n computes rows n
@@ -320,14 +337,12 @@ __global__ void __launch_bounds__(256) gemv_glu_kernel(A *__restrict__ act, cons
                                                        const A *__restrict__ w, const float *__restrict__ bgu,
                                                        int32_t F, int32_t K, gemv_fuse f) {
     constexpr int EPV = 16 / sizeof(A);
-    PRISM_DYN_SMEM(uint4, xs_raw);
-    A *xs = (A *)xs_raw;
     const int32_t n = blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5), lane = threadIdx.x & 31;
     const bool valid = n < F;
     const uint4 *wg = (const uint4 *)(w + (int64_t)(valid ? n : 0) * K),
                 *wu = (const uint4 *)(w + (int64_t)(valid ? F + n : 0) * K);
     const int32_t kv = valid ? K / EPV : 0;
-    float ag[T], au[T];
+    float ag[T], au[T], rn[T];
 #pragma unroll
     for (int t = 0; t < T; t++) ag[t] = au[t] = 0.0f;
     int32_t i = lane;
@@ -340,8 +355,8 @@ __global__ void __launch_bounds__(256) gemv_glu_kernel(A *__restrict__ act, cons
     }
     pdl_wait(); /* the first weights are in flight: now wait for x */
     pdl_trigger();
-    gemv_stage<A, T, MODE>(xs, f, K);
-    const A *xin = MODE == GV_NORM ? (const A *)xs : x;
+#pragma unroll
+    for (int t = 0; t < T; t++) rn[t] = MODE == GV_NORM ? __ldcg(f.rnorm + t) : 1.0f;
     for (;;) {
 #pragma unroll
         for (int u = 0; u < U; u++) {
@@ -352,8 +367,7 @@ __global__ void __launch_bounds__(256) gemv_glu_kernel(A *__restrict__ act, cons
 #pragma unroll
             for (int t = 0; t < T; t++) {
                 float xf[EPV];
-                const uint4 *xp = (const uint4 *)(xin + (int64_t)t * K) + i + u * 32;
-                unpack16(MODE == GV_NORM ? *xp : __ldg(xp), x, xf);
+                gemv_x<A, MODE>(xf, x, f, rn[t], (int64_t)t * K + (int64_t)(i + u * 32) * EPV);
 #pragma unroll
                 for (int e = 0; e < EPV; e++) ag[t] += gf[e] * xf[e], au[t] += uf[e] * xf[e];
             }
@@ -383,10 +397,9 @@ __global__ void __launch_bounds__(256) gemv_glu_kernel(A *__restrict__ act, cons
 template <class A, int MODE>
 static void gemv_t(cudaStream_t s, float *y, const A *x, const A *w, int32_t T, int32_t N, int32_t K, const gemv_fuse &f) {
     const int blocks = (N + GV_WARPS - 1) / GV_WARPS;
-    const size_t smem = MODE == GV_NORM ? (size_t)T * K * sizeof(A) : 0;
     switch (T) {
 #define CASE(t, u) \
-    case t: PDL_LAUNCH((gemv_mlp_kernel<A, t, u, MODE>), blocks, 32 * GV_WARPS, smem, s, y, x, w, N, K, f); break;
+    case t: PDL_LAUNCH((gemv_mlp_kernel<A, t, u, MODE>), blocks, 32 * GV_WARPS, 0, s, y, x, w, N, K, f); break;
         GEMV_CASES(CASE)
 #undef CASE
     default: break;
@@ -397,10 +410,9 @@ template <class A, int MODE>
 static void gemv_glu_t(cudaStream_t s, A *act, const A *x, const A *w, const float *bgu, int32_t T, int32_t F, int32_t K,
                        const gemv_fuse &f) {
     const int blocks = (F + GV_WARPS - 1) / GV_WARPS;
-    const size_t smem = MODE == GV_NORM ? (size_t)T * K * sizeof(A) : 0;
     switch (T) {
 #define CASE(t, u) \
-    case t: PDL_LAUNCH((gemv_glu_kernel<A, t, u, MODE>), blocks, 32 * GV_WARPS, smem, s, act, x, w, bgu, F, K, f); break;
+    case t: PDL_LAUNCH((gemv_glu_kernel<A, t, u, MODE>), blocks, 32 * GV_WARPS, 0, s, act, x, w, bgu, F, K, f); break;
         GEMV_CASES(CASE)
 #undef CASE
     default: break;
