@@ -473,7 +473,7 @@ static void ctx_free(gpu_ctx *c) {
     if (c->s) cudaStreamSynchronize(c->s);
     for (int i = 0; i < GRAPH_CACHE; i++)
         if (c->graphs[i].exec) cudaGraphExecDestroy(c->graphs[i].exec);
-    void *d[] = {c->kc, c->vc, c->x, c->xb, c->y, c->q, c->part_o, c->part_ml, c->lora_t, c->gath, c->logits, c->act, c->ss_part, c->rnorm, c->ticket, c->amax, c->amax_pv, c->amax_pi,
+    void *d[] = {c->kc, c->vc, c->x, c->xb, c->y, c->q, c->part_o, c->part_ml, c->lora_t, c->gath, c->logits, c->act, c->amax, c->amax_pv, c->amax_pi,
                  c->meta_d, c->blas_ws};
     for (size_t i = 0; i < sizeof d / sizeof *d; i++) cudaFree(d[i]);
     if (c->meta_h) cudaFreeHost(c->meta_h);
@@ -547,16 +547,12 @@ static int ctx_new(gpu_model *m, int32_t n_seq, int32_t n_ctx, int32_t B, gpu_ct
         (rc = calloc_dev(c, (void **)&c->lora_t, (size_t)(B * LORA_RMAX) * 4, "LoRA", err, errn)) ||
         (rc = calloc_dev(c, (void **)&c->gath, (size_t)(B * H) * m->asz, "activations", err, errn)) ||
         (rc = calloc_dev(c, (void **)&c->act, (size_t)(GEMV_MAX_T * F) * m->asz, "activations", err, errn)) ||
-        (rc = calloc_dev(c, (void **)&c->ss_part, (size_t)GEMV_MAX_T * ((H + GV_WARPS - 1) / GV_WARPS) * 4, "activations", err, errn)) ||
-        (rc = calloc_dev(c, (void **)&c->rnorm, (size_t)GEMV_MAX_T * 4, "activations", err, errn)) ||
-        (rc = calloc_dev(c, (void **)&c->ticket, 4, "activations", err, errn)) ||
         (rc = calloc_dev(c, (void **)&c->amax, (size_t)B * 4, "argmax", err, errn)) ||
         (rc = calloc_dev(c, (void **)&c->amax_pv, (size_t)B * AMAX_PARTS * 4, "argmax", err, errn)) ||
         (rc = calloc_dev(c, (void **)&c->amax_pi, (size_t)B * AMAX_PARTS * 4, "argmax", err, errn))) {
         ctx_free(c);
         return rc;
     }
-    k_fill_f32(c->s, (float *)c->ticket, 1, 0.0f); /* GV_ADD's ticket: 0 (all bits), and each kernel leaves it so */
     /* metadata block: tok, pos, seq, rows, hrows (B each) | tiles (B) | lora tiles (2B) | segment table (B) */
     size_t off = 0;
     const size_t o_tok = off; off = align16(off + (size_t)B * 4);
@@ -601,6 +597,13 @@ static int ctx_new(gpu_model *m, int32_t n_seq, int32_t n_ctx, int32_t B, gpu_ct
     /* the KV cache needs no clearing: attention only reads positions written */
     *out = c;
     return 0;
+}
+
+/* PRISM_CUDA_FUSE=0: the q|k|v post-processing and SwiGLU as kernels of their own (to bisect). */
+static int no_fusion(void) {
+    static int v = -1;
+    if (v < 0) v = getenv("PRISM_CUDA_FUSE") && *getenv("PRISM_CUDA_FUSE") == '0';
+    return v;
 }
 
 /* Whether a product of T rows over K inputs takes the small-batch GEMV kernels. */
@@ -660,9 +663,7 @@ static int batch_meta(gpu_ctx *c, const gpu_batch *b, char *err, size_t errn) {
                 c->att_fused = 0;
                 break;
             }
-    static int no_fuse = -1;
-    if (no_fuse < 0) no_fuse = getenv("PRISM_CUDA_FUSE") && *getenv("PRISM_CUDA_FUSE") == '0';
-    if (no_fuse || nt > 64) c->att_fused = 0;
+    if (no_fusion() || nt > 64) c->att_fused = 0;
     c->n_split = 1;
     if (T <= ATT_SPLIT_TOKENS) {
         const int32_t blocks = nt * m->nkv, want = (2 * m->n_sm + blocks - 1) / blocks, by_keys = (max_keys + 63) / 64;
@@ -692,11 +693,8 @@ static int batch_meta(gpu_ctx *c, const gpu_batch *b, char *err, size_t errn) {
 }
 
 /* Enqueues embeddings (embed) and layers [lb, le) for the current batch metadata.
- *
- * Small batches without LoRA take the fused decode path, five kernels a
- * layer: q|k|v GEMV reading RMSNorm(x) (after the first layer), q/k-norm +
- * RoPE + KV write, attention, o GEMV adding into x, gate|up GEMV reading
- * RMSNorm(x) with SwiGLU, down GEMV adding into x (see gemv_mlp_kernel). */
+ * Small batches without LoRA compute SwiGLU inside the gate|up GEMV; batches
+ * of one tile per sequence do the q|k|v post-processing inside attention. */
 static int enqueue_layers(gpu_ctx *c, int32_t T, int32_t lb, int32_t le, int embed, char *err, size_t errn) {
     gpu_model *m = c->m;
     const int32_t H = m->H, F = m->F;
@@ -704,20 +702,12 @@ static int enqueue_layers(gpu_ctx *c, int32_t T, int32_t lb, int32_t le, int emb
     if (embed) k_embed(c->s, m->f32, c->x, m->embed, c->d_tok, T, H);
     const int lora = c->n_ltiles > 0;
     const int32_t qd = (int32_t)c->qd, kvd = (int32_t)c->kvd, qn = (int32_t)c->qkv_n;
-    static int no_fuse = -1; /* PRISM_CUDA_FUSE=0: separate norm and SwiGLU kernels (to bisect) */
-    if (no_fuse < 0) no_fuse = getenv("PRISM_CUDA_FUSE") && *getenv("PRISM_CUDA_FUSE") == '0';
-    const int fuse = !lora && !no_fuse && use_gemv(T, H) && use_gemv(T, F) && use_gemv(T, qd);
+    const int glu = !lora && !no_fusion() && use_gemv(T, H) && use_gemv(T, F);
     for (int32_t l = lb; l < le; l++) {
         const dlayer *L = &m->layers[l];
         const int f = m->f32;
-        gemv_fuse fu = {c->x, NULL, NULL, c->ss_part, c->rnorm, c->ticket, H, m->eps};
-        if (fuse && l > lb) { /* x was left un-normed by the previous layer's down GEMV */
-            fu.nw = L->attn_norm;
-            k_gemv_norm(c->s, f, c->y, L->wqkv.w, T, qn, H, fu);
-        } else {
-            if (l == lb) k_rmsnorm(c->s, f, c->xb, c->x, L->attn_norm, T, H, m->eps);
-            if ((rc = gemm(c, c->y, c->xb, &L->wqkv, T, err, errn))) return rc;
-        }
+        if (l == lb) k_rmsnorm(c->s, f, c->xb, c->x, L->attn_norm, T, H, m->eps);
+        if ((rc = gemm(c, c->y, c->xb, &L->wqkv, T, err, errn))) return rc;
         if (lora) {
             k_lora(c, l, LT_Q, c->xb, H, c->y, qn, 0);
             k_lora(c, l, LT_K, c->xb, H, c->y, qn, qd);
@@ -725,25 +715,21 @@ static int enqueue_layers(gpu_ctx *c, int32_t T, int32_t lb, int32_t le, int emb
         }
         if (!c->att_fused) k_qkv_post(c->s, c, l, T);
         k_attention(c, l, c->xb);
-        if (fuse) {
-            fu.bias = L->bo;
-            k_gemv_add(c->s, f, c->xb, L->wo.w, T, H, qd, fu);
-            fu.bias = NULL, fu.nw = L->ffn_norm;
-            k_gemv_glu(c->s, f, c->act, NULL, L->wgu.w, L->bgu, T, F, H, &fu);
-            fu.bias = L->bd, fu.nw = NULL;
-            k_gemv_add(c->s, f, c->act, L->wd.w, T, H, F, fu);
-            continue;
-        }
         if ((rc = gemm(c, c->y, c->xb, &L->wo, T, err, errn))) return rc;
         if (lora) k_lora(c, l, LT_O, c->xb, qd, c->y, H, 0);
         k_add_rmsnorm(c->s, f, c->x, c->y, L->bo, c->xb, L->ffn_norm, T, H, m->eps);
-        if ((rc = gemm(c, c->y, c->xb, &L->wgu, T, err, errn))) return rc;
-        if (lora) {
-            k_lora(c, l, LT_GATE, c->xb, H, c->y, 2 * F, 0);
-            k_lora(c, l, LT_UP, c->xb, H, c->y, 2 * F, F);
+        if (glu) {
+            k_gemv_glu(c->s, f, c->act, c->xb, L->wgu.w, L->bgu, T, F, H);
+            if ((rc = gemm(c, c->y, c->act, &L->wd, T, err, errn))) return rc;
+        } else {
+            if ((rc = gemm(c, c->y, c->xb, &L->wgu, T, err, errn))) return rc;
+            if (lora) {
+                k_lora(c, l, LT_GATE, c->xb, H, c->y, 2 * F, 0);
+                k_lora(c, l, LT_UP, c->xb, H, c->y, 2 * F, F);
+            }
+            k_swiglu(c->s, f, c->xb, c->y, L->bgu, T, F);
+            if ((rc = gemm(c, c->y, c->xb, &L->wd, T, err, errn))) return rc;
         }
-        k_swiglu(c->s, f, c->xb, c->y, L->bgu, T, F);
-        if ((rc = gemm(c, c->y, c->xb, &L->wd, T, err, errn))) return rc;
         if (lora) k_lora(c, l, LT_DOWN, c->xb, F, c->y, H, 0);
         k_add_rmsnorm(c->s, f, c->x, c->y, L->bd, c->xb, l + 1 < le ? m->layers[l + 1].attn_norm : NULL, T, H, m->eps);
     }

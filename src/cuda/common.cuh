@@ -246,9 +246,6 @@ struct gpu_ctx {
     float *logits;      /* (cap_logits rows, V) device */
     float *logits_h;    /* (cap_logits rows, V) pinned host copy */
     void *act;          /* (GEMV_MAX_T, F) A: SwiGLU output of the fused small-batch path */
-    float *ss_part;     /* (GEMV_MAX_T, (H + 7) / 8): per-block sums of squares of the fused GEMVs */
-    float *rnorm;       /* (GEMV_MAX_T) 1/rms of the residual rows, between fused GEMVs */
-    int32_t *ticket;    /* GV_ADD's ticket counter */
     int32_t *amax;      /* (B) device argmax of each head row */
     float *amax_pv;     /* (B, AMAX_PARTS) its partial maxima */
     int32_t *amax_pi;
@@ -297,32 +294,13 @@ void k_fill_uniform(cudaStream_t s, int f32, void *w, int64_t n, float scale, ui
 void k_fill_f32(cudaStream_t s, float *w, int64_t n, float v);
 #define AMAX_PARTS 32 /* blocks per row of the device argmax (<= 32) */
 void k_argmax(cudaStream_t s, int32_t *out, float *pv, int32_t *pi, const float *logits, int32_t n, int32_t V);
-/* Fusions of the small-batch GEMVs (kernels.cu): GV_NORM reads RMSNorm(res)·nw
- * as its input, GV_ADD adds its output into res; see gemv_mlp_kernel. */
-typedef struct {
-    float *res;        /* the residual stream (T, H) F32 */
-    const float *nw;   /* GV_NORM: RMSNorm weight (K) */
-    const float *bias; /* GV_ADD: added with the product (N), or NULL */
-    float *part;       /* GV_ADD: per-block sums of squares (T, blocks) */
-    float *rnorm;      /* (T): 1/rms of res's rows, left by GV_ADD for GV_NORM */
-    int32_t *count;    /* GV_ADD's ticket counter, 0 between kernels */
-    int32_t K;         /* GV_NORM: the row length of res */
-    float eps;
-} gemv_fuse;
-#define GV_WARPS 8 /* GEMV rows (warps) per block */
-
 /* y (T, N) F32 = x (T, K) · Wᵀ, x and W (N, K) of type A; for T <= GEMV_MAX_T. */
 #define GEMV_MAX_T 8
 void k_gemv(cudaStream_t s, int f32, float *y, const void *x, const void *w, int32_t T, int32_t N, int32_t K);
-/* y = RMSNorm(f.res)·f.nw · Wᵀ */
-void k_gemv_norm(cudaStream_t s, int f32, float *y, const void *w, int32_t T, int32_t N, int32_t K, const gemv_fuse &f);
-/* f.res += x · Wᵀ + f.bias, and f.rnorm = 1/rms of its rows (via f.part, f.count) */
-void k_gemv_add(cudaStream_t s, int f32, const void *x, const void *w, int32_t T, int32_t N, int32_t K,
-                const gemv_fuse &f);
 /* act (T, F) = silu(x·Wgᵀ + bg) * (x·Wuᵀ + bu) with Wgu = [Wg; Wu] (2F, K) of
- * type A; x = RMSNorm(norm->res)·norm->nw when norm != NULL. */
+ * type A; for T <= GEMV_MAX_T, K % 8 == 0. */
 void k_gemv_glu(cudaStream_t s, int f32, void *act, const void *x, const void *w, const float *bgu, int32_t T,
-                int32_t F, int32_t K, const gemv_fuse *norm);
+                int32_t F, int32_t K);
 
 /* ---- attention.cu */
 int attention_smem(int32_t rows, int32_t hd, int32_t new_tokens);

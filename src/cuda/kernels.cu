@@ -211,91 +211,20 @@ static __device__ __forceinline__ uint4 ld_stream16(const void *p) {
  * before any arithmetic, every token's dot product accumulated from the same
  * loaded weights, so W streams from HBM once per call. The first U loads go
  * out before pdl_wait(): weights don't depend on the previous kernel.
- *
- * Fusions for the decode step (gemv_fuse), so that a layer is five kernels:
- *  - GV_ADD: instead of writing y, res[t][n] += y + bias[n]. Each block leaves
- *    the sum of squares of its rows of res in part; the last block to finish
- *    (a ticket counter) adds them up in a fixed order and leaves
- *    rnorm[t] = 1/rms(res[t]) — deterministic, whatever the scheduling;
- *  - GV_NORM: the input is RMSNorm(res)·nw, formed while loading — each
- *    element rounded to A exactly as norm_kernel writes it — from res, nw and
- *    the rnorm the previous GV_ADD kernel left. */
-enum { GV_PLAIN, GV_NORM, GV_ADD };
+ * (Folding the RMSNorms into these GEMVs — the producer adding into x and
+ * leaving 1/rms, the consumer norming while loading — measured slower on an
+ * H100, 72% against 77% of the roofline: see BENCHMARKS.md.) */
+#define GV_WARPS 8 /* rows (warps) per block */
 
-static __device__ __forceinline__ float round_as(const bf16 *, float v) { return __bfloat162float(__float2bfloat16(v)); }
-static __device__ __forceinline__ float round_as(const float *, float v) { return v; }
-
-/* x[t][k0 .. k0 + EPV) as F32: A from x, or (GV_NORM) normed from res */
-template <class A, int MODE>
-static __device__ __forceinline__ void gemv_x(float *xf, const A *x, const gemv_fuse &f, float r, int64_t off) {
-    constexpr int EPV = 16 / sizeof(A);
-    if (MODE != GV_NORM) {
-        unpack16(__ldg((const uint4 *)(x + off)), x, xf);
-        return;
-    }
-    const int64_t k0 = off % f.K; /* off = t * K + k0 */
-    float rv[EPV], wv[EPV];
-#pragma unroll
-    for (int h = 0; h < EPV; h += 4) {
-        unpack16(__ldg((const uint4 *)(f.res + off + h)), f.res, rv + h);
-        unpack16(__ldg((const uint4 *)(f.nw + k0 + h)), f.nw, wv + h);
-    }
-#pragma unroll
-    for (int e = 0; e < EPV; e++) xf[e] = round_as(x, wv[e] * (rv[e] * r));
-}
-
-template <int T, int MODE>
-static __device__ __forceinline__ void gemv_finish(float (&acc)[T], float *y, const gemv_fuse &f, int32_t n, int32_t N,
-                                                   int32_t lane, bool valid) {
-    __shared__ float sq[GV_WARPS][T];
-    __shared__ float red[32];
-    __shared__ int last;
-    const int w = threadIdx.x >> 5;
-#pragma unroll
-    for (int t = 0; t < T; t++) {
-        const float v = warp_sum(acc[t]);
-        if (lane == 0 && valid) {
-            if (MODE == GV_ADD) {
-                const float xn = f.res[(int64_t)t * N + n] + v + (f.bias ? f.bias[n] : 0.0f);
-                f.res[(int64_t)t * N + n] = xn;
-                sq[w][t] = xn * xn;
-            } else {
-                y[(int64_t)t * N + n] = v;
-            }
-        } else if (lane == 0 && MODE == GV_ADD) {
-            sq[w][t] = 0.0f;
-        }
-    }
-    if (MODE != GV_ADD) return;
-    __syncthreads();
-    if (threadIdx.x < T) {
-        float ss = 0.0f;
-        for (int i = 0; i < GV_WARPS; i++) ss += sq[i][threadIdx.x];
-        f.part[threadIdx.x * gridDim.x + blockIdx.x] = ss;
-    }
-    __threadfence(); /* this block's part and res before its ticket */
-    __syncthreads();
-    if (threadIdx.x == 0) last = atomicAdd(f.count, 1) == (int)gridDim.x - 1;
-    __syncthreads();
-    if (!last) return;
-    for (int t = 0; t < T; t++) {
-        float ss = 0.0f;
-        for (int32_t b = threadIdx.x; b < (int32_t)gridDim.x; b += blockDim.x) ss += __ldcg(f.part + t * gridDim.x + b);
-        ss = block_sum(ss, red);
-        if (threadIdx.x == 0) f.rnorm[t] = 1.0f / sqrtf(ss / (float)N + f.eps);
-    }
-    if (threadIdx.x == 0) *f.count = 0; /* ready for the next GV_ADD kernel */
-}
-
-template <class A, int T, int U, int MODE>
+template <class A, int T, int U>
 __global__ void __launch_bounds__(256) gemv_mlp_kernel(float *__restrict__ y, const A *__restrict__ x,
-                                                       const A *__restrict__ w, int32_t N, int32_t K, gemv_fuse f) {
+                                                       const A *__restrict__ w, int32_t N, int32_t K) {
     constexpr int EPV = 16 / sizeof(A);
     const int32_t n = blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5), lane = threadIdx.x & 31;
     const bool valid = n < N;
     const uint4 *wr = (const uint4 *)(w + (int64_t)(valid ? n : 0) * K);
     const int32_t kv = valid ? K / EPV : 0; /* 16-byte vectors of this warp's row */
-    float acc[T], rn[T];
+    float acc[T];
 #pragma unroll
     for (int t = 0; t < T; t++) acc[t] = 0.0f;
     int32_t i = lane;
@@ -304,8 +233,6 @@ __global__ void __launch_bounds__(256) gemv_mlp_kernel(float *__restrict__ y, co
     for (int u = 0; u < U; u++) wv[u] = i + u * 32 < kv ? ld_stream16(wr + i + u * 32) : make_uint4(0, 0, 0, 0);
     pdl_wait();
     pdl_trigger();
-#pragma unroll
-    for (int t = 0; t < T; t++) rn[t] = MODE == GV_NORM ? __ldcg(f.rnorm + t) : 1.0f;
     for (;;) {
 #pragma unroll
         for (int u = 0; u < U; u++) {
@@ -315,7 +242,7 @@ __global__ void __launch_bounds__(256) gemv_mlp_kernel(float *__restrict__ y, co
 #pragma unroll
             for (int t = 0; t < T; t++) {
                 float xf[EPV];
-                gemv_x<A, MODE>(xf, x, f, rn[t], (int64_t)t * K + (int64_t)(i + u * 32) * EPV);
+                unpack16(__ldg((const uint4 *)(x + (int64_t)t * K) + i + u * 32), x, xf);
 #pragma unroll
                 for (int e = 0; e < EPV; e++) acc[t] += wf[e] * xf[e];
             }
@@ -325,24 +252,27 @@ __global__ void __launch_bounds__(256) gemv_mlp_kernel(float *__restrict__ y, co
 #pragma unroll
         for (int u = 0; u < U; u++) wv[u] = i + u * 32 < kv ? ld_stream16(wr + i + u * 32) : make_uint4(0, 0, 0, 0);
     }
-    gemv_finish<T, MODE>(acc, y, f, n, N, lane, valid);
+#pragma unroll
+    for (int t = 0; t < T; t++) {
+        const float v = warp_sum(acc[t]);
+        if (lane == 0 && valid) y[(int64_t)t * N + n] = v;
+    }
 }
 
 /* Gate and up projections with SwiGLU in the epilogue: warp n computes rows n
  * (gate) and F + n (up) of the fused [2F, K] weight and writes
- * act[t][n] = silu(g + bg) * (u + bu), rounded to A as k_swiglu does.
- * GV_NORM as above. */
-template <class A, int T, int U, int MODE>
+ * act[t][n] = silu(g + bg) * (u + bu), rounded to A as k_swiglu does. */
+template <class A, int T, int U>
 __global__ void __launch_bounds__(256) gemv_glu_kernel(A *__restrict__ act, const A *__restrict__ x,
                                                        const A *__restrict__ w, const float *__restrict__ bgu,
-                                                       int32_t F, int32_t K, gemv_fuse f) {
+                                                       int32_t F, int32_t K) {
     constexpr int EPV = 16 / sizeof(A);
     const int32_t n = blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5), lane = threadIdx.x & 31;
     const bool valid = n < F;
     const uint4 *wg = (const uint4 *)(w + (int64_t)(valid ? n : 0) * K),
                 *wu = (const uint4 *)(w + (int64_t)(valid ? F + n : 0) * K);
     const int32_t kv = valid ? K / EPV : 0;
-    float ag[T], au[T], rn[T];
+    float ag[T], au[T];
 #pragma unroll
     for (int t = 0; t < T; t++) ag[t] = au[t] = 0.0f;
     int32_t i = lane;
@@ -355,8 +285,6 @@ __global__ void __launch_bounds__(256) gemv_glu_kernel(A *__restrict__ act, cons
     }
     pdl_wait(); /* the first weights are in flight: now wait for x */
     pdl_trigger();
-#pragma unroll
-    for (int t = 0; t < T; t++) rn[t] = MODE == GV_NORM ? __ldcg(f.rnorm + t) : 1.0f;
     for (;;) {
 #pragma unroll
         for (int u = 0; u < U; u++) {
@@ -367,7 +295,7 @@ __global__ void __launch_bounds__(256) gemv_glu_kernel(A *__restrict__ act, cons
 #pragma unroll
             for (int t = 0; t < T; t++) {
                 float xf[EPV];
-                gemv_x<A, MODE>(xf, x, f, rn[t], (int64_t)t * K + (int64_t)(i + u * 32) * EPV);
+                unpack16(__ldg((const uint4 *)(x + (int64_t)t * K) + i + u * 32), x, xf);
 #pragma unroll
                 for (int e = 0; e < EPV; e++) ag[t] += gf[e] * xf[e], au[t] += uf[e] * xf[e];
             }
@@ -394,25 +322,23 @@ __global__ void __launch_bounds__(256) gemv_glu_kernel(A *__restrict__ act, cons
 /* U: 16-byte loads in flight per lane (fewer with more tokens: registers). */
 #define GEMV_CASES(M) M(1, 8) M(2, 8) M(3, 4) M(4, 4) M(5, 4) M(6, 4) M(7, 4) M(8, 4)
 
-template <class A, int MODE>
-static void gemv_t(cudaStream_t s, float *y, const A *x, const A *w, int32_t T, int32_t N, int32_t K, const gemv_fuse &f) {
+template <class A> static void gemv_t(cudaStream_t s, float *y, const A *x, const A *w, int32_t T, int32_t N, int32_t K) {
     const int blocks = (N + GV_WARPS - 1) / GV_WARPS;
     switch (T) {
 #define CASE(t, u) \
-    case t: PDL_LAUNCH((gemv_mlp_kernel<A, t, u, MODE>), blocks, 32 * GV_WARPS, 0, s, y, x, w, N, K, f); break;
+    case t: PDL_LAUNCH((gemv_mlp_kernel<A, t, u>), blocks, 32 * GV_WARPS, 0, s, y, x, w, N, K); break;
         GEMV_CASES(CASE)
 #undef CASE
     default: break;
     }
 }
 
-template <class A, int MODE>
-static void gemv_glu_t(cudaStream_t s, A *act, const A *x, const A *w, const float *bgu, int32_t T, int32_t F, int32_t K,
-                       const gemv_fuse &f) {
+template <class A>
+static void gemv_glu_t(cudaStream_t s, A *act, const A *x, const A *w, const float *bgu, int32_t T, int32_t F, int32_t K) {
     const int blocks = (F + GV_WARPS - 1) / GV_WARPS;
     switch (T) {
 #define CASE(t, u) \
-    case t: PDL_LAUNCH((gemv_glu_kernel<A, t, u, MODE>), blocks, 32 * GV_WARPS, 0, s, act, x, w, bgu, F, K, f); break;
+    case t: PDL_LAUNCH((gemv_glu_kernel<A, t, u>), blocks, 32 * GV_WARPS, 0, s, act, x, w, bgu, F, K); break;
         GEMV_CASES(CASE)
 #undef CASE
     default: break;
@@ -420,32 +346,14 @@ static void gemv_glu_t(cudaStream_t s, A *act, const A *x, const A *w, const flo
 }
 
 void k_gemv(cudaStream_t s, int f32, float *y, const void *x, const void *w, int32_t T, int32_t N, int32_t K) {
-    const gemv_fuse f = {};
-    if (f32) gemv_t<float, GV_PLAIN>(s, y, (const float *)x, (const float *)w, T, N, K, f);
-    else gemv_t<bf16, GV_PLAIN>(s, y, (const bf16 *)x, (const bf16 *)w, T, N, K, f);
-}
-
-void k_gemv_norm(cudaStream_t s, int f32, float *y, const void *w, int32_t T, int32_t N, int32_t K, const gemv_fuse &f) {
-    if (f32) gemv_t<float, GV_NORM>(s, y, (const float *)NULL, (const float *)w, T, N, K, f);
-    else gemv_t<bf16, GV_NORM>(s, y, (const bf16 *)NULL, (const bf16 *)w, T, N, K, f);
-}
-
-void k_gemv_add(cudaStream_t s, int f32, const void *x, const void *w, int32_t T, int32_t N, int32_t K,
-                const gemv_fuse &f) {
-    if (f32) gemv_t<float, GV_ADD>(s, (float *)NULL, (const float *)x, (const float *)w, T, N, K, f);
-    else gemv_t<bf16, GV_ADD>(s, (float *)NULL, (const bf16 *)x, (const bf16 *)w, T, N, K, f);
+    if (f32) gemv_t<float>(s, y, (const float *)x, (const float *)w, T, N, K);
+    else gemv_t<bf16>(s, y, (const bf16 *)x, (const bf16 *)w, T, N, K);
 }
 
 void k_gemv_glu(cudaStream_t s, int f32, void *act, const void *x, const void *w, const float *bgu, int32_t T,
-                int32_t F, int32_t K, const gemv_fuse *norm) {
-    const gemv_fuse f = norm ? *norm : gemv_fuse{};
-    if (f32) {
-        if (norm) gemv_glu_t<float, GV_NORM>(s, (float *)act, (const float *)x, (const float *)w, bgu, T, F, K, f);
-        else gemv_glu_t<float, GV_PLAIN>(s, (float *)act, (const float *)x, (const float *)w, bgu, T, F, K, f);
-    } else {
-        if (norm) gemv_glu_t<bf16, GV_NORM>(s, (bf16 *)act, (const bf16 *)x, (const bf16 *)w, bgu, T, F, K, f);
-        else gemv_glu_t<bf16, GV_PLAIN>(s, (bf16 *)act, (const bf16 *)x, (const bf16 *)w, bgu, T, F, K, f);
-    }
+                int32_t F, int32_t K) {
+    if (f32) gemv_glu_t<float>(s, (float *)act, (const float *)x, (const float *)w, bgu, T, F, K);
+    else gemv_glu_t<bf16>(s, (bf16 *)act, (const bf16 *)x, (const bf16 *)w, bgu, T, F, K);
 }
 
 /* The first index of each row's maximum (as the CPU sampler's greedy path;

@@ -49,14 +49,6 @@ struct float2 {
 static inline float2 make_float2(float a, float b) { return float2{a, b}; }
 static inline uint4 make_uint4(unsigned a, unsigned b, unsigned c, unsigned d) { return uint4{a, b, c, d}; }
 template <class T> static inline T __ldg(const T *p) { return *p; }
-template <class T> static inline T __ldcg(const T *p) { return *p; }
-/* one OS thread runs every fiber and switches only at barriers: plain read-modify-write is atomic */
-static inline int atomicAdd(int *p, int v) {
-    const int o = *p;
-    *p = o + v;
-    return o;
-}
-static inline void __threadfence() {}
 static inline int min(int a, int b) { return a < b ? a : b; }
 static inline int max(int a, int b) { return a > b ? a : b; }
 
