@@ -4,13 +4,16 @@
  * One layer on the device (T tokens, all kernels on the context's stream):
  *   xb  = bf16(RMSNorm(x))                        k_rmsnorm / previous k_add_rmsnorm
  *   y   = xb·[Wq|Wk|Wv]ᵀ (+ LoRA q, k, v)           one GEMM, SGMV
- *   q, cache[k, v] = RoPE(norm(y + b))             k_qkv_post
- *   xb  = attention(q, cache)                      k_attention
+ *   q, cache[k, v] = RoPE(norm(y + b))             k_qkv_post (inside k_attention
+ *   xb  = attention(q, cache)                      k_attention   when decoding)
  *   y   = xb·Woᵀ (+ LoRA o); x += y + bo; xb = bf16(RMSNorm(x))
- *   y   = xb·[Wg|Wu]ᵀ (+ LoRA gate, up); xb = bf16(silu(g)·u)
+ *   y   = xb·[Wg|Wu]ᵀ (+ LoRA gate, up); xb = bf16(silu(g)·u)    (one k_gemv_glu
+ *                                                                   for few tokens)
  *   y   = xb·Wdᵀ (+ LoRA down); x += y + bd; xb = next layer's norm of x
  * GEMMs are cuBLAS (BF16 in, F32 out, F32 accumulation) except for up to
- * GEMV_MAX_T tokens, where the bandwidth-bound k_gemv reads each weight once. */
+ * GEMV_MAX_T tokens, where the bandwidth-bound k_gemv reads each weight once.
+ * A decode step is replayed from a CUDA graph; on sm_90 its kernels are
+ * chained by programmatic dependent launch (common.cuh). */
 #include <dlfcn.h>
 #include <stdarg.h>
 #include <stdio.h>
