@@ -19,7 +19,8 @@
 #   5. PRISM end to end on the GPU: bootstrap of the embedded model, then a
 #      routed generation;
 #   6. compute-sanitizer memcheck and racecheck over one architecture, when
-#      installed.
+#      installed;
+#   7. the 7B batch-1 decode step under Nsight Compute (scripts/gpu_profile.sh).
 # Machines without a package mirror: run scripts/gpu_prepare.sh first where
 # one is reachable and carry .gpu/ (Debian packages unpacked into a private
 # prefix here, fixtures). Logs go to $OUT (default /tmp/prism-gpu), at most
@@ -123,6 +124,11 @@ if command -v compute-sanitizer >/dev/null 2>&1; then
         ./build/tests/test_gpu >>"$OUT/memcheck.log" 2>&1
     grep -E "RACECHECK SUMMARY|ERROR SUMMARY|passed, " "$OUT/memcheck.log" | tail -3
     tail -3 "$OUT/memcheck.log" | grep -qE "(ERROR|RACECHECK) SUMMARY: 0 " || { fail=1; grep -m 10 -B2 -A10 "Error\|Warning\|hazard" "$OUT/memcheck.log" | tail -40; }
+fi
+
+if command -v ncu >/dev/null 2>&1; then
+    step "where the 7B batch-1 decode step goes (Nsight Compute, every kernel timed)"
+    PHASES=decode1 NCU_TIMEOUT=60 OUT=/tmp/prism-gpu-prof bash scripts/gpu_profile.sh 7b 2>&1 | tee -a "$OUT/bench_variants.log"
 fi
 
 step "done: $([ $fail = 0 ] && echo PASS || echo FAIL)"
