@@ -5,7 +5,9 @@
 # per phase the kernels by total time with their DRAM read bandwidth.
 #   scripts/gpu_profile.sh [shape ...]      (default: 7b 0.5b)
 # Needs ncu, and a build made by scripts/gpu_check.sh (or the same make line).
-# PHASES="prefill decode1 ..." picks phases. Logs go to $OUT.
+# PHASES="prefill decode1 ..." picks phases. Logs go to $OUT. A training step
+# has thousands of kernels and outlasts NCU_TIMEOUT under ncu on the 7B shape:
+# PRISM_CUDA_PROFILE=1 (gpu_check.sh) splits its time by span instead.
 set -u
 cd "$(dirname "$0")/.."
 OUT=${OUT:-/tmp/prism-gpu}
