@@ -216,45 +216,64 @@ static __device__ __forceinline__ uint4 ld_stream16(const void *p) {
  * H100, 72% against 77% of the roofline: see BENCHMARKS.md.) */
 #define GV_WARPS 8 /* rows (warps) per block */
 
-template <class A, int T, int U>
-__global__ void __launch_bounds__(256) gemv_mlp_kernel(float *__restrict__ y, const A *__restrict__ x,
-                                                       const A *__restrict__ w, int32_t N, int32_t K) {
+/* The streaming loop both GEMV kernels share: this warp's R weight rows wr[r]
+ * (kv 16-byte vectors each) against the T rows of x, into acc[r][t] (lane
+ * partial sums). The first U vectors of every row are requested before
+ * pdl_wait(). */
+template <class A, int T, int U, int R>
+static __device__ __forceinline__ void gemv_rows(float (&acc)[R][T], const uint4 *const (&wr)[R], int32_t kv,
+                                                 const A *__restrict__ x, int32_t K, int32_t lane) {
     constexpr int EPV = 16 / sizeof(A);
-    const int32_t n = blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5), lane = threadIdx.x & 31;
-    const bool valid = n < N;
-    const uint4 *wr = (const uint4 *)(w + (int64_t)(valid ? n : 0) * K);
-    const int32_t kv = valid ? K / EPV : 0; /* 16-byte vectors of this warp's row */
-    float acc[T];
 #pragma unroll
-    for (int t = 0; t < T; t++) acc[t] = 0.0f;
+    for (int r = 0; r < R; r++)
+#pragma unroll
+        for (int t = 0; t < T; t++) acc[r][t] = 0.0f;
     int32_t i = lane;
-    uint4 wv[U];
+    uint4 wv[R][U];
 #pragma unroll
-    for (int u = 0; u < U; u++) wv[u] = i + u * 32 < kv ? ld_stream16(wr + i + u * 32) : make_uint4(0, 0, 0, 0);
-    pdl_wait();
+    for (int u = 0; u < U; u++)
+#pragma unroll
+        for (int r = 0; r < R; r++) wv[r][u] = i + u * 32 < kv ? ld_stream16(wr[r] + i + u * 32) : make_uint4(0, 0, 0, 0);
+    pdl_wait(); /* the first weights are in flight: now wait for x */
     pdl_trigger();
     for (;;) {
 #pragma unroll
         for (int u = 0; u < U; u++) {
             if (i + u * 32 >= kv) break;
-            float wf[EPV];
-            unpack16(wv[u], w, wf);
+            float wf[R][EPV];
+#pragma unroll
+            for (int r = 0; r < R; r++) unpack16(wv[r][u], x, wf[r]);
 #pragma unroll
             for (int t = 0; t < T; t++) {
                 float xf[EPV];
                 unpack16(__ldg((const uint4 *)(x + (int64_t)t * K) + i + u * 32), x, xf);
 #pragma unroll
-                for (int e = 0; e < EPV; e++) acc[t] += wf[e] * xf[e];
+                for (int r = 0; r < R; r++)
+#pragma unroll
+                    for (int e = 0; e < EPV; e++) acc[r][t] += wf[r][e] * xf[e];
             }
         }
         i += U * 32;
         if (i >= kv) break;
 #pragma unroll
-        for (int u = 0; u < U; u++) wv[u] = i + u * 32 < kv ? ld_stream16(wr + i + u * 32) : make_uint4(0, 0, 0, 0);
+        for (int u = 0; u < U; u++)
+#pragma unroll
+            for (int r = 0; r < R; r++)
+                wv[r][u] = i + u * 32 < kv ? ld_stream16(wr[r] + i + u * 32) : make_uint4(0, 0, 0, 0);
     }
+}
+
+template <class A, int T, int U>
+__global__ void __launch_bounds__(256) gemv_mlp_kernel(float *__restrict__ y, const A *__restrict__ x,
+                                                       const A *__restrict__ w, int32_t N, int32_t K) {
+    const int32_t n = blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5), lane = threadIdx.x & 31;
+    const bool valid = n < N;
+    const uint4 *const wr[1] = {(const uint4 *)(w + (int64_t)(valid ? n : 0) * K)};
+    float acc[1][T];
+    gemv_rows<A, T, U, 1>(acc, wr, valid ? K / (16 / (int)sizeof(A)) : 0, x, K, lane);
 #pragma unroll
     for (int t = 0; t < T; t++) {
-        const float v = warp_sum(acc[t]);
+        const float v = warp_sum(acc[0][t]);
         if (lane == 0 && valid) y[(int64_t)t * N + n] = v;
     }
 }
@@ -266,52 +285,15 @@ template <class A, int T, int U>
 __global__ void __launch_bounds__(256) gemv_glu_kernel(A *__restrict__ act, const A *__restrict__ x,
                                                        const A *__restrict__ w, const float *__restrict__ bgu,
                                                        int32_t F, int32_t K) {
-    constexpr int EPV = 16 / sizeof(A);
     const int32_t n = blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5), lane = threadIdx.x & 31;
     const bool valid = n < F;
-    const uint4 *wg = (const uint4 *)(w + (int64_t)(valid ? n : 0) * K),
-                *wu = (const uint4 *)(w + (int64_t)(valid ? F + n : 0) * K);
-    const int32_t kv = valid ? K / EPV : 0;
-    float ag[T], au[T];
-#pragma unroll
-    for (int t = 0; t < T; t++) ag[t] = au[t] = 0.0f;
-    int32_t i = lane;
-    uint4 vg[U], vu[U];
-#pragma unroll
-    for (int u = 0; u < U; u++) {
-        const bool in = i + u * 32 < kv;
-        vg[u] = in ? ld_stream16(wg + i + u * 32) : make_uint4(0, 0, 0, 0);
-        vu[u] = in ? ld_stream16(wu + i + u * 32) : make_uint4(0, 0, 0, 0);
-    }
-    pdl_wait(); /* the first weights are in flight: now wait for x */
-    pdl_trigger();
-    for (;;) {
-#pragma unroll
-        for (int u = 0; u < U; u++) {
-            if (i + u * 32 >= kv) break;
-            float gf[EPV], uf[EPV];
-            unpack16(vg[u], w, gf);
-            unpack16(vu[u], w, uf);
-#pragma unroll
-            for (int t = 0; t < T; t++) {
-                float xf[EPV];
-                unpack16(__ldg((const uint4 *)(x + (int64_t)t * K) + i + u * 32), x, xf);
-#pragma unroll
-                for (int e = 0; e < EPV; e++) ag[t] += gf[e] * xf[e], au[t] += uf[e] * xf[e];
-            }
-        }
-        i += U * 32;
-        if (i >= kv) break;
-#pragma unroll
-        for (int u = 0; u < U; u++) {
-            const bool in = i + u * 32 < kv;
-            vg[u] = in ? ld_stream16(wg + i + u * 32) : make_uint4(0, 0, 0, 0);
-            vu[u] = in ? ld_stream16(wu + i + u * 32) : make_uint4(0, 0, 0, 0);
-        }
-    }
+    const uint4 *const wr[2] = {(const uint4 *)(w + (int64_t)(valid ? n : 0) * K),
+                                (const uint4 *)(w + (int64_t)(valid ? F + n : 0) * K)};
+    float acc[2][T];
+    gemv_rows<A, T, U, 2>(acc, wr, valid ? K / (16 / (int)sizeof(A)) : 0, x, K, lane);
 #pragma unroll
     for (int t = 0; t < T; t++) {
-        float g = warp_sum(ag[t]), u = warp_sum(au[t]);
+        float g = warp_sum(acc[0][t]), u = warp_sum(acc[1][t]);
         if (lane == 0 && valid) {
             if (bgu) g += bgu[n], u += bgu[F + n];
             stA(act + (int64_t)t * F + n, g / (1.0f + expf(-g)) * u);
