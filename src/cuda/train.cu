@@ -18,6 +18,7 @@
 #include <string.h>
 
 #include "cuda/common.cuh"
+#include "train/topk_kl.h"
 
 /* Logit rows materialised at once (fewer when sequences are shorter): the LM
  * head's two GEMMs run at M = LOSS_ROWS, large enough for the tensor cores
@@ -345,24 +346,8 @@ __global__ void tk_loss(const float *logits, float *dl, double *row_loss, const 
     for (int32_t v = threadIdx.x; v < V; v += blockDim.x) d[v] = 0.0f;
     __syncthreads();
     if (threadIdx.x != 0) return;
-    const int32_t p = terms[i];
-    const float T = temp;
-    const float *tv = tval + (int64_t)p * K;
-    const int32_t *ti = tidx + (int64_t)p * K;
-    double tmx = -INFINITY, smx = -INFINITY, ts = 0, ss = 0;
-    for (int32_t j = 0; j < K; j++) {
-        tmx = tv[j] / T > tmx ? tv[j] / T : tmx;
-        smx = lg[ti[j]] / T > smx ? lg[ti[j]] / T : smx;
-    }
-    for (int32_t j = 0; j < K; j++) ts += exp(tv[j] / T - tmx), ss += exp(lg[ti[j]] / T - smx);
-    const double tl = log(ts) + tmx, sl = log(ss) + smx;
-    double kl = 0;
-    for (int32_t j = 0; j < K; j++) {
-        const double lpt = tv[j] / T - tl, lps = lg[ti[j]] / T - sl, pt = exp(lpt), ps = exp(lps);
-        kl += pt * (lpt - lps);
-        d[ti[j]] += (float)(T * (ps - pt));
-    }
-    row_loss[i] = kl * T * T;
+    const int32_t p = terms[i]; /* one thread: k is small */
+    row_loss[i] = topk_kl_row(lg, tval + (int64_t)p * K, tidx + (int64_t)p * K, K, temp, d);
 }
 
 __global__ void tk_scale_sumsq(float *g, int64_t n, float scale, double *part) {

@@ -16,6 +16,7 @@
  * input is kept; a layer's internals are recomputed just before its
  * backward, so memory is O(L·T·H) + one layer's activations. */
 #include "train/grad.h"
+#include "train/topk_kl.h"
 
 #include <math.h>
 #include <omp.h>
@@ -432,23 +433,8 @@ static double loss_rows(train_ws *w, const prism_model *m, const train_example *
             dl[label] -= 1.0f;
         } else {
             const int32_t K = ex->k, p = row_term[i];
-            const float T = ex->temperature;
-            const float *tv = ex->teacher_values + (int64_t)p * K;
-            const int32_t *ti = ex->teacher_indices + (int64_t)p * K;
-            double tmx = -INFINITY, smx = -INFINITY, ts = 0, ss = 0;
-            for (int32_t j = 0; j < K; j++) {
-                tmx = tv[j] / T > tmx ? tv[j] / T : tmx;
-                smx = lg[ti[j]] / T > smx ? lg[ti[j]] / T : smx;
-            }
-            for (int32_t j = 0; j < K; j++) ts += exp(tv[j] / T - tmx), ss += exp(lg[ti[j]] / T - smx);
-            const double tl = log(ts) + tmx, sl = log(ss) + smx;
-            double kl = 0;
-            for (int32_t j = 0; j < K; j++) {
-                const double lpt = tv[j] / T - tl, lps = lg[ti[j]] / T - sl, pt = exp(lpt), ps = exp(lps);
-                kl += pt * (lpt - lps);
-                dl[ti[j]] += (float)(T * (ps - pt)); /* d(KL·T²)/d logit = T·(p_s − p_t) */
-            }
-            loss += kl * T * T;
+            loss += topk_kl_row(lg, ex->teacher_values + (int64_t)p * K, ex->teacher_indices + (int64_t)p * K, K,
+                                ex->temperature, dl);
         }
     }
     /* dhf[rows] += dlogits·W_lm, one pass over the LM head for the whole chunk */
