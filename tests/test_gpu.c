@@ -30,6 +30,7 @@
 #include "model/forward.h"
 #include "model/safetensors.h"
 #include "test.h"
+#include "test_fixture.h"
 
 static const char *ARCHS[] = {"llama3", "qwen2", "qwen3", "mistral"};
 /* Relative L2 error allowed per logits row. EXACT runs F32 end to end: CPU-level
@@ -41,15 +42,6 @@ static double TOL = 1e-4;
 static prism_precision PREC = PRISM_PRECISION_EXACT;
 static const char *PNAME = "exact";
 
-static float *read_f32(st_set *ref, const char *name, int64_t *numel) {
-    const st_tensor *t = st_find(ref, name);
-    if (!t) { fprintf(stderr, "reference tensor %s missing\n", name); exit(2); }
-    float *d = malloc((size_t)t->numel * sizeof(float));
-    if (st_read_f32(ref, t, d)) { fprintf(stderr, "%s\n", prism_last_error()); exit(2); }
-    if (numel) *numel = t->numel;
-    return d;
-}
-
 static prism_model *load(const char *dir, int32_t device) {
     prism_model_params mp = prism_model_default_params();
     mp.precision = device < 0 ? PRISM_PRECISION_EXACT : PREC;
@@ -60,16 +52,6 @@ static prism_model *load(const char *dir, int32_t device) {
         return NULL;
     }
     return m;
-}
-
-static prism_ctx *new_ctx(prism_model *m, int nseq) {
-    prism_ctx_params cp = prism_ctx_default_params();
-    cp.n_seq_max = nseq;
-    cp.n_ctx = 512;
-    cp.n_batch = 512;
-    prism_ctx *c = NULL;
-    if (prism_ctx_new(m, cp, &c)) { fprintf(stderr, "ctx: %s\n", prism_last_error()); exit(2); }
-    return c;
 }
 
 /* ------------------------------------------------------------ without a GPU */
@@ -136,16 +118,16 @@ static void test_arch(const char *arch) {
 
     /* [2, T] batch: logits and hidden states */
     int64_t n;
-    float *idsf = read_f32(ref, "input_ids", &n);
+    float *idsf = fixture_f32(ref, "input_ids", &n);
     const int T = (int)(n / 2);
     int32_t *ids = malloc(n * sizeof *ids), *pos = malloc(n * sizeof *pos), *seq = malloc(n * sizeof *seq);
     int8_t *want = malloc(n);
     for (int64_t i = 0; i < n; i++) ids[i] = (int32_t)idsf[i], seq[i] = (int32_t)(i / T), pos[i] = (int32_t)(i % T), want[i] = 1;
-    prism_ctx *cg = new_ctx(mg, 4), *cc = new_ctx(mc, 4);
+    prism_ctx *cg = fixture_ctx(mg, 4), *cc = fixture_ctx(mc, 4);
     prism_batch b = {(int32_t)n, ids, pos, seq, want};
     CHECK(prism_decode(cg, &b) == PRISM_OK, "%s gpu decode: %s", arch, prism_last_error());
     CHECK(prism_decode(cc, &b) == PRISM_OK, "%s cpu decode: %s", arch, prism_last_error());
-    float *ref_logits = read_f32(ref, "logits", NULL);
+    float *ref_logits = fixture_f32(ref, "logits", NULL);
     double worst_ref = 0, worst_cpu = 0;
     int argmax_ok = 1;
     for (int64_t i = 0; i < n; i++) {
@@ -171,7 +153,7 @@ static void test_arch(const char *arch) {
         if (!st_find(ref, name) || l + 1 == L) continue; /* the last one is final-normed: covered by logits */
         for (int k = 0; k < 2; k++) prism_ctx_seq_clear(cg, k);
         CHECK(prism_decode_layers(cg, &b, 0, l + 1) == PRISM_OK, "%s layers [0,%d): %s", arch, l + 1, prism_last_error());
-        float *hr = read_f32(ref, name, NULL);
+        float *hr = fixture_f32(ref, name, NULL);
         for (int64_t i = 0; i < n; i++) {
             const float *h = prism_get_hidden(cg, (int32_t)i);
             if (!h) { CHECK(0, "%s hidden row missing", arch); break; }
@@ -184,8 +166,8 @@ static void test_arch(const char *arch) {
     printf("%s %s hidden states: rel err %.2e\n", PNAME, arch, worst_h);
 
     /* 300-token sequence: prefill all but the last, then one decode step (split-K) */
-    float *lf = read_f32(ref, "long_input_ids", &n);
-    float *long_logits = read_f32(ref, "long_logits", NULL);
+    float *lf = fixture_f32(ref, "long_input_ids", &n);
+    float *long_logits = fixture_f32(ref, "long_logits", NULL);
     const int LT = (int)n;
     int32_t *lids = malloc(n * sizeof *lids), *lpos = malloc(n * sizeof *lpos), *lseq = calloc(n, sizeof *lseq);
     for (int i = 0; i < LT; i++) lids[i] = (int32_t)lf[i], lpos[i] = i;
@@ -200,7 +182,7 @@ static void test_arch(const char *arch) {
 
     /* greedy continuation == transformers' generate() */
     int64_t np, no;
-    float *gp = read_f32(ref, "greedy_prompt", &np), *go = read_f32(ref, "greedy_output", &no);
+    float *gp = fixture_f32(ref, "greedy_prompt", &np), *go = fixture_f32(ref, "greedy_output", &no);
     int32_t *prompt = malloc(np * sizeof *prompt);
     for (int64_t i = 0; i < np; i++) prompt[i] = (int32_t)gp[i];
     prism_generate_params gpar = prism_generate_default_params();
@@ -292,10 +274,10 @@ static void test_arch(const char *arch) {
     if (st_open(path, &ref) == PRISM_OK) {
         prism_model *mb16 = load(dir, 0);
         if (mb16) {
-            prism_ctx *c16 = new_ctx(mb16, 2);
-            float *rl = read_f32(ref, "logits", NULL);
+            prism_ctx *c16 = fixture_ctx(mb16, 2);
+            float *rl = fixture_f32(ref, "logits", NULL);
             int64_t nn = 0;
-            float *rid = read_f32(ref, "input_ids", &nn);
+            float *rid = fixture_f32(ref, "input_ids", &nn);
             for (int64_t i = 0; i < nn; i++) ids[i] = (int32_t)rid[i];
             prism_batch bb = {(int32_t)nn, ids, pos, seq, want};
             double w16 = 1;
@@ -344,7 +326,7 @@ static void test_window(void) {
     if (mc && mg) {
         CHECK(mg->cfg.sliding_window == 7, "window read: %d", mg->cfg.sliding_window);
         const int V = mg->cfg.vocab, T = 40;
-        prism_ctx *cg = new_ctx(mg, 2), *cc = new_ctx(mc, 2);
+        prism_ctx *cg = fixture_ctx(mg, 2), *cc = fixture_ctx(mc, 2);
         int32_t ids[2 * T];
         for (int i = 0; i < 2 * T; i++) ids[i] = (i * 37 + 11) % V;
         double worst = 0;

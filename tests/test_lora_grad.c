@@ -11,22 +11,14 @@
 #include "model/forward.h"
 #include "model/safetensors.h"
 #include "test.h"
+#include "test_fixture.h"
 #include "train/grad.h"
 
 static const char *ARCHS[] = {"llama3", "qwen2", "qwen3", "mistral"};
 
-static float *rd(st_set *s, const char *name, int64_t *n) {
-    const st_tensor *t = st_find(s, name);
-    if (!t) { fprintf(stderr, "missing tensor %s\n", name); exit(2); }
-    float *d = malloc((size_t)t->numel * sizeof(float));
-    if (st_read_f32(s, t, d)) { fprintf(stderr, "%s\n", prism_last_error()); exit(2); }
-    if (n) *n = t->numel;
-    return d;
-}
-
 static int32_t *rdi(st_set *s, const char *name, int64_t *n) {
     int64_t k;
-    float *f = rd(s, name, &k);
+    float *f = fixture_f32(s, name, &k);
     int32_t *r = malloc((size_t)k * sizeof(int32_t));
     for (int64_t i = 0; i < k; i++) r[i] = (int32_t)f[i];
     free(f);
@@ -57,7 +49,7 @@ static void check_grads(const char *label, st_set *ref, const prism_adapter *g, 
                 snprintf(name, sizeof name, "grad.base_model.model.model.layers.%d.%s.%s.lora_%c.default.weight", l,
                          lora_target_parent[t], lora_target_names[t], ab ? 'B' : 'A');
                 int64_t k;
-                float *want = rd(ref, name, &k);
+                float *want = fixture_f32(ref, name, &k);
                 const float *got = ab ? m->B : m->A;
                 float *scaled = malloc((size_t)k * sizeof(float));
                 for (int64_t i = 0; i < k; i++) scaled[i] = (float)(got[i] / count);
@@ -98,7 +90,7 @@ static void test_arch(const char *arch) {
     int64_t n;
     int32_t *ids = rdi(ce, "input_ids", &n), *labels = rdi(ce, "labels", NULL);
     const int B = 2, T = (int)(n / 2);
-    float *want_logits = rd(ce, "logits", NULL), *want_loss = rd(ce, "loss", NULL);
+    float *want_logits = fixture_f32(ce, "logits", NULL), *want_loss = fixture_f32(ce, "loss", NULL);
     float *logits = malloc((size_t)B * T * V * sizeof(float));
     for (int rc = 0; rc < 2; rc++) {
         train_ws *w = NULL;
@@ -130,7 +122,7 @@ static void test_arch(const char *arch) {
         snprintf(path, sizeof path, "%s/%s/reference.safetensors", fixtures_root(), arch);
         st_set *ref = NULL;
         st_open(path, &ref);
-        float *base_logits = rd(ref, "logits", NULL);
+        float *base_logits = fixture_f32(ref, "logits", NULL);
         prism_ctx_params cp = prism_ctx_default_params();
         cp.n_seq_max = 4;
         cp.n_ctx = 64;
@@ -180,7 +172,7 @@ static void test_arch(const char *arch) {
     int64_t nt, np, npre, nk;
     int32_t *kids = rdi(kl, "input_ids", &nt), *kpos = rdi(kl, "positions", &np), *prefix = rdi(kl, "prefix_ids", &npre);
     int32_t *tidx = rdi(kl, "teacher_topk_indices", &nk);
-    float *tval = rd(kl, "teacher_topk_values", NULL), *temp = rd(kl, "temperature", NULL), *kloss = rd(kl, "loss", NULL);
+    float *tval = fixture_f32(kl, "teacher_topk_values", NULL), *temp = fixture_f32(kl, "temperature", NULL), *kloss = fixture_f32(kl, "loss", NULL);
     const int K = (int)(nk / np);
     {
         /* the teacher: base model on prefix + sequence; its top-k at each position */

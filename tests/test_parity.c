@@ -11,17 +11,9 @@
 #include "model/forward.h"
 #include "model/safetensors.h"
 #include "test.h"
+#include "test_fixture.h"
 
 static const char *ARCHS[] = {"llama3", "qwen2", "qwen3", "mistral"};
-
-static float *read_f32(st_set *ref, const char *name, int64_t *numel) {
-    const st_tensor *t = st_find(ref, name);
-    if (!t) { fprintf(stderr, "reference tensor %s missing\n", name); exit(2); }
-    float *d = malloc((size_t)t->numel * sizeof(float));
-    if (st_read_f32(ref, t, d)) { fprintf(stderr, "%s\n", prism_last_error()); exit(2); }
-    if (numel) *numel = t->numel;
-    return d;
-}
 
 static prism_model *load(const char *dir, prism_precision prec) {
     prism_model_params mp = prism_model_default_params();
@@ -32,16 +24,6 @@ static prism_model *load(const char *dir, prism_precision prec) {
         return NULL;
     }
     return m;
-}
-
-static prism_ctx *new_ctx(prism_model *m, int nseq) {
-    prism_ctx_params cp = prism_ctx_default_params();
-    cp.n_seq_max = nseq;
-    cp.n_ctx = 512;
-    cp.n_batch = 512;
-    prism_ctx *c = NULL;
-    if (prism_ctx_new(m, cp, &c)) { fprintf(stderr, "ctx: %s\n", prism_last_error()); exit(2); }
-    return c;
 }
 
 /* Runs B sequences of T tokens in one batch, all logits; returns (B*T, V). */
@@ -72,12 +54,12 @@ static void test_arch(const char *arch) {
 
     /* input_ids [2,48] -> logits [2,48,V], hidden_k [2,48,H] */
     int64_t n;
-    float *idsf = read_f32(ref, "input_ids", &n);
+    float *idsf = fixture_f32(ref, "input_ids", &n);
     int B = 2, T = (int)(n / 2);
     int32_t *ids = malloc(n * sizeof *ids);
     for (int64_t i = 0; i < n; i++) ids[i] = (int32_t)idsf[i];
-    prism_ctx *c = new_ctx(m, 2);
-    float *want = read_f32(ref, "logits", NULL);
+    prism_ctx *c = fixture_ctx(m, 2);
+    float *want = fixture_f32(ref, "logits", NULL);
     float *got = batch_logits(c, ids, B, T);
     snprintf(label, sizeof label, "%s logits [2,%d,%d]", arch, T, V);
     check_close(label, got, want, (size_t)n * V, 1e-5);
@@ -91,7 +73,7 @@ static void test_arch(const char *arch) {
     float *h = malloc((size_t)n * H * sizeof(float));
     float *emb = malloc((size_t)n * H * sizeof(float));
     for (int i = 0; i < n; i++) kern_embed_row(emb + (size_t)i * H, m->embed.w, m->embed.dt, ids[i], H);
-    want = read_f32(ref, "hidden_0", NULL);
+    want = fixture_f32(ref, "hidden_0", NULL);
     snprintf(label, sizeof label, "%s hidden_0 (embeddings)", arch);
     check_close(label, emb, want, (size_t)n * H, 1e-6);
     free(want);
@@ -104,7 +86,7 @@ static void test_arch(const char *arch) {
             for (int i = 0; i < n; i++) memcpy(h + (size_t)i * H, prism_get_hidden(c, i), H * sizeof(float));
         }
         snprintf(path, sizeof path, "hidden_%d", l + 1);
-        want = read_f32(ref, path, NULL);
+        want = fixture_f32(ref, path, NULL);
         snprintf(label, sizeof label, "%s %s%s", arch, path, l + 1 == L ? " (final norm)" : "");
         check_close(label, h, want, (size_t)n * H, 1e-5);
         free(want);
@@ -121,7 +103,7 @@ static void test_arch(const char *arch) {
     /* batching: sequence 1 alone (first 30 tokens), then continued token by token,
      * must give the same logits as inside the two-sequence batch. */
     {
-        prism_ctx *c1 = new_ctx(m, 1);
+        prism_ctx *c1 = fixture_ctx(m, 1);
         float *full = batch_logits(c, ids, B, T);
         float *solo = batch_logits(c1, ids + T, 1, 30);
         snprintf(label, sizeof label, "%s batch-of-2 == alone (prefill)", arch);
@@ -145,19 +127,19 @@ static void test_arch(const char *arch) {
     free(pos); free(seq);
 
     /* long sequence (past llama3's original 128-token context) */
-    float *lidsf = read_f32(ref, "long_input_ids", &n);
+    float *lidsf = fixture_f32(ref, "long_input_ids", &n);
     int32_t *lids = malloc(n * sizeof *lids);
     for (int64_t i = 0; i < n; i++) lids[i] = (int32_t)lidsf[i];
-    c = new_ctx(m, 1);
+    c = fixture_ctx(m, 1);
     got = batch_logits(c, lids, 1, (int)n);
-    want = read_f32(ref, "long_logits", NULL);
+    want = fixture_f32(ref, "long_logits", NULL);
     snprintf(label, sizeof label, "%s long_logits [1,%d,%d]", arch, (int)n, V);
     check_close(label, got, want, (size_t)n * V, 1e-5);
     free(got); free(want); free(lids); free(lidsf);
 
     /* greedy: prompt [1,12] + 24 tokens */
     int64_t np, no;
-    float *gp = read_f32(ref, "greedy_prompt", &np), *go = read_f32(ref, "greedy_output", &no);
+    float *gp = fixture_f32(ref, "greedy_prompt", &np), *go = fixture_f32(ref, "greedy_output", &no);
     int32_t *prompt = malloc(np * sizeof *prompt);
     for (int64_t i = 0; i < np; i++) prompt[i] = (int32_t)gp[i];
     prism_generate_params gpar = prism_generate_default_params();
@@ -182,7 +164,7 @@ static void test_arch(const char *arch) {
     snprintf(dir, sizeof dir, "%s/%s/model-bf16-sharded", fixtures_root(), arch);
     snprintf(path, sizeof path, "%s/%s/reference-bf16.safetensors", fixtures_root(), arch);
     if (st_open(path, &ref)) { CHECK(0, "open %s: %s", path, prism_last_error()); free(ids); free(idsf); return; }
-    want = read_f32(ref, "logits", NULL);
+    want = fixture_f32(ref, "logits", NULL);
     for (int pi = 0; pi < 2; pi++) {
         prism_precision prec = pi ? PRISM_PRECISION_FAST : PRISM_PRECISION_EXACT;
         m = load(dir, prec);
@@ -195,7 +177,7 @@ static void test_arch(const char *arch) {
          * from_pretrained does); without it the difference is ~8e-4. */
         for (int i = 0; i < m->cfg.head_dim / 2; i++)
             m->rope_inv_freq[i] = st_bf16_to_f32(st_f32_to_bf16(m->rope_inv_freq[i]));
-        c = new_ctx(m, 2);
+        c = fixture_ctx(m, 2);
         got = batch_logits(c, ids, B, T);
         snprintf(label, sizeof label, "%s bf16-sharded logits (%s)", arch, pi ? "fast" : "exact");
         check_close(label, got, want, (size_t)B * T * V, pi ? 1e-2 : 1e-5);
