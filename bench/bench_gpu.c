@@ -53,13 +53,18 @@ static prism_config shape(const char *name) {
     return c;
 }
 
+/* A token id from the LCG state *rng (the same stream for every run). */
+static int32_t random_token(uint64_t *rng, int32_t vocab) {
+    *rng = *rng * 6364136223846793005ull + 1442695040888963407ull;
+    return (int32_t)((*rng >> 33) % (uint64_t)vocab);
+}
+
 /* Fills every sequence of the batch with n_prompt tokens (one prefill call). */
 static double prefill(prism_ctx *c, int32_t n_seq, int32_t n_prompt, int32_t vocab, uint64_t *rng) {
     const int32_t n = n_seq * n_prompt;
     int32_t *tok = malloc(n * sizeof *tok), *pos = malloc(n * sizeof *pos), *seq = malloc(n * sizeof *seq);
     for (int32_t i = 0; i < n; i++) {
-        *rng = *rng * 6364136223846793005ull + 1442695040888963407ull;
-        tok[i] = (int32_t)((*rng >> 33) % (uint64_t)vocab);
+        tok[i] = random_token(rng, vocab);
         seq[i] = i / n_prompt, pos[i] = i % n_prompt;
     }
     for (int32_t s = 0; s < n_seq; s++) prism_ctx_seq_clear(c, s);
@@ -93,8 +98,7 @@ static double train_tps(prism_model *m, int32_t n_seq, int32_t T, int steps, boo
         if (train_ws_gpu_zero(w)) die("zero");
         for (int32_t s = 0; s < n_seq; s++) {
             for (int32_t i = 0; i < T; i++) {
-                *rng = *rng * 6364136223846793005ull + 1442695040888963407ull;
-                tok[i] = lab[i] = (int32_t)((*rng >> 33) % (uint64_t)m->cfg.vocab);
+                tok[i] = lab[i] = random_token(rng, m->cfg.vocab);
             }
             train_example ex = {.loss = LOSS_CE, .n_tokens = T, .tokens = tok, .labels = lab};
             if (train_ws_gpu_example(w, &ex, &loss, &cnt)) die("example");

@@ -377,16 +377,12 @@ static cublasStatus_t gemm_now(cublasOperation_t ta, cublasOperation_t tb, int m
                                const void *A, cudaDataType at, int lda, const void *B, cudaDataType bt, int ldb,
                                float be, void *C, cudaDataType ct, int ldc);
 
-cublasStatus_t cublasGemmEx(cublasHandle_t, cublasOperation_t ta, cublasOperation_t tb, int m, int n, int k,
+cublasStatus_t cublasGemmEx(cublasHandle_t h, cublasOperation_t ta, cublasOperation_t tb, int m, int n, int k,
                             const void *alpha, const void *A, cudaDataType at, int lda, const void *B, cudaDataType bt,
-                            int ldb, const void *beta, void *C, cudaDataType ct, int ldc, cublasComputeType_t,
-                            cublasGemmAlgo_t) {
-    const float al = *(const float *)alpha, be = *(const float *)beta; /* host scalars: read at the call */
-    if (emu::capture) {
-        (*emu::capture)([=]() { gemm_now(ta, tb, m, n, k, al, A, at, lda, B, bt, ldb, be, C, ct, ldc); });
-        return CUBLAS_STATUS_SUCCESS;
-    }
-    return gemm_now(ta, tb, m, n, k, al, A, at, lda, B, bt, ldb, be, C, ct, ldc);
+                            int ldb, const void *beta, void *C, cudaDataType ct, int ldc, cublasComputeType_t comp,
+                            cublasGemmAlgo_t algo) {
+    return cublasGemmStridedBatchedEx(h, ta, tb, m, n, k, alpha, A, at, lda, 0, B, bt, ldb, 0, beta, C, ct, ldc, 0, 1,
+                                      comp, algo);
 }
 
 cublasStatus_t cublasGemmStridedBatchedEx(cublasHandle_t, cublasOperation_t ta, cublasOperation_t tb, int m, int n,
