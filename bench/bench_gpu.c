@@ -5,10 +5,11 @@
  * (weight bytes per step over the copy bandwidth measured on the same card).
  *
  *   bench_gpu [--shape 0.5b|7b|all|tiny] [--device N] [--runs R] [--new N] [--train 0|1]
- *             [--only prefill|decode1|decode32|train] [--train-seqs N]
+ *             [--only prefill|decode1|decode32|train] [--train-seqs N] [--train-pass N]
  *
  * --only runs one phase (and its setup) alone, for a profiler
- * (scripts/gpu_profile.sh); --train-seqs sets the sequences per training step.
+ * (scripts/gpu_profile.sh); --train-seqs sets the sequences per training step,
+ * --train-pass the sequences per packed pass (default: all of a step's).
  *
  * Prints a Markdown table (BENCHMARKS.md) and one line per measurement. */
 #include <stdio.h>
@@ -78,18 +79,24 @@ static double prefill(prism_ctx *c, int32_t n_seq, int32_t n_prompt, int32_t voc
 }
 
 /* LoRA training: r = 16 on all seven projections, steps of n_seq sequences x
- * T tokens (CE on every next token); tokens/s of the best of `steps` steps
- * after one warm-up step. */
-static double train_tps(prism_model *m, int32_t n_seq, int32_t T, int steps, bool recompute, uint64_t *rng) {
+ * T tokens (CE on every next token) in packed passes of `pass` tokens;
+ * tokens/s of the best of `steps` steps after one warm-up step. */
+static double train_tps(prism_model *m, int32_t n_seq, int32_t T, int32_t pass, int steps, bool recompute,
+                        uint64_t *rng) {
     prism_lora_params lp = prism_lora_default_params();
     lp.r = 16;
     lp.targets = PRISM_LORA_ALL;
     prism_adapter *a = NULL, *mo = NULL, *vo = NULL;
     train_ws *w = NULL;
     if (prism_adapter_new(m, lp, &a) || lora_alloc_like(a, &mo) || lora_alloc_like(a, &vo) ||
-        train_ws_new(m, T, recompute, &w) || train_ws_gpu_load(w, m, a, mo, vo))
+        train_ws_new(m, T, recompute, &w))
         die("training setup");
-    int32_t *tok = malloc((size_t)T * sizeof *tok), *lab = malloc((size_t)T * sizeof *lab);
+    train_ws_set_pass_tokens(w, pass);
+    if (train_ws_gpu_load(w, m, a, mo, vo)) die("training setup");
+    const int32_t per = train_ws_pass_tokens(w) / T; /* sequences per pass */
+    if (per * T != pass) fprintf(stderr, "bench_gpu: training passes of %d sequences (asked %d tokens)\n", per, pass);
+    int32_t *tok = malloc((size_t)n_seq * T * sizeof *tok), *lab = malloc((size_t)n_seq * T * sizeof *lab);
+    train_example *ex = malloc((size_t)n_seq * sizeof *ex);
     adamw_params hp = adamw_default_params();
     double best = 1e30;
     for (int st = 0; st <= steps; st++) {
@@ -97,11 +104,11 @@ static double train_tps(prism_model *m, int32_t n_seq, int32_t T, int steps, boo
         int64_t cnt, total = 0;
         if (train_ws_gpu_zero(w)) die("zero");
         for (int32_t s = 0; s < n_seq; s++) {
-            for (int32_t i = 0; i < T; i++) {
-                tok[i] = lab[i] = random_token(rng, m->cfg.vocab);
-            }
-            train_example ex = {.loss = LOSS_CE, .n_tokens = T, .tokens = tok, .labels = lab};
-            if (train_ws_gpu_example(w, &ex, &loss, &cnt)) die("example");
+            for (int32_t i = 0; i < T; i++) tok[s * T + i] = lab[s * T + i] = random_token(rng, m->cfg.vocab);
+            ex[s] = (train_example){.loss = LOSS_CE, .n_tokens = T, .tokens = tok + s * T, .labels = lab + s * T};
+        }
+        for (int32_t s = 0; s < n_seq; s += per) {
+            if (train_ws_gpu_batch(w, m, ex + s, n_seq - s < per ? n_seq - s : per, &loss, &cnt)) die("pass");
             total += cnt;
         }
         if (train_ws_gpu_step(w, total, 1.0, 1e-4, &hp, st + 1, &norm)) die("step");
@@ -109,7 +116,7 @@ static double train_tps(prism_model *m, int32_t n_seq, int32_t T, int steps, boo
         double t = prism_now() - t0;
         if (st > 0 && t < best) best = t;
     }
-    free(tok), free(lab);
+    free(tok), free(lab), free(ex);
     train_ws_free(w);
     prism_adapter_free(a), prism_adapter_free(mo), prism_adapter_free(vo);
     return (double)n_seq * T / best;
@@ -134,7 +141,7 @@ static double decode(prism_ctx *c, int32_t n_seq, int32_t n_new) {
 
 int main(int argc, char **argv) {
     const char *which = "all";
-    int32_t device = 0, runs = 3, n_new = 128, n_prompt = 512, do_train = 1, train_seqs = 8;
+    int32_t device = 0, runs = 3, n_new = 128, n_prompt = 512, do_train = 1, train_seqs = 8, train_pass = 0;
     const char *only = NULL;
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "--shape") && i + 1 < argc) which = argv[++i];
@@ -143,10 +150,11 @@ int main(int argc, char **argv) {
         else if (!strcmp(argv[i], "--new") && i + 1 < argc) n_new = atoi(argv[++i]);
         else if (!strcmp(argv[i], "--train") && i + 1 < argc) do_train = atoi(argv[++i]);
         else if (!strcmp(argv[i], "--train-seqs") && i + 1 < argc) train_seqs = atoi(argv[++i]);
+        else if (!strcmp(argv[i], "--train-pass") && i + 1 < argc) train_pass = atoi(argv[++i]);
         else if (!strcmp(argv[i], "--only") && i + 1 < argc) only = argv[++i];
         else {
             fprintf(stderr, "usage: bench_gpu [--shape 0.5b|7b|all|tiny] [--device N] [--runs R] [--new N] [--train 0|1]\n"
-                            "                 [--only prefill|decode1|decode32|train] [--train-seqs N]\n");
+                            "                 [--only prefill|decode1|decode32|train] [--train-seqs N] [--train-pass N]\n");
             return 2;
         }
     }
@@ -157,10 +165,11 @@ int main(int argc, char **argv) {
         return 2;
     }
     if (only && strcmp(only, "train")) do_train = 0;
-    if (train_seqs < 1) {
-        fprintf(stderr, "bench_gpu: --train-seqs must be >= 1\n");
+    if (train_seqs < 1 || train_pass < 0 || train_pass > train_seqs) {
+        fprintf(stderr, "bench_gpu: --train-seqs must be >= 1 and --train-pass 1..train-seqs\n");
         return 2;
     }
+    if (!train_pass) train_pass = train_seqs;
     if (runs < 1 || n_new < 1 || n_new > 600) {
         fprintf(stderr, "bench_gpu: --runs must be >= 1 and --new 1..600 (decode follows a 16-token prompt in a 640-position context)\n");
         return 2;
@@ -177,7 +186,8 @@ int main(int argc, char **argv) {
     }
     printf("device: %s\ncopy bandwidth: %.0f GB/s (device-to-device, read + write, 1 GiB, best of 10)\n", desc, bw);
     const char *shapes[3] = {"0.5b", "7b", "tiny"};
-    printf("\n| shape | prefill 512 tok/s | decode b1 tok/s | b1 roofline | decode b32 tok/s | peak GiB (inference) | LoRA train tok/s, %d x 512 |\n", train_seqs);
+    printf("\n| shape | prefill 512 tok/s | decode b1 tok/s | b1 roofline | decode b32 tok/s | peak GiB (inference) | LoRA train tok/s, %d x 512 (passes of %d) |\n",
+           train_seqs, train_pass);
     printf("|---|---|---|---|---|---|---|\n");
     for (int si = 0; si < 3; si++) {
         if (strcmp(which, shapes[si]) && (strcmp(which, "all") || si == 2)) continue;
@@ -220,7 +230,7 @@ int main(int argc, char **argv) {
         double scratch_bw;
         api->copy_bandwidth(device, 1 << 20, 1, &scratch_bw, err, sizeof err); /* resets the peak counter */
         const int32_t tT = si == 2 ? 64 : 512;
-        const double tr = do_train ? train_tps(m, train_seqs, tT, 2, false, &rng) : 0;
+        const double tr = do_train ? train_tps(m, train_seqs, tT, train_pass * tT, 2, false, &rng) : 0;
         int64_t tnow = 0, tpeak = 0;
         api->model_memory(m->gpu, &tnow, &tpeak);
         const double pf = n_prompt / best_pf, d1 = n_new / best_d1, d32 = 32.0 * n_new / best_d32;

@@ -1,8 +1,10 @@
 /* test_lora_grad.c — LoRA against transformers + peft (lora_ce / lora_kl
  * fixtures) for every architecture: logits with the adapter (training forward
  * and inference engine), masked-CE and top-k-KL losses, every LoRA gradient;
- * mixed base/adapter batches; recomputation == stored activations; and
+ * mixed base/adapter batches; recomputation == stored activations; a batch
+ * (packed into one pass on a CUDA model) == its examples one by one; and
  * finite-difference checks of the backward pass. */
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -92,21 +94,30 @@ static void test_arch(const char *arch) {
     const int B = 2, T = (int)(n / 2);
     float *want_logits = fixture_f32(ce, "logits", NULL), *want_loss = fixture_f32(ce, "loss", NULL);
     float *logits = malloc((size_t)B * T * V * sizeof(float));
-    for (int rc = 0; rc < 2; rc++) {
+    for (int rc = 0; rc < 4; rc++) { /* stored, recompute, as one batch: stored, recompute */
         train_ws *w = NULL;
-        CHECK(train_ws_new(m, 64, rc == 1, &w) == PRISM_OK, "ws: %s", prism_last_error());
+        CHECK(train_ws_new(m, 64, rc & 1, &w) == PRISM_OK, "ws: %s", prism_last_error());
         zero_grad(g);
         double loss = 0;
         int64_t count = 0;
-        for (int b = 0; b < B; b++) {
-            train_example ex = {.loss = LOSS_CE, .n_tokens = T, .tokens = ids + b * T, .labels = labels + b * T};
-            double ls;
-            int64_t c;
-            prism_status st = train_example_grad(w, m, a, g, &ex, &ls, &c, logits + (size_t)b * T * V);
-            CHECK(st == PRISM_OK, "grad: %s", prism_last_error());
-            loss += ls, count += c;
+        train_example exs[2];
+        for (int b = 0; b < B; b++)
+            exs[b] = (train_example){.loss = LOSS_CE, .n_tokens = T, .tokens = ids + b * T, .labels = labels + b * T};
+        if (rc < 2) {
+            for (int b = 0; b < B; b++) {
+                double ls;
+                int64_t c;
+                prism_status st = train_example_grad(w, m, a, g, &exs[b], &ls, &c, logits + (size_t)b * T * V);
+                CHECK(st == PRISM_OK, "grad: %s", prism_last_error());
+                loss += ls, count += c;
+            }
+        } else {
+            train_ws_set_pass_tokens(w, 2 * 64);
+            prism_status st = train_batch_grad(w, m, a, g, exs, B, &loss, &count, logits);
+            CHECK(st == PRISM_OK, "batch grad: %s", prism_last_error());
+            CHECK(train_ws_pass_tokens(w) == (train_ws_on_gpu(w) ? 128 : 64), "pass tokens %d", train_ws_pass_tokens(w));
         }
-        const char *mode = rc ? "recompute" : "stored";
+        const char *mode = rc == 0 ? "stored" : rc == 1 ? "recompute" : rc == 2 ? "one batch" : "one batch, recompute";
         snprintf(label, sizeof label, "%s CE logits with adapter (%s)", arch, mode);
         check_close(label, logits, want_logits, (size_t)B * T * V, 1e-5);
         float lossf = (float)(loss / count);
@@ -218,6 +229,59 @@ static void test_arch(const char *arch) {
     check_close(label, &lossf, kloss, 1, 1e-5);
     snprintf(label, sizeof label, "%s KL grads", arch);
     check_grads(label, kl, g, (double)c);
+
+    /* ---- a batch of different lengths and both losses == its examples one by one */
+    {
+        snprintf(path, sizeof path, "%s/%s/lora_ce.safetensors", fixtures_root(), arch);
+        st_set *ce2 = NULL;
+        st_open(path, &ce2);
+        int64_t n2;
+        int32_t *cids = rdi(ce2, "input_ids", &n2), *clab = rdi(ce2, "labels", NULL);
+        const int32_t Tc = (int32_t)(n2 / 2);
+        const train_example exs[4] = {
+            {.loss = LOSS_CE, .n_tokens = Tc, .tokens = cids + Tc, .labels = clab + Tc},
+            ex, /* KL */
+            {.loss = LOSS_CE, .n_tokens = Tc - 3, .tokens = cids, .labels = clab},
+            {.loss = LOSS_CE, .n_tokens = 2, .tokens = cids + 5, .labels = clab + 5},
+        };
+        prism_adapter *g1 = NULL, *g2 = NULL;
+        lora_alloc_like(a, &g1);
+        lora_alloc_like(a, &g2);
+        double l1 = 0, l2 = 0;
+        int64_t c1 = 0, c2 = 0;
+        for (int i = 0; i < 4; i++) {
+            double ls;
+            int64_t cc;
+            CHECK(train_example_grad(w, m, a, g1, &exs[i], &ls, &cc, NULL) == PRISM_OK, "grad: %s", prism_last_error());
+            l1 += ls, c1 += cc;
+        }
+        for (int rc = 0; rc < 2; rc++) {
+            train_ws *wb = NULL;
+            train_ws_new(m, 64, rc, &wb);
+            train_ws_set_pass_tokens(wb, 4 * 64);
+            zero_grad(g2);
+            CHECK(train_batch_grad(wb, m, a, g2, exs, 4, &l2, &c2, NULL) == PRISM_OK, "batch: %s", prism_last_error());
+            double worst = 0;
+            for (int64_t i = 0; i < (int64_t)a->n_layers * LORA_N_TARGETS; i++) {
+                const lora_module *x = &g1->mod[i], *y = &g2->mod[i];
+                if (!x->r) continue;
+                double e = rel_err(y->A, x->A, (size_t)(x->r * x->in)), e2 = rel_err(y->B, x->B, (size_t)(x->r * x->out));
+                worst = e > worst ? e : worst;
+                worst = e2 > worst ? e2 : worst;
+            }
+            const double le = fabs(l2 - l1) / fabs(l1);
+            CHECK(c2 == c1 && le < 1e-6 && worst < 1e-5, "%s batch of 4 (%s): count %lld/%lld, loss rel %.2e, grads rel %.2e",
+                  arch, rc ? "recompute" : "stored", (long long)c2, (long long)c1, le, worst);
+            printf("%s %s batch of 4 (CE, KL, CE, CE; %s) == one by one: loss rel %.2e, grads rel %.2e (tol 1e-5)\n",
+                   c2 == c1 && le < 1e-6 && worst < 1e-5 ? "ok  " : "FAIL", arch, rc ? "recompute" : "stored", le, worst);
+            train_ws_free(wb);
+        }
+        prism_adapter_free(g1);
+        prism_adapter_free(g2);
+        free(cids);
+        free(clab);
+        st_close(ce2);
+    }
 
     /* ---- finite differences of the KL loss w.r.t. a few A and B entries (double-sided) */
     {

@@ -4,12 +4,19 @@
  * and optim.c (see there for the formulas), so a GPU run can be checked
  * against peft's gradients exactly as the CPU one is.
  *
- * Activations are kept in F32; matmuls against the frozen weights take their
- * input in the model's activation type (BF16 with tensor cores, or F32 for
- * --precision exact), everything LoRA is F32. Attention works per KV head on
- * head-major copies of q, k, v, so each of its six products (scores, P·V,
- * and the four of the backward) is one GEMM for the whole group of query heads
- * sharing that KV head; the probabilities P (nh, T, T) are materialised.
+ * A pass packs several sequences (train_batch) one after the other into T
+ * rows, so the frozen GEMMs, LoRA and the elementwise kernels run once over
+ * all of them (M = T: tensor cores need M in the thousands to fill an H100,
+ * and launches are paid once per pass, not per sequence); only attention and
+ * the loss work per sequence. Activations are kept in F32; matmuls against
+ * the frozen weights take their input in the model's activation type (BF16
+ * with tensor cores, or F32 for --precision exact), everything LoRA is F32.
+ * Attention works per sequence and KV head on head-major copies of q, k, v
+ * (sequence s of n_s tokens starting at row o_s holds head h's rows at
+ * (o_s·n + h·n_s + position)·hd, n heads), so each of its six products
+ * (scores, P·V and the four of the backward) is one GEMM for the whole group
+ * of query heads sharing that KV head; the probabilities P (nh, n_s, n_s) are
+ * materialised. silu(gate)·up is recomputed in the backward rather than kept.
  * With recompute, only each layer's input is kept and the layer's forward
  * runs again just before its backward. */
 #include <math.h>
@@ -39,7 +46,6 @@ typedef struct {
     float *att;          /* (T, qd) */
     float *xmid, *h2, *r2;
     float *gu;           /* (T, 2F) gate | up, biases included */
-    float *a;            /* (T, F) */
     float *mid[LT_N];    /* (T, r) */
 } tacts;
 
@@ -47,7 +53,9 @@ struct gpu_train {
     gpu_model *m;
     cudaStream_t s;
     cublasHandle_t blas;
-    int32_t T_max, recompute, n_mods, max_r, first_adapted;
+    int32_t T_max;     /* rows of a pass: the tokens of all its sequences */
+    int32_t S_max;     /* tokens of one sequence at most */
+    int32_t recompute, n_mods, max_r, first_adapted;
     int32_t loss_rows; /* min(T_max, LOSS_ROWS) */
     tmod *mods;
     int64_t n_params;
@@ -56,13 +64,20 @@ struct gpu_train {
     tacts *acts;       /* n_layers, or 1 with recompute */
     int n_acts;
     float *hf, *rf, *dx, *dh, *y, *datt, *dqkv, *dgu, *hd_tmp, *ltmp, *oh, *dP;
+    float *act;        /* (T, F) silu(gate)·up: the forward's MLP input, recomputed for the backward */
     void *abuf;        /* activation-type copy of a GEMM input (T, max(H, qd, F, 2F)) */
     float *logits, *dlogits, *drows;
     void *hrows;       /* (loss_rows, max(H, V)) activation type: gathered rows / dlogits */
     double *row_loss, *norm_part;
     int32_t *d_tok, *d_labels, *d_rows, *d_terms, *d_tidx;
+    int32_t *d_sofs, *d_slen; /* (T) first row and length of each row's sequence */
+    int32_t *h_meta;          /* host staging: tokens, labels, sofs, slen (4 T) */
+    int32_t n_seq, *seq_off, *seq_len; /* the pass's sequences (host, T_max each) */
+    void *d_teach;     /* teacher top-k of a pass: values | indices */
     float *d_tval;
     int64_t cap_teacher;
+    int32_t *h_rows;   /* host: loss rows | their teacher offsets | logits_out rows (3 T) */
+    double *h_loss;    /* host: per-row losses (T) */
     void **allocs;
     int n_allocs, cap_allocs;
     int64_t bytes;
@@ -173,9 +188,17 @@ __global__ void tk_norm_bwd(float *out, const float *dy, const float *x, const f
 
 /* q, k, v from y (T, qkv_n): bias, Qwen3 norm (raw and r saved), RoPE at
  * position t; written head-major. One warp per (t, head). */
+/* Row t's offset (in rows of hd) in a head-major tensor of n heads, for head h. */
+static __device__ __forceinline__ int64_t hm_row(int64_t t, int32_t h, int32_t n, const int32_t *sofs,
+                                                 const int32_t *slen) {
+    const int64_t o = sofs[t];
+    return o * n + (int64_t)h * slen[t] + (t - o);
+}
+
 __global__ void tk_qkv_fwd(const float *y, const float *bqkv, const float *q_norm, const float *k_norm,
                            const float *inv_freq, float *qraw, float *kraw, float *rq, float *rk, float *qh, float *kh,
-                           float *vh, int32_t T, int32_t nh, int32_t nkv, int32_t hd, int64_t qkv_n, float eps) {
+                           float *vh, const int32_t *sofs, const int32_t *slen, int32_t nh, int32_t nkv, int32_t hd,
+                           int64_t qkv_n, float eps) {
     const int64_t t = blockIdx.x;
     const int32_t head = blockIdx.y * (blockDim.x >> 5) + (threadIdx.x >> 5), lane = threadIdx.x & 31;
     if (head >= nh + 2 * nkv) return;
@@ -184,7 +207,8 @@ __global__ void tk_qkv_fwd(const float *y, const float *bqkv, const float *q_nor
     const int32_t hh = is_q ? head : is_k ? head - nh : head - nh - nkv;
     const int64_t col = is_q ? (int64_t)hh * hd : is_k ? qd + (int64_t)hh * hd : qd + kvd + (int64_t)hh * hd;
     const float *src = y + t * qkv_n + col;
-    float *dst = (is_q ? qh : is_k ? kh : vh) + ((int64_t)hh * T + t) * hd;
+    float *dst = (is_q ? qh : is_k ? kh : vh) + hm_row(t, hh, is_q ? nh : nkv, sofs, slen) * hd;
+    const int32_t pos = (int32_t)(t - sofs[t]);
     const int32_t half = hd / 2;
     const float *nw = is_q ? q_norm : k_norm;
     float ss = 0.0f;
@@ -207,35 +231,36 @@ __global__ void tk_qkv_fwd(const float *y, const float *bqkv, const float *q_nor
     }
     for (int32_t j = lane; j < half; j += 32) {
         float sn, cs;
-        sincosf((float)t * inv_freq[j], &sn, &cs);
+        sincosf((float)pos * inv_freq[j], &sn, &cs);
         const float x1 = dst[j], x2 = dst[j + half];
         dst[j] = x1 * cs - x2 * sn;
         dst[j + half] = x2 * cs + x1 * sn;
     }
 }
 
-/* RoPE backward (rotation by −t) in place on rows t of d: heads n of dim hd at t·ld + col0. */
-__global__ void tk_rope_bwd(float *d, const float *inv_freq, int32_t n, int32_t hd, int64_t ld, int64_t col0) {
+/* RoPE backward (rotation by −position) in place on rows t of d: heads n of dim hd at t·ld + col0. */
+__global__ void tk_rope_bwd(float *d, const float *inv_freq, const int32_t *sofs, int32_t n, int32_t hd, int64_t ld,
+                            int64_t col0) {
     const int64_t t = blockIdx.x;
-    const int32_t half = hd / 2;
+    const int32_t half = hd / 2, pos = (int32_t)(t - sofs[t]);
     for (int32_t e = threadIdx.x; e < n * half; e += blockDim.x) {
         const int32_t h = e / half, j = e % half;
         float *v = d + t * ld + col0 + (int64_t)h * hd;
         float sn, cs;
-        sincosf((float)(-t) * inv_freq[j], &sn, &cs);
+        sincosf((float)(-pos) * inv_freq[j], &sn, &cs);
         const float x1 = v[j], x2 = v[j + half];
         v[j] = x1 * cs - x2 * sn;
         v[j + half] = x2 * cs + x1 * sn;
     }
 }
 
-/* Row-major (T, n·hd at ld, col0) <-> head-major (n, T, hd). to_heads: src rows -> dst heads. */
-__global__ void tk_heads(float *rows, float *heads, int32_t T, int32_t n, int32_t hd, int64_t ld, int64_t col0,
-                         int to_heads) {
+/* Row-major (T, n·hd at ld, col0) <-> head-major per sequence. to_heads: src rows -> dst heads. */
+__global__ void tk_heads(float *rows, float *heads, const int32_t *sofs, const int32_t *slen, int32_t n, int32_t hd,
+                         int64_t ld, int64_t col0, int to_heads) {
     const int64_t t = blockIdx.x;
     for (int32_t e = threadIdx.x; e < n * hd; e += blockDim.x) {
         const int32_t h = e / hd, d = e % hd;
-        float *r = rows + t * ld + col0 + e, *hp = heads + ((int64_t)h * T + t) * hd + d;
+        float *r = rows + t * ld + col0 + e, *hp = heads + hm_row(t, h, n, sofs, slen) * hd + d;
         if (to_heads) *hp = *r;
         else *r = *hp;
     }
@@ -312,7 +337,7 @@ __global__ void tk_scatter_add(float *dst, const float *src, const int32_t *rows
 }
 
 /* Loss of one logits row and its gradient (dlogits row fully written).
- * CE: label = labels[rows[i] + 1]. KL: term p = terms[i] of the teacher top-k. */
+ * CE: label = labels[rows[i] + 1]. KL: the row's teacher top-k at tval, tidx + terms[i]. */
 __global__ void tk_loss(const float *logits, float *dl, double *row_loss, const int32_t *rows, const int32_t *terms,
                         const int32_t *labels, const float *tval, const int32_t *tidx, int32_t V, int32_t kind,
                         int32_t K, float temp) {
@@ -346,8 +371,8 @@ __global__ void tk_loss(const float *logits, float *dl, double *row_loss, const 
     for (int32_t v = threadIdx.x; v < V; v += blockDim.x) d[v] = 0.0f;
     __syncthreads();
     if (threadIdx.x != 0) return;
-    const int32_t p = terms[i]; /* one thread: k is small */
-    row_loss[i] = topk_kl_row(lg, tval + (int64_t)p * K, tidx + (int64_t)p * K, K, temp, d);
+    const int64_t p = terms[i]; /* one thread: k is small */
+    row_loss[i] = topk_kl_row(lg, tval + p, tidx + p, K, temp, d);
 }
 
 __global__ void tk_scale_sumsq(float *g, int64_t n, float scale, double *part) {
@@ -534,17 +559,21 @@ static int layer_fwd(gpu_train *t, int32_t l, tacts *A, const float *x, float *y
     prof_mark(t, TP_LORA_F);
     dim3 gq(T, (nh + 2 * nkv + 3) / 4);
     tk_qkv_fwd<<<gq, 128, 0, t->s>>>(t->y, L->bqkv, L->q_norm, L->k_norm, m->inv_freq, A->qraw, A->kraw, A->rq, A->rk,
-                                     A->qh, A->kh, A->vh, T, nh, nkv, hd, qn, m->eps);
+                                     A->qh, A->kh, A->vh, t->d_sofs, t->d_slen, nh, nkv, hd, qn, m->eps);
     const float scale = 1.0f / sqrtf((float)hd);
-    { /* per KV head g (one batched GEMM each): S_g = scale·K_gᵀQ_g, P_g = softmax(S_g), O_g = V_g·P_g */
-        const int64_t gt = (int64_t)group * T;
-        TRY(sgb(t, CUBLAS_OP_T, CUBLAS_OP_N, T, (int)gt, hd, scale, A->kh, hd, (long long)T * hd, A->qh, hd, gt * hd, 0.0f,
-                A->P, T, gt * T, nkv, err, errn));
-        tk_softmax<<<(int)(gt * nkv), 128, 0, t->s>>>(A->P, T, m->window); /* rows of every head: position = row % T */
-        TRY(sgb(t, CUBLAS_OP_N, CUBLAS_OP_N, hd, (int)gt, T, 1.0f, A->vh, hd, (long long)T * hd, A->P, T, gt * T, 0.0f,
-                t->oh, hd, gt * hd, nkv, err, errn));
+    float *P = A->P;
+    for (int32_t s = 0; s < t->n_seq; s++) {
+        /* sequence s, per KV head g (one batched GEMM each): S_g = scale·K_gᵀQ_g, P_g = softmax(S_g), O_g = V_g·P_g */
+        const int32_t n = t->seq_len[s];
+        const int64_t o = t->seq_off[s], gt = (int64_t)group * n;
+        TRY(sgb(t, CUBLAS_OP_T, CUBLAS_OP_N, n, (int)gt, hd, scale, A->kh + o * kvd, hd, (long long)n * hd,
+                A->qh + o * qd, hd, gt * hd, 0.0f, P, n, gt * n, nkv, err, errn));
+        tk_softmax<<<(int)(gt * nkv), 128, 0, t->s>>>(P, n, m->window); /* rows of every head: position = row % n */
+        TRY(sgb(t, CUBLAS_OP_N, CUBLAS_OP_N, hd, (int)gt, n, 1.0f, A->vh + o * kvd, hd, (long long)n * hd, P, n, gt * n,
+                0.0f, t->oh + o * qd, hd, gt * hd, nkv, err, errn));
+        P += (int64_t)nh * n * n;
     }
-    tk_heads<<<T, 256, 0, t->s>>>(A->att, t->oh, T, nh, hd, qd, 0, 0);
+    tk_heads<<<T, 256, 0, t->s>>>(A->att, t->oh, t->d_sofs, t->d_slen, nh, hd, qd, 0, 0);
     prof_mark(t, TP_ATT_F);
     TRY(w_fwd(t, t->y, H, A->att, &L->wo, T, err, errn));
     prof_mark(t, TP_GEMM_F);
@@ -560,11 +589,11 @@ static int layer_fwd(gpu_train *t, int32_t l, tacts *A, const float *x, float *y
     prof_mark(t, TP_LORA_F);
     if (L->bgu) tk_bias<<<grid_for((int64_t)T * 2 * F), 256, 0, t->s>>>(A->gu, L->bgu, (int64_t)T * 2 * F, 2 * F);
     dim3 gs((F + 255) / 256, T);
-    tk_swiglu_fwd<<<gs, 256, 0, t->s>>>(A->a, A->gu, F);
+    tk_swiglu_fwd<<<gs, 256, 0, t->s>>>(t->act, A->gu, F);
     prof_mark(t, TP_ELT_F);
-    TRY(w_fwd(t, t->y, H, A->a, &L->wd, T, err, errn));
+    TRY(w_fwd(t, t->y, H, t->act, &L->wd, T, err, errn));
     prof_mark(t, TP_GEMM_F);
-    TRY(lora_fwd(t, mod_of(t, l, LT_DOWN), A->a, F, A->mid[LT_DOWN], t->y, H, T, err, errn));
+    TRY(lora_fwd(t, mod_of(t, l, LT_DOWN), t->act, F, A->mid[LT_DOWN], t->y, H, T, err, errn));
     prof_mark(t, TP_LORA_F);
     tk_add<<<grid_for((int64_t)T * H), 256, 0, t->s>>>(y_out, A->xmid, t->y, L->bd, (int64_t)T * H, H);
     prof_mark(t, TP_ELT_F);
@@ -582,9 +611,14 @@ static int layer_bwd(gpu_train *t, int32_t l, const tacts *A, const float *x, in
     prof_mark(t, TP_OTHER);
     TRY(w_bwd(t, da, dx, H, &L->wd, T, 0.0f, err, errn));
     prof_mark(t, TP_GEMM_B);
-    TRY(lora_bwd(t, mod_of(t, l, LT_DOWN), A->a, F, A->mid[LT_DOWN], dx, H, da, F, T, err, errn));
-    prof_mark(t, TP_LORA_B);
     dim3 gs((F + 255) / 256, T);
+    const tmod *mdown = mod_of(t, l, LT_DOWN);
+    if (mdown) { /* its input, silu(gate)·up, again */
+        tk_swiglu_fwd<<<gs, 256, 0, t->s>>>(t->act, A->gu, F);
+        prof_mark(t, TP_ELT_B);
+    }
+    TRY(lora_bwd(t, mdown, t->act, F, A->mid[LT_DOWN], dx, H, da, F, T, err, errn));
+    prof_mark(t, TP_LORA_B);
     tk_swiglu_bwd<<<gs, 256, 0, t->s>>>(t->dgu, da, A->gu, F);
     prof_mark(t, TP_ELT_B);
     TRY(w_bwd(t, t->dh, t->dgu, 2 * F, &L->wgu, T, 0.0f, err, errn));
@@ -599,27 +633,33 @@ static int layer_bwd(gpu_train *t, int32_t l, const tacts *A, const float *x, in
     prof_mark(t, TP_GEMM_B);
     TRY(lora_bwd(t, mod_of(t, l, LT_O), A->att, (int)qd, A->mid[LT_O], dx, H, t->datt, (int)qd, T, err, errn));
     prof_mark(t, TP_LORA_B);
-    tk_heads<<<T, 256, 0, t->s>>>(t->datt, t->oh, T, nh, hd, qd, 0, 1); /* oh := dO head-major */
-    float *dqh = t->hd_tmp;                                              /* (nh, T, hd) */
+    const int32_t *so = t->d_sofs, *sl = t->d_slen;
+    tk_heads<<<T, 256, 0, t->s>>>(t->datt, t->oh, so, sl, nh, hd, qd, 0, 1); /* oh := dO head-major */
+    float *dqh = t->hd_tmp;                                                  /* head-major, T rows each */
     float *dkh = dqh + qd * T, *dvh = dkh + kvd * T;
     const float scale = 1.0f / sqrtf((float)hd);
-    { /* per KV head g, batched: dP_g = V_gᵀdO_g, dS_g, dQ_g = K_g·dS_g, dK_g = Q_g·dS_gᵀ, dV_g = dO_g·P_gᵀ */
-        const int64_t gt = (int64_t)group * T, sq = gt * hd, skv = (int64_t)T * hd, sp = gt * T;
-        TRY(sgb(t, CUBLAS_OP_T, CUBLAS_OP_N, T, (int)gt, hd, 1.0f, A->vh, hd, skv, t->oh, hd, sq, 0.0f, t->dP, T, sp, nkv,
+    const float *P = A->P;
+    for (int32_t s = 0; s < t->n_seq; s++) {
+        /* sequence s, per KV head g, batched: dP_g = V_gᵀdO_g, dS_g, dQ_g = K_g·dS_g, dK_g = Q_g·dS_gᵀ, dV_g = dO_g·P_gᵀ */
+        const int32_t n = t->seq_len[s];
+        const int64_t o = t->seq_off[s], gt = (int64_t)group * n, sq = gt * hd, skv = (int64_t)n * hd, sp = gt * n;
+        const float *kh = A->kh + o * kvd, *vh = A->vh + o * kvd, *qh = A->qh + o * qd, *oh = t->oh + o * qd;
+        TRY(sgb(t, CUBLAS_OP_T, CUBLAS_OP_N, n, (int)gt, hd, 1.0f, vh, hd, skv, oh, hd, sq, 0.0f, t->dP, n, sp, nkv, err,
+                errn));
+        tk_dsoftmax<<<(int)(gt * nkv), 128, 0, t->s>>>(t->dP, P, n, scale);
+        TRY(sgb(t, CUBLAS_OP_N, CUBLAS_OP_N, hd, (int)gt, n, 1.0f, kh, hd, skv, t->dP, n, sp, 0.0f, dqh + o * qd, hd, sq,
+                nkv, err, errn));
+        TRY(sgb(t, CUBLAS_OP_N, CUBLAS_OP_T, hd, n, (int)gt, 1.0f, qh, hd, sq, t->dP, n, sp, 0.0f, dkh + o * kvd, hd, skv,
+                nkv, err, errn));
+        TRY(sgb(t, CUBLAS_OP_N, CUBLAS_OP_T, hd, n, (int)gt, 1.0f, oh, hd, sq, P, n, sp, 0.0f, dvh + o * kvd, hd, skv, nkv,
                 err, errn));
-        tk_dsoftmax<<<(int)(gt * nkv), 128, 0, t->s>>>(t->dP, A->P, T, scale);
-        TRY(sgb(t, CUBLAS_OP_N, CUBLAS_OP_N, hd, (int)gt, T, 1.0f, A->kh, hd, skv, t->dP, T, sp, 0.0f, dqh, hd, sq, nkv,
-                err, errn));
-        TRY(sgb(t, CUBLAS_OP_N, CUBLAS_OP_T, hd, T, (int)gt, 1.0f, A->qh, hd, sq, t->dP, T, sp, 0.0f, dkh, hd, skv, nkv,
-                err, errn));
-        TRY(sgb(t, CUBLAS_OP_N, CUBLAS_OP_T, hd, T, (int)gt, 1.0f, t->oh, hd, sq, A->P, T, sp, 0.0f, dvh, hd, skv, nkv,
-                err, errn));
+        P += (int64_t)nh * n * n;
     }
-    tk_heads<<<T, 256, 0, t->s>>>(t->dqkv, dqh, T, nh, hd, qn, 0, 0);
-    tk_heads<<<T, 256, 0, t->s>>>(t->dqkv, dkh, T, nkv, hd, qn, qd, 0);
-    tk_heads<<<T, 256, 0, t->s>>>(t->dqkv, dvh, T, nkv, hd, qn, qd + kvd, 0);
-    tk_rope_bwd<<<T, 256, 0, t->s>>>(t->dqkv, m->inv_freq, nh, hd, qn, 0);
-    tk_rope_bwd<<<T, 256, 0, t->s>>>(t->dqkv, m->inv_freq, nkv, hd, qn, qd);
+    tk_heads<<<T, 256, 0, t->s>>>(t->dqkv, dqh, so, sl, nh, hd, qn, 0, 0);
+    tk_heads<<<T, 256, 0, t->s>>>(t->dqkv, dkh, so, sl, nkv, hd, qn, qd, 0);
+    tk_heads<<<T, 256, 0, t->s>>>(t->dqkv, dvh, so, sl, nkv, hd, qn, qd + kvd, 0);
+    tk_rope_bwd<<<T, 256, 0, t->s>>>(t->dqkv, m->inv_freq, so, nh, hd, qn, 0);
+    tk_rope_bwd<<<T, 256, 0, t->s>>>(t->dqkv, m->inv_freq, so, nkv, hd, qn, qd);
     if (L->q_norm) {
         tk_norm_bwd<<<T * nh, 128, 0, t->s>>>(t->dqkv, t->dqkv, A->qraw, L->q_norm, A->rq, hd, nh, qn, 0, qd, 0);
         tk_norm_bwd<<<T * nkv, 128, 0, t->s>>>(t->dqkv, t->dqkv, A->kraw, L->k_norm, A->rk, hd, nkv, qn, qd, kvd, 0);
@@ -645,17 +685,26 @@ static void train_free(gpu_train *t) {
     prof_free(t);
     for (int i = 0; i < t->n_allocs; i++) cudaFree(t->allocs[i]);
     account(-t->bytes);
+    if (t->d_teach) {
+        cudaFree(t->d_teach);
+        account(-t->cap_teacher * 8);
+    }
     if (t->blas) cublasDestroy(t->blas);
     if (t->s) cudaStreamDestroy(t->s);
     free(t->allocs);
     free(t->acts);
     free(t->mods);
+    free(t->h_meta);
+    free(t->seq_off);
+    free(t->seq_len);
+    free(t->h_rows);
+    free(t->h_loss);
     free(t);
 }
 
 static int acts_alloc(gpu_train *t, tacts *A, char *err, size_t errn) {
     const gpu_model *m = t->m;
-    const int64_t T = t->T_max, H = m->H, hd = m->hd, nh = m->nh, nkv = m->nkv, F = m->F, qd = nh * hd,
+    const int64_t T = t->T_max, S = t->S_max, H = m->H, hd = m->hd, nh = m->nh, nkv = m->nkv, F = m->F, qd = nh * hd,
                   kvd = nkv * hd, f = 4;
     const int qk = m->layers[0].q_norm != NULL;
     memset(A, 0, sizeof *A);
@@ -664,30 +713,38 @@ static int acts_alloc(gpu_train *t, tacts *A, char *err, size_t errn) {
         TA(A->qraw, T * qd * f); TA(A->kraw, T * kvd * f); TA(A->rq, T * nh * f); TA(A->rk, T * nkv * f);
     }
     TA(A->qh, T * qd * f); TA(A->kh, T * kvd * f); TA(A->vh, T * kvd * f);
-    TA(A->P, nh * T * T * f); TA(A->att, T * qd * f);
+    TA(A->P, nh * T * S * f); TA(A->att, T * qd * f); /* Σ n_s² <= T·S */
     TA(A->xmid, T * H * f); TA(A->h2, T * H * f); TA(A->r2, T * f);
-    TA(A->gu, T * 2 * F * f); TA(A->a, T * F * f);
+    TA(A->gu, T * 2 * F * f);
     for (int k = 0; k < LT_N; k++) TA(A->mid[k], T * (t->max_r ? t->max_r : 1) * f);
     return 0;
 }
 
-static int train_new(gpu_model *m, const gpu_lora_desc *mods, int32_t max_tokens, int32_t recompute, gpu_train **out,
-                     char *err, size_t errn) {
+static int train_new(gpu_model *m, const gpu_lora_desc *mods, int32_t max_tokens, int32_t max_seq, int32_t recompute,
+                     gpu_train **out, char *err, size_t errn) {
     *out = NULL;
     CU(cudaSetDevice(m->dev), "cudaSetDevice");
-    if (max_tokens <= 0) return gpu_fail(err, errn, PRISM_GPU_E_ARG, "training sequence length %d", max_tokens);
+    if (max_seq <= 0 || max_tokens < max_seq)
+        return gpu_fail(err, errn, PRISM_GPU_E_ARG, "training passes of %d tokens, sequences of up to %d", max_tokens,
+                        max_seq);
     gpu_train *t = (gpu_train *)calloc(1, sizeof *t);
     if (!t) return gpu_fail(err, errn, PRISM_GPU_E_NOMEM, "out of host memory");
     t->m = m;
     t->T_max = max_tokens;
+    t->S_max = max_seq;
     t->loss_rows = max_tokens < LOSS_ROWS ? max_tokens : LOSS_ROWS;
+    t->h_meta = (int32_t *)malloc((size_t)max_tokens * 4 * sizeof(int32_t));
+    t->seq_off = (int32_t *)malloc((size_t)max_tokens * sizeof(int32_t));
+    t->seq_len = (int32_t *)malloc((size_t)max_tokens * sizeof(int32_t));
+    t->h_rows = (int32_t *)malloc((size_t)max_tokens * 3 * sizeof(int32_t));
+    t->h_loss = (double *)malloc((size_t)max_tokens * sizeof(double));
     t->recompute = recompute != 0;
     t->n_mods = m->n_layers * LT_N;
     t->mods = (tmod *)calloc((size_t)t->n_mods, sizeof *t->mods);
     t->first_adapted = m->n_layers;
     int rc = 0;
-    if (!t->mods) {
-        free(t);
+    if (!t->mods || !t->h_meta || !t->seq_off || !t->seq_len || !t->h_rows || !t->h_loss) {
+        free(t->mods), free(t->h_meta), free(t->seq_off), free(t->seq_len), free(t->h_rows), free(t->h_loss), free(t);
         return gpu_fail(err, errn, PRISM_GPU_E_NOMEM, "out of host memory");
     }
     for (int i = 0; i < t->n_mods; i++) {
@@ -701,8 +758,8 @@ static int train_new(gpu_model *m, const gpu_lora_desc *mods, int32_t max_tokens
         if (d->r > t->max_r) t->max_r = d->r;
         if (i / LT_N < t->first_adapted) t->first_adapted = i / LT_N;
     }
-    const int64_t T = max_tokens, H = m->H, hd = m->hd, nh = m->nh, nkv = m->nkv, F = m->F, V = m->V, qd = nh * hd,
-                  kvd = nkv * hd, qn = qd + 2 * kvd, f = 4;
+    const int64_t T = max_tokens, S = max_seq, H = m->H, hd = m->hd, nh = m->nh, nkv = m->nkv, F = m->F, V = m->V,
+                  qd = nh * hd, kvd = nkv * hd, qn = qd + 2 * kvd, f = 4;
     cudaError_t ce = cudaStreamCreateWithFlags(&t->s, cudaStreamNonBlocking);
     if (ce != cudaSuccess) {
         train_free(t);
@@ -735,7 +792,7 @@ static int train_new(gpu_model *m, const gpu_lora_desc *mods, int32_t max_tokens
         TA2(t->hf, T * H * f); TA2(t->rf, T * f); TA2(t->dx, T * H * f); TA2(t->dh, T * H * f);
         TA2(t->y, T * wide * f); TA2(t->datt, T * qd * f); TA2(t->dqkv, T * qn * f); TA2(t->dgu, T * 2 * F * f);
         TA2(t->hd_tmp, T * hdt * f); TA2(t->ltmp, T * (t->max_r ? t->max_r : 1) * f); TA2(t->oh, T * qd * f);
-        TA2(t->dP, nh * T * T * f);
+        TA2(t->dP, nh * S * S * f); TA2(t->act, T * F * f);
         int64_t aw = wide > F ? wide : F;
         aw = aw > qd ? aw : qd;
         TA2(t->abuf, T * aw * (int64_t)m->asz);
@@ -743,8 +800,10 @@ static int train_new(gpu_model *m, const gpu_lora_desc *mods, int32_t max_tokens
         TA2(t->logits, lr * V * f); TA2(t->dlogits, lr * V * f);
         TA2(t->drows, lr * H * f);
         TA2(t->hrows, lr * (V > H ? V : H) * (int64_t)m->asz);
-        TA2(t->row_loss, lr * 8); TA2(t->norm_part, 1024 * 8);
-        TA2(t->d_tok, T * 4); TA2(t->d_labels, T * 4); TA2(t->d_rows, T * 4); TA2(t->d_terms, T * 4);
+        TA2(t->row_loss, T * 8); TA2(t->norm_part, 1024 * 8);
+        TA2(t->d_tok, T * 4 * 4); /* tokens | labels | sofs | slen */
+        t->d_labels = t->d_tok + T, t->d_sofs = t->d_tok + 2 * T, t->d_slen = t->d_tok + 3 * T;
+        TA2(t->d_rows, T * 2 * 4); TA2(t->d_terms, T * 4); /* rows: the loss rows, then logits_out's */
     }
 #undef TA2
     k_fill_f32(t->s, t->p, t->n_params, 0.0f);
@@ -802,19 +861,19 @@ static int train_zero_grad(gpu_train *t, char *err, size_t errn) {
     return 0;
 }
 
-/* Loss rows rows[0..n) (terms for KL), dlogits·W_lm added into dhf rows; per-row losses summed into *loss. */
-static int loss_rows(gpu_train *t, const gpu_train_example *ex, const int32_t *rows, const int32_t *terms, int n,
-                     float *dhf, double *loss, char *err, size_t errn) {
+/* Loss rows r0 .. r0 + n of the pass (t->d_rows, t->d_terms): logits, per-row
+ * loss into row_loss[r0 ..], dlogits·W_lm added into the rows of dhf. */
+static int loss_chunk(gpu_train *t, int32_t r0, int32_t n, int32_t kind, int32_t k, float temp, float *dhf, char *err,
+                      size_t errn) {
     const gpu_model *m = t->m;
     const int32_t H = m->H, V = m->V;
-    CU(cudaMemcpyAsync(t->d_rows, rows, (size_t)n * 4, cudaMemcpyHostToDevice, t->s), "loss rows");
-    CU(cudaMemcpyAsync(t->d_terms, terms, (size_t)n * 4, cudaMemcpyHostToDevice, t->s), "loss rows");
-    k_gather_rows(t->s, m->f32, t->hrows, t->hf, t->d_rows, n, H);
+    const int32_t *rows = t->d_rows + r0;
+    k_gather_rows(t->s, m->f32, t->hrows, t->hf, rows, n, H);
     const cudaDataType at = m->f32 ? CUDA_R_32F : CUDA_R_16BF;
     BL(cublasGemmEx(t->blas, CUBLAS_OP_T, CUBLAS_OP_N, V, n, H, &ONE, m->lm_head, at, H, t->hrows, at, H, &ZERO,
                     t->logits, CUDA_R_32F, V, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
-    tk_loss<<<n, 256, 0, t->s>>>(t->logits, t->dlogits, t->row_loss, t->d_rows, t->d_terms, t->d_labels, t->d_tval,
-                                 t->d_tidx, V, ex->loss, ex->k, ex->temperature);
+    tk_loss<<<n, 256, 0, t->s>>>(t->logits, t->dlogits, t->row_loss + r0, rows, t->d_terms + r0, t->d_labels,
+                                 t->d_tval, t->d_tidx, V, kind, k, temp);
     const void *dl = t->dlogits;
     if (!m->f32) {
         tk_to<bf16><<<1024, 256, 0, t->s>>>((bf16 *)t->hrows, t->dlogits, (int64_t)n * V);
@@ -822,37 +881,95 @@ static int loss_rows(gpu_train *t, const gpu_train_example *ex, const int32_t *r
     }
     BL(cublasGemmEx(t->blas, CUBLAS_OP_N, CUBLAS_OP_N, H, n, V, &ONE, m->lm_head, at, H, dl, at, V, &ZERO, t->drows,
                     CUDA_R_32F, H, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
-    tk_scatter_add<<<n, 256, 0, t->s>>>(dhf, t->drows, t->d_rows, H);
-    double rl[LOSS_ROWS];
-    CU(cudaMemcpyAsync(rl, t->row_loss, (size_t)n * 8, cudaMemcpyDeviceToHost, t->s), "loss");
-    CU(cudaStreamSynchronize(t->s), "loss");
-    for (int i = 0; i < n; i++) *loss += rl[i];
+    tk_scatter_add<<<n, 256, 0, t->s>>>(dhf, t->drows, rows, H);
     return 0;
 }
 
-static int train_example(gpu_train *t, const gpu_train_example *ex, double *loss_sum, int64_t *count,
-                         float *logits_out, char *err, size_t errn) {
+/* The teacher top-k buffers hold at least need values and indices. */
+static int teacher_cap(gpu_train *t, int64_t need, char *err, size_t errn) {
+    if (need <= t->cap_teacher) return 0;
+    if (t->d_teach) {
+        cudaFree(t->d_teach);
+        account(-t->cap_teacher * 8);
+        t->d_teach = NULL, t->d_tval = NULL, t->d_tidx = NULL, t->cap_teacher = 0;
+    }
+    cudaError_t e = cudaMalloc(&t->d_teach, (size_t)need * 8);
+    if (e != cudaSuccess) {
+        t->d_teach = NULL;
+        cudaGetLastError();
+        return gpu_fail(err, errn, PRISM_GPU_E_NOMEM, "LoRA training: %.1f MiB for the teacher's top-k: %s",
+                        need * 8 / 1048576.0, cudaGetErrorString(e));
+    }
+    account(need * 8);
+    t->d_tval = (float *)t->d_teach, t->d_tidx = (int32_t *)((float *)t->d_teach + need), t->cap_teacher = need;
+    return 0;
+}
+
+/* Forward and backward of n sequences packed into one pass (see the top). */
+static int train_batch(gpu_train *t, const gpu_train_example *exs, int32_t n_ex, double *loss_sum, int64_t *count,
+                       float *logits_out, char *err, size_t errn) {
     gpu_model *m = t->m;
-    const int32_t T = ex->n_tokens, H = m->H, V = m->V, L = m->n_layers;
+    const int32_t H = m->H, V = m->V, L = m->n_layers;
     *loss_sum = 0;
     *count = 0;
     CU(cudaSetDevice(m->dev), "cudaSetDevice");
-    if (T <= 0 || T > t->T_max)
-        return gpu_fail(err, errn, PRISM_GPU_E_ARG, "training sequence of %d tokens (the session holds %d)", T, t->T_max);
-    CU(cudaMemcpyAsync(t->d_tok, ex->tokens, (size_t)T * 4, cudaMemcpyHostToDevice, t->s), "tokens");
-    if (ex->loss == 0) {
-        CU(cudaMemcpyAsync(t->d_labels, ex->labels, (size_t)T * 4, cudaMemcpyHostToDevice, t->s), "labels");
-    } else {
-        const int64_t need = (int64_t)ex->n_pos * ex->k;
-        if (need > t->cap_teacher) {
-            TRY(talloc(t, (void **)&t->d_tval, (size_t)need * 4, err, errn));
-            TRY(talloc(t, (void **)&t->d_tidx, (size_t)need * 4, err, errn));
-            t->cap_teacher = need;
+    if (n_ex <= 0) return gpu_fail(err, errn, PRISM_GPU_E_ARG, "training pass of %d sequences", n_ex);
+    int64_t T64 = 0, need = 0;
+    for (int32_t e = 0; e < n_ex; e++) {
+        const gpu_train_example *ex = &exs[e];
+        if (ex->n_tokens <= 0 || ex->n_tokens > t->S_max)
+            return gpu_fail(err, errn, PRISM_GPU_E_ARG, "training sequence of %d tokens (the session holds %d)",
+                            ex->n_tokens, t->S_max);
+        if (ex->loss && (ex->k <= 0 || ex->n_pos < 0 || ex->n_pos > ex->n_tokens))
+            return gpu_fail(err, errn, PRISM_GPU_E_ARG, "KL sequence with k %d at %d positions", ex->k, ex->n_pos);
+        T64 += ex->n_tokens;
+        if (ex->loss) need += (int64_t)ex->n_pos * ex->k;
+    }
+    if (T64 > t->T_max)
+        return gpu_fail(err, errn, PRISM_GPU_E_ARG, "training pass of %lld tokens (the session holds %d)",
+                        (long long)T64, t->T_max);
+    if (need > INT32_MAX) return gpu_fail(err, errn, PRISM_GPU_E_ARG, "%lld teacher top-k values in one pass", (long long)need);
+    const int32_t T = (int32_t)T64;
+    t->n_seq = n_ex;
+    /* tokens | labels | sofs | slen, as on the device; loss rows and their teacher offsets */
+    const int64_t TM = t->T_max;
+    int32_t *tok = t->h_meta, *lab = tok + TM, *sofs = tok + 2 * TM, *slen = tok + 3 * TM;
+    int32_t *rows = t->h_rows, *terms = rows + T;
+    int32_t o = 0, nr = 0;
+    int64_t toff = 0;
+    for (int32_t e = 0; e < n_ex; e++) {
+        const gpu_train_example *ex = &exs[e];
+        const int32_t n = ex->n_tokens;
+        t->seq_off[e] = o, t->seq_len[e] = n;
+        memcpy(tok + o, ex->tokens, (size_t)n * 4);
+        for (int32_t i = 0; i < n; i++) {
+            lab[o + i] = ex->loss == 0 ? ex->labels[i] : -100;
+            sofs[o + i] = o, slen[o + i] = n;
         }
-        if (need) {
-            CU(cudaMemcpyAsync(t->d_tval, ex->teacher_values, (size_t)need * 4, cudaMemcpyHostToDevice, t->s), "teacher");
-            CU(cudaMemcpyAsync(t->d_tidx, ex->teacher_indices, (size_t)need * 4, cudaMemcpyHostToDevice, t->s), "teacher");
+        if (ex->loss == 0) {
+            for (int32_t p = 0; p + 1 < n; p++)
+                if (ex->labels[p + 1] != -100) rows[nr] = o + p, terms[nr++] = 0;
+        } else {
+            for (int32_t p = 0; p < ex->n_pos; p++) rows[nr] = o + ex->positions[p], terms[nr++] = (int32_t)(toff + (int64_t)p * ex->k);
+            toff += (int64_t)ex->n_pos * ex->k;
         }
+        o += n;
+    }
+    for (int i = 0; i < 4; i++)
+        CU(cudaMemcpyAsync(t->d_tok + i * TM, tok + i * TM, (size_t)T * 4, cudaMemcpyHostToDevice, t->s), "tokens");
+    if (nr) {
+        CU(cudaMemcpyAsync(t->d_rows, rows, (size_t)nr * 4, cudaMemcpyHostToDevice, t->s), "loss rows");
+        CU(cudaMemcpyAsync(t->d_terms, terms, (size_t)nr * 4, cudaMemcpyHostToDevice, t->s), "loss rows");
+    }
+    TRY(teacher_cap(t, need, err, errn));
+    toff = 0;
+    for (int32_t e = 0; e < n_ex; e++) {
+        const gpu_train_example *ex = &exs[e];
+        const int64_t k = (int64_t)ex->n_pos * ex->k;
+        if (!ex->loss || !k) continue;
+        CU(cudaMemcpyAsync(t->d_tval + toff, ex->teacher_values, (size_t)k * 4, cudaMemcpyHostToDevice, t->s), "teacher");
+        CU(cudaMemcpyAsync(t->d_tidx + toff, ex->teacher_indices, (size_t)k * 4, cudaMemcpyHostToDevice, t->s), "teacher");
+        toff += k;
     }
     /* forward */
     prof_mark(t, TP_OTHER);
@@ -864,38 +981,32 @@ static int train_example(gpu_train *t, const gpu_train_example *ex, double *loss
     const float *xl = t->xs + (int64_t)L * stride;
     tk_norm_fwd<<<T, 256, 0, t->s>>>(t->hf, t->rf, xl, m->final_norm, H, m->eps);
     prof_mark(t, TP_EMBED_NORM);
-    /* loss rows, in chunks; dhf accumulates in dh */
+    /* loss rows in chunks of one kind (CE, or KL of one k and temperature); dhf accumulates in dh */
     k_fill_f32(t->s, t->dh, (int64_t)T * H, 0.0f);
-    int32_t rows[LOSS_ROWS], terms[LOSS_ROWS];
-    int n = 0;
-    double loss = 0;
-    int64_t cnt = 0;
-    if (ex->loss == 0) {
-        for (int32_t p = 0; p + 1 < T; p++) {
-            if (ex->labels[p + 1] == -100) continue;
-            rows[n] = p, terms[n] = 0, cnt++;
-            if (++n == t->loss_rows) {
-                TRY(loss_rows(t, ex, rows, terms, n, t->dh, &loss, err, errn));
-                n = 0;
+    for (int32_t e = 0, r = 0; e < n_ex;) {
+        const gpu_train_example *ex = &exs[e];
+        int32_t f = e, n = 0; /* examples [e, f) of the same kind: rows [r, r + n) */
+        while (f < n_ex && exs[f].loss == ex->loss &&
+               (!ex->loss || (exs[f].k == ex->k && exs[f].temperature == ex->temperature))) {
+            if (exs[f].loss == 0) {
+                for (int32_t p = 0; p + 1 < exs[f].n_tokens; p++) n += exs[f].labels[p + 1] != -100;
+            } else {
+                n += exs[f].n_pos;
             }
+            f++;
         }
-    } else {
-        for (int32_t p = 0; p < ex->n_pos; p++) {
-            rows[n] = ex->positions[p], terms[n] = p;
-            if (++n == t->loss_rows) {
-                TRY(loss_rows(t, ex, rows, terms, n, t->dh, &loss, err, errn));
-                n = 0;
-            }
-        }
-        cnt = ex->n_pos;
+        for (int32_t c = 0; c < n; c += t->loss_rows)
+            TRY(loss_chunk(t, r + c, n - c < t->loss_rows ? n - c : t->loss_rows, ex->loss, ex->k, ex->temperature,
+                           t->dh, err, errn));
+        r += n, e = f;
     }
-    if (n) TRY(loss_rows(t, ex, rows, terms, n, t->dh, &loss, err, errn));
     if (logits_out) { /* every row's logits (the scored ones were computed above too, but not kept) */
         for (int32_t t0 = 0; t0 < T; t0 += t->loss_rows) {
             const int32_t tn = T - t0 < t->loss_rows ? T - t0 : t->loss_rows;
-            for (int32_t i = 0; i < tn; i++) rows[i] = t0 + i;
-            CU(cudaMemcpyAsync(t->d_rows, rows, (size_t)tn * 4, cudaMemcpyHostToDevice, t->s), "rows");
-            k_gather_rows(t->s, m->f32, t->hrows, t->hf, t->d_rows, tn, H);
+            int32_t *lr = rows + 2 * T; /* device rows nr ..: after the loss rows */
+            for (int32_t i = 0; i < tn; i++) lr[i] = t0 + i;
+            CU(cudaMemcpyAsync(t->d_rows + nr, lr, (size_t)tn * 4, cudaMemcpyHostToDevice, t->s), "rows");
+            k_gather_rows(t->s, m->f32, t->hrows, t->hf, t->d_rows + nr, tn, H);
             const cudaDataType at = m->f32 ? CUDA_R_32F : CUDA_R_16BF;
             BL(cublasGemmEx(t->blas, CUBLAS_OP_T, CUBLAS_OP_N, V, tn, H, &ONE, m->lm_head, at, H, t->hrows, at, H, &ZERO,
                             t->logits, CUDA_R_32F, V, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
@@ -905,20 +1016,24 @@ static int train_example(gpu_train *t, const gpu_train_example *ex, double *loss
         }
     }
     prof_mark(t, TP_LOSS);
-    *loss_sum = loss;
-    *count = cnt;
-    if (t->prof) t->prof->examples++;
-    if (t->first_adapted >= L) return 0;
-    /* backward */
-    tk_norm_bwd<<<T, 256, 0, t->s>>>(t->dx, t->dh, xl, m->final_norm, t->rf, H, 1, H, 0, H, 0);
-    prof_mark(t, TP_EMBED_NORM);
-    for (int32_t l = L - 1; l >= t->first_adapted; l--) {
-        tacts *A = &t->acts[t->recompute ? 0 : l];
-        const float *xin = t->xs + l * stride;
-        if (t->recompute) TRY(layer_fwd(t, l, A, xin, t->hd_tmp, T, err, errn)); /* output unused */
-        TRY(layer_bwd(t, l, A, xin, T, err, errn));
+    if (nr) CU(cudaMemcpyAsync(t->h_loss, t->row_loss, (size_t)nr * 8, cudaMemcpyDeviceToHost, t->s), "loss");
+    if (t->prof) t->prof->examples += n_ex;
+    if (t->first_adapted < L) {
+        /* backward */
+        tk_norm_bwd<<<T, 256, 0, t->s>>>(t->dx, t->dh, xl, m->final_norm, t->rf, H, 1, H, 0, H, 0);
+        prof_mark(t, TP_EMBED_NORM);
+        for (int32_t l = L - 1; l >= t->first_adapted; l--) {
+            tacts *A = &t->acts[t->recompute ? 0 : l];
+            const float *xin = t->xs + l * stride;
+            if (t->recompute) TRY(layer_fwd(t, l, A, xin, t->hd_tmp, T, err, errn)); /* output unused */
+            TRY(layer_bwd(t, l, A, xin, T, err, errn));
+        }
     }
-    CU(cudaGetLastError(), "LoRA backward");
+    CU(cudaStreamSynchronize(t->s), "LoRA training pass");
+    double loss = 0;
+    for (int32_t i = 0; i < nr; i++) loss += t->h_loss[i];
+    *loss_sum = loss;
+    *count = nr;
     prof_flush(t);
     return 0;
 }
@@ -956,7 +1071,7 @@ void gpu_train_api(prism_gpu_api *api) {
     api->train_set = train_set;
     api->train_get = train_get;
     api->train_zero_grad = train_zero_grad;
-    api->train_example = train_example;
+    api->train_batch = train_batch;
     api->train_scale_norm = train_scale_norm;
     api->train_adamw = train_adamw;
 }

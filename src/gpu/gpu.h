@@ -19,7 +19,7 @@
 extern "C" {
 #endif
 
-#define PRISM_GPU_ABI 2
+#define PRISM_GPU_ABI 3
 
 /* Status codes: the values of prism_status (checked in device.c). */
 enum { PRISM_GPU_OK = 0, PRISM_GPU_E_UNSUPPORTED = 3, PRISM_GPU_E_ARG = 4, PRISM_GPU_E_NOMEM = 5, PRISM_GPU_E_RANGE = 6,
@@ -146,23 +146,26 @@ typedef struct prism_gpu_api {
     int (*argmax)(gpu_ctx *c, int32_t *out, char *err, size_t errn);
     /* Residual stream rows [i0, i0 + n) of the last batch into out (n, H). */
     int (*hidden)(gpu_ctx *c, int32_t i0, int32_t n, float *out, char *err, size_t errn);
-    /* LoRA training of one adapter shaped like mods (values unused here) on
-     * sequences up to max_tokens: its parameters, gradients and AdamW moments
+    /* LoRA training of one adapter shaped like mods (values unused here):
+     * passes of up to max_tokens tokens, sequences of up to max_seq of them
+     * (max_seq <= max_tokens); its parameters, gradients and AdamW moments
      * live on the device (zero until set). recompute: keep only each layer's
      * input and recompute its internals before its backward. */
-    int (*train_new)(gpu_model *m, const gpu_lora_desc *mods, int32_t max_tokens, int32_t recompute, gpu_train **out,
-                     char *err, size_t errn);
+    int (*train_new)(gpu_model *m, const gpu_lora_desc *mods, int32_t max_tokens, int32_t max_seq, int32_t recompute,
+                     gpu_train **out, char *err, size_t errn);
     void (*train_free)(gpu_train *t);
     /* Upload (set) or download (get) parameters, gradients or moments (GPU_TRAIN_*);
      * set reads mods[i].A / .B, get writes dst[i].A / .B, for adapted modules. */
     int (*train_set)(gpu_train *t, int32_t which, const gpu_lora_desc *mods, char *err, size_t errn);
     int (*train_get)(gpu_train *t, int32_t which, const gpu_lora_dst *dst, char *err, size_t errn);
     int (*train_zero_grad)(gpu_train *t, char *err, size_t errn);
-    /* Forward + backward of one sequence: adds d(loss_sum)/dθ into the device
-     * gradients; *loss_sum and *count as train_example_grad; logits_out (host,
-     * n_tokens x vocab) receives the student logits when not NULL. */
-    int (*train_example)(gpu_train *t, const gpu_train_example *ex, double *loss_sum, int64_t *count, float *logits_out,
-                         char *err, size_t errn);
+    /* Forward + backward of n sequences in one pass (their tokens summed at
+     * most max_tokens): adds d(loss_sum)/dθ into the device gradients;
+     * *loss_sum and *count as train_example_grad, over all n; logits_out
+     * (host, Σ n_tokens x vocab, sequence after sequence) receives the student
+     * logits when not NULL. */
+    int (*train_batch)(gpu_train *t, const gpu_train_example *ex, int32_t n, double *loss_sum, int64_t *count,
+                       float *logits_out, char *err, size_t errn);
     /* Gradients *= scale, then *norm = their global 2-norm. */
     int (*train_scale_norm)(gpu_train *t, double scale, double *norm, char *err, size_t errn);
     /* torch.optim.AdamW step number `step` (1-based) on the gradients times grad_scale. */

@@ -57,6 +57,7 @@ struct train_ws {
     float *hrows, *drows;     /* (CHUNK, H) gathered final-normed rows and their gradients */
     float *yscr;              /* (T, H) discarded layer output when recomputing */
     /* CUDA models: the module's training session, made for the first adapter seen */
+    int32_t pass_T;           /* tokens of one device pass (several sequences packed), >= max_T */
     const prism_gpu_api *api;
     gpu_train *gt;
     prism_adapter *layout;    /* zero-valued adapter of the session's shapes (also the download buffer) */
@@ -137,6 +138,7 @@ prism_status train_ws_new(const prism_model *m, int32_t max_tokens, bool recompu
     if (!w) return prism_error(PRISM_E_NOMEM, "out of memory");
     if (m->gpu) { /* the device holds everything; the session is made with the first adapter */
         w->max_T = max_tokens;
+        w->pass_T = max_tokens;
         w->n_layers = c->n_layers;
         w->recompute = recompute;
         w->api = m->gpu_api;
@@ -495,9 +497,39 @@ static prism_status gpu_session(train_ws *w, const prism_model *m, const prism_a
     gpu_lora_desc *d = descs_of(w->layout, w->n_layers);
     if (!d) return prism_error(PRISM_E_NOMEM, "out of memory");
     char err[1024] = "";
-    st = (prism_status)w->api->train_new(m->gpu, d, w->max_T, w->recompute, &w->gt, err, sizeof err);
+    for (;;) { /* packed passes as long as asked, or as long as the device's memory allows */
+        st = (prism_status)w->api->train_new(m->gpu, d, w->pass_T, w->max_T, w->recompute, &w->gt, err, sizeof err);
+        if (st != (prism_status)PRISM_GPU_E_NOMEM || w->pass_T == w->max_T) break;
+        const int32_t half = w->pass_T / 2;
+        w->pass_T = half > w->max_T ? half : w->max_T;
+    }
     free(d);
     return gpu_check(st, err);
+}
+
+/* The example fits the workspace and its ids are in the vocabulary. */
+static prism_status example_check(const train_ws *w, const prism_model *m, const train_example *ex) {
+    const int64_t T = ex->n_tokens, V = m->cfg.vocab;
+    if (T <= 0 || T > w->max_T)
+        return prism_error(PRISM_E_ARG, "training sequence of %lld tokens (workspace holds %d)", (long long)T, w->max_T);
+    for (int64_t t = 0; t < T; t++)
+        if (ex->tokens[t] < 0 || ex->tokens[t] >= V)
+            return prism_error(PRISM_E_ARG, "token %d at position %lld is outside the vocabulary", ex->tokens[t], (long long)t);
+    if (ex->loss == LOSS_KL) {
+        if (ex->k <= 0 || ex->k > V || !(ex->temperature > 0) || ex->n_pos < 0)
+            return prism_error(PRISM_E_ARG, "KL example needs 1 <= k <= vocab and temperature > 0 (k %d, T %g)", ex->k, ex->temperature);
+        for (int32_t p = 0; p < ex->n_pos; p++)
+            if (ex->positions[p] < 0 || ex->positions[p] >= T)
+                return prism_error(PRISM_E_ARG, "KL position %d is outside the %lld-token sequence", ex->positions[p], (long long)T);
+        for (int64_t i = 0; i < (int64_t)ex->n_pos * ex->k; i++)
+            if (ex->teacher_indices[i] < 0 || ex->teacher_indices[i] >= V)
+                return prism_error(PRISM_E_ARG, "teacher top-k index %d is outside the vocabulary", ex->teacher_indices[i]);
+    } else {
+        for (int64_t t = 0; t < T; t++)
+            if (ex->labels[t] != -100 && (ex->labels[t] < 0 || ex->labels[t] >= V))
+                return prism_error(PRISM_E_ARG, "label %d at position %lld is outside the vocabulary", ex->labels[t], (long long)t);
+    }
+    return PRISM_OK;
 }
 
 static gpu_train_example gpu_ex(const train_example *ex) {
@@ -505,23 +537,35 @@ static gpu_train_example gpu_ex(const train_example *ex) {
                                ex->positions, ex->teacher_values, ex->teacher_indices, ex->temperature};
 }
 
-/* train_example_grad on the device: a's values uploaded, the example's
- * gradient downloaded and added into grad. */
-static prism_status gpu_example_grad(train_ws *w, const prism_model *m, const prism_adapter *a, prism_adapter *grad,
-                                     const train_example *ex, double *loss_sum, int64_t *count, float *logits_out) {
+/* train_batch_grad on the device: a's values uploaded, the examples run in
+ * packed passes, the gradient downloaded and added into grad. */
+static prism_status gpu_batch_grad(train_ws *w, const prism_model *m, const prism_adapter *a, prism_adapter *grad,
+                                   const train_example *exs, int32_t n, double *loss_sum, int64_t *count,
+                                   float *logits_out) {
     prism_status st = gpu_session(w, m, a);
     if (st) return st;
     char err[1024] = "";
     gpu_lora_desc *d = descs_of(a, w->n_layers);
     gpu_lora_dst *dst = dsts_of(w->layout);
-    if (!d || !dst) st = prism_error(PRISM_E_NOMEM, "out of memory");
+    gpu_train_example *gx = malloc((size_t)n * sizeof *gx);
+    if (!d || !dst || !gx) st = prism_error(PRISM_E_NOMEM, "out of memory");
     if (!st && a) st = (prism_status)w->api->train_set(w->gt, GPU_TRAIN_PARAMS, d, err, sizeof err);
     if (!st) st = (prism_status)w->api->train_zero_grad(w->gt, err, sizeof err);
-    gpu_train_example gx = gpu_ex(ex);
-    if (!st) st = (prism_status)w->api->train_example(w->gt, &gx, loss_sum, count, logits_out, err, sizeof err);
+    for (int32_t i = 0; i < n && gx; i++) gx[i] = gpu_ex(&exs[i]);
+    for (int32_t i = 0; i < n && !st;) { /* greedy passes of up to pass_T tokens */
+        int32_t j = i, tok = 0;
+        while (j < n && (j == i || tok + exs[j].n_tokens <= w->pass_T)) tok += exs[j++].n_tokens;
+        double ls = 0;
+        int64_t c = 0;
+        st = (prism_status)w->api->train_batch(w->gt, gx + i, j - i, &ls, &c, logits_out, err, sizeof err);
+        *loss_sum += ls, *count += c;
+        if (logits_out) logits_out += (int64_t)tok * m->cfg.vocab;
+        i = j;
+    }
     if (!st && a && grad) st = (prism_status)w->api->train_get(w->gt, GPU_TRAIN_GRADS, dst, err, sizeof err);
     free(d);
     free(dst);
+    free(gx);
     if (st) return gpu_check(st, err);
     if (a && grad)
         for (int64_t i = 0; i < (int64_t)a->n_layers * LORA_N_TARGETS; i++) {
@@ -535,6 +579,12 @@ static prism_status gpu_example_grad(train_ws *w, const prism_model *m, const pr
 }
 
 bool train_ws_on_gpu(const train_ws *w) { return w && w->api; }
+
+void train_ws_set_pass_tokens(train_ws *w, int32_t tokens) {
+    if (w->api && !w->gt) w->pass_T = tokens > w->max_T ? tokens : w->max_T;
+}
+
+int32_t train_ws_pass_tokens(const train_ws *w) { return w->api ? w->pass_T : w->max_T; }
 
 prism_status train_ws_gpu_load(train_ws *w, const prism_model *m, const prism_adapter *a, const prism_adapter *mo,
                                const prism_adapter *vo) {
@@ -572,10 +622,21 @@ prism_status train_ws_gpu_zero(train_ws *w) {
     return gpu_check((prism_status)w->api->train_zero_grad(w->gt, err, sizeof err), err);
 }
 
-prism_status train_ws_gpu_example(train_ws *w, const train_example *ex, double *loss_sum, int64_t *count) {
+prism_status train_ws_gpu_batch(train_ws *w, const prism_model *m, const train_example *exs, int32_t n,
+                                double *loss_sum, int64_t *count) {
+    *loss_sum = 0;
+    *count = 0;
+    gpu_train_example *gx = malloc((size_t)(n > 0 ? n : 1) * sizeof *gx);
+    if (!gx) return prism_error(PRISM_E_NOMEM, "out of memory");
+    prism_status st = PRISM_OK;
+    for (int32_t i = 0; i < n && !st; i++) {
+        st = example_check(w, m, &exs[i]);
+        gx[i] = gpu_ex(&exs[i]);
+    }
     char err[1024] = "";
-    gpu_train_example gx = gpu_ex(ex);
-    return gpu_check((prism_status)w->api->train_example(w->gt, &gx, loss_sum, count, NULL, err, sizeof err), err);
+    if (!st) st = gpu_check((prism_status)w->api->train_batch(w->gt, gx, n, loss_sum, count, NULL, err, sizeof err), err);
+    free(gx);
+    return st;
 }
 
 prism_status train_ws_gpu_step(train_ws *w, int64_t count, double max_grad_norm, double lr, const adamw_params *hp,
@@ -600,28 +661,11 @@ prism_status train_example_grad(train_ws *w, const prism_model *m, const prism_a
     const int64_t T = ex->n_tokens, H = c->hidden, V = c->vocab;
     *loss_sum = 0;
     *count = 0;
-    if (T <= 0 || T > w->max_T)
-        return prism_error(PRISM_E_ARG, "training sequence of %lld tokens (workspace holds %d)", (long long)T, w->max_T);
     if (a && (a->n_layers != c->n_layers || !grad || grad->n_layers != a->n_layers))
         return prism_error(PRISM_E_ARG, "adapter and gradient buffers do not match the model's %d layers", c->n_layers);
-    for (int64_t t = 0; t < T; t++)
-        if (ex->tokens[t] < 0 || ex->tokens[t] >= V)
-            return prism_error(PRISM_E_ARG, "token %d at position %lld is outside the vocabulary", ex->tokens[t], (long long)t);
-    if (ex->loss == LOSS_KL) {
-        if (ex->k <= 0 || ex->k > V || !(ex->temperature > 0) || ex->n_pos < 0)
-            return prism_error(PRISM_E_ARG, "KL example needs 1 <= k <= vocab and temperature > 0 (k %d, T %g)", ex->k, ex->temperature);
-        for (int32_t p = 0; p < ex->n_pos; p++)
-            if (ex->positions[p] < 0 || ex->positions[p] >= T)
-                return prism_error(PRISM_E_ARG, "KL position %d is outside the %lld-token sequence", ex->positions[p], (long long)T);
-        for (int64_t i = 0; i < (int64_t)ex->n_pos * ex->k; i++)
-            if (ex->teacher_indices[i] < 0 || ex->teacher_indices[i] >= V)
-                return prism_error(PRISM_E_ARG, "teacher top-k index %d is outside the vocabulary", ex->teacher_indices[i]);
-    } else {
-        for (int64_t t = 0; t < T; t++)
-            if (ex->labels[t] != -100 && (ex->labels[t] < 0 || ex->labels[t] >= V))
-                return prism_error(PRISM_E_ARG, "label %d at position %lld is outside the vocabulary", ex->labels[t], (long long)t);
-    }
-    if (w->api) return gpu_example_grad(w, m, a, grad, ex, loss_sum, count, logits_out);
+    prism_status vst = example_check(w, m, ex);
+    if (vst) return vst;
+    if (w->api) return gpu_batch_grad(w, m, a, grad, ex, 1, loss_sum, count, logits_out);
     int32_t max_r = 0;
     int32_t first_adapted = c->n_layers;
     if (a)
@@ -705,4 +749,30 @@ prism_status train_example_grad(train_ws *w, const prism_model *m, const prism_a
         layer_bwd(w, m, a, grad, l, A, xin, T);
     }
     return PRISM_OK;
+}
+
+prism_status train_batch_grad(train_ws *w, const prism_model *m, const prism_adapter *a, prism_adapter *grad,
+                              const train_example *exs, int32_t n, double *loss_sum, int64_t *count, float *logits_out) {
+    *loss_sum = 0;
+    *count = 0;
+    if (n < 1) return prism_error(PRISM_E_ARG, "a training batch needs at least one example (got %d)", n);
+    if (!w->api) {
+        for (int32_t i = 0; i < n; i++) {
+            double ls = 0;
+            int64_t c = 0;
+            prism_status st = train_example_grad(w, m, a, grad, &exs[i], &ls, &c, logits_out);
+            if (st) return st;
+            *loss_sum += ls, *count += c;
+            if (logits_out) logits_out += (int64_t)exs[i].n_tokens * m->cfg.vocab;
+        }
+        return PRISM_OK;
+    }
+    const prism_config *c = &m->cfg;
+    if (a && (a->n_layers != c->n_layers || !grad || grad->n_layers != a->n_layers))
+        return prism_error(PRISM_E_ARG, "adapter and gradient buffers do not match the model's %d layers", c->n_layers);
+    for (int32_t i = 0; i < n; i++) {
+        prism_status st = example_check(w, m, &exs[i]);
+        if (st) return st;
+    }
+    return gpu_batch_grad(w, m, a, grad, exs, n, loss_sum, count, logits_out);
 }

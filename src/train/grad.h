@@ -48,6 +48,12 @@ void train_ws_free(train_ws *w);
 prism_status train_example_grad(train_ws *w, const prism_model *m, const prism_adapter *a, prism_adapter *grad,
                                 const train_example *ex, double *loss_sum, int64_t *count, float *logits_out);
 
+/* train_example_grad of n examples, their losses, counts and gradients
+ * summed; logits_out (Σ n_tokens, V) sequence after sequence. On a CUDA model
+ * the examples run packed into passes of up to train_ws_pass_tokens tokens. */
+prism_status train_batch_grad(train_ws *w, const prism_model *m, const prism_adapter *a, prism_adapter *grad,
+                              const train_example *exs, int32_t n, double *loss_sum, int64_t *count, float *logits_out);
+
 /* ---- CUDA models: the trainer keeps parameters, gradients and AdamW moments
  * on the device between steps (train_example_grad itself always works, by
  * uploading the adapter and downloading the gradient). */
@@ -59,8 +65,18 @@ prism_status train_ws_gpu_load(train_ws *w, const prism_model *m, const prism_ad
 /* Downloads parameters and moments (a->version is bumped). */
 prism_status train_ws_gpu_store(train_ws *w, prism_adapter *a, prism_adapter *mo, prism_adapter *vo);
 prism_status train_ws_gpu_zero(train_ws *w);
-/* Adds one example's gradient (the loaded parameters) into the device gradients. */
-prism_status train_ws_gpu_example(train_ws *w, const train_example *ex, double *loss_sum, int64_t *count);
+/* Tokens of one device pass: sequences are packed into passes of up to this
+ * many tokens (train_ws_gpu_batch), so the GEMMs see thousands of rows.
+ * set: before the first device call; at least the workspace's max_tokens.
+ * The session halves it (down to max_tokens) when the device memory is short;
+ * get: what the session got (max_tokens on the CPU). */
+void train_ws_set_pass_tokens(train_ws *w, int32_t tokens);
+int32_t train_ws_pass_tokens(const train_ws *w);
+/* Adds the gradient of n examples (the loaded parameters), one pass with at
+ * most train_ws_pass_tokens tokens in all, into the device gradients;
+ * *loss_sum and *count summed over them. */
+prism_status train_ws_gpu_batch(train_ws *w, const prism_model *m, const train_example *exs, int32_t n,
+                                double *loss_sum, int64_t *count);
 /* Gradients / count, global-norm clipping (*norm before it), AdamW update number step. */
 prism_status train_ws_gpu_step(train_ws *w, int64_t count, double max_grad_norm, double lr, const adamw_params *hp,
                                int64_t step, double *norm);

@@ -10,6 +10,7 @@
 
 #include <jansson.h>
 #include <math.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -18,6 +19,9 @@
 #include "util/timer.h"
 
 enum { TEACHER_CHUNK = 256 };
+/* CUDA: tokens of one packed training pass, at least (when a step has them)
+ * and at most; the device session halves the pass while its memory is short. */
+enum { PASS_MIN_TOKENS = 4096, PASS_MAX_TOKENS = 1 << 16 };
 
 trainer_params trainer_default_params(void) {
     return (trainer_params){.loss = LOSS_CE, .epochs = 1, .batch_size = 1, .grad_accum = 1, .lr = 2e-4,
@@ -227,9 +231,26 @@ prism_status trainer_run(prism_model *m, prism_adapter *a, const train_data *d, 
         cp.n_batch = TEACHER_CHUNK;
         st = prism_ctx_new(m, cp, &tctx);
     }
-    /* CUDA models: parameters, gradients and moments stay on the device between steps */
+    /* CUDA models: parameters, gradients and moments stay on the device between
+     * steps, and a step's sequences run packed into passes of a micro-batch's
+     * worth of tokens (at least PASS_MIN_TOKENS when the step has them). */
     const bool dev = !st && train_ws_on_gpu(ws);
-    if (dev) st = train_ws_gpu_load(ws, m, a, mo, vo);
+    train_example *pk = NULL; /* the pass being packed */
+    size_t *pk_toff = NULL;   /* where each one's teacher top-k lies in tval / tidx */
+    int32_t pk_n = 0, pk_tokens = 0, pk_cap = 0, pass_T = 0;
+    if (dev) {
+        int64_t want = (int64_t)p->batch_size * d->max_tokens, floor = per_step * (int64_t)d->max_tokens;
+        if (floor > PASS_MIN_TOKENS) floor = PASS_MIN_TOKENS;
+        if (want < floor) want = floor;
+        if (want > PASS_MAX_TOKENS) want = PASS_MAX_TOKENS;
+        train_ws_set_pass_tokens(ws, (int32_t)want);
+        st = train_ws_gpu_load(ws, m, a, mo, vo);
+        pass_T = train_ws_pass_tokens(ws);
+        pk_cap = (int32_t)(per_step < pass_T ? per_step : pass_T);
+        pk = malloc((size_t)pk_cap * sizeof *pk);
+        pk_toff = malloc((size_t)pk_cap * sizeof *pk_toff);
+        if (!st && (!pk || !pk_toff)) st = prism_error(PRISM_E_NOMEM, "trainer: out of memory");
+    }
     if (st) goto done;
     epoch_order(perm, d->n, s.seed, s.epoch, p->shuffle);
 
@@ -250,13 +271,34 @@ prism_status trainer_run(prism_model *m, prism_adapter *a, const train_data *d, 
         }
         double loss_sum = 0;
         int64_t count = 0, tokens = 0;
-        for (int32_t j = 0; j < n_ex && !st; j++) {
-            const train_item *it = &d->items[perm[s.pos + j]];
+        size_t tused = 0; /* teacher values held for the pass being packed */
+        int32_t pk_first = 0;
+        for (int32_t j = 0; j <= n_ex && !st; j++) {
+            const train_item *it = j < n_ex ? &d->items[perm[s.pos + j]] : NULL;
+            if (dev && pk_n && (!it || pk_tokens + it->n_tokens > pass_T || pk_n == pk_cap)) { /* run the pass */
+                for (int32_t e = 0; e < pk_n; e++)
+                    if (pk_toff[e] != SIZE_MAX) pk[e].teacher_values = tval + pk_toff[e], pk[e].teacher_indices = tidx + pk_toff[e];
+                double ls = 0;
+                int64_t cnt = 0;
+                st = train_ws_gpu_batch(ws, m, pk, pk_n, &ls, &cnt);
+                if (st) {
+                    const int l0 = d->items[perm[s.pos + pk_first]].line, l1 = d->items[perm[s.pos + pk_first + pk_n - 1]].line;
+                    if (pk_n == 1) prism_error_prefix("line %d", l0);
+                    else prism_error_prefix("lines %d..%d (one pass)", l0, l1);
+                    break;
+                }
+                loss_sum += ls;
+                count += cnt;
+                pk_n = 0, pk_tokens = 0, tused = 0;
+            }
+            if (!it) break;
+            if (dev && !pk_n) pk_first = j;
             const float *vals = NULL;
             const int32_t *idx = NULL;
             if (p->loss == LOSS_KL && it->teacher_tokens) {
-                size_t need = (size_t)it->n_pos * it->k;
+                size_t need = tused + (size_t)it->n_pos * it->k;
                 if (need > tcap) {
+                    if (need < 2 * tcap) need = 2 * tcap;
                     float *nv = realloc(tval, need * sizeof *nv);
                     if (nv) tval = nv;
                     int32_t *ni = realloc(tidx, need * sizeof *ni);
@@ -264,20 +306,27 @@ prism_status trainer_run(prism_model *m, prism_adapter *a, const train_data *d, 
                     if (!nv || !ni) { st = prism_error(PRISM_E_NOMEM, "trainer: out of memory for teacher top-k"); break; }
                     tcap = need;
                 }
-                st = teacher_topk(tctx, it->teacher_tokens, it->n_teacher, it->teacher_positions, it->n_pos, it->k, tval,
-                                  tidx);
+                st = teacher_topk(tctx, it->teacher_tokens, it->n_teacher, it->teacher_positions, it->n_pos, it->k,
+                                  tval + tused, tidx + tused);
                 if (st) { prism_error_prefix("line %d: teacher", it->line); break; }
-                vals = tval;
-                idx = tidx;
+                vals = tval + tused;
+                idx = tidx + tused;
             }
             train_example ex = train_item_example(it, p->loss, vals, idx);
+            tokens += it->n_tokens;
+            if (dev) { /* packed; its teacher values stay until the pass runs */
+                pk_toff[pk_n] = vals ? tused : SIZE_MAX; /* tval may move before the pass runs */
+                pk[pk_n++] = ex;
+                pk_tokens += it->n_tokens;
+                if (vals) tused += (size_t)it->n_pos * it->k;
+                continue;
+            }
             double ls = 0;
             int64_t cnt = 0;
-            st = dev ? train_ws_gpu_example(ws, &ex, &ls, &cnt) : train_example_grad(ws, m, a, g, &ex, &ls, &cnt, NULL);
+            st = train_example_grad(ws, m, a, g, &ex, &ls, &cnt, NULL);
             if (st) { prism_error_prefix("line %d", it->line); break; }
             loss_sum += ls;
             count += cnt;
-            tokens += it->n_tokens;
         }
         if (st) break;
         s.pos += n_ex;
@@ -321,7 +370,7 @@ prism_status trainer_run(prism_model *m, prism_adapter *a, const train_data *d, 
     res->steps_done = s.step;
     res->finished = !st && s.step == total;
 done:
-    free(perm); free(tval); free(tidx); free(cfg); free(saved);
+    free(perm); free(tval); free(tidx); free(cfg); free(saved); free(pk); free(pk_toff);
     prism_ctx_free(tctx);
     train_ws_free(ws);
     prism_adapter_free(g);
