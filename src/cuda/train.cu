@@ -486,11 +486,12 @@ static const void *as_act(gpu_train *t, const float *x, int64_t n) {
 }
 
 /* y (T, out; ldy) = x (T, in) · Wᵀ (+ beta·y) */
-static int w_fwd(gpu_train *t, float *y, int ldy, const float *x, const dlin *W, int32_t T, char *err, size_t errn) {
+static int w_fwd(gpu_train *t, float *y, int ldy, const float *x, const dlin *W, int32_t T, float beta, char *err,
+                 size_t errn) {
     const int in = (int)W->in, out = (int)W->out;
     const void *xa = as_act(t, x, (int64_t)T * in);
     const cudaDataType at = t->m->f32 ? CUDA_R_32F : CUDA_R_16BF;
-    BL(cublasGemmEx(t->blas, CUBLAS_OP_T, CUBLAS_OP_N, out, T, in, &ONE, W->w, at, in, xa, at, in, &ZERO, y, CUDA_R_32F,
+    BL(cublasGemmEx(t->blas, CUBLAS_OP_T, CUBLAS_OP_N, out, T, in, &ONE, W->w, at, in, xa, at, in, &beta, y, CUDA_R_32F,
                     ldy, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
     return 0;
 }
@@ -516,26 +517,66 @@ static const tmod *mod_of(const gpu_train *t, int32_t l, int target) {
     return md->r ? md : NULL;
 }
 
-/* LoRA forward: mid = x·Aᵀ; y[:, col..] += s·mid·Bᵀ */
+/* LoRA forward: mid = x·Aᵀ; y[:, col..] = s·mid·Bᵀ + beta·y */
 static int lora_fwd(gpu_train *t, const tmod *md, const float *x, int ldx, float *mid, float *y, int ldy, int32_t T,
-                    char *err, size_t errn) {
+                    float beta, char *err, size_t errn) {
     if (!md) return 0;
     const float *A = t->p + md->offA, *B = t->p + md->offB;
     TRY(sg(t, CUBLAS_OP_T, CUBLAS_OP_N, md->r, T, md->in, 1.0f, A, md->in, x, ldx, 0.0f, mid, md->r, err, errn));
-    TRY(sg(t, CUBLAS_OP_T, CUBLAS_OP_N, md->out, T, md->r, md->scale, B, md->r, mid, md->r, 1.0f, y, ldy, err, errn));
+    TRY(sg(t, CUBLAS_OP_T, CUBLAS_OP_N, md->out, T, md->r, md->scale, B, md->r, mid, md->r, beta, y, ldy, err, errn));
     return 0;
 }
 
-/* LoRA backward (lin_bwd in grad.c): tmp = dy·B; dB += s·dyᵀ·mid; dA += s·tmpᵀ·x; dx += s·tmp·A */
+/* LoRA backward (lin_bwd in grad.c): tmp = dy·B; dB += s·dyᵀ·mid; dA += s·tmpᵀ·x; dx = s·tmp·A + beta·dx */
 static int lora_bwd(gpu_train *t, const tmod *md, const float *x, int ldx, const float *mid, const float *dy, int ldy,
-                    float *dx, int lddx, int32_t T, char *err, size_t errn) {
+                    float *dx, int lddx, int32_t T, float beta, char *err, size_t errn) {
     if (!md) return 0;
     const float *A = t->p + md->offA, *B = t->p + md->offB;
     float *gA = t->g + md->offA, *gB = t->g + md->offB, *tmp = t->ltmp;
     TRY(sg(t, CUBLAS_OP_N, CUBLAS_OP_N, md->r, T, md->out, 1.0f, B, md->r, dy, ldy, 0.0f, tmp, md->r, err, errn));
     TRY(sg(t, CUBLAS_OP_N, CUBLAS_OP_T, md->r, md->out, T, md->scale, mid, md->r, dy, ldy, 1.0f, gB, md->r, err, errn));
     TRY(sg(t, CUBLAS_OP_N, CUBLAS_OP_T, md->in, md->r, T, md->scale, x, ldx, tmp, md->r, 1.0f, gA, md->in, err, errn));
-    TRY(sg(t, CUBLAS_OP_N, CUBLAS_OP_N, md->in, T, md->r, md->scale, A, md->in, tmp, md->r, 1.0f, dx, lddx, err, errn));
+    TRY(sg(t, CUBLAS_OP_N, CUBLAS_OP_N, md->in, T, md->r, md->scale, A, md->in, tmp, md->r, beta, dx, lddx, err, errn));
+    return 0;
+}
+
+/* A projection y (T, ·; ldy) = x·Wᵀ + Σ_j LoRA_j(x) over the n targets tg[j]
+ * that split W's outputs (q|k|v, gate|up, or one), target j at column col[j].
+ * When every target is adapted, the LoRA products write y first and the
+ * frozen GEMM adds onto them in its epilogue (beta = 1: y is read there, while
+ * the GEMM is compute-bound, instead of a second read-modify-write pass). */
+static int proj_fwd(gpu_train *t, int32_t l, const int *tg, const int64_t *col, int n, tacts *A, const float *x, int ldx,
+                    const dlin *W, float *y, int ldy, int32_t T, char *err, size_t errn) {
+    int all = 1;
+    for (int j = 0; j < n; j++) all &= mod_of(t, l, tg[j]) != NULL;
+    if (!all) {
+        TRY(w_fwd(t, y, ldy, x, W, T, 0.0f, err, errn));
+        prof_mark(t, TP_GEMM_F);
+    }
+    for (int j = 0; j < n; j++)
+        TRY(lora_fwd(t, mod_of(t, l, tg[j]), x, ldx, A->mid[tg[j]], y + col[j], ldy, T, all ? 0.0f : 1.0f, err, errn));
+    prof_mark(t, TP_LORA_F);
+    if (all) {
+        TRY(w_fwd(t, y, ldy, x, W, T, 1.0f, err, errn));
+        prof_mark(t, TP_GEMM_F);
+    }
+    return 0;
+}
+
+/* Its backward: dx (T, in) = dy·W + Σ_j LoRA_j'(dy), with the LoRA gradients;
+ * the LoRA terms first, the frozen GEMM adding onto them. */
+static int proj_bwd(gpu_train *t, int32_t l, const int *tg, const int64_t *col, int n, const tacts *A, const float *x,
+                    int ldx, const dlin *W, const float *dy, int ldy, float *dx, int32_t T, char *err, size_t errn) {
+    float beta = 0.0f;
+    for (int j = 0; j < n; j++) {
+        const tmod *md = mod_of(t, l, tg[j]);
+        if (!md) continue;
+        TRY(lora_bwd(t, md, x, ldx, A->mid[tg[j]], dy + col[j], ldy, dx, (int)W->in, T, beta, err, errn));
+        beta = 1.0f;
+    }
+    if (beta != 0.0f) prof_mark(t, TP_LORA_B);
+    TRY(w_bwd(t, dx, dy, ldy, W, T, beta, err, errn));
+    prof_mark(t, TP_GEMM_B);
     return 0;
 }
 
@@ -549,14 +590,11 @@ static int layer_fwd(gpu_train *t, int32_t l, tacts *A, const float *x, float *y
     const dlayer *L = &m->layers[l];
     const int32_t H = m->H, hd = m->hd, nh = m->nh, nkv = m->nkv, F = m->F, group = nh / nkv;
     const int64_t qd = (int64_t)nh * hd, kvd = (int64_t)nkv * hd, qn = qd + 2 * kvd;
+    const int TQKV[3] = {LT_Q, LT_K, LT_V}, TGU[2] = {LT_GATE, LT_UP}, TO[1] = {LT_O}, TD[1] = {LT_DOWN};
+    const int64_t CQKV[3] = {0, qd, qd + kvd}, CGU[2] = {0, F}, C0[1] = {0};
     tk_norm_fwd<<<T, 256, 0, t->s>>>(A->h1, A->r1, x, L->attn_norm, H, m->eps);
     prof_mark(t, TP_ELT_F);
-    TRY(w_fwd(t, t->y, (int)qn, A->h1, &L->wqkv, T, err, errn));
-    prof_mark(t, TP_GEMM_F);
-    TRY(lora_fwd(t, mod_of(t, l, LT_Q), A->h1, H, A->mid[LT_Q], t->y, (int)qn, T, err, errn));
-    TRY(lora_fwd(t, mod_of(t, l, LT_K), A->h1, H, A->mid[LT_K], t->y + qd, (int)qn, T, err, errn));
-    TRY(lora_fwd(t, mod_of(t, l, LT_V), A->h1, H, A->mid[LT_V], t->y + qd + kvd, (int)qn, T, err, errn));
-    prof_mark(t, TP_LORA_F);
+    TRY(proj_fwd(t, l, TQKV, CQKV, 3, A, A->h1, H, &L->wqkv, t->y, (int)qn, T, err, errn));
     dim3 gq(T, (nh + 2 * nkv + 3) / 4);
     tk_qkv_fwd<<<gq, 128, 0, t->s>>>(t->y, L->bqkv, L->q_norm, L->k_norm, m->inv_freq, A->qraw, A->kraw, A->rq, A->rk,
                                      A->qh, A->kh, A->vh, t->d_sofs, t->d_slen, nh, nkv, hd, qn, m->eps);
@@ -575,26 +613,16 @@ static int layer_fwd(gpu_train *t, int32_t l, tacts *A, const float *x, float *y
     }
     tk_heads<<<T, 256, 0, t->s>>>(A->att, t->oh, t->d_sofs, t->d_slen, nh, hd, qd, 0, 0);
     prof_mark(t, TP_ATT_F);
-    TRY(w_fwd(t, t->y, H, A->att, &L->wo, T, err, errn));
-    prof_mark(t, TP_GEMM_F);
-    TRY(lora_fwd(t, mod_of(t, l, LT_O), A->att, (int)qd, A->mid[LT_O], t->y, H, T, err, errn));
-    prof_mark(t, TP_LORA_F);
+    TRY(proj_fwd(t, l, TO, C0, 1, A, A->att, (int)qd, &L->wo, t->y, H, T, err, errn));
     tk_add<<<grid_for((int64_t)T * H), 256, 0, t->s>>>(A->xmid, x, t->y, L->bo, (int64_t)T * H, H);
     tk_norm_fwd<<<T, 256, 0, t->s>>>(A->h2, A->r2, A->xmid, L->ffn_norm, H, m->eps);
     prof_mark(t, TP_ELT_F);
-    TRY(w_fwd(t, A->gu, 2 * F, A->h2, &L->wgu, T, err, errn));
-    prof_mark(t, TP_GEMM_F);
-    TRY(lora_fwd(t, mod_of(t, l, LT_GATE), A->h2, H, A->mid[LT_GATE], A->gu, 2 * F, T, err, errn));
-    TRY(lora_fwd(t, mod_of(t, l, LT_UP), A->h2, H, A->mid[LT_UP], A->gu + F, 2 * F, T, err, errn));
-    prof_mark(t, TP_LORA_F);
+    TRY(proj_fwd(t, l, TGU, CGU, 2, A, A->h2, H, &L->wgu, A->gu, 2 * F, T, err, errn));
     if (L->bgu) tk_bias<<<grid_for((int64_t)T * 2 * F), 256, 0, t->s>>>(A->gu, L->bgu, (int64_t)T * 2 * F, 2 * F);
     dim3 gs((F + 255) / 256, T);
     tk_swiglu_fwd<<<gs, 256, 0, t->s>>>(t->act, A->gu, F);
     prof_mark(t, TP_ELT_F);
-    TRY(w_fwd(t, t->y, H, t->act, &L->wd, T, err, errn));
-    prof_mark(t, TP_GEMM_F);
-    TRY(lora_fwd(t, mod_of(t, l, LT_DOWN), t->act, F, A->mid[LT_DOWN], t->y, H, T, err, errn));
-    prof_mark(t, TP_LORA_F);
+    TRY(proj_fwd(t, l, TD, C0, 1, A, t->act, F, &L->wd, t->y, H, T, err, errn));
     tk_add<<<grid_for((int64_t)T * H), 256, 0, t->s>>>(y_out, A->xmid, t->y, L->bd, (int64_t)T * H, H);
     prof_mark(t, TP_ELT_F);
     return 0;
@@ -606,33 +634,24 @@ static int layer_bwd(gpu_train *t, int32_t l, const tacts *A, const float *x, in
     const dlayer *L = &m->layers[l];
     const int32_t H = m->H, hd = m->hd, nh = m->nh, nkv = m->nkv, F = m->F, group = nh / nkv;
     const int64_t qd = (int64_t)nh * hd, kvd = (int64_t)nkv * hd, qn = qd + 2 * kvd;
+    const int TQKV[3] = {LT_Q, LT_K, LT_V}, TGU[2] = {LT_GATE, LT_UP}, TO[1] = {LT_O}, TD[1] = {LT_DOWN};
+    const int64_t CQKV[3] = {0, qd, qd + kvd}, CGU[2] = {0, F}, C0[1] = {0};
     float *dx = t->dx, *da = t->hd_tmp;
     /* MLP */
     prof_mark(t, TP_OTHER);
-    TRY(w_bwd(t, da, dx, H, &L->wd, T, 0.0f, err, errn));
-    prof_mark(t, TP_GEMM_B);
     dim3 gs((F + 255) / 256, T);
-    const tmod *mdown = mod_of(t, l, LT_DOWN);
-    if (mdown) { /* its input, silu(gate)·up, again */
+    if (mod_of(t, l, LT_DOWN)) { /* its input, silu(gate)·up, again */
         tk_swiglu_fwd<<<gs, 256, 0, t->s>>>(t->act, A->gu, F);
         prof_mark(t, TP_ELT_B);
     }
-    TRY(lora_bwd(t, mdown, t->act, F, A->mid[LT_DOWN], dx, H, da, F, T, err, errn));
-    prof_mark(t, TP_LORA_B);
+    TRY(proj_bwd(t, l, TD, C0, 1, A, t->act, F, &L->wd, dx, H, da, T, err, errn));
     tk_swiglu_bwd<<<gs, 256, 0, t->s>>>(t->dgu, da, A->gu, F);
     prof_mark(t, TP_ELT_B);
-    TRY(w_bwd(t, t->dh, t->dgu, 2 * F, &L->wgu, T, 0.0f, err, errn));
-    prof_mark(t, TP_GEMM_B);
-    TRY(lora_bwd(t, mod_of(t, l, LT_GATE), A->h2, H, A->mid[LT_GATE], t->dgu, 2 * F, t->dh, H, T, err, errn));
-    TRY(lora_bwd(t, mod_of(t, l, LT_UP), A->h2, H, A->mid[LT_UP], t->dgu + F, 2 * F, t->dh, H, T, err, errn));
-    prof_mark(t, TP_LORA_B);
+    TRY(proj_bwd(t, l, TGU, CGU, 2, A, A->h2, H, &L->wgu, t->dgu, 2 * F, t->dh, T, err, errn));
     tk_norm_bwd<<<T, 256, 0, t->s>>>(dx, t->dh, A->xmid, L->ffn_norm, A->r2, H, 1, H, 0, H, 1);
     prof_mark(t, TP_ELT_B);
     /* attention */
-    TRY(w_bwd(t, t->datt, dx, H, &L->wo, T, 0.0f, err, errn));
-    prof_mark(t, TP_GEMM_B);
-    TRY(lora_bwd(t, mod_of(t, l, LT_O), A->att, (int)qd, A->mid[LT_O], dx, H, t->datt, (int)qd, T, err, errn));
-    prof_mark(t, TP_LORA_B);
+    TRY(proj_bwd(t, l, TO, C0, 1, A, A->att, (int)qd, &L->wo, dx, H, t->datt, T, err, errn));
     const int32_t *so = t->d_sofs, *sl = t->d_slen;
     tk_heads<<<T, 256, 0, t->s>>>(t->datt, t->oh, so, sl, nh, hd, qd, 0, 1); /* oh := dO head-major */
     float *dqh = t->hd_tmp;                                                  /* head-major, T rows each */
@@ -665,12 +684,7 @@ static int layer_bwd(gpu_train *t, int32_t l, const tacts *A, const float *x, in
         tk_norm_bwd<<<T * nkv, 128, 0, t->s>>>(t->dqkv, t->dqkv, A->kraw, L->k_norm, A->rk, hd, nkv, qn, qd, kvd, 0);
     }
     prof_mark(t, TP_ATT_B);
-    TRY(w_bwd(t, t->dh, t->dqkv, (int)qn, &L->wqkv, T, 0.0f, err, errn));
-    prof_mark(t, TP_GEMM_B);
-    TRY(lora_bwd(t, mod_of(t, l, LT_Q), A->h1, H, A->mid[LT_Q], t->dqkv, (int)qn, t->dh, H, T, err, errn));
-    TRY(lora_bwd(t, mod_of(t, l, LT_K), A->h1, H, A->mid[LT_K], t->dqkv + qd, (int)qn, t->dh, H, T, err, errn));
-    TRY(lora_bwd(t, mod_of(t, l, LT_V), A->h1, H, A->mid[LT_V], t->dqkv + qd + kvd, (int)qn, t->dh, H, T, err, errn));
-    prof_mark(t, TP_LORA_B);
+    TRY(proj_bwd(t, l, TQKV, CQKV, 3, A, A->h1, H, &L->wqkv, t->dqkv, (int)qn, t->dh, T, err, errn));
     tk_norm_bwd<<<T, 256, 0, t->s>>>(dx, t->dh, x, L->attn_norm, A->r1, H, 1, H, 0, H, 1);
     prof_mark(t, TP_ELT_B);
     return 0;
