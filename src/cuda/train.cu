@@ -266,14 +266,27 @@ __global__ void tk_heads(float *rows, float *heads, const int32_t *sofs, const i
     }
 }
 
-/* Causal (sliding-window) softmax of score rows in place; row r is query t = r % T. */
-__global__ void tk_softmax(float *S, int32_t T, int32_t window) {
+/* Causal (sliding-window) softmax of score rows in place; row r is query t =
+ * r % T; one block of 128 threads per row. NPT > 0: the row (T <= 128·NPT)
+ * stays in registers, read once; NPT = 0: any length, read three times. */
+template <int NPT> __global__ void tk_softmax(float *S, int32_t T, int32_t window) {
     __shared__ float red[32];
     const int64_t row = blockIdx.x;
     const int32_t t = (int32_t)(row % T), first = window > 0 && t - window + 1 > 0 ? t - window + 1 : 0;
     float *s = S + row * T;
+    constexpr int N = NPT > 0 ? NPT : 1;
+    float v[N];
     float mx = -INFINITY;
-    for (int32_t j = first + threadIdx.x; j <= t; j += blockDim.x) mx = fmaxf(mx, s[j]);
+    if (NPT > 0) {
+#pragma unroll
+        for (int i = 0; i < N; i++) {
+            const int32_t j = threadIdx.x + i * 128;
+            v[i] = j >= first && j <= t ? s[j] : -INFINITY;
+            mx = fmaxf(mx, v[i]);
+        }
+    } else {
+        for (int32_t j = first + threadIdx.x; j <= t; j += blockDim.x) mx = fmaxf(mx, s[j]);
+    }
     for (int o = 16; o > 0; o >>= 1) mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, o));
     __shared__ float mxs[32];
     if ((threadIdx.x & 31) == 0) mxs[threadIdx.x >> 5] = mx;
@@ -281,21 +294,72 @@ __global__ void tk_softmax(float *S, int32_t T, int32_t window) {
     mx = -INFINITY;
     for (int w = 0; w < (int)((blockDim.x + 31) >> 5); w++) mx = fmaxf(mx, mxs[w]);
     float sum = 0.0f;
-    for (int32_t j = first + threadIdx.x; j <= t; j += blockDim.x) sum += expf(s[j] - mx);
+    if (NPT > 0) {
+#pragma unroll
+        for (int i = 0; i < N; i++) {
+            v[i] = v[i] == -INFINITY ? 0.0f : expf(v[i] - mx);
+            sum += v[i];
+        }
+    } else {
+        for (int32_t j = first + threadIdx.x; j <= t; j += blockDim.x) sum += expf(s[j] - mx);
+    }
     sum = block_sum(sum, red);
-    for (int32_t j = threadIdx.x; j < T; j += blockDim.x) s[j] = j >= first && j <= t ? expf(s[j] - mx) / sum : 0.0f;
+    if (NPT > 0) {
+#pragma unroll
+        for (int i = 0; i < N; i++) {
+            const int32_t j = threadIdx.x + i * 128;
+            if (j < T) s[j] = v[i] / sum;
+        }
+    } else {
+        for (int32_t j = threadIdx.x; j < T; j += blockDim.x) s[j] = j >= first && j <= t ? expf(s[j] - mx) / sum : 0.0f;
+    }
 }
 
-/* dS = P ⊙ (dP − Σ_j P·dP) · scale, in place in dP; one block per row. */
-__global__ void tk_dsoftmax(float *dP, const float *P, int32_t T, float scale) {
+/* dS = P ⊙ (dP − Σ_j P·dP) · scale, in place in dP; one block of 128 threads
+ * per row; NPT as tk_softmax. */
+template <int NPT> __global__ void tk_dsoftmax(float *dP, const float *P, int32_t T, float scale) {
     __shared__ float red[32];
     const int64_t row = blockIdx.x;
     const float *p = P + row * T;
     float *d = dP + row * T;
+    constexpr int N = NPT > 0 ? NPT : 1;
+    float pv[N], dv[N];
     float s = 0.0f;
-    for (int32_t j = threadIdx.x; j < T; j += blockDim.x) s += p[j] * d[j];
+    if (NPT > 0) {
+#pragma unroll
+        for (int i = 0; i < N; i++) {
+            const int32_t j = threadIdx.x + i * 128;
+            pv[i] = j < T ? p[j] : 0.0f, dv[i] = j < T ? d[j] : 0.0f;
+            s += pv[i] * dv[i];
+        }
+    } else {
+        for (int32_t j = threadIdx.x; j < T; j += blockDim.x) s += p[j] * d[j];
+    }
     s = block_sum(s, red);
-    for (int32_t j = threadIdx.x; j < T; j += blockDim.x) d[j] = p[j] == 0.0f ? 0.0f : p[j] * (d[j] - s) * scale;
+    if (NPT > 0) {
+#pragma unroll
+        for (int i = 0; i < N; i++) {
+            const int32_t j = threadIdx.x + i * 128;
+            if (j < T) d[j] = pv[i] == 0.0f ? 0.0f : pv[i] * (dv[i] - s) * scale;
+        }
+    } else {
+        for (int32_t j = threadIdx.x; j < T; j += blockDim.x) d[j] = p[j] == 0.0f ? 0.0f : p[j] * (d[j] - s) * scale;
+    }
+}
+
+/* Both over `rows` rows of length T, the register variant when the row fits. */
+static void softmax_rows(cudaStream_t st, float *S, int64_t rows, int32_t T, int32_t window) {
+    if (T <= 128) tk_softmax<1><<<(int)rows, 128, 0, st>>>(S, T, window);
+    else if (T <= 512) tk_softmax<4><<<(int)rows, 128, 0, st>>>(S, T, window);
+    else if (T <= 1024) tk_softmax<8><<<(int)rows, 128, 0, st>>>(S, T, window);
+    else tk_softmax<0><<<(int)rows, 128, 0, st>>>(S, T, window);
+}
+
+static void dsoftmax_rows(cudaStream_t st, float *dP, const float *P, int64_t rows, int32_t T, float scale) {
+    if (T <= 128) tk_dsoftmax<1><<<(int)rows, 128, 0, st>>>(dP, P, T, scale);
+    else if (T <= 512) tk_dsoftmax<4><<<(int)rows, 128, 0, st>>>(dP, P, T, scale);
+    else if (T <= 1024) tk_dsoftmax<8><<<(int)rows, 128, 0, st>>>(dP, P, T, scale);
+    else tk_dsoftmax<0><<<(int)rows, 128, 0, st>>>(dP, P, T, scale);
 }
 
 /* out = a + b (+ bias per column); n columns. */
@@ -606,7 +670,7 @@ static int layer_fwd(gpu_train *t, int32_t l, tacts *A, const float *x, float *y
         const int64_t o = t->seq_off[s], gt = (int64_t)group * n;
         TRY(sgb(t, CUBLAS_OP_T, CUBLAS_OP_N, n, (int)gt, hd, scale, A->kh + o * kvd, hd, (long long)n * hd,
                 A->qh + o * qd, hd, gt * hd, 0.0f, P, n, gt * n, nkv, err, errn));
-        tk_softmax<<<(int)(gt * nkv), 128, 0, t->s>>>(P, n, m->window); /* rows of every head: position = row % n */
+        softmax_rows(t->s, P, gt * nkv, n, m->window); /* rows of every head: position = row % n */
         TRY(sgb(t, CUBLAS_OP_N, CUBLAS_OP_N, hd, (int)gt, n, 1.0f, A->vh + o * kvd, hd, (long long)n * hd, P, n, gt * n,
                 0.0f, t->oh + o * qd, hd, gt * hd, nkv, err, errn));
         P += (int64_t)nh * n * n;
@@ -665,7 +729,7 @@ static int layer_bwd(gpu_train *t, int32_t l, const tacts *A, const float *x, in
         const float *kh = A->kh + o * kvd, *vh = A->vh + o * kvd, *qh = A->qh + o * qd, *oh = t->oh + o * qd;
         TRY(sgb(t, CUBLAS_OP_T, CUBLAS_OP_N, n, (int)gt, hd, 1.0f, vh, hd, skv, oh, hd, sq, 0.0f, t->dP, n, sp, nkv, err,
                 errn));
-        tk_dsoftmax<<<(int)(gt * nkv), 128, 0, t->s>>>(t->dP, P, n, scale);
+        dsoftmax_rows(t->s, t->dP, P, gt * nkv, n, scale);
         TRY(sgb(t, CUBLAS_OP_N, CUBLAS_OP_N, hd, (int)gt, n, 1.0f, kh, hd, skv, t->dP, n, sp, 0.0f, dqh + o * qd, hd, sq,
                 nkv, err, errn));
         TRY(sgb(t, CUBLAS_OP_N, CUBLAS_OP_T, hd, n, (int)gt, 1.0f, qh, hd, sq, t->dP, n, sp, 0.0f, dkh + o * kvd, hd, skv,
