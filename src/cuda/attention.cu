@@ -7,7 +7,9 @@
  * and one KV head, so its rows are (token, query head of that KV head's
  * group): every key and value is read once for the whole group. With split-K
  * (few tiles, long contexts: decode) the key range is cut into n_split parts
- * whose partial (max, sum, unnormalised output) a second kernel combines.
+ * whose partial (max, sum, unnormalised output) the last of them to finish
+ * combines (a ticket per tile and KV head), or a second kernel with
+ * PRISM_CUDA_FUSE=0.
  *
  * Masks: row (token at position p) sees keys [first(p), p] where first(p) =
  * p - window + 1 for sliding-window models (Mistral), else 0. */
@@ -44,8 +46,8 @@ template <class A, int DPL>
 __global__ void __launch_bounds__(ATT_THREADS)
     attention_kernel(const float *__restrict__ q, const A *kc, const A *vc, /* written with pp.on */
                      const att_tile *__restrict__ tiles, A *__restrict__ out, float *__restrict__ part_o,
-                     float2 *__restrict__ part_ml, int32_t T, int32_t nh, int32_t nkv, int32_t hd, int32_t n_ctx,
-                     int32_t window, float scale, att_post pp) {
+                     float2 *__restrict__ part_ml, int32_t *__restrict__ tickets, int32_t T, int32_t nh, int32_t nkv,
+                     int32_t hd, int32_t n_ctx, int32_t window, float scale, att_post pp) {
     static_assert(ATT_THREADS == 128 && ATT_KC == 32, "the thread layout assumes 4 warps and 32-key chunks");
     constexpr int EPV = 16 / sizeof(A), RPW = ATT_MAX_ROWS / 4;
     PRISM_DYN_SMEM(float, sm);
@@ -220,6 +222,35 @@ __global__ void __launch_bounds__(ATT_THREADS)
         }
         if (n_split > 1 && lane == 0) part_ml[((int64_t)split * T + ti) * nh + h] = make_float2(rm[r], l);
     }
+    if (n_split == 1 || !tickets) return;
+    /* the last split block of this (tile, KV head) to finish combines them:
+     * out = Σ_s o_s e^{m_s - M} / Σ_s l_s e^{m_s - M} */
+    __shared__ int last;
+    __threadfence(); /* this block's partials are visible before its ticket */
+    __syncthreads();
+    if (tid == 0) {
+        int32_t *tk = tickets + (int64_t)blockIdx.x * gridDim.y + kh;
+        last = atomicAdd(tk, 1) == n_split - 1;
+        if (last) *tk = 0; /* for the next launch (graph replays) */
+    }
+    __syncthreads();
+    if (!last) return;
+    __threadfence();
+    for (int e = tid; e < R * hd; e += ATT_THREADS) {
+        const int r = e / hd, d = e - r * hd, t = r / group, h = kh * group + r - t * group;
+        const int64_t ti = tile.i0 + t;
+        float M = -INFINITY;
+        for (int s = 0; s < n_split; s++) M = fmaxf(M, __ldcg(&part_ml[((int64_t)s * T + ti) * nh + h]).x);
+        float L = 0.0f, acc = 0.0f;
+        for (int s = 0; s < n_split; s++) {
+            const float2 ml = __ldcg(&part_ml[((int64_t)s * T + ti) * nh + h]);
+            if (ml.x == -INFINITY) continue;
+            const float wgt = expf(ml.x - M);
+            L += ml.y * wgt;
+            acc += __ldcg(&part_o[((int64_t)s * T + ti) * qd + (int64_t)h * hd + d]) * wgt;
+        }
+        stA(out + ti * qd + (int64_t)h * hd + d, L > 0.0f ? acc / L : 0.0f);
+    }
 }
 
 /* One block per (token, head): out = Σ_s o_s e^{m_s - M} / Σ_s l_s e^{m_s - M}. */
@@ -276,13 +307,14 @@ template <class A> static void attention_t(const gpu_ctx *c, int32_t layer, A *o
     const att_post pp = {c->att_fused, c->y, L->bqkv, L->q_norm, L->k_norm, m->inv_freq, c->qkv_n, m->eps};
     const A *kc = (const A *)c->kc + lay, *vc = (const A *)c->vc + lay;
     const float scale = 1.0f / sqrtf((float)m->hd);
+    int32_t *tickets = c->n_split > 1 && !no_fusion() ? c->att_tickets : NULL;
     switch (m->hd <= 32 ? 1 : m->hd <= 64 ? 2 : m->hd <= 128 ? 4 : 8) { /* hd <= ATT_MAX_HD, checked by ctx_new */
 #define CASE(n) \
-    case n: PDL_LAUNCH((attention_kernel<A, n>), grid, ATT_THREADS, smem, c->s, (const float *)c->q, kc, vc, (const att_tile *)c->d_tiles, out, c->part_o, c->part_ml, c->T, m->nh, m->nkv, m->hd, c->n_ctx, m->window, scale, pp); break;
+    case n: PDL_LAUNCH((attention_kernel<A, n>), grid, ATT_THREADS, smem, c->s, (const float *)c->q, kc, vc, (const att_tile *)c->d_tiles, out, c->part_o, c->part_ml, tickets, c->T, m->nh, m->nkv, m->hd, c->n_ctx, m->window, scale, pp); break;
         CASE(1) CASE(2) CASE(4) CASE(8)
 #undef CASE
     }
-    if (c->n_split > 1) {
+    if (c->n_split > 1 && !tickets) {
         dim3 g2(c->T, m->nh);
         PDL_LAUNCH(attention_combine<A>, g2, 128, 0, c->s, (const float *)c->part_o, (const float2 *)c->part_ml, out, c->T, m->nh, m->hd, c->n_split);
     }

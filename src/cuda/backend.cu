@@ -476,7 +476,7 @@ static void ctx_free(gpu_ctx *c) {
     if (c->s) cudaStreamSynchronize(c->s);
     for (int i = 0; i < GRAPH_CACHE; i++)
         if (c->graphs[i].exec) cudaGraphExecDestroy(c->graphs[i].exec);
-    void *d[] = {c->kc, c->vc, c->x, c->xb, c->y, c->q, c->part_o, c->part_ml, c->lora_t, c->gath, c->logits, c->act, c->amax, c->amax_pv, c->amax_pi,
+    void *d[] = {c->kc, c->vc, c->x, c->xb, c->y, c->q, c->part_o, c->part_ml, c->att_tickets, c->lora_t, c->gath, c->logits, c->act, c->amax, c->amax_pv, c->amax_pi,
                  c->meta_d, c->blas_ws};
     for (size_t i = 0; i < sizeof d / sizeof *d; i++) cudaFree(d[i]);
     if (c->meta_h) cudaFreeHost(c->meta_h);
@@ -488,7 +488,7 @@ static void ctx_free(gpu_ctx *c) {
     free(c);
 }
 
-/* A context buffer (uninitialised; see zero_dev). */
+/* A context buffer (uninitialised). */
 static int calloc_dev(gpu_ctx *c, void **p, size_t bytes, const char *what, char *err, size_t errn) {
     int rc = dalloc(p, bytes, what, err, errn);
     if (!rc) c->bytes += (int64_t)bytes;
@@ -547,6 +547,7 @@ static int ctx_new(gpu_model *m, int32_t n_seq, int32_t n_ctx, int32_t B, gpu_ct
         (rc = calloc_dev(c, (void **)&c->q, (size_t)(B * c->qd) * 4, "activations", err, errn)) ||
         (rc = calloc_dev(c, (void **)&c->part_o, (size_t)(ATT_MAX_SPLIT * ts * c->qd) * 4, "attention", err, errn)) ||
         (rc = calloc_dev(c, (void **)&c->part_ml, (size_t)(ATT_MAX_SPLIT * ts * m->nh) * 8, "attention", err, errn)) ||
+        (rc = calloc_dev(c, (void **)&c->att_tickets, (size_t)(ts * m->nkv) * 4, "attention", err, errn)) ||
         (rc = calloc_dev(c, (void **)&c->lora_t, (size_t)(B * LORA_RMAX) * 4, "LoRA", err, errn)) ||
         (rc = calloc_dev(c, (void **)&c->gath, (size_t)(B * H) * m->asz, "activations", err, errn)) ||
         (rc = calloc_dev(c, (void **)&c->act, (size_t)(GEMV_MAX_T * F) * m->asz, "activations", err, errn)) ||
@@ -555,6 +556,11 @@ static int ctx_new(gpu_model *m, int32_t n_seq, int32_t n_ctx, int32_t B, gpu_ct
         (rc = calloc_dev(c, (void **)&c->amax_pi, (size_t)B * AMAX_PARTS * 4, "argmax", err, errn))) {
         ctx_free(c);
         return rc;
+    }
+    cudaError_t ze = cudaMemsetAsync(c->att_tickets, 0, (size_t)(ts * m->nkv) * 4, c->s);
+    if (ze != cudaSuccess) {
+        ctx_free(c);
+        return gpu_fail(err, errn, PRISM_GPU_E_DEVICE, "clearing the attention tickets: %s", cudaGetErrorString(ze));
     }
     /* metadata block: tok, pos, seq, rows, hrows (B each) | tiles (B) | lora tiles (2B) | segment table (B) */
     size_t off = 0;
@@ -603,7 +609,7 @@ static int ctx_new(gpu_model *m, int32_t n_seq, int32_t n_ctx, int32_t B, gpu_ct
 }
 
 /* PRISM_CUDA_FUSE=0: the q|k|v post-processing and SwiGLU as kernels of their own (to bisect). */
-static int no_fusion(void) {
+int no_fusion(void) {
     static int v = -1;
     if (v < 0) v = getenv("PRISM_CUDA_FUSE") && *getenv("PRISM_CUDA_FUSE") == '0';
     return v;

@@ -241,6 +241,7 @@ struct gpu_ctx {
     float *q;           /* (B, qd) roped queries */
     float *part_o;      /* (ATT_MAX_SPLIT, min(B, ATT_SPLIT_TOKENS), qd) split-K partials */
     float2 *part_ml;    /* (ATT_MAX_SPLIT, min(B, ATT_SPLIT_TOKENS), nh) running max, sum */
+    int32_t *att_tickets; /* (min(B, ATT_SPLIT_TOKENS), nkv) split-K blocks done, 0 between launches */
     float *lora_t;      /* (B, LORA_RMAX) x·Aᵀ for one target */
     void *gath;         /* A (B, H) head rows */
     float *logits;      /* (cap_logits rows, V) device */
@@ -273,6 +274,7 @@ struct gpu_ctx {
 
 /* ---- error helpers and memory accounting (backend.cu) */
 int gpu_fail(char *err, size_t errn, int code, const char *fmt, ...);
+int no_fusion(void); /* PRISM_CUDA_FUSE=0: the unfused kernels, for A/B measurements */
 void account(int64_t delta); /* device bytes allocated (+) or freed (-), for model_memory */
 
 /* ---- kernels.cu (A = float when f32, else bf16; pointers to A are void *) */
