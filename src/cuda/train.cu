@@ -439,6 +439,42 @@ __global__ void tk_loss(const float *logits, float *dl, double *row_loss, const 
     row_loss[i] = topk_kl_row(lg, tval + p, tidx + p, K, temp, d);
 }
 
+/* Top-k KL rows without the LM head's GEMMs: the loss sees only the student
+ * logits at the teacher's k indices, z_j = h·W_lm[ti_j], so each row computes
+ * those k dot products, its loss and dz (topk_kl_row over z), and adds
+ * Σ_j dz_j·W_lm[ti_j] into dh's row — k·H instead of V·H per row, twice.
+ * One block per loss row; dynamic shared memory: z, dz, iota (k each). */
+template <class A>
+__global__ void tk_kl_sparse(const float *__restrict__ hf, const A *__restrict__ W, float *dh, double *row_loss,
+                             const int32_t *__restrict__ rows, const int32_t *__restrict__ terms,
+                             const float *__restrict__ tval, const int32_t *__restrict__ tidx, int32_t H, int32_t K,
+                             float temp) {
+    PRISM_DYN_SMEM(float, sm);
+    float *z = sm, *dz = z + K;
+    int32_t *iota = (int32_t *)(dz + K);
+    const int64_t i = blockIdx.x, r = rows[i], p = terms[i];
+    const float *h = hf + r * H;
+    const int32_t *ti = tidx + p;
+    const int lane = threadIdx.x & 31, w = threadIdx.x >> 5, nw = blockDim.x >> 5;
+    for (int32_t j = w; j < K; j += nw) {
+        const A *wr = W + (int64_t)ti[j] * H;
+        float acc = 0.0f;
+        for (int32_t e = lane; e < H; e += 32) acc += h[e] * ldA(wr + e);
+        acc = warp_sum(acc);
+        if (lane == 0) z[j] = acc;
+    }
+    for (int32_t j = threadIdx.x; j < K; j += blockDim.x) dz[j] = 0.0f, iota[j] = j;
+    __syncthreads();
+    if (threadIdx.x == 0) row_loss[i] = topk_kl_row(z, tval + p, iota, K, temp, dz);
+    __syncthreads();
+    for (int32_t e = threadIdx.x; e < H; e += blockDim.x) {
+        float acc = 0.0f;
+        for (int32_t j = 0; j < K; j++) acc += dz[j] * ldA(W + (int64_t)ti[j] * H + e);
+        atomicAdd(&dh[r * H + e], acc); /* positions may repeat */
+    }
+}
+#define KL_SPARSE_MAX_K 4096 /* 12 bytes of shared memory per k */
+
 __global__ void tk_scale_sumsq(float *g, int64_t n, float scale, double *part) {
     __shared__ double red[32];
     double s = 0;
@@ -963,6 +999,21 @@ static int loss_chunk(gpu_train *t, int32_t r0, int32_t n, int32_t kind, int32_t
     return 0;
 }
 
+/* KL loss rows r0 .. r0 + n, all of one k and temperature, by tk_kl_sparse. */
+static int loss_kl_sparse(gpu_train *t, int32_t r0, int32_t n, int32_t k, float temp, float *dhf, char *err,
+                          size_t errn) {
+    const gpu_model *m = t->m;
+    const size_t smem = (size_t)k * 12;
+    if (m->f32)
+        tk_kl_sparse<float><<<n, 256, smem, t->s>>>(t->hf, (const float *)m->lm_head, dhf, t->row_loss + r0,
+                                                   t->d_rows + r0, t->d_terms + r0, t->d_tval, t->d_tidx, m->H, k, temp);
+    else
+        tk_kl_sparse<bf16><<<n, 256, smem, t->s>>>(t->hf, (const bf16 *)m->lm_head, dhf, t->row_loss + r0,
+                                                  t->d_rows + r0, t->d_terms + r0, t->d_tval, t->d_tidx, m->H, k, temp);
+    CU(cudaGetLastError(), "top-k KL loss");
+    return 0;
+}
+
 /* The teacher top-k buffers hold at least need values and indices. */
 static int teacher_cap(gpu_train *t, int64_t need, char *err, size_t errn) {
     if (need <= t->cap_teacher) return 0;
@@ -1073,9 +1124,13 @@ static int train_batch(gpu_train *t, const gpu_train_example *exs, int32_t n_ex,
             }
             f++;
         }
-        for (int32_t c = 0; c < n; c += t->loss_rows)
-            TRY(loss_chunk(t, r + c, n - c < t->loss_rows ? n - c : t->loss_rows, ex->loss, ex->k, ex->temperature,
-                           t->dh, err, errn));
+        if (ex->loss && ex->k <= KL_SPARSE_MAX_K) {
+            if (n) TRY(loss_kl_sparse(t, r, n, ex->k, ex->temperature, t->dh, err, errn));
+        } else {
+            for (int32_t c = 0; c < n; c += t->loss_rows)
+                TRY(loss_chunk(t, r + c, n - c < t->loss_rows ? n - c : t->loss_rows, ex->loss, ex->k,
+                               ex->temperature, t->dh, err, errn));
+        }
         r += n, e = f;
     }
     if (logits_out) { /* every row's logits (the scored ones were computed above too, but not kept) */

@@ -56,6 +56,11 @@ static inline int atomicAdd(int *p, int v) {
     *p = o + v;
     return o;
 }
+static inline float atomicAdd(float *p, float v) {
+    const float o = *p;
+    *p = o + v;
+    return o;
+}
 static inline void __threadfence(void) {}
 static inline int min(int a, int b) { return a < b ? a : b; }
 static inline int max(int a, int b) { return a > b ? a : b; }
