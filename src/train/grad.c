@@ -410,9 +410,57 @@ static void layer_bwd(train_ws *w, const prism_model *m, const prism_adapter *ad
 /* ------------------------------------------------------------------ losses */
 
 /* Logits of rows (n rows of hf) -> loss terms and dlogits; accumulates dhf rows. */
+/* Top-k KL rows without the LM head's products: the loss sees only the
+ * student logits at the teacher's k indices, z_j = h·W_lm[ti_j], so a row
+ * takes k dot products and adds Σ_j dz_j·W_lm[ti_j] into its gradient — k·H
+ * instead of V·H work per row, twice. -1 when out of memory. */
+static double kl_rows_sparse(train_ws *w, const prism_model *m, const train_example *ex, const int32_t *rows, int n,
+                             const int32_t *row_term, float *dhf) {
+    const int64_t H = m->cfg.hidden, K = ex->k;
+    double loss = 0;
+    int fail = 0;
+#pragma omp parallel for schedule(dynamic, 1) reduction(+ : loss) reduction(| : fail) if (n > 1)
+    for (int i = 0; i < n; i++) {
+        float *z = malloc((size_t)(2 * K + H) * sizeof(float)), *dz = z ? z + K : NULL, *wrow = z ? dz + K : NULL;
+        int32_t *iota = malloc((size_t)K * sizeof(int32_t));
+        if (!z || !iota) {
+            free(z), free(iota);
+            fail = 1;
+            continue;
+        }
+        const int32_t p = row_term[i], *ti = ex->teacher_indices + (int64_t)p * K;
+        const float *h = w->hf + (int64_t)rows[i] * H;
+        for (int64_t j = 0; j < K; j++) {
+            kern_embed_row(wrow, m->lm_head.w, m->lm_head.dt, ti[j], H);
+            double acc = 0;
+            for (int64_t e = 0; e < H; e++) acc += (double)h[e] * wrow[e];
+            z[j] = (float)acc, dz[j] = 0.0f, iota[j] = (int32_t)j;
+        }
+        loss += topk_kl_row(z, ex->teacher_values + (int64_t)p * K, iota, (int32_t)K, ex->temperature, dz);
+        float *d = w->drows + (int64_t)i * H;
+        memset(d, 0, (size_t)H * sizeof(float));
+        for (int64_t j = 0; j < K; j++) {
+            kern_embed_row(wrow, m->lm_head.w, m->lm_head.dt, ti[j], H);
+            for (int64_t e = 0; e < H; e++) d[e] += dz[j] * wrow[e];
+        }
+        free(z), free(iota);
+    }
+    if (fail) return -1;
+    for (int i = 0; i < n; i++) { /* serially: positions may repeat */
+        float *d = dhf + (int64_t)rows[i] * H;
+        const float *s = w->drows + (int64_t)i * H;
+        for (int64_t k = 0; k < H; k++) d[k] += s[k];
+    }
+    return loss;
+}
+
 static double loss_rows(train_ws *w, const prism_model *m, const train_example *ex, const int32_t *rows, int n,
                         const int32_t *row_term, float *dhf, float *logits_out) {
     const int64_t H = m->cfg.hidden, V = m->cfg.vocab;
+    if (ex->loss == LOSS_KL && !logits_out && (int64_t)ex->k * 8 <= V) {
+        const double l = kl_rows_sparse(w, m, ex, rows, n, row_term, dhf);
+        if (l >= 0) return l;
+    }
     float *hrows = w->hrows;
     for (int i = 0; i < n; i++) memcpy(hrows + i * H, w->hf + (int64_t)rows[i] * H, (size_t)H * sizeof(float));
     kern_matmul(w->logits, hrows, m->lm_head.w, m->lm_head.dt, NULL, n, H, V, PRISM_PRECISION_EXACT);
