@@ -229,6 +229,17 @@ static void test_arch(const char *arch) {
     check_close(label, &lossf, kloss, 1, 1e-5);
     snprintf(label, sizeof label, "%s KL grads", arch);
     check_grads(label, kl, g, (double)c);
+    { /* again with the student's logits asked for: every logit is computed (the dense path) */
+        float *lg = malloc((size_t)nt * V * sizeof(float));
+        zero_grad(g);
+        CHECK(train_example_grad(w, m, a, g, &ex, &ls, &c, lg) == PRISM_OK, "kl grad: %s", prism_last_error());
+        float lf = (float)(ls / c);
+        snprintf(label, sizeof label, "%s KL loss, all logits", arch);
+        check_close(label, &lf, kloss, 1, 1e-5);
+        snprintf(label, sizeof label, "%s KL grads, all logits", arch);
+        check_grads(label, kl, g, (double)c);
+        free(lg);
+    }
 
     /* ---- a batch of different lengths and both losses == its examples one by one */
     {

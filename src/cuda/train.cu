@@ -1124,7 +1124,7 @@ static int train_batch(gpu_train *t, const gpu_train_example *exs, int32_t n_ex,
             }
             f++;
         }
-        if (ex->loss && ex->k <= KL_SPARSE_MAX_K) {
+        if (ex->loss && ex->k <= KL_SPARSE_MAX_K && !logits_out) { /* with logits_out: the dense path, as on the CPU */
             if (n) TRY(loss_kl_sparse(t, r, n, ex->k, ex->temperature, t->dh, err, errn));
         } else {
             for (int32_t c = 0; c < n; c += t->loss_rows)
