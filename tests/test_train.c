@@ -377,13 +377,13 @@ static void test_device_trainer(void) {
     prism_model *cpu = NULL;
     if (prism_model_load(MODEL, mp, &cpu)) die("loading " MODEL " on the CPU");
     for (int kl = 0; kl < 2; kl++) {
-        char *text = chat_jsonl(6, kl);
+        char *text = chat_jsonl(4, kl);
         train_data *d = NULL;
         train_data_params dp = data_params(kl ? LOSS_KL : LOSS_CE);
         if (train_data_parse("g.jsonl", text, strlen(text), &dp, &d)) die("data");
         trainer_params tp = trainer_default_params();
         tp.loss = kl ? LOSS_KL : LOSS_CE;
-        tp.batch_size = 3;
+        tp.batch_size = 2;
         tp.grad_accum = 2;
         tp.epochs = 2;
         tp.lr = 5e-3;
@@ -412,7 +412,7 @@ static void test_device_trainer(void) {
     }
     /* long sequences, packed: the softmax kernels keep rows of <= 512 and <= 1024 keys in registers, longer ones not */
     {
-        enum { L0 = 200, L1 = 600, L2 = 1050, LT = L0 + L1 + L2 };
+        enum { L0 = 200, L1 = 520, L2 = 1030, LT = L0 + L1 + L2 };
         int32_t *tok = malloc(LT * sizeof *tok), *lab = malloc(LT * sizeof *lab);
         uint64_t x = 99;
         for (int i = 0; i < LT; i++) {
