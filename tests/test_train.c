@@ -12,6 +12,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include "gpu/device.h"
 #include "lora/lora.h"
 #include "model/safetensors.h"
 #include "test.h"
@@ -453,6 +454,80 @@ static void test_device_trainer(void) {
     prism_model_free(cpu);
 }
 
+/* On the emulated device with a memory limit ($CUDA_EMU_MEMORY): the device
+ * session keeps a pass's activations when they fit, recomputes them when only
+ * that fits, and halves the pass when even that does not. */
+static int64_t dev_used(const prism_gpu_api *api) {
+    gpu_device_info info;
+    char err[256];
+    if (api->device_info(0, &info, err, sizeof err)) die(err);
+    return info.mem_total - info.mem_free;
+}
+
+/* A device session for adapter a: passes of `pass` tokens, recompute as asked
+ * (keep: if it fits); its device bytes, and what it chose. */
+static int64_t session(const prism_gpu_api *api, prism_adapter *a, int32_t pass, bool recompute, bool keep,
+                       int32_t *got_pass, bool *got_rc) {
+    prism_adapter *mo = NULL, *vo = NULL;
+    train_ws *w = NULL;
+    if (lora_alloc_like(a, &mo) || lora_alloc_like(a, &vo) || train_ws_new(g_model, 64, recompute, &w)) die("session");
+    const int64_t before = dev_used(api);
+    train_ws_set_pass_tokens(w, pass);
+    if (keep) train_ws_keep_if_fits(w);
+    prism_status st = train_ws_gpu_load(w, g_model, a, mo, vo);
+    const int64_t bytes = st ? -1 : dev_used(api) - before;
+    *got_pass = train_ws_pass_tokens(w), *got_rc = train_ws_recomputes(w);
+    train_ws_free(w);
+    prism_adapter_free(mo), prism_adapter_free(vo);
+    return bytes;
+}
+
+static void test_device_memory(void) {
+    const char *mod = getenv("PRISM_CUDA_MODULE");
+    if (!g_model->gpu || !mod || !strstr(mod, "emu")) return; /* the limit is the emulator's */
+    const prism_gpu_api *api = NULL;
+    if (gpu_api(&api)) die("gpu api");
+    setenv("CUDA_EMU_MEMORY", "1099511627776", 1); /* 1 TiB: counted, nothing fails */
+    prism_adapter *a = new_adapter(3);
+    int32_t pass;
+    bool rc;
+    const int64_t base = dev_used(api);
+    const int64_t keep256 = session(api, a, 256, false, false, &pass, &rc);
+    const int64_t keep128 = session(api, a, 128, false, false, &pass, &rc);
+    const int64_t rc256 = session(api, a, 256, true, false, &pass, &rc);
+    const int64_t rc128 = session(api, a, 128, true, false, &pass, &rc);
+    CHECK(rc128 > 0 && rc128 < rc256 && rc256 < keep256 && keep128 < keep256,
+          "session sizes: keep 256 %lld, keep 128 %lld, recompute 256 %lld, recompute 128 %lld", (long long)keep256,
+          (long long)keep128, (long long)rc256, (long long)rc128);
+    struct {
+        int64_t limit;
+        bool recompute; /* allowed */
+        int32_t want_pass;
+        bool want_rc;
+        const char *what;
+    } cases[] = {
+        {keep256 + 4096, true, 256, false, "room for everything: activations kept"},
+        {(keep256 + (rc256 > keep128 ? rc256 : keep128)) / 2, true, 256, true, "a kept pass does not fit: recomputed"},
+        {(rc256 + rc128) / 2 < keep128 ? (rc256 + rc128) / 2 : keep128 - 4096, true, 128, true,
+         "not even a recomputed pass: half a pass, recomputed"},
+        {(keep256 + keep128) / 2, false, 128, false, "--no-recompute: half a pass, kept"},
+    };
+    char buf[32];
+    int bad = 0;
+    for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
+        snprintf(buf, sizeof buf, "%lld", (long long)(base + cases[i].limit));
+        setenv("CUDA_EMU_MEMORY", buf, 1);
+        const int64_t got = session(api, a, 256, cases[i].recompute, cases[i].recompute, &pass, &rc);
+        const bool ok = got > 0 && pass == cases[i].want_pass && rc == cases[i].want_rc;
+        CHECK(ok, "%s: session %lld bytes, passes of %d, recompute %d", cases[i].what, (long long)got, pass, rc);
+        bad += !ok;
+    }
+    printf("%s device memory short: keep -> recompute -> half passes (%zu cases)\n", bad ? "FAIL" : "ok  ",
+           sizeof cases / sizeof *cases);
+    unsetenv("CUDA_EMU_MEMORY");
+    prism_adapter_free(a);
+}
+
 static void test_teacher_topk(void) {
     prism_ctx *c = NULL;
     if (prism_ctx_new(g_model, prism_ctx_default_params(), &c)) die("ctx");
@@ -609,6 +684,7 @@ int main(void) {
     test_loss_decreases();
     test_resume();
     test_device_trainer();
+    test_device_memory();
     test_cli();
     prism_chat_free(g_chat);
     prism_tokenizer_free(g_tok);

@@ -14,7 +14,7 @@ int cmd_train(int argc, char **argv);
 static volatile sig_atomic_t g_interrupted;
 static void on_sigint(int sig) { (void)sig; g_interrupted = 1; }
 
-typedef struct { bool quiet; } progress_ctx;
+typedef struct { bool quiet, said; } progress_ctx;
 
 static void fmt_time(char *b, size_t n, double s) {
     if (!(s >= 0) || s > 1e8) { snprintf(b, n, "?"); return; }
@@ -24,6 +24,11 @@ static void fmt_time(char *b, size_t n, double s) {
 
 static bool on_progress(void *user, const train_progress *p) {
     progress_ctx *c = user;
+    if (!c->quiet && !c->said && p->pass_tokens) {
+        fprintf(stderr, "train-lora: on the GPU in passes of up to %d tokens, activations %s\n", p->pass_tokens,
+                p->recompute ? "recomputed (a whole pass's do not fit)" : "kept");
+        c->said = true;
+    }
     if (!c->quiet) {
         char eta[32], el[32];
         fmt_time(eta, sizeof eta, p->eta_s);
@@ -160,7 +165,7 @@ int cmd_train(int argc, char **argv) {
     }
     prism_adapter *ad = NULL;
     if (prism_adapter_new(m, lp, &ad)) cli_die("creating the adapter");
-    progress_ctx pc = {quiet};
+    progress_ctx pc = {quiet, false};
     tp.progress = on_progress;
     tp.user = &pc;
     int64_t total = trainer_total_steps(d, &tp);

@@ -58,6 +58,8 @@ struct train_ws {
     float *yscr;              /* (T, H) discarded layer output when recomputing */
     /* CUDA models: the module's training session, made for the first adapter seen */
     int32_t pass_T;           /* tokens of one device pass (several sequences packed), >= max_T */
+    bool keep_if_fits;        /* recompute only if keeping a pass's activations does not fit */
+    bool dev_recompute;       /* what the device session does */
     const prism_gpu_api *api;
     gpu_train *gt;
     prism_adapter *layout;    /* zero-valued adapter of the session's shapes (also the download buffer) */
@@ -545,12 +547,19 @@ static prism_status gpu_session(train_ws *w, const prism_model *m, const prism_a
     gpu_lora_desc *d = descs_of(w->layout, w->n_layers);
     if (!d) return prism_error(PRISM_E_NOMEM, "out of memory");
     char err[1024] = "";
-    for (;;) { /* packed passes as long as asked, or as long as the device's memory allows */
-        st = (prism_status)w->api->train_new(m->gpu, d, w->pass_T, w->max_T, w->recompute, &w->gt, err, sizeof err);
-        if (st != (prism_status)PRISM_GPU_E_NOMEM || w->pass_T == w->max_T) break;
+    bool rc = w->recompute && !w->keep_if_fits;
+    for (;;) { /* activations kept if allowed and they fit; packed passes as long as asked or as memory allows */
+        st = (prism_status)w->api->train_new(m->gpu, d, w->pass_T, w->max_T, rc, &w->gt, err, sizeof err);
+        if (st != (prism_status)PRISM_GPU_E_NOMEM) break;
+        if (!rc && w->recompute) {
+            rc = true;
+            continue;
+        }
+        if (w->pass_T == w->max_T) break;
         const int32_t half = w->pass_T / 2;
         w->pass_T = half > w->max_T ? half : w->max_T;
     }
+    w->dev_recompute = rc;
     free(d);
     return gpu_check(st, err);
 }
@@ -633,6 +642,12 @@ void train_ws_set_pass_tokens(train_ws *w, int32_t tokens) {
 }
 
 int32_t train_ws_pass_tokens(const train_ws *w) { return w->api ? w->pass_T : w->max_T; }
+
+void train_ws_keep_if_fits(train_ws *w) {
+    if (w->api && !w->gt) w->keep_if_fits = true;
+}
+
+bool train_ws_recomputes(const train_ws *w) { return w->api && w->gt ? w->dev_recompute : w->recompute; }
 
 prism_status train_ws_gpu_load(train_ws *w, const prism_model *m, const prism_adapter *a, const prism_adapter *mo,
                                const prism_adapter *vo) {

@@ -72,6 +72,12 @@ prism_status train_ws_gpu_zero(train_ws *w);
  * get: what the session got (max_tokens on the CPU). */
 void train_ws_set_pass_tokens(train_ws *w, int32_t tokens);
 int32_t train_ws_pass_tokens(const train_ws *w);
+/* A workspace made with recompute: on the device, keep the activations after
+ * all when a whole pass's fit in its memory (before the first device call). */
+void train_ws_keep_if_fits(train_ws *w);
+/* Whether the backward pass recomputes activations (the device session's
+ * choice once it exists). */
+bool train_ws_recomputes(const train_ws *w);
 /* Adds the gradient of n examples (the loaded parameters), one pass with at
  * most train_ws_pass_tokens tokens in all, into the device gradients;
  * *loss_sum and *count summed over them. */

@@ -244,6 +244,7 @@ prism_status trainer_run(prism_model *m, prism_adapter *a, const train_data *d, 
         if (want < floor) want = floor;
         if (want > PASS_MAX_TOKENS) want = PASS_MAX_TOKENS;
         train_ws_set_pass_tokens(ws, (int32_t)want);
+        train_ws_keep_if_fits(ws);
         st = train_ws_gpu_load(ws, m, a, mo, vo);
         pass_T = train_ws_pass_tokens(ws);
         pk_cap = (int32_t)(per_step < pass_T ? per_step : pass_T);
@@ -355,7 +356,8 @@ prism_status trainer_run(prism_model *m, prism_adapter *a, const train_data *d, 
             train_progress pr = {.step = s.step, .total_steps = total, .epoch = epoch_now, .loss = s.last_loss,
                                  .lr = lr, .grad_norm = norm, .scored = count, .tokens = tokens,
                                  .tokens_per_s = el > 0 ? (double)run_tokens / el : 0, .elapsed_s = el,
-                                 .eta_s = el / (double)(s.step - step0) * (double)(total - s.step)};
+                                 .eta_s = el / (double)(s.step - step0) * (double)(total - s.step),
+                                 .pass_tokens = dev ? pass_T : 0, .recompute = train_ws_recomputes(ws)};
             go_on = p->progress(p->user, &pr);
         }
         if (p->stop_at_step > 0 && s.step >= p->stop_at_step) go_on = false;

@@ -23,6 +23,8 @@ typedef struct {
     int64_t tokens;            /* input tokens processed in this step */
     double tokens_per_s;       /* input tokens per second over this run so far */
     double elapsed_s, eta_s;
+    int32_t pass_tokens;       /* CUDA: tokens of one packed pass (0 on the CPU) */
+    bool recompute;            /* activations recomputed in the backward pass */
 } train_progress;
 
 /* Return false to stop the run after this step (a checkpoint is written). */
@@ -42,7 +44,8 @@ typedef struct {
     double max_grad_norm;      /* default 1.0; 0 = no clipping */
     uint64_t seed;             /* per-epoch shuffle */
     bool shuffle;              /* default true */
-    bool recompute;            /* activation recomputation (default true) */
+    bool recompute;            /* activation recomputation allowed (default true): on the CPU always
+                                  done; on a GPU only when a pass's activations do not fit */
     const char *out_dir;       /* checkpoints go to out_dir/checkpoint; NULL = none */
     int64_t save_every;        /* checkpoint every N steps (0 = only at the end / when stopped) */
     int64_t stop_at_step;      /* > 0: stop after this global step (with a checkpoint) */

@@ -11,6 +11,7 @@
 #include <ucontext.h>
 #include <unistd.h>
 
+#include <unordered_map>
 #include <vector>
 
 uint3_ threadIdx, blockIdx;
@@ -243,9 +244,19 @@ cudaError_t cudaDeviceGetAttribute(int *v, cudaDeviceAttr, int) {
     *v = 227 * 1024;
     return cudaSuccess;
 }
+/* Device memory: half the machine's, or $CUDA_EMU_MEMORY bytes (read at
+ * each call, so a test can make allocations fail); what cudaMalloc hands out
+ * is counted against it. */
+static std::unordered_map<void *, size_t> g_allocs;
+static size_t g_used;
+static size_t device_memory(void) {
+    const char *e = getenv("CUDA_EMU_MEMORY");
+    if (e && *e) return (size_t)strtoull(e, NULL, 10);
+    return (size_t)sysconf(_SC_PHYS_PAGES) * (size_t)sysconf(_SC_PAGESIZE) / 2;
+}
 cudaError_t cudaMemGetInfo(size_t *fr, size_t *tot) {
-    const size_t mem = (size_t)sysconf(_SC_PHYS_PAGES) * (size_t)sysconf(_SC_PAGESIZE);
-    *fr = mem / 2, *tot = mem;
+    const size_t mem = device_memory();
+    *fr = mem > g_used ? mem - g_used : 0, *tot = mem;
     return cudaSuccess;
 }
 cudaError_t cudaDriverGetVersion(int *v) {
@@ -257,18 +268,32 @@ cudaError_t cudaRuntimeGetVersion(int *v) {
     return cudaSuccess;
 }
 cudaError_t cudaMalloc(void **p, size_t n) {
+    *p = NULL;
+    if (g_used + n > device_memory()) return g_last = cudaErrorMemoryAllocation;
     /* poisoned, as device memory is not zeroed */
+    *p = aligned_alloc(256, (n + 255) / 256 * 256);
+    if (!*p) return g_last = cudaErrorMemoryAllocation;
+    memset(*p, 0xA5, n);
+    g_allocs[*p] = n;
+    g_used += n;
+    return cudaSuccess;
+}
+cudaError_t cudaMallocHost(void **p, size_t n) {
     *p = aligned_alloc(256, (n + 255) / 256 * 256);
     if (!*p) return g_last = cudaErrorMemoryAllocation;
     memset(*p, 0xA5, n);
     return cudaSuccess;
 }
-cudaError_t cudaMallocHost(void **p, size_t n) { return cudaMalloc(p, n); }
 cudaError_t cudaFree(void *p) {
+    auto it = g_allocs.find(p);
+    if (it != g_allocs.end()) g_used -= it->second, g_allocs.erase(it);
     free(p);
     return cudaSuccess;
 }
-cudaError_t cudaFreeHost(void *p) { return cudaFree(p); }
+cudaError_t cudaFreeHost(void *p) {
+    free(p);
+    return cudaSuccess;
+}
 cudaError_t cudaMemcpy(void *d, const void *s, size_t n, cudaMemcpyKind) {
     memmove(d, s, n);
     return cudaSuccess;
