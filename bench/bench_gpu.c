@@ -5,11 +5,12 @@
  * (weight bytes per step over the copy bandwidth measured on the same card).
  *
  *   bench_gpu [--shape 0.5b|7b|all|tiny] [--device N] [--runs R] [--new N] [--train 0|1]
- *             [--only prefill|decode1|decode32|train] [--train-seqs N] [--train-pass N]
+ *             [--only prefill|decode1|decode32|train] [--train-seqs N] [--train-pass N] [--train-loss ce|kl]
  *
  * --only runs one phase (and its setup) alone, for a profiler
  * (scripts/gpu_profile.sh); --train-seqs sets the sequences per training step,
- * --train-pass the sequences per packed pass (default: all of a step's).
+ * --train-pass the sequences per packed pass (default: all of a step's),
+ * --train-loss kl top-64 KL at every position instead of CE.
  *
  * Prints a Markdown table (BENCHMARKS.md) and one line per measurement. */
 #include <stdio.h>
@@ -79,9 +80,10 @@ static double prefill(prism_ctx *c, int32_t n_seq, int32_t n_prompt, int32_t voc
 }
 
 /* LoRA training: r = 16 on all seven projections, steps of n_seq sequences x
- * T tokens (CE on every next token) in packed passes of `pass` tokens;
- * tokens/s of the best of `steps` steps after one warm-up step. */
-static double train_tps(prism_model *m, int32_t n_seq, int32_t T, int32_t pass, int steps, bool recompute,
+ * T tokens (CE on every next token, or with kl top-64 KL at every position
+ * against random teacher logits) in packed passes of `pass` tokens; tokens/s
+ * of the best of `steps` steps after one warm-up step. */
+static double train_tps(prism_model *m, int32_t n_seq, int32_t T, int32_t pass, int steps, bool recompute, bool kl,
                         uint64_t *rng) {
     prism_lora_params lp = prism_lora_default_params();
     lp.r = 16;
@@ -97,6 +99,12 @@ static double train_tps(prism_model *m, int32_t n_seq, int32_t T, int32_t pass, 
     if (per * T != pass) fprintf(stderr, "bench_gpu: training passes of %d sequences (asked %d tokens)\n", per, pass);
     int32_t *tok = malloc((size_t)n_seq * T * sizeof *tok), *lab = malloc((size_t)n_seq * T * sizeof *lab);
     train_example *ex = malloc((size_t)n_seq * sizeof *ex);
+    enum { K = 64 };
+    int32_t *kpos = malloc((size_t)T * sizeof *kpos), *tidx = malloc((size_t)n_seq * T * K * sizeof *tidx);
+    float *tval = malloc((size_t)n_seq * T * K * sizeof *tval);
+    for (int32_t i = 0; i < T; i++) kpos[i] = i;
+    for (int64_t i = 0; i < (int64_t)n_seq * T * K; i++)
+        tidx[i] = random_token(rng, m->cfg.vocab), tval[i] = (float)(random_token(rng, 1000) % 1000) / 100.0f;
     adamw_params hp = adamw_default_params();
     double best = 1e30;
     for (int st = 0; st <= steps; st++) {
@@ -105,7 +113,10 @@ static double train_tps(prism_model *m, int32_t n_seq, int32_t T, int32_t pass, 
         if (train_ws_gpu_zero(w)) die("zero");
         for (int32_t s = 0; s < n_seq; s++) {
             for (int32_t i = 0; i < T; i++) tok[s * T + i] = lab[s * T + i] = random_token(rng, m->cfg.vocab);
-            ex[s] = (train_example){.loss = LOSS_CE, .n_tokens = T, .tokens = tok + s * T, .labels = lab + s * T};
+            ex[s] = kl ? (train_example){.loss = LOSS_KL, .n_tokens = T, .tokens = tok + s * T, .n_pos = T, .k = K,
+                                         .positions = kpos, .teacher_values = tval + (int64_t)s * T * K,
+                                         .teacher_indices = tidx + (int64_t)s * T * K, .temperature = 2.0f}
+                       : (train_example){.loss = LOSS_CE, .n_tokens = T, .tokens = tok + s * T, .labels = lab + s * T};
         }
         for (int32_t s = 0; s < n_seq; s += per) {
             if (train_ws_gpu_batch(w, m, ex + s, n_seq - s < per ? n_seq - s : per, &loss, &cnt)) die("pass");
@@ -116,7 +127,7 @@ static double train_tps(prism_model *m, int32_t n_seq, int32_t T, int32_t pass, 
         double t = prism_now() - t0;
         if (st > 0 && t < best) best = t;
     }
-    free(tok), free(lab), free(ex);
+    free(tok), free(lab), free(ex), free(kpos), free(tidx), free(tval);
     train_ws_free(w);
     prism_adapter_free(a), prism_adapter_free(mo), prism_adapter_free(vo);
     return (double)n_seq * T / best;
@@ -142,7 +153,7 @@ static double decode(prism_ctx *c, int32_t n_seq, int32_t n_new) {
 int main(int argc, char **argv) {
     const char *which = "all";
     int32_t device = 0, runs = 3, n_new = 128, n_prompt = 512, do_train = 1, train_seqs = 8, train_pass = 0;
-    const char *only = NULL;
+    const char *only = NULL, *train_loss = "ce";
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "--shape") && i + 1 < argc) which = argv[++i];
         else if (!strcmp(argv[i], "--device") && i + 1 < argc) device = atoi(argv[++i]);
@@ -151,10 +162,11 @@ int main(int argc, char **argv) {
         else if (!strcmp(argv[i], "--train") && i + 1 < argc) do_train = atoi(argv[++i]);
         else if (!strcmp(argv[i], "--train-seqs") && i + 1 < argc) train_seqs = atoi(argv[++i]);
         else if (!strcmp(argv[i], "--train-pass") && i + 1 < argc) train_pass = atoi(argv[++i]);
+        else if (!strcmp(argv[i], "--train-loss") && i + 1 < argc) train_loss = argv[++i];
         else if (!strcmp(argv[i], "--only") && i + 1 < argc) only = argv[++i];
         else {
             fprintf(stderr, "usage: bench_gpu [--shape 0.5b|7b|all|tiny] [--device N] [--runs R] [--new N] [--train 0|1]\n"
-                            "                 [--only prefill|decode1|decode32|train] [--train-seqs N] [--train-pass N]\n");
+                            "                 [--only prefill|decode1|decode32|train] [--train-seqs N] [--train-pass N] [--train-loss ce|kl]\n");
             return 2;
         }
     }
@@ -170,6 +182,11 @@ int main(int argc, char **argv) {
         return 2;
     }
     if (!train_pass) train_pass = train_seqs;
+    if (strcmp(train_loss, "ce") && strcmp(train_loss, "kl")) {
+        fprintf(stderr, "bench_gpu: --train-loss takes ce or kl, not '%s'\n", train_loss);
+        return 2;
+    }
+    const bool kl = !strcmp(train_loss, "kl");
     if (runs < 1 || n_new < 1 || n_new > 600) {
         fprintf(stderr, "bench_gpu: --runs must be >= 1 and --new 1..600 (decode follows a 16-token prompt in a 640-position context)\n");
         return 2;
@@ -186,8 +203,8 @@ int main(int argc, char **argv) {
     }
     printf("device: %s\ncopy bandwidth: %.0f GB/s (device-to-device, read + write, 1 GiB, best of 10)\n", desc, bw);
     const char *shapes[3] = {"0.5b", "7b", "tiny"};
-    printf("\n| shape | prefill 512 tok/s | decode b1 tok/s | b1 roofline | decode b32 tok/s | peak GiB (inference) | LoRA train tok/s, %d x 512 (passes of %d) |\n",
-           train_seqs, train_pass);
+    printf("\n| shape | prefill 512 tok/s | decode b1 tok/s | b1 roofline | decode b32 tok/s | peak GiB (inference) | LoRA train tok/s, %d x 512 (passes of %d, %s) |\n",
+           train_seqs, train_pass, kl ? "top-64 KL" : "CE");
     printf("|---|---|---|---|---|---|---|\n");
     for (int si = 0; si < 3; si++) {
         if (strcmp(which, shapes[si]) && (strcmp(which, "all") || si == 2)) continue;
@@ -230,7 +247,7 @@ int main(int argc, char **argv) {
         double scratch_bw;
         api->copy_bandwidth(device, 1 << 20, 1, &scratch_bw, err, sizeof err); /* resets the peak counter */
         const int32_t tT = si == 2 ? 64 : 512;
-        const double tr = do_train ? train_tps(m, train_seqs, tT, train_pass * tT, 2, false, &rng) : 0;
+        const double tr = do_train ? train_tps(m, train_seqs, tT, train_pass * tT, 2, false, kl, &rng) : 0;
         int64_t tnow = 0, tpeak = 0;
         api->model_memory(m->gpu, &tnow, &tpeak);
         const double pf = n_prompt / best_pf, d1 = n_new / best_d1, d32 = 32.0 * n_new / best_d32;

@@ -87,8 +87,8 @@ step "7B decode without programmatic dependent launch, without the decode fusion
 for v in PRISM_CUDA_PDL=0 PRISM_CUDA_FUSE=0 PRISM_CUDA_GRAPHS=0; do
     echo "$v: $(env $v timeout 60 ./build/bench/bench_gpu --shape 7b --train 0 --runs 1 2>&1 | grep "shape:")"
 done | tee "$OUT/bench_variants.log"
-step "where LoRA training's GPU time goes (PRISM_CUDA_PROFILE=1, 8 x 512 per step; one packed pass, then a pass per sequence)"
-for args in "--shape 7b" "--shape 7b --train-pass 1" "--shape 0.5b" "--shape 0.5b --train-pass 1"; do
+step "where LoRA training's GPU time goes (PRISM_CUDA_PROFILE=1, 8 x 512 per step; one packed pass, a pass per sequence, top-64 KL)"
+for args in "--shape 7b" "--shape 7b --train-pass 1" "--shape 7b --train-loss kl" "--shape 0.5b" "--shape 0.5b --train-pass 1"; do
     echo "== bench_gpu $args"
     PRISM_CUDA_PROFILE=1 timeout 90 ./build/bench/bench_gpu $args --only train --runs 1 2>&1 | grep -E "^ |profile|\| Qwen"
 done | tee -a "$OUT/bench_variants.log"
