@@ -46,7 +46,7 @@ typedef struct {
     float *att;          /* (T, qd) */
     float *xmid, *h2, *r2;
     float *gu;           /* (T, 2F) gate | up, biases included */
-    float *mid[LT_N];    /* (T, r) */
+    float *mid[3];       /* x·Aᵀ of a projection's adapted targets: (T, Σr) for q|k|v, o | gate|up | down */
 } tacts;
 
 struct gpu_train {
@@ -617,65 +617,84 @@ static const tmod *mod_of(const gpu_train *t, int32_t l, int target) {
     return md->r ? md : NULL;
 }
 
-/* LoRA forward: mid = x·Aᵀ; y[:, col..] = s·mid·Bᵀ + beta·y */
-static int lora_fwd(gpu_train *t, const tmod *md, const float *x, int ldx, float *mid, float *y, int ldy, int32_t T,
-                    float beta, char *err, size_t errn) {
-    if (!md) return 0;
-    const float *A = t->p + md->offA, *B = t->p + md->offB;
-    TRY(sg(t, CUBLAS_OP_T, CUBLAS_OP_N, md->r, T, md->in, 1.0f, A, md->in, x, ldx, 0.0f, mid, md->r, err, errn));
-    TRY(sg(t, CUBLAS_OP_T, CUBLAS_OP_N, md->out, T, md->r, md->scale, B, md->r, mid, md->r, beta, y, ldy, err, errn));
-    return 0;
+/* The adapted targets among tg[0..n) of layer l (their As are consecutive
+ * rows of the parameters: one (Σr, in) matrix): md[j], their count, Σr. */
+static int group_of(const gpu_train *t, int32_t l, const int *tg, int n, const tmod **md, int *rs) {
+    int k = 0;
+    *rs = 0;
+    for (int j = 0; j < n; j++) {
+        md[j] = mod_of(t, l, tg[j]);
+        if (md[j]) k++, *rs += md[j]->r;
+    }
+    return k;
 }
 
-/* LoRA backward (lin_bwd in grad.c): tmp = dy·B; dB += s·dyᵀ·mid; dA += s·tmpᵀ·x; dx = s·tmp·A + beta·dx */
-static int lora_bwd(gpu_train *t, const tmod *md, const float *x, int ldx, const float *mid, const float *dy, int ldy,
-                    float *dx, int lddx, int32_t T, float beta, char *err, size_t errn) {
-    if (!md) return 0;
-    const float *A = t->p + md->offA, *B = t->p + md->offB;
-    float *gA = t->g + md->offA, *gB = t->g + md->offB, *tmp = t->ltmp;
-    TRY(sg(t, CUBLAS_OP_N, CUBLAS_OP_N, md->r, T, md->out, 1.0f, B, md->r, dy, ldy, 0.0f, tmp, md->r, err, errn));
-    TRY(sg(t, CUBLAS_OP_N, CUBLAS_OP_T, md->r, md->out, T, md->scale, mid, md->r, dy, ldy, 1.0f, gB, md->r, err, errn));
-    TRY(sg(t, CUBLAS_OP_N, CUBLAS_OP_T, md->in, md->r, T, md->scale, x, ldx, tmp, md->r, 1.0f, gA, md->in, err, errn));
-    TRY(sg(t, CUBLAS_OP_N, CUBLAS_OP_N, md->in, T, md->r, md->scale, A, md->in, tmp, md->r, beta, dx, lddx, err, errn));
-    return 0;
-}
-
-/* A projection y (T, ·; ldy) = x·Wᵀ + Σ_j LoRA_j(x) over the n targets tg[j]
- * that split W's outputs (q|k|v, gate|up, or one), target j at column col[j].
- * When every target is adapted, the LoRA products write y first and the
- * frozen GEMM adds onto them in its epilogue (beta = 1: y is read there, while
- * the GEMM is compute-bound, instead of a second read-modify-write pass). */
-static int proj_fwd(gpu_train *t, int32_t l, const int *tg, const int64_t *col, int n, tacts *A, const float *x, int ldx,
-                    const dlin *W, float *y, int ldy, int32_t T, char *err, size_t errn) {
-    int all = 1;
-    for (int j = 0; j < n; j++) all &= mod_of(t, l, tg[j]) != NULL;
-    if (!all) {
+/* A projection y (T, ·; ldy) = x·Wᵀ + Σ_j s_j·(x·A_jᵀ)·B_jᵀ over the n targets
+ * tg[j] that split W's outputs (q|k|v, gate|up, or one), target j at column
+ * col[j]. mid = x·[A_j]ᵀ (T, Σr) is one GEMM for all adapted targets. When
+ * every target is adapted, the LoRA products write y first and the frozen
+ * GEMM adds onto them in its epilogue (beta = 1: y is read there, while the
+ * GEMM is compute-bound, instead of a second read-modify-write pass). */
+static int proj_fwd(gpu_train *t, int32_t l, const int *tg, const int64_t *col, int n, float *mid, const float *x,
+                    int ldx, const dlin *W, float *y, int ldy, int32_t T, char *err, size_t errn) {
+    const tmod *md[3];
+    int rs;
+    const int k = group_of(t, l, tg, n, md, &rs);
+    if (k < n) {
         TRY(w_fwd(t, y, ldy, x, W, T, 0.0f, err, errn));
         prof_mark(t, TP_GEMM_F);
     }
-    for (int j = 0; j < n; j++)
-        TRY(lora_fwd(t, mod_of(t, l, tg[j]), x, ldx, A->mid[tg[j]], y + col[j], ldy, T, all ? 0.0f : 1.0f, err, errn));
-    prof_mark(t, TP_LORA_F);
-    if (all) {
+    if (k) {
+        const tmod *m0 = NULL;
+        for (int j = 0; j < n && !m0; j++) m0 = md[j];
+        TRY(sg(t, CUBLAS_OP_T, CUBLAS_OP_N, rs, T, m0->in, 1.0f, t->p + m0->offA, m0->in, x, ldx, 0.0f, mid, rs, err,
+               errn));
+        for (int j = 0, c = 0; j < n; j++) {
+            if (!md[j]) continue;
+            TRY(sg(t, CUBLAS_OP_T, CUBLAS_OP_N, md[j]->out, T, md[j]->r, md[j]->scale, t->p + md[j]->offB, md[j]->r,
+                   mid + c, rs, k == n ? 0.0f : 1.0f, y + col[j], ldy, err, errn));
+            c += md[j]->r;
+        }
+        prof_mark(t, TP_LORA_F);
+    }
+    if (k == n) {
         TRY(w_fwd(t, y, ldy, x, W, T, 1.0f, err, errn));
         prof_mark(t, TP_GEMM_F);
     }
     return 0;
 }
 
-/* Its backward: dx (T, in) = dy·W + Σ_j LoRA_j'(dy), with the LoRA gradients;
- * the LoRA terms first, the frozen GEMM adding onto them. */
-static int proj_bwd(gpu_train *t, int32_t l, const int *tg, const int64_t *col, int n, const tacts *A, const float *x,
-                    int ldx, const dlin *W, const float *dy, int ldy, float *dx, int32_t T, char *err, size_t errn) {
-    float beta = 0.0f;
-    for (int j = 0; j < n; j++) {
-        const tmod *md = mod_of(t, l, tg[j]);
-        if (!md) continue;
-        TRY(lora_bwd(t, md, x, ldx, A->mid[tg[j]], dy + col[j], ldy, dx, (int)W->in, T, beta, err, errn));
-        beta = 1.0f;
+/* Its backward (lin_bwd in grad.c), dy (T, ·; ldy) -> dx (T, in) and the
+ * LoRA gradients: tmp_j = s_j·dy_j·B_j into tmp (T, Σr); dB_j += s_j·dy_jᵀ·mid_j;
+ * d[A_j] += tmpᵀ·x and dx = tmp·[A_j] as one GEMM each; then the frozen
+ * GEMM adds dy·W onto dx. */
+static int proj_bwd(gpu_train *t, int32_t l, const int *tg, const int64_t *col, int n, const float *mid,
+                    const float *x, int ldx, const dlin *W, const float *dy, int ldy, float *dx, int32_t T, char *err,
+                    size_t errn) {
+    const tmod *md[3];
+    int rs;
+    const int k = group_of(t, l, tg, n, md, &rs);
+    if (k) {
+        float *tmp = t->ltmp;
+        const tmod *m0 = NULL;
+        for (int j = 0, c = 0; j < n; j++) {
+            if (!md[j]) continue;
+            if (!m0) m0 = md[j];
+            const float *B = t->p + md[j]->offB;
+            const float *dyj = dy + col[j];
+            TRY(sg(t, CUBLAS_OP_N, CUBLAS_OP_N, md[j]->r, T, md[j]->out, md[j]->scale, B, md[j]->r, dyj, ldy, 0.0f,
+                   tmp + c, rs, err, errn));
+            TRY(sg(t, CUBLAS_OP_N, CUBLAS_OP_T, md[j]->r, md[j]->out, T, md[j]->scale, mid + c, rs, dyj, ldy, 1.0f,
+                   t->g + md[j]->offB, md[j]->r, err, errn));
+            c += md[j]->r;
+        }
+        const int in = m0->in;
+        TRY(sg(t, CUBLAS_OP_N, CUBLAS_OP_T, in, rs, T, 1.0f, x, ldx, tmp, rs, 1.0f, t->g + m0->offA, in, err, errn));
+        TRY(sg(t, CUBLAS_OP_N, CUBLAS_OP_N, in, T, rs, 1.0f, t->p + m0->offA, in, tmp, rs, 0.0f, dx, (int)W->in, err,
+               errn));
+        prof_mark(t, TP_LORA_B);
     }
-    if (beta != 0.0f) prof_mark(t, TP_LORA_B);
-    TRY(w_bwd(t, dx, dy, ldy, W, T, beta, err, errn));
+    TRY(w_bwd(t, dx, dy, ldy, W, T, k ? 1.0f : 0.0f, err, errn));
     prof_mark(t, TP_GEMM_B);
     return 0;
 }
@@ -694,7 +713,7 @@ static int layer_fwd(gpu_train *t, int32_t l, tacts *A, const float *x, float *y
     const int64_t CQKV[3] = {0, qd, qd + kvd}, CGU[2] = {0, F}, C0[1] = {0};
     tk_norm_fwd<<<T, 256, 0, t->s>>>(A->h1, A->r1, x, L->attn_norm, H, m->eps);
     prof_mark(t, TP_ELT_F);
-    TRY(proj_fwd(t, l, TQKV, CQKV, 3, A, A->h1, H, &L->wqkv, t->y, (int)qn, T, err, errn));
+    TRY(proj_fwd(t, l, TQKV, CQKV, 3, A->mid[0], A->h1, H, &L->wqkv, t->y, (int)qn, T, err, errn));
     dim3 gq(T, (nh + 2 * nkv + 3) / 4);
     tk_qkv_fwd<<<gq, 128, 0, t->s>>>(t->y, L->bqkv, L->q_norm, L->k_norm, m->inv_freq, A->qraw, A->kraw, A->rq, A->rk,
                                      A->qh, A->kh, A->vh, t->d_sofs, t->d_slen, nh, nkv, hd, qn, m->eps);
@@ -713,16 +732,16 @@ static int layer_fwd(gpu_train *t, int32_t l, tacts *A, const float *x, float *y
     }
     tk_heads<<<T, 256, 0, t->s>>>(A->att, t->oh, t->d_sofs, t->d_slen, nh, hd, qd, 0, 0);
     prof_mark(t, TP_ATT_F);
-    TRY(proj_fwd(t, l, TO, C0, 1, A, A->att, (int)qd, &L->wo, t->y, H, T, err, errn));
+    TRY(proj_fwd(t, l, TO, C0, 1, A->mid[0] + (int64_t)3 * t->max_r * T, A->att, (int)qd, &L->wo, t->y, H, T, err, errn));
     tk_add<<<grid_for((int64_t)T * H), 256, 0, t->s>>>(A->xmid, x, t->y, L->bo, (int64_t)T * H, H);
     tk_norm_fwd<<<T, 256, 0, t->s>>>(A->h2, A->r2, A->xmid, L->ffn_norm, H, m->eps);
     prof_mark(t, TP_ELT_F);
-    TRY(proj_fwd(t, l, TGU, CGU, 2, A, A->h2, H, &L->wgu, A->gu, 2 * F, T, err, errn));
+    TRY(proj_fwd(t, l, TGU, CGU, 2, A->mid[1], A->h2, H, &L->wgu, A->gu, 2 * F, T, err, errn));
     if (L->bgu) tk_bias<<<grid_for((int64_t)T * 2 * F), 256, 0, t->s>>>(A->gu, L->bgu, (int64_t)T * 2 * F, 2 * F);
     dim3 gs((F + 255) / 256, T);
     tk_swiglu_fwd<<<gs, 256, 0, t->s>>>(t->act, A->gu, F);
     prof_mark(t, TP_ELT_F);
-    TRY(proj_fwd(t, l, TD, C0, 1, A, t->act, F, &L->wd, t->y, H, T, err, errn));
+    TRY(proj_fwd(t, l, TD, C0, 1, A->mid[2], t->act, F, &L->wd, t->y, H, T, err, errn));
     tk_add<<<grid_for((int64_t)T * H), 256, 0, t->s>>>(y_out, A->xmid, t->y, L->bd, (int64_t)T * H, H);
     prof_mark(t, TP_ELT_F);
     return 0;
@@ -744,14 +763,15 @@ static int layer_bwd(gpu_train *t, int32_t l, const tacts *A, const float *x, in
         tk_swiglu_fwd<<<gs, 256, 0, t->s>>>(t->act, A->gu, F);
         prof_mark(t, TP_ELT_B);
     }
-    TRY(proj_bwd(t, l, TD, C0, 1, A, t->act, F, &L->wd, dx, H, da, T, err, errn));
+    TRY(proj_bwd(t, l, TD, C0, 1, A->mid[2], t->act, F, &L->wd, dx, H, da, T, err, errn));
     tk_swiglu_bwd<<<gs, 256, 0, t->s>>>(t->dgu, da, A->gu, F);
     prof_mark(t, TP_ELT_B);
-    TRY(proj_bwd(t, l, TGU, CGU, 2, A, A->h2, H, &L->wgu, t->dgu, 2 * F, t->dh, T, err, errn));
+    TRY(proj_bwd(t, l, TGU, CGU, 2, A->mid[1], A->h2, H, &L->wgu, t->dgu, 2 * F, t->dh, T, err, errn));
     tk_norm_bwd<<<T, 256, 0, t->s>>>(dx, t->dh, A->xmid, L->ffn_norm, A->r2, H, 1, H, 0, H, 1);
     prof_mark(t, TP_ELT_B);
     /* attention */
-    TRY(proj_bwd(t, l, TO, C0, 1, A, A->att, (int)qd, &L->wo, dx, H, t->datt, T, err, errn));
+    TRY(proj_bwd(t, l, TO, C0, 1, A->mid[0] + (int64_t)3 * t->max_r * T, A->att, (int)qd, &L->wo, dx, H, t->datt, T, err,
+                 errn));
     const int32_t *so = t->d_sofs, *sl = t->d_slen;
     tk_heads<<<T, 256, 0, t->s>>>(t->datt, t->oh, so, sl, nh, hd, qd, 0, 1); /* oh := dO head-major */
     float *dqh = t->hd_tmp;                                                  /* head-major, T rows each */
@@ -784,7 +804,7 @@ static int layer_bwd(gpu_train *t, int32_t l, const tacts *A, const float *x, in
         tk_norm_bwd<<<T * nkv, 128, 0, t->s>>>(t->dqkv, t->dqkv, A->kraw, L->k_norm, A->rk, hd, nkv, qn, qd, kvd, 0);
     }
     prof_mark(t, TP_ATT_B);
-    TRY(proj_bwd(t, l, TQKV, CQKV, 3, A, A->h1, H, &L->wqkv, t->dqkv, (int)qn, t->dh, T, err, errn));
+    TRY(proj_bwd(t, l, TQKV, CQKV, 3, A->mid[0], A->h1, H, &L->wqkv, t->dqkv, (int)qn, t->dh, T, err, errn));
     tk_norm_bwd<<<T, 256, 0, t->s>>>(dx, t->dh, x, L->attn_norm, A->r1, H, 1, H, 0, H, 1);
     prof_mark(t, TP_ELT_B);
     return 0;
@@ -830,7 +850,10 @@ static int acts_alloc(gpu_train *t, tacts *A, char *err, size_t errn) {
     TA(A->P, nh * T * S * f); TA(A->att, T * qd * f); /* Σ n_s² <= T·S */
     TA(A->xmid, T * H * f); TA(A->h2, T * H * f); TA(A->r2, T * f);
     TA(A->gu, T * 2 * F * f);
-    for (int k = 0; k < LT_N; k++) TA(A->mid[k], T * (t->max_r ? t->max_r : 1) * f);
+    const int64_t r1 = t->max_r ? t->max_r : 1;
+    TA(A->mid[0], T * 4 * r1 * f); /* q|k|v, then o */
+    TA(A->mid[1], T * 2 * r1 * f); /* gate|up */
+    TA(A->mid[2], T * r1 * f);     /* down */
     return 0;
 }
 
@@ -861,16 +884,19 @@ static int train_new(gpu_model *m, const gpu_lora_desc *mods, int32_t max_tokens
         free(t->mods), free(t->h_meta), free(t->seq_off), free(t->seq_len), free(t->h_rows), free(t->h_loss), free(t);
         return gpu_fail(err, errn, PRISM_GPU_E_NOMEM, "out of host memory");
     }
+    /* per layer: every A in target order — so the adapted ones of q|k|v, and of
+     * gate|up, are one (Σr, H) matrix (proj_fwd / proj_bwd) — then every B */
     for (int i = 0; i < t->n_mods; i++) {
         if (mods[i].r <= 0) continue;
         tmod *d = &t->mods[i];
         d->r = mods[i].r, d->scale = mods[i].scale, d->in = (int32_t)mods[i].in, d->out = (int32_t)mods[i].out;
         d->offA = t->n_params;
         t->n_params += (int64_t)d->r * d->in;
-        d->offB = t->n_params;
-        t->n_params += (int64_t)d->r * d->out;
         if (d->r > t->max_r) t->max_r = d->r;
         if (i / LT_N < t->first_adapted) t->first_adapted = i / LT_N;
+        if (i % LT_N == LT_N - 1) /* the layer's last target: its Bs */
+            for (int j = i - (LT_N - 1); j <= i; j++)
+                if (t->mods[j].r) t->mods[j].offB = t->n_params, t->n_params += (int64_t)t->mods[j].r * t->mods[j].out;
     }
     const int64_t T = max_tokens, S = max_seq, H = m->H, hd = m->hd, nh = m->nh, nkv = m->nkv, F = m->F, V = m->V,
                   qd = nh * hd, kvd = nkv * hd, qn = qd + 2 * kvd, f = 4;
@@ -905,7 +931,7 @@ static int train_new(gpu_model *m, const gpu_lora_desc *mods, int32_t max_tokens
         hdt = hdt > H ? hdt : H;
         TA2(t->hf, T * H * f); TA2(t->rf, T * f); TA2(t->dx, T * H * f); TA2(t->dh, T * H * f);
         TA2(t->y, T * wide * f); TA2(t->datt, T * qd * f); TA2(t->dqkv, T * qn * f); TA2(t->dgu, T * 2 * F * f);
-        TA2(t->hd_tmp, T * hdt * f); TA2(t->ltmp, T * (t->max_r ? t->max_r : 1) * f); TA2(t->oh, T * qd * f);
+        TA2(t->hd_tmp, T * hdt * f); TA2(t->ltmp, T * 3 * (t->max_r ? t->max_r : 1) * f); TA2(t->oh, T * qd * f);
         TA2(t->dP, nh * S * S * f); TA2(t->act, T * F * f);
         int64_t aw = wide > F ? wide : F;
         aw = aw > qd ? aw : qd;
