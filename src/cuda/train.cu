@@ -1001,6 +1001,17 @@ static int train_zero_grad(gpu_train *t, char *err, size_t errn) {
     return 0;
 }
 
+/* t->logits (n, V) = the LM head on the final-normed rows rows[0..n) (device). */
+static int head_rows(gpu_train *t, const int32_t *rows, int32_t n, char *err, size_t errn) {
+    const gpu_model *m = t->m;
+    const int32_t H = m->H, V = m->V;
+    k_gather_rows(t->s, m->f32, t->hrows, t->hf, rows, n, H);
+    const cudaDataType at = m->f32 ? CUDA_R_32F : CUDA_R_16BF;
+    BL(cublasGemmEx(t->blas, CUBLAS_OP_T, CUBLAS_OP_N, V, n, H, &ONE, m->lm_head, at, H, t->hrows, at, H, &ZERO,
+                    t->logits, CUDA_R_32F, V, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+    return 0;
+}
+
 /* Loss rows r0 .. r0 + n of the pass (t->d_rows, t->d_terms): logits, per-row
  * loss into row_loss[r0 ..], dlogits·W_lm added into the rows of dhf. */
 static int loss_chunk(gpu_train *t, int32_t r0, int32_t n, int32_t kind, int32_t k, float temp, float *dhf, char *err,
@@ -1008,10 +1019,8 @@ static int loss_chunk(gpu_train *t, int32_t r0, int32_t n, int32_t kind, int32_t
     const gpu_model *m = t->m;
     const int32_t H = m->H, V = m->V;
     const int32_t *rows = t->d_rows + r0;
-    k_gather_rows(t->s, m->f32, t->hrows, t->hf, rows, n, H);
+    TRY(head_rows(t, rows, n, err, errn));
     const cudaDataType at = m->f32 ? CUDA_R_32F : CUDA_R_16BF;
-    BL(cublasGemmEx(t->blas, CUBLAS_OP_T, CUBLAS_OP_N, V, n, H, &ONE, m->lm_head, at, H, t->hrows, at, H, &ZERO,
-                    t->logits, CUDA_R_32F, V, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
     tk_loss<<<n, 256, 0, t->s>>>(t->logits, t->dlogits, t->row_loss + r0, rows, t->d_terms + r0, t->d_labels,
                                  t->d_tval, t->d_tidx, V, kind, k, temp);
     const void *dl = t->dlogits;
@@ -1165,10 +1174,7 @@ static int train_batch(gpu_train *t, const gpu_train_example *exs, int32_t n_ex,
             int32_t *lr = rows + 2 * T; /* device rows nr ..: after the loss rows */
             for (int32_t i = 0; i < tn; i++) lr[i] = t0 + i;
             CU(cudaMemcpyAsync(t->d_rows + nr, lr, (size_t)tn * 4, cudaMemcpyHostToDevice, t->s), "rows");
-            k_gather_rows(t->s, m->f32, t->hrows, t->hf, t->d_rows + nr, tn, H);
-            const cudaDataType at = m->f32 ? CUDA_R_32F : CUDA_R_16BF;
-            BL(cublasGemmEx(t->blas, CUBLAS_OP_T, CUBLAS_OP_N, V, tn, H, &ONE, m->lm_head, at, H, t->hrows, at, H, &ZERO,
-                            t->logits, CUDA_R_32F, V, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+            TRY(head_rows(t, t->d_rows + nr, tn, err, errn));
             CU(cudaMemcpyAsync(logits_out + (int64_t)t0 * V, t->logits, (size_t)tn * V * 4, cudaMemcpyDeviceToHost, t->s),
                "logits");
             CU(cudaStreamSynchronize(t->s), "logits");
