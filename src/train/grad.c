@@ -412,6 +412,16 @@ static void layer_bwd(train_ws *w, const prism_model *m, const prism_adapter *ad
 /* ------------------------------------------------------------------ losses */
 
 /* Logits of rows (n rows of hf) -> loss terms and dlogits; accumulates dhf rows. */
+/* dhf[rows[i]] += drows[i] for the n gradient rows of a loss chunk, serially
+ * (KL positions may repeat). */
+static void add_rows(float *dhf, const float *drows, const int32_t *rows, int n, int64_t H) {
+    for (int i = 0; i < n; i++) {
+        float *d = dhf + (int64_t)rows[i] * H;
+        const float *s = drows + (int64_t)i * H;
+        for (int64_t k = 0; k < H; k++) d[k] += s[k];
+    }
+}
+
 /* Top-k KL rows without the LM head's products: the loss sees only the
  * student logits at the teacher's k indices, z_j = h·W_lm[ti_j], so a row
  * takes k dot products and adds Σ_j dz_j·W_lm[ti_j] into its gradient — k·H
@@ -448,11 +458,7 @@ static double kl_rows_sparse(train_ws *w, const prism_model *m, const train_exam
         free(z), free(iota);
     }
     if (fail) return -1;
-    for (int i = 0; i < n; i++) { /* serially: positions may repeat */
-        float *d = dhf + (int64_t)rows[i] * H;
-        const float *s = w->drows + (int64_t)i * H;
-        for (int64_t k = 0; k < H; k++) d[k] += s[k];
-    }
+    add_rows(dhf, w->drows, rows, n, H);
     return loss;
 }
 
@@ -492,11 +498,7 @@ static double loss_rows(train_ws *w, const prism_model *m, const train_example *
     /* dhf[rows] += dlogits·W_lm, one pass over the LM head for the whole chunk */
     memset(w->drows, 0, (size_t)n * H * sizeof(float));
     mm_dx_acc(w->drows, w->dlogits, m->lm_head.w, m->lm_head.dt, n, V, H, 1.0f);
-    for (int i = 0; i < n; i++) {
-        float *d = dhf + (int64_t)rows[i] * H;
-        const float *s = w->drows + (int64_t)i * H;
-        for (int64_t k = 0; k < H; k++) d[k] += s[k];
-    }
+    add_rows(dhf, w->drows, rows, n, H);
     return loss;
 }
 
