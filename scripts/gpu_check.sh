@@ -10,8 +10,8 @@
 #      prefill (test_gpu with PRISM_REQUIRE_GPU=1), then again without PDL and
 #      without the decode fusions;
 #   3. bench_gpu: the Markdown table of BENCHMARKS.md (0.5B and 7B shapes),
-#      then the 7B decode without PDL, without the decode fusions and without
-#      CUDA graphs, and where the training step's time goes
+#      then the 7B decode without PDL, without the decode fusions, without
+#      CUDA graphs and with split-K per 64 keys (the old default), and where the training step's time goes
 #      (PRISM_CUDA_PROFILE=1);
 #   4. LoRA training on the GPU: gradients against peft's fixtures, the
 #      trainer's tests (exact resume, ...) and routed inference with every
@@ -83,8 +83,8 @@ echo "-- again with separate q|k|v post-processing and SwiGLU kernels (PRISM_CUD
 step "benchmarks (bench_gpu)"
 timeout 200 ./build/bench/bench_gpu ${BENCH_ARGS:---shape all} >"$OUT/bench.md" 2>&1
 cat "$OUT/bench.md"
-step "7B decode without programmatic dependent launch, without the decode fusions, without CUDA graphs (diagnostics)"
-for v in PRISM_CUDA_PDL=0 PRISM_CUDA_FUSE=0 PRISM_CUDA_GRAPHS=0; do
+step "7B decode without programmatic dependent launch, without the decode fusions, without CUDA graphs, split-K per 64 keys (diagnostics)"
+for v in PRISM_CUDA_PDL=0 PRISM_CUDA_FUSE=0 PRISM_CUDA_GRAPHS=0 PRISM_CUDA_SPLIT_KEYS=64; do
     echo "$v: $(env $v timeout 60 ./build/bench/bench_gpu --shape 7b --train 0 --runs 1 2>&1 | grep "shape:")"
 done | tee "$OUT/bench_variants.log"
 step "where LoRA training's GPU time goes (PRISM_CUDA_PROFILE=1, 8 x 512 per step; one packed pass, a pass per sequence, top-64 KL)"

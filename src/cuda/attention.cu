@@ -35,7 +35,9 @@ static __device__ __forceinline__ float warp_max(float v) {
 /* Rows r = w + 4 i (i < 8) of warp w: R <= ATT_MAX_ROWS = 32. Each lane owns
  * the dims lane + 32 j (j < DPL) of those rows' outputs, in registers.
  * Scores: thread t computes a 2 x 4 tile (rows 2 (t >> 3) + {0, 1}, keys
- * 4 (t & 7) + {0..3}) of S; the softmax of a row is one warp, a lane per key.
+ * 4 (t & 7) + {0..3}) of S, or with R <= 8 (decode: one token's group of
+ * heads, which would leave 3 of the 4 warps idle) row t >> 4 and keys
+ * 2 (t & 15) + {0, 1}; the softmax of a row is one warp, a lane per key.
  *
  * With pp.on (a batch whose every sequence is one tile: decode), the block
  * does k_qkv_post's work for its own rows from the GEMV output pp.y: q rows
@@ -138,7 +140,23 @@ __global__ void __launch_bounds__(ATT_THREADS)
             }
         }
         __syncthreads();
-        if (r0 < R) {
+        if (R <= 8) { /* decode (R = a KV group's heads): every warp, a row and 2 keys per thread */
+            const int r = tid >> 4, k = (tid & 15) * 2;
+            if (r < R) {
+                float a0 = 0.0f, a1 = 0.0f, b0 = 0.0f, b1 = 0.0f; /* keys k, k + 1; even and odd dims */
+                const float *qr = Qs + r * hp, *kr = Ks + k * hp;
+                int d = 0;
+                for (; d + 1 < hd; d += 2) {
+                    const float q0 = qr[d], q1 = qr[d + 1];
+                    a0 += q0 * kr[d], b0 += q1 * kr[d + 1], a1 += q0 * kr[hp + d], b1 += q1 * kr[hp + d + 1];
+                }
+                if (d < hd) a0 += qr[d] * kr[d], a1 += qr[d] * kr[hp + d];
+                const int32_t p = tile.p0 + r / group, fk = first_key(p, window);
+                const int32_t key = c0 + k;
+                S[r * ATT_KC + k] = k < nk && key <= p && key >= fk ? a0 + b0 : -INFINITY;
+                S[r * ATT_KC + k + 1] = k + 1 < nk && key + 1 <= p && key + 1 >= fk ? a1 + b1 : -INFINITY;
+            }
+        } else if (r0 < R) {
             float acc[2][4] = {{0.0f, 0.0f, 0.0f, 0.0f}, {0.0f, 0.0f, 0.0f, 0.0f}};
             const float *q0 = Qs + r0 * hp, *q1 = Qs + (r0 + 1 < R ? r0 + 1 : r0) * hp, *kr = Ks + k0 * hp;
             for (int d = 0; d < hd; d++) {

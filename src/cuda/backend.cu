@@ -615,6 +615,19 @@ int no_fusion(void) {
     return v;
 }
 
+/* Keys per split-K block at least (PRISM_CUDA_SPLIT_KEYS, a multiple of
+ * ATT_KC; default one chunk): fewer keys per block are fewer serial chunks in
+ * the latency-bound batch-1 step, at the price of more partials to combine. */
+static int32_t split_keys(void) {
+    static int32_t v = 0;
+    if (!v) {
+        const char *e = getenv("PRISM_CUDA_SPLIT_KEYS");
+        const long k = e ? strtol(e, NULL, 10) : ATT_KC;
+        v = k >= ATT_KC && k <= 4096 ? (int32_t)(k / ATT_KC * ATT_KC) : ATT_KC;
+    }
+    return v;
+}
+
 /* Whether a product of T rows over K inputs takes the small-batch GEMV kernels. */
 static int use_gemv(int32_t T, int64_t K) {
     static int no_gemv = -1; /* PRISM_CUDA_NO_GEMV=1: cuBLAS for every size (to bisect a mismatch) */
@@ -675,7 +688,8 @@ static int batch_meta(gpu_ctx *c, const gpu_batch *b, char *err, size_t errn) {
     if (no_fusion() || nt > 64) c->att_fused = 0;
     c->n_split = 1;
     if (T <= ATT_SPLIT_TOKENS) {
-        const int32_t blocks = nt * m->nkv, want = (2 * m->n_sm + blocks - 1) / blocks, by_keys = (max_keys + 63) / 64;
+        const int32_t sk = split_keys();
+        const int32_t blocks = nt * m->nkv, want = (2 * m->n_sm + blocks - 1) / blocks, by_keys = (max_keys + sk - 1) / sk;
         int32_t ns = want < by_keys ? want : by_keys;
         c->n_split = ns < 1 ? 1 : ns > ATT_MAX_SPLIT ? ATT_MAX_SPLIT : ns;
     }
