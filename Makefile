@@ -53,7 +53,7 @@ cuda-module-optional:
 	@$(MAKE) --no-print-directory $(B)/prism-cuda.so || \
 	    echo "warning: the CUDA module did not build; prism runs on the CPU only (make CUDA=1 to see the failure as an error)"
 
-all: $(B)/prism $(TEST_BIN) $(BENCH_BIN) $(CUDA_LIB) $(B)/emu/prism-cuda.so
+all: $(B)/prism $(TEST_BIN) $(BENCH_BIN) $(CUDA_LIB) $(B)/emu/prism-cuda.so $(B)/emu/test_flash
 
 $(B)/obj/%.o: %.cu src/cuda/common.cuh src/gpu/gpu.h
 	@mkdir -p $(dir $@)
@@ -101,7 +101,19 @@ $(EMU_B)/%.cpp: src/cuda/%.cu
 $(EMU_B)/prism-cuda.so: $(EMU_CPP) tests/cuda_emu/cuda_emu.cpp tests/cuda_emu/cuda_emu.h src/cuda/common.cuh src/gpu/gpu.h
 	$(CXX) -std=c++17 -O2 -g -fPIC -shared -fno-strict-aliasing -Wall -Wextra -Wno-unknown-pragmas -DPRISM_CUDA_EMU \
 	    -DPRISM_CUDA_ARCHS='"emulated"' -Iinclude -Isrc -Itests/cuda_emu -o $@ $(EMU_CPP) tests/cuda_emu/cuda_emu.cpp
-emu: $(EMU_B)/prism-cuda.so
+emu: $(EMU_B)/prism-cuda.so $(EMU_B)/test_flash
+
+# tests/test_flash.cu (the trainer's tensor-core attention against a reference)
+# on the emulator; on a GPU: $(B)/tests/test_flash (gpu_check.sh).
+$(EMU_B)/test_flash.cpp: tests/test_flash.cu
+	@mkdir -p $(dir $@)
+	sed -E 's/([A-Za-z_][A-Za-z0-9_]*(<[A-Za-z0-9_, ]+>)?)<<<(.*)>>>\(/emu::launch(emu::cfg(\3), \1, /' $< > $@
+$(EMU_B)/test_flash: $(EMU_B)/test_flash.cpp $(EMU_B)/flash.cpp tests/cuda_emu/cuda_emu.cpp tests/cuda_emu/cuda_emu.h src/cuda/common.cuh
+	$(CXX) -std=c++17 -O2 -g -fno-strict-aliasing -Wall -Wextra -Wno-unknown-pragmas -DPRISM_CUDA_EMU \
+	    -Iinclude -Isrc -Itests/cuda_emu -o $@ $(EMU_B)/test_flash.cpp $(EMU_B)/flash.cpp tests/cuda_emu/cuda_emu.cpp -ldl
+$(B)/tests/test_flash: tests/test_flash.cu src/cuda/flash.cu src/cuda/common.cuh
+	@mkdir -p $(dir $@)
+	$(NVCC) $(NVCCFLAGS) -o $@ tests/test_flash.cu src/cuda/flash.cu
 
 test: all
 	./tests/run_all.sh

@@ -68,7 +68,8 @@ fi
 
 step "build"
 time make -j"$(nproc)" CUDA=1 CUDA_ARCHS="${CUDA_ARCHS:-90}" build/prism build/prism-cuda.so build/tests/test_gpu \
-    build/tests/test_lora_grad build/tests/test_train build/tests/test_prism build/bench/bench_gpu >"$OUT/build.log" 2>&1 || { tail -30 "$OUT/build.log"; exit 1; }
+    build/tests/test_lora_grad build/tests/test_train build/tests/test_prism build/tests/test_flash build/bench/bench_gpu \
+    >"$OUT/build.log" 2>&1 || { tail -30 "$OUT/build.log"; exit 1; }
 grep -iE "warning|error" "$OUT/build.log" | head -20
 ./build/prism info --device cuda || exit 1
 
@@ -79,6 +80,12 @@ grep -E "^(exact|fast)" "$OUT/test_gpu.log" | head -60
 tail -1 "$OUT/test_gpu.log" | grep -q " 0 failed" || fail=1
 echo "-- again with plain launches (PRISM_CUDA_PDL=0): $(PRISM_CUDA_PDL=0 PRISM_REQUIRE_GPU=1 timeout 120 ./build/tests/test_gpu 2>&1 | tail -1)"
 echo "-- again with separate q|k|v post-processing and SwiGLU kernels (PRISM_CUDA_FUSE=0): $(PRISM_CUDA_FUSE=0 PRISM_REQUIRE_GPU=1 timeout 120 ./build/tests/test_gpu 2>&1 | tail -1)"
+
+step "the trainer's tensor-core attention against a double-precision reference (test_flash)"
+timeout 60 ./build/tests/test_flash >"$OUT/flash.tmp" 2>&1
+grep -vE "^ok" "$OUT/flash.tmp"
+tail -1 "$OUT/flash.tmp" | grep -q " 0 failed" || fail=1
+cat "$OUT/flash.tmp" >>"$OUT/test_gpu.log" && rm "$OUT/flash.tmp"
 
 step "benchmarks (bench_gpu)"
 timeout 200 ./build/bench/bench_gpu ${BENCH_ARGS:---shape all} >"$OUT/bench.md" 2>&1
@@ -92,6 +99,9 @@ for args in "--shape 7b" "--shape 7b --train-pass 1" "--shape 7b --train-loss kl
     echo "== bench_gpu $args"
     PRISM_CUDA_PROFILE=1 timeout 90 ./build/bench/bench_gpu $args --only train --runs 1 2>&1 | grep -E "^ |profile|\| Qwen"
 done | tee -a "$OUT/bench_variants.log"
+echo "== bench_gpu --shape 7b with attention by cuBLAS (PRISM_CUDA_FLASH=0: the baseline of flash.cu)" | tee -a "$OUT/bench_variants.log"
+PRISM_CUDA_FLASH=0 PRISM_CUDA_PROFILE=1 timeout 90 ./build/bench/bench_gpu --shape 7b --only train --runs 1 2>&1 |
+    grep -E "^ |profile|\| Qwen" | tee -a "$OUT/bench_variants.log"
 
 step "LoRA training and routing on the GPU (test_lora_grad, test_train, test_prism with PRISM_DEVICE=cuda)"
 for t in test_lora_grad test_train test_prism; do

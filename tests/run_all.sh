@@ -48,6 +48,7 @@ done
 # and gated routes, chunked routed prefill) and the CLI end to end.
 if [ -f "$B/emu/prism-cuda.so" ] && [ -x "$B/tests/test_gpu" ]; then
     run_one "test_gpu (CUDA module on the CPU emulator)" env PRISM_CUDA_MODULE="$B/emu/prism-cuda.so" "$B/tests/test_gpu"
+    [ -x "$B/emu/test_flash" ] && run_one "test_flash (the trainer's tensor-core attention, CPU emulator)" "$B/emu/test_flash"
     for t in test_lora_grad test_train test_prism test_cli; do
         [ -x "$B/tests/$t" ] && run_one "$t (PRISM_DEVICE=cuda, CPU emulator)" \
             env PRISM_DEVICE=cuda PRISM_CUDA_MODULE="$B/emu/prism-cuda.so" "$B/tests/$t"

@@ -326,6 +326,7 @@ static int model_new(const gpu_model_desc *d, int32_t dev, gpu_model **out, char
     m->f32 = d->f32 != 0;
     m->asz = m->f32 ? 4 : 2;
     m->n_sm = p.multiProcessorCount;
+    m->cc_major = p.major;
     m->layers = (dlayer *)calloc((size_t)d->n_layers, sizeof *m->layers);
     void *stage = d->random_init ? NULL : malloc((size_t)STAGE_ELEMS * 4);
     if (!m->layers || (!d->random_init && !stage)) {

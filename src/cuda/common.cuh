@@ -183,6 +183,7 @@ struct gpu_model {
     int64_t bytes;
     int smem_optin; /* max dynamic shared memory per block */
     int n_sm;
+    int cc_major;   /* compute capability */
 };
 
 typedef struct {
@@ -308,6 +309,27 @@ void k_gemv_glu(cudaStream_t s, int f32, void *act, const void *x, const void *w
 int attention_smem(int32_t rows, int32_t hd, int32_t new_tokens);
 int attention_setup(int smem_optin, char *err, size_t errn);
 void k_attention(const gpu_ctx *c, int32_t layer, void *out);
+
+/* ---- flash.cu: the trainer's attention on tensor cores (BF16 WMMA, sm_80+).
+ * q, k, v, o, dO and gradients F32 head-major per sequence (train.cu); a
+ * flash_tile is FLASH_TILE positions of one sequence. */
+#define FLASH_TILE 64
+typedef struct {
+    int32_t off, n, start; /* the sequence's first pass row and length; the tile's first position */
+} flash_tile;
+int flash_smem(int32_t hd);                                /* bytes per block; -1: hd > 128 */
+int flash_setup(int32_t hd, int cc_major, int smem_optin); /* 0: usable on this device */
+/* o = softmax(scale·q kᵀ, causal/window) v per head; lse per row (head-major rows) */
+void k_flash_fwd(cudaStream_t s, const float *q, const float *k, const float *v, float *o, float *lse,
+                 const flash_tile *tiles, int32_t n_tiles, int32_t nh, int32_t nkv, int32_t hd, int32_t window,
+                 float scale);
+/* dq, dk, dv (written, not added) from dO (head-major), lse and D = rowsum(dO ⊙ O) */
+void k_flash_bwd(cudaStream_t s, const float *q, const float *k, const float *v, const float *dout_heads,
+                 const float *lse, const float *D, float *dq, float *dk, float *dv, const flash_tile *tiles,
+                 int32_t n_tiles, int32_t nh, int32_t nkv, int32_t hd, int32_t window, float scale);
+/* D from the row-major (T, nh·hd) output and its gradient; sofs/slen per row */
+void k_flash_dot(cudaStream_t s, float *D, const float *dout, const float *out, const int32_t *sofs,
+                 const int32_t *slen, int32_t T, int32_t nh, int32_t hd);
 
 /* ---- train.cu: fills the training entries of the table */
 void gpu_train_api(prism_gpu_api *api);

@@ -42,7 +42,8 @@ typedef struct {
 typedef struct {
     float *h1, *r1, *qraw, *kraw, *rq, *rk;
     float *qh, *kh, *vh; /* head-major (n, T, hd), after norm and RoPE */
-    float *P;            /* (nh, T, T) */
+    float *P;            /* (nh, n_s, n_s) per sequence: the cuBLAS path */
+    float *lse;          /* (nh, T) log-sum-exp per row, head-major: the flash path */
     float *att;          /* (T, qd) */
     float *xmid, *h2, *r2;
     float *gu;           /* (T, 2F) gate | up, biases included */
@@ -56,6 +57,10 @@ struct gpu_train {
     int32_t T_max;     /* rows of a pass: the tokens of all its sequences */
     int32_t S_max;     /* tokens of one sequence at most */
     int32_t recompute, n_mods, max_r, first_adapted;
+    int32_t flash;     /* attention by flash.cu (BF16 tensor cores, no P) rather than cuBLAS */
+    flash_tile *h_ftiles, *d_ftiles; /* the pass's 64-position tiles (host staging, device) */
+    int32_t n_ftiles;
+    float *Drow;       /* (nh, T) rowsum(dO ⊙ O), head-major: the flash backward */
     int32_t loss_rows; /* min(T_max, LOSS_ROWS) */
     tmod *mods;
     int64_t n_params;
@@ -719,7 +724,9 @@ static int layer_fwd(gpu_train *t, int32_t l, tacts *A, const float *x, float *y
                                      A->qh, A->kh, A->vh, t->d_sofs, t->d_slen, nh, nkv, hd, qn, m->eps);
     const float scale = 1.0f / sqrtf((float)hd);
     float *P = A->P;
-    for (int32_t s = 0; s < t->n_seq; s++) {
+    if (t->flash)
+        k_flash_fwd(t->s, A->qh, A->kh, A->vh, t->oh, A->lse, t->d_ftiles, t->n_ftiles, nh, nkv, hd, m->window, scale);
+    for (int32_t s = 0; s < t->n_seq && !t->flash; s++) {
         /* sequence s, per KV head g (one batched GEMM each): S_g = scale·K_gᵀQ_g, P_g = softmax(S_g), O_g = V_g·P_g */
         const int32_t n = t->seq_len[s];
         const int64_t o = t->seq_off[s], gt = (int64_t)group * n;
@@ -778,7 +785,12 @@ static int layer_bwd(gpu_train *t, int32_t l, const tacts *A, const float *x, in
     float *dkh = dqh + qd * T, *dvh = dkh + kvd * T;
     const float scale = 1.0f / sqrtf((float)hd);
     const float *P = A->P;
-    for (int32_t s = 0; s < t->n_seq; s++) {
+    if (t->flash) {
+        k_flash_dot(t->s, t->Drow, t->datt, A->att, so, sl, T, nh, hd);
+        k_flash_bwd(t->s, A->qh, A->kh, A->vh, t->oh, A->lse, t->Drow, dqh, dkh, dvh, t->d_ftiles, t->n_ftiles, nh, nkv,
+                    hd, m->window, scale);
+    }
+    for (int32_t s = 0; s < t->n_seq && !t->flash; s++) {
         /* sequence s, per KV head g, batched: dP_g = V_gᵀdO_g, dS_g, dQ_g = K_g·dS_g, dK_g = Q_g·dS_gᵀ, dV_g = dO_g·P_gᵀ */
         const int32_t n = t->seq_len[s];
         const int64_t o = t->seq_off[s], gt = (int64_t)group * n, sq = gt * hd, skv = (int64_t)n * hd, sp = gt * n;
@@ -833,6 +845,7 @@ static void train_free(gpu_train *t) {
     free(t->seq_len);
     free(t->h_rows);
     free(t->h_loss);
+    free(t->h_ftiles);
     free(t);
 }
 
@@ -847,7 +860,9 @@ static int acts_alloc(gpu_train *t, tacts *A, char *err, size_t errn) {
         TA(A->qraw, T * qd * f); TA(A->kraw, T * kvd * f); TA(A->rq, T * nh * f); TA(A->rk, T * nkv * f);
     }
     TA(A->qh, T * qd * f); TA(A->kh, T * kvd * f); TA(A->vh, T * kvd * f);
-    TA(A->P, nh * T * S * f); TA(A->att, T * qd * f); /* Σ n_s² <= T·S */
+    if (t->flash) TA(A->lse, nh * T * f);
+    else TA(A->P, nh * T * S * f); /* Σ n_s² <= T·S */
+    TA(A->att, T * qd * f);
     TA(A->xmid, T * H * f); TA(A->h2, T * H * f); TA(A->r2, T * f);
     TA(A->gu, T * 2 * F * f);
     const int64_t r1 = t->max_r ? t->max_r : 1;
@@ -875,13 +890,19 @@ static int train_new(gpu_model *m, const gpu_lora_desc *mods, int32_t max_tokens
     t->seq_len = (int32_t *)malloc((size_t)max_tokens * sizeof(int32_t));
     t->h_rows = (int32_t *)malloc((size_t)max_tokens * 3 * sizeof(int32_t));
     t->h_loss = (double *)malloc((size_t)max_tokens * sizeof(double));
+    t->h_ftiles = (flash_tile *)malloc(((size_t)max_tokens + max_tokens / FLASH_TILE + 1) * sizeof(flash_tile));
     t->recompute = recompute != 0;
+    { /* BF16 models: attention on tensor cores where the device and head size allow (PRISM_CUDA_FLASH=0: cuBLAS) */
+        const char *e = getenv("PRISM_CUDA_FLASH");
+        t->flash = !m->f32 && !(e && *e == '0') && flash_setup(m->hd, m->cc_major, m->smem_optin) == 0;
+    }
     t->n_mods = m->n_layers * LT_N;
     t->mods = (tmod *)calloc((size_t)t->n_mods, sizeof *t->mods);
     t->first_adapted = m->n_layers;
     int rc = 0;
-    if (!t->mods || !t->h_meta || !t->seq_off || !t->seq_len || !t->h_rows || !t->h_loss) {
-        free(t->mods), free(t->h_meta), free(t->seq_off), free(t->seq_len), free(t->h_rows), free(t->h_loss), free(t);
+    if (!t->mods || !t->h_meta || !t->seq_off || !t->seq_len || !t->h_rows || !t->h_loss || !t->h_ftiles) {
+        free(t->mods), free(t->h_meta), free(t->seq_off), free(t->seq_len), free(t->h_rows), free(t->h_loss);
+        free(t->h_ftiles), free(t);
         return gpu_fail(err, errn, PRISM_GPU_E_NOMEM, "out of host memory");
     }
     /* per layer: every A in target order — so the adapted ones of q|k|v, and of
@@ -932,7 +953,13 @@ static int train_new(gpu_model *m, const gpu_lora_desc *mods, int32_t max_tokens
         TA2(t->hf, T * H * f); TA2(t->rf, T * f); TA2(t->dx, T * H * f); TA2(t->dh, T * H * f);
         TA2(t->y, T * wide * f); TA2(t->datt, T * qd * f); TA2(t->dqkv, T * qn * f); TA2(t->dgu, T * 2 * F * f);
         TA2(t->hd_tmp, T * hdt * f); TA2(t->ltmp, T * 3 * (t->max_r ? t->max_r : 1) * f); TA2(t->oh, T * qd * f);
-        TA2(t->dP, nh * S * S * f); TA2(t->act, T * F * f);
+        if (t->flash) {
+            TA2(t->Drow, nh * T * f);
+            TA2(t->d_ftiles, (T + T / FLASH_TILE + 1) * (int64_t)sizeof(flash_tile));
+        } else {
+            TA2(t->dP, nh * S * S * f);
+        }
+        TA2(t->act, T * F * f);
         int64_t aw = wide > F ? wide : F;
         aw = aw > qd ? aw : qd;
         TA2(t->abuf, T * aw * (int64_t)m->asz);
@@ -1121,6 +1148,15 @@ static int train_batch(gpu_train *t, const gpu_train_example *exs, int32_t n_ex,
     }
     for (int i = 0; i < 4; i++)
         CU(cudaMemcpyAsync(t->d_tok + i * TM, tok + i * TM, (size_t)T * 4, cudaMemcpyHostToDevice, t->s), "tokens");
+    if (t->flash) {
+        t->n_ftiles = 0;
+        for (int32_t e = 0; e < n_ex; e++)
+            for (int32_t p = 0; p < t->seq_len[e]; p += FLASH_TILE)
+                t->h_ftiles[t->n_ftiles++] = (flash_tile){t->seq_off[e], t->seq_len[e], p};
+        CU(cudaMemcpyAsync(t->d_ftiles, t->h_ftiles, (size_t)t->n_ftiles * sizeof(flash_tile), cudaMemcpyHostToDevice,
+                           t->s),
+           "attention tiles");
+    }
     if (nr) {
         CU(cudaMemcpyAsync(t->d_rows, rows, (size_t)nr * 4, cudaMemcpyHostToDevice, t->s), "loss rows");
         CU(cudaMemcpyAsync(t->d_terms, terms, (size_t)nr * 4, cudaMemcpyHostToDevice, t->s), "loss rows");

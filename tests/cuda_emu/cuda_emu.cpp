@@ -38,6 +38,7 @@ std::vector<Fiber> fibers;
 std::vector<float> xf;
 std::vector<int> xi;
 std::vector<double> xd;
+std::vector<float> xw; /* WMMA operands, 512 floats per warp */
 std::vector<char> dyn;
 jmp_buf sched;
 int cur = -1;
@@ -114,6 +115,8 @@ double shfl_xor(double v, int m) {
 
 void syncwarp() { wait(WAIT_WARP); }
 
+float *wmma_scratch() { return xw.data() + (size_t)(cur >> 5) * 512; }
+
 void *dyn_smem() { return dyn.data(); }
 
 void run(const cfg &c, const std::function<void()> &fn) {
@@ -151,6 +154,7 @@ void run(const cfg &c, const std::function<void()> &fn) {
         xf.resize((size_t)n);
         xi.resize((size_t)n);
         xd.resize((size_t)n);
+        xw.resize((size_t)(n + 31) / 32 * 512);
     }
     for (int i = 0; i < n; i++)
         if (!fibers[i].stack) {

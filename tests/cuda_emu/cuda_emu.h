@@ -21,6 +21,7 @@
 #include <string.h>
 
 #include <functional>
+#include <type_traits>
 
 /* ------------------------------------------------------------ language */
 #define __global__
@@ -46,7 +47,11 @@ struct uint4 {
 struct float2 {
     float x, y;
 };
+struct float4 {
+    float x, y, z, w;
+};
 static inline float2 make_float2(float a, float b) { return float2{a, b}; }
+static inline float4 make_float4(float a, float b, float c, float d) { return float4{a, b, c, d}; }
 static inline uint4 make_uint4(unsigned a, unsigned b, unsigned c, unsigned d) { return uint4{a, b, c, d}; }
 template <class T> static inline T __ldg(const T *p) { return *p; }
 template <class T> static inline T __ldcg(const T *p) { return *p; }
@@ -102,6 +107,81 @@ static inline __nv_bfloat16 __float2bfloat16(float f) {
 static inline float2 __bfloat1622float2(__nv_bfloat162 v) {
     return float2{__bfloat162float(v.x), __bfloat162float(v.y)};
 }
+
+/* ------------------------------------------------------------ WMMA (16 x 16 x 16)
+ * A fragment is distributed over the warp as on a GPU: lane l holds elements
+ * 8 l .. 8 l + 7 of the row-major 16 x 16 tile (an arbitrary mapping, as the
+ * real one is unspecified: code that relies on it is wrong anyway). Loads
+ * and stores touch only the lane's own elements, without a barrier, so a
+ * missing __syncwarp between a store and another lane's load shows;
+ * mma_sync exchanges the operands through per-warp scratch between two warp
+ * barriers (every lane must call it, as on a GPU). */
+namespace emu {
+float *wmma_scratch(); /* 512 floats for the calling thread's warp */
+}
+namespace nvcuda {
+namespace wmma {
+struct matrix_a {};
+struct matrix_b {};
+struct accumulator {};
+struct row_major {};
+struct col_major {};
+enum layout_t { mem_row_major, mem_col_major };
+template <class Use, int M, int N, int K, class T, class Layout = void> struct fragment {
+    static_assert(M == 16 && N == 16 && K == 16, "the emulator has the 16 x 16 x 16 shape only");
+    static const int num_elements = 8;
+    float x[8];
+};
+static inline float wmma_f(float v) { return v; }
+static inline float wmma_f(__nv_bfloat16 v) { return __bfloat162float(v); }
+static inline int wmma_lane() { return (int)((threadIdx.x + blockDim.x * (threadIdx.y + blockDim.y * threadIdx.z)) & 31); }
+template <class Use, class T, class Layout, class P>
+static inline void load_matrix_sync(fragment<Use, 16, 16, 16, T, Layout> &f, const P *p, unsigned ldm) {
+    const int col = std::is_same<Layout, col_major>::value, l = wmma_lane();
+    for (int e = 0; e < 8; e++) {
+        const int i = (8 * l + e) / 16, j = (8 * l + e) % 16;
+        f.x[e] = wmma_f(col ? p[j * ldm + i] : p[i * ldm + j]);
+    }
+}
+template <class P>
+static inline void load_matrix_sync(fragment<accumulator, 16, 16, 16, float> &f, const P *p, unsigned ldm, layout_t lay) {
+    const int l = wmma_lane();
+    for (int e = 0; e < 8; e++) {
+        const int i = (8 * l + e) / 16, j = (8 * l + e) % 16;
+        f.x[e] = lay == mem_col_major ? p[j * ldm + i] : p[i * ldm + j];
+    }
+}
+static inline void store_matrix_sync(float *p, const fragment<accumulator, 16, 16, 16, float> &f, unsigned ldm, layout_t lay) {
+    const int l = wmma_lane();
+    for (int e = 0; e < 8; e++) {
+        const int i = (8 * l + e) / 16, j = (8 * l + e) % 16;
+        (lay == mem_col_major ? p[j * ldm + i] : p[i * ldm + j]) = f.x[e];
+    }
+}
+template <class Use, class T, class Layout>
+static inline void fill_fragment(fragment<Use, 16, 16, 16, T, Layout> &f, float v) {
+    for (int e = 0; e < 8; e++) f.x[e] = std::is_same<T, float>::value ? v : __bfloat162float(__float2bfloat16(v));
+}
+template <class TA, class LA, class TB, class LB>
+static inline void mma_sync(fragment<accumulator, 16, 16, 16, float> &d, const fragment<matrix_a, 16, 16, 16, TA, LA> &a,
+                            const fragment<matrix_b, 16, 16, 16, TB, LB> &b,
+                            const fragment<accumulator, 16, 16, 16, float> &c) {
+    float *sc = emu::wmma_scratch(); /* A (16 x 16) | B (16 x 16), row-major */
+    const int l = wmma_lane();
+    for (int e = 0; e < 8; e++) sc[8 * l + e] = a.x[e], sc[256 + 8 * l + e] = b.x[e];
+    emu::syncwarp();
+    float o[8];
+    for (int e = 0; e < 8; e++) {
+        const int i = (8 * l + e) / 16, j = (8 * l + e) % 16;
+        float acc = c.x[e];
+        for (int k = 0; k < 16; k++) acc += sc[i * 16 + k] * sc[256 + k * 16 + j];
+        o[e] = acc;
+    }
+    emu::syncwarp(); /* every lane has read the operands before the next mma writes them */
+    for (int e = 0; e < 8; e++) d.x[e] = o[e];
+}
+} // namespace wmma
+} // namespace nvcuda
 
 /* ------------------------------------------------------------ runtime */
 typedef enum {
