@@ -20,7 +20,8 @@
 #      routed generation;
 #   6. compute-sanitizer memcheck and racecheck over one architecture, when
 #      installed;
-#   7. the 7B batch-1 decode step under Nsight Compute (scripts/gpu_profile.sh).
+#   7. the 7B batch-1 decode step under Nsight Compute (scripts/gpu_profile.sh),
+#      and the kernels of a 7B training step under Nsight Systems, when installed.
 # Machines without a package mirror: run scripts/gpu_prepare.sh first where
 # one is reachable and carry .gpu/ (Debian packages unpacked into a private
 # prefix here, fixtures). Logs go to $OUT (default /tmp/prism-gpu), at most
@@ -135,6 +136,27 @@ if command -v compute-sanitizer >/dev/null 2>&1; then
         ./build/tests/test_gpu >>"$OUT/memcheck.log" 2>&1
     grep -E "RACECHECK SUMMARY|ERROR SUMMARY|passed, " "$OUT/memcheck.log" | tail -3
     tail -3 "$OUT/memcheck.log" | grep -qE "(ERROR|RACECHECK) SUMMARY: 0 " || { fail=1; grep -m 10 -B2 -A10 "Error\|Warning\|hazard" "$OUT/memcheck.log" | tail -40; }
+    for tool in memcheck racecheck; do
+        step "compute-sanitizer $tool (test_flash: the training attention's WMMA kernels)"
+        timeout 90 compute-sanitizer --tool $tool --print-limit 20 ./build/tests/test_flash >"$OUT/flash.tmp" 2>&1
+        grep -E "SUMMARY|passed, " "$OUT/flash.tmp" | tail -3
+        tail -3 "$OUT/flash.tmp" | grep -qE "(ERROR|RACECHECK) SUMMARY: 0 " || { fail=1; grep -m 10 -B2 -A10 "Error\|Warning\|hazard" "$OUT/flash.tmp" | tail -40; }
+        cat "$OUT/flash.tmp" >>"$OUT/memcheck.log" && rm "$OUT/flash.tmp"
+    done
+fi
+
+if command -v nsys >/dev/null 2>&1; then
+    step "every kernel of a 7B training step (Nsight Systems, GPU time summed per kernel name, top 30)"
+    timeout 120 nsys profile -t cuda -o /tmp/prism-train --force-overwrite true \
+        ./build/bench/bench_gpu --shape 7b --only train --runs 1 >/dev/null 2>&1 &&
+        nsys stats -q -r cuda_gpu_kern_sum -f csv /tmp/prism-train.nsys-rep 2>/dev/null |
+        python3 -c '
+import csv, sys
+rows = [r for r in csv.reader(sys.stdin) if r]
+head = next((i for i, r in enumerate(rows) if r[0].startswith("Time")), None)
+for r in rows[head + 1 : head + 31] if head is not None else []:
+    print("%6.1f%%  %10.2f ms  %6s x  %.110s" % (float(r[0]), float(r[1]) / 1e6, r[2], r[-1]))' |
+            tee -a "$OUT/bench_variants.log"
 fi
 
 if command -v ncu >/dev/null 2>&1; then

@@ -378,21 +378,27 @@ __global__ void tk_bias(float *y, const float *bias, int64_t total, int32_t n) {
         y[i] += bias[i % n];
 }
 
-__global__ void tk_swiglu_fwd(float *a, const float *gu, int32_t F) {
+/* a = silu(g)·u: F32 into a and/or BF16 into ab (the down GEMM's input, so
+ * no conversion pass re-reads it); either may be NULL. */
+__global__ void tk_swiglu_fwd(float *a, bf16 *ab, const float *gu, int32_t F) {
     const int64_t t = blockIdx.y;
     const int32_t j = blockIdx.x * blockDim.x + threadIdx.x;
     if (j >= F) return;
-    const float g = gu[t * 2 * F + j];
-    a[t * F + j] = g / (1.0f + expf(-g)) * gu[t * 2 * F + F + j];
+    const float g = gu[t * 2 * F + j], v = g / (1.0f + expf(-g)) * gu[t * 2 * F + F + j];
+    if (a) a[t * F + j] = v;
+    if (ab) ab[t * F + j] = __float2bfloat16(v);
 }
 
-__global__ void tk_swiglu_bwd(float *dgu, const float *da, const float *gu, int32_t F) {
+/* dgu (F32, for LoRA) and, unless NULL, its BF16 copy dgub for the frozen gate|up backward GEMM. */
+__global__ void tk_swiglu_bwd(float *dgu, bf16 *dgub, const float *da, const float *gu, int32_t F) {
     const int64_t t = blockIdx.y;
     const int32_t j = blockIdx.x * blockDim.x + threadIdx.x;
     if (j >= F) return;
     const float g = gu[t * 2 * F + j], u = gu[t * 2 * F + F + j], sg = 1.0f / (1.0f + expf(-g)), d = da[t * F + j];
-    dgu[t * 2 * F + F + j] = d * g * sg;
-    dgu[t * 2 * F + j] = d * u * sg * (1.0f + g * (1.0f - sg));
+    const float du = d * g * sg, dg = d * u * sg * (1.0f + g * (1.0f - sg));
+    dgu[t * 2 * F + F + j] = du;
+    dgu[t * 2 * F + j] = dg;
+    if (dgub) dgub[t * 2 * F + F + j] = __float2bfloat16(du), dgub[t * 2 * F + j] = __float2bfloat16(dg);
 }
 
 template <class A> __global__ void tk_to(A *dst, const float *src, int64_t n) {
@@ -400,9 +406,10 @@ template <class A> __global__ void tk_to(A *dst, const float *src, int64_t n) {
         stA(dst + i, src[i]);
 }
 
+/* dst[rows[j]] += src[j]; rows may repeat (KL positions can), hence atomics. */
 __global__ void tk_scatter_add(float *dst, const float *src, const int32_t *rows, int32_t H) {
     const int64_t j = blockIdx.x, r = rows[j];
-    for (int32_t k = threadIdx.x; k < H; k += blockDim.x) dst[r * H + k] += src[j * H + k];
+    for (int32_t k = threadIdx.x; k < H; k += blockDim.x) atomicAdd(&dst[r * H + k], src[j * H + k]);
 }
 
 /* Loss of one logits row and its gradient (dlogits row fully written).
@@ -590,24 +597,27 @@ static const void *as_act(gpu_train *t, const float *x, int64_t n) {
     return t->abuf;
 }
 
-/* y (T, out; ldy) = x (T, in) · Wᵀ (+ beta·y) */
-static int w_fwd(gpu_train *t, float *y, int ldy, const float *x, const dlin *W, int32_t T, float beta, char *err,
-                 size_t errn) {
+/* y (T, out; ldy) = x (T, in) · Wᵀ (+ beta·y); xa: x already in the
+ * activation type (written so by its producer), else NULL. */
+static int w_fwd(gpu_train *t, float *y, int ldy, const float *x, const void *xa, const dlin *W, int32_t T, float beta,
+                 char *err, size_t errn) {
     const int in = (int)W->in, out = (int)W->out;
-    const void *xa = as_act(t, x, (int64_t)T * in);
+    if (!xa) xa = as_act(t, x, (int64_t)T * in);
     const cudaDataType at = t->m->f32 ? CUDA_R_32F : CUDA_R_16BF;
     BL(cublasGemmEx(t->blas, CUBLAS_OP_T, CUBLAS_OP_N, out, T, in, &ONE, W->w, at, in, xa, at, in, &beta, y, CUDA_R_32F,
                     ldy, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
     return 0;
 }
 
-/* dx (T, in) (+)= dy (T, out; ldy) · W */
-static int w_bwd(gpu_train *t, float *dx, const float *dy, int ldy, const dlin *W, int32_t T, float beta, char *err,
-                 size_t errn) {
+/* dx (T, in) (+)= dy (T, out; ldy) · W; dya: dy already in the activation type, else NULL. */
+static int w_bwd(gpu_train *t, float *dx, const float *dy, const void *dya, int ldy, const dlin *W, int32_t T,
+                 float beta, char *err, size_t errn) {
     const int in = (int)W->in, out = (int)W->out;
     const void *da = dy;
     int ld = ldy;
-    if (!t->m->f32) { /* pack (T, out) at ldy into abuf as BF16 */
+    if (dya) {
+        da = dya;
+    } else if (!t->m->f32) { /* pack (T, out) at ldy into abuf as BF16 */
         if (ldy != out) return gpu_fail(err, errn, PRISM_GPU_E_ARG, "internal: strided BF16 backward input");
         da = as_act(t, dy, (int64_t)T * out);
     }
@@ -641,12 +651,12 @@ static int group_of(const gpu_train *t, int32_t l, const int *tg, int n, const t
  * GEMM adds onto them in its epilogue (beta = 1: y is read there, while the
  * GEMM is compute-bound, instead of a second read-modify-write pass). */
 static int proj_fwd(gpu_train *t, int32_t l, const int *tg, const int64_t *col, int n, float *mid, const float *x,
-                    int ldx, const dlin *W, float *y, int ldy, int32_t T, char *err, size_t errn) {
+                    const void *xa, int ldx, const dlin *W, float *y, int ldy, int32_t T, char *err, size_t errn) {
     const tmod *md[3];
     int rs;
     const int k = group_of(t, l, tg, n, md, &rs);
     if (k < n) {
-        TRY(w_fwd(t, y, ldy, x, W, T, 0.0f, err, errn));
+        TRY(w_fwd(t, y, ldy, x, xa, W, T, 0.0f, err, errn));
         prof_mark(t, TP_GEMM_F);
     }
     if (k) {
@@ -663,7 +673,7 @@ static int proj_fwd(gpu_train *t, int32_t l, const int *tg, const int64_t *col, 
         prof_mark(t, TP_LORA_F);
     }
     if (k == n) {
-        TRY(w_fwd(t, y, ldy, x, W, T, 1.0f, err, errn));
+        TRY(w_fwd(t, y, ldy, x, xa, W, T, 1.0f, err, errn));
         prof_mark(t, TP_GEMM_F);
     }
     return 0;
@@ -674,8 +684,8 @@ static int proj_fwd(gpu_train *t, int32_t l, const int *tg, const int64_t *col, 
  * d[A_j] += tmpᵀ·x and dx = tmp·[A_j] as one GEMM each; then the frozen
  * GEMM adds dy·W onto dx. */
 static int proj_bwd(gpu_train *t, int32_t l, const int *tg, const int64_t *col, int n, const float *mid,
-                    const float *x, int ldx, const dlin *W, const float *dy, int ldy, float *dx, int32_t T, char *err,
-                    size_t errn) {
+                    const float *x, int ldx, const dlin *W, const float *dy, const void *dya, int ldy, float *dx,
+                    int32_t T, char *err, size_t errn) {
     const tmod *md[3];
     int rs;
     const int k = group_of(t, l, tg, n, md, &rs);
@@ -699,7 +709,7 @@ static int proj_bwd(gpu_train *t, int32_t l, const int *tg, const int64_t *col, 
                errn));
         prof_mark(t, TP_LORA_B);
     }
-    TRY(w_bwd(t, dx, dy, ldy, W, T, k ? 1.0f : 0.0f, err, errn));
+    TRY(w_bwd(t, dx, dy, dya, ldy, W, T, k ? 1.0f : 0.0f, err, errn));
     prof_mark(t, TP_GEMM_B);
     return 0;
 }
@@ -718,7 +728,7 @@ static int layer_fwd(gpu_train *t, int32_t l, tacts *A, const float *x, float *y
     const int64_t CQKV[3] = {0, qd, qd + kvd}, CGU[2] = {0, F}, C0[1] = {0};
     tk_norm_fwd<<<T, 256, 0, t->s>>>(A->h1, A->r1, x, L->attn_norm, H, m->eps);
     prof_mark(t, TP_ELT_F);
-    TRY(proj_fwd(t, l, TQKV, CQKV, 3, A->mid[0], A->h1, H, &L->wqkv, t->y, (int)qn, T, err, errn));
+    TRY(proj_fwd(t, l, TQKV, CQKV, 3, A->mid[0], A->h1, NULL, H, &L->wqkv, t->y, (int)qn, T, err, errn));
     dim3 gq(T, (nh + 2 * nkv + 3) / 4);
     tk_qkv_fwd<<<gq, 128, 0, t->s>>>(t->y, L->bqkv, L->q_norm, L->k_norm, m->inv_freq, A->qraw, A->kraw, A->rq, A->rk,
                                      A->qh, A->kh, A->vh, t->d_sofs, t->d_slen, nh, nkv, hd, qn, m->eps);
@@ -739,16 +749,19 @@ static int layer_fwd(gpu_train *t, int32_t l, tacts *A, const float *x, float *y
     }
     tk_heads<<<T, 256, 0, t->s>>>(A->att, t->oh, t->d_sofs, t->d_slen, nh, hd, qd, 0, 0);
     prof_mark(t, TP_ATT_F);
-    TRY(proj_fwd(t, l, TO, C0, 1, A->mid[0] + (int64_t)3 * t->max_r * T, A->att, (int)qd, &L->wo, t->y, H, T, err, errn));
+    TRY(proj_fwd(t, l, TO, C0, 1, A->mid[0] + (int64_t)3 * t->max_r * T, A->att, NULL, (int)qd, &L->wo, t->y, H, T, err,
+                 errn));
     tk_add<<<grid_for((int64_t)T * H), 256, 0, t->s>>>(A->xmid, x, t->y, L->bo, (int64_t)T * H, H);
     tk_norm_fwd<<<T, 256, 0, t->s>>>(A->h2, A->r2, A->xmid, L->ffn_norm, H, m->eps);
     prof_mark(t, TP_ELT_F);
-    TRY(proj_fwd(t, l, TGU, CGU, 2, A->mid[1], A->h2, H, &L->wgu, A->gu, 2 * F, T, err, errn));
+    TRY(proj_fwd(t, l, TGU, CGU, 2, A->mid[1], A->h2, NULL, H, &L->wgu, A->gu, 2 * F, T, err, errn));
     if (L->bgu) tk_bias<<<grid_for((int64_t)T * 2 * F), 256, 0, t->s>>>(A->gu, L->bgu, (int64_t)T * 2 * F, 2 * F);
     dim3 gs((F + 255) / 256, T);
-    tk_swiglu_fwd<<<gs, 256, 0, t->s>>>(t->act, A->gu, F);
+    /* silu(gate)·up: F32 for LoRA's down A-product (or the F32 GEMM), BF16 straight into the down GEMM's input */
+    bf16 *actb = m->f32 ? NULL : (bf16 *)t->abuf;
+    tk_swiglu_fwd<<<gs, 256, 0, t->s>>>(m->f32 || mod_of(t, l, LT_DOWN) ? t->act : NULL, actb, A->gu, F);
     prof_mark(t, TP_ELT_F);
-    TRY(proj_fwd(t, l, TD, C0, 1, A->mid[2], t->act, F, &L->wd, t->y, H, T, err, errn));
+    TRY(proj_fwd(t, l, TD, C0, 1, A->mid[2], t->act, actb, F, &L->wd, t->y, H, T, err, errn));
     tk_add<<<grid_for((int64_t)T * H), 256, 0, t->s>>>(y_out, A->xmid, t->y, L->bd, (int64_t)T * H, H);
     prof_mark(t, TP_ELT_F);
     return 0;
@@ -767,18 +780,19 @@ static int layer_bwd(gpu_train *t, int32_t l, const tacts *A, const float *x, in
     prof_mark(t, TP_OTHER);
     dim3 gs((F + 255) / 256, T);
     if (mod_of(t, l, LT_DOWN)) { /* its input, silu(gate)·up, again */
-        tk_swiglu_fwd<<<gs, 256, 0, t->s>>>(t->act, A->gu, F);
+        tk_swiglu_fwd<<<gs, 256, 0, t->s>>>(t->act, (bf16 *)NULL, A->gu, F);
         prof_mark(t, TP_ELT_B);
     }
-    TRY(proj_bwd(t, l, TD, C0, 1, A->mid[2], t->act, F, &L->wd, dx, H, da, T, err, errn));
-    tk_swiglu_bwd<<<gs, 256, 0, t->s>>>(t->dgu, da, A->gu, F);
+    TRY(proj_bwd(t, l, TD, C0, 1, A->mid[2], t->act, F, &L->wd, dx, NULL, H, da, T, err, errn));
+    bf16 *dgub = m->f32 ? NULL : (bf16 *)t->abuf; /* the gate|up backward GEMM's input, written by the kernel */
+    tk_swiglu_bwd<<<gs, 256, 0, t->s>>>(t->dgu, dgub, da, A->gu, F);
     prof_mark(t, TP_ELT_B);
-    TRY(proj_bwd(t, l, TGU, CGU, 2, A->mid[1], A->h2, H, &L->wgu, t->dgu, 2 * F, t->dh, T, err, errn));
+    TRY(proj_bwd(t, l, TGU, CGU, 2, A->mid[1], A->h2, H, &L->wgu, t->dgu, dgub, 2 * F, t->dh, T, err, errn));
     tk_norm_bwd<<<T, 256, 0, t->s>>>(dx, t->dh, A->xmid, L->ffn_norm, A->r2, H, 1, H, 0, H, 1);
     prof_mark(t, TP_ELT_B);
     /* attention */
-    TRY(proj_bwd(t, l, TO, C0, 1, A->mid[0] + (int64_t)3 * t->max_r * T, A->att, (int)qd, &L->wo, dx, H, t->datt, T, err,
-                 errn));
+    TRY(proj_bwd(t, l, TO, C0, 1, A->mid[0] + (int64_t)3 * t->max_r * T, A->att, (int)qd, &L->wo, dx, NULL, H, t->datt, T,
+                 err, errn));
     const int32_t *so = t->d_sofs, *sl = t->d_slen;
     tk_heads<<<T, 256, 0, t->s>>>(t->datt, t->oh, so, sl, nh, hd, qd, 0, 1); /* oh := dO head-major */
     float *dqh = t->hd_tmp;                                                  /* head-major, T rows each */
@@ -816,7 +830,7 @@ static int layer_bwd(gpu_train *t, int32_t l, const tacts *A, const float *x, in
         tk_norm_bwd<<<T * nkv, 128, 0, t->s>>>(t->dqkv, t->dqkv, A->kraw, L->k_norm, A->rk, hd, nkv, qn, qd, kvd, 0);
     }
     prof_mark(t, TP_ATT_B);
-    TRY(proj_bwd(t, l, TQKV, CQKV, 3, A->mid[0], A->h1, H, &L->wqkv, t->dqkv, (int)qn, t->dh, T, err, errn));
+    TRY(proj_bwd(t, l, TQKV, CQKV, 3, A->mid[0], A->h1, H, &L->wqkv, t->dqkv, NULL, (int)qn, t->dh, T, err, errn));
     tk_norm_bwd<<<T, 256, 0, t->s>>>(dx, t->dh, x, L->attn_norm, A->r1, H, 1, H, 0, H, 1);
     prof_mark(t, TP_ELT_B);
     return 0;
