@@ -412,11 +412,13 @@ __global__ void tk_scatter_add(float *dst, const float *src, const int32_t *rows
     for (int32_t k = threadIdx.x; k < H; k += blockDim.x) atomicAdd(&dst[r * H + k], src[j * H + k]);
 }
 
-/* Loss of one logits row and its gradient (dlogits row fully written).
- * CE: label = labels[rows[i] + 1]. KL: the row's teacher top-k at tval, tidx + terms[i]. */
-__global__ void tk_loss(const float *logits, float *dl, double *row_loss, const int32_t *rows, const int32_t *terms,
-                        const int32_t *labels, const float *tval, const int32_t *tidx, int32_t V, int32_t kind,
-                        int32_t K, float temp) {
+/* Loss of one logits row and its gradient (dlogits row fully written: CE
+ * into dlb in BF16 when given — the input of the LM head's backward GEMM —
+ * else into dl). CE: label = labels[rows[i] + 1]. KL: the row's teacher
+ * top-k at tval, tidx + terms[i]. */
+__global__ void tk_loss(const float *logits, float *dl, bf16 *dlb, double *row_loss, const int32_t *rows,
+                        const int32_t *terms, const int32_t *labels, const float *tval, const int32_t *tidx, int32_t V,
+                        int32_t kind, int32_t K, float temp) {
     __shared__ double dred[32];
     __shared__ float fred[32];
     const int64_t i = blockIdx.x;
@@ -439,8 +441,11 @@ __global__ void tk_loss(const float *logits, float *dl, double *row_loss, const 
         sum = 0;
         for (int k = 0; k < nw; k++) sum += dred[k];
         const int32_t label = labels[rows[i] + 1];
-        for (int32_t v = threadIdx.x; v < V; v += blockDim.x)
-            d[v] = (float)(exp((double)lg[v] - mx) / sum) - (v == label ? 1.0f : 0.0f);
+        for (int32_t v = threadIdx.x; v < V; v += blockDim.x) {
+            const float g = (float)(exp((double)lg[v] - mx) / sum) - (v == label ? 1.0f : 0.0f);
+            if (dlb) dlb[i * V + v] = __float2bfloat16(g);
+            else d[v] = g;
+        }
         if (threadIdx.x == 0) row_loss[i] = log(sum) + mx - lg[label];
         return;
     }
@@ -1062,10 +1067,11 @@ static int loss_chunk(gpu_train *t, int32_t r0, int32_t n, int32_t kind, int32_t
     const int32_t *rows = t->d_rows + r0;
     TRY(head_rows(t, rows, n, err, errn));
     const cudaDataType at = m->f32 ? CUDA_R_32F : CUDA_R_16BF;
-    tk_loss<<<n, 256, 0, t->s>>>(t->logits, t->dlogits, t->row_loss + r0, rows, t->d_terms + r0, t->d_labels,
+    bf16 *dlb = !m->f32 && kind == 0 ? (bf16 *)t->hrows : NULL; /* CE writes the GEMM's BF16 input itself */
+    tk_loss<<<n, 256, 0, t->s>>>(t->logits, t->dlogits, dlb, t->row_loss + r0, rows, t->d_terms + r0, t->d_labels,
                                  t->d_tval, t->d_tidx, V, kind, k, temp);
-    const void *dl = t->dlogits;
-    if (!m->f32) {
+    const void *dl = dlb ? (const void *)dlb : t->dlogits;
+    if (!m->f32 && !dlb) {
         tk_to<bf16><<<1024, 256, 0, t->s>>>((bf16 *)t->hrows, t->dlogits, (int64_t)n * V);
         dl = t->hrows;
     }
