@@ -469,15 +469,42 @@ static void test_device_trainer(void) {
             unsetenv("PRISM_CUDA_FLASH");
         }
         const double ev = adapter_rel_diff(gf[1], gf[0]);
-        /* measured on the emulator: 5.8e-2 and 3.7e-2 vs the CPU, 3.5e-2 apart; the loss 6.8e-4 and 1.8e-4.
-         * BF16 attention inputs (8-bit mantissa, as transformers' bf16 attention) against TF32's 11 bits;
-         * test_flash checks the kernels themselves to 1e-2 of each tensor's largest value. */
-        const bool okf = ef[0] < 8e-2 && ef[1] < 5e-2 && lf[0] < 2e-3 && lf[1] < 2e-3 && ev < 5e-2;
+        /* measured on the emulator: 5.7e-2 and 4.6e-2 vs the CPU, 5.0e-2 apart; the loss 5.2e-4 and 2.6e-4.
+         * Everything BF16 (weights, GEMM inputs, gate|up; attention inputs round to 8 bits with flash.cu,
+         * as transformers' bf16 attention, against TF32's 11) in a model of 64 hidden units and 8-dim heads;
+         * a bug shows as an error of order 1 — test_flash checks the attention kernels to 1e-2. */
+        const bool okf = ef[0] < 8e-2 && ef[1] < 8e-2 && lf[0] < 2e-3 && lf[1] < 2e-3 && ev < 8e-2;
         CHECK(okf, "BF16 pass: flash vs CPU %.2e (loss %.2e), cuBLAS vs CPU %.2e (loss %.2e), flash vs cuBLAS %.2e", ef[0],
               lf[0], ef[1], lf[1], ev);
         printf("%s the same pass in BF16: grads vs CPU rel %.2e with tensor-core attention, %.2e with cuBLAS (%.2e "
                "apart)\n", okf ? "ok  " : "FAIL", ef[0], ef[1], ev);
         prism_adapter_free(gf[0]), prism_adapter_free(gf[1]);
+        /* BF16 with some targets of a projection unadapted (gate without up, k without q and v): the
+         * frozen GEMM writes the BF16 output first and LoRA adds onto it */
+        {
+            prism_lora_params pp = lp;
+            pp.targets = PRISM_LORA_K | PRISM_LORA_UP | PRISM_LORA_DOWN;
+            prism_adapter *pd = NULL, *pc = NULL, *gd = NULL, *gc = NULL;
+            train_ws *wd = NULL, *wc = NULL;
+            if (prism_adapter_new(fast, pp, &pd) || prism_adapter_new(cpu, pp, &pc) || lora_alloc_like(pd, &gd) ||
+                lora_alloc_like(pc, &gc) || train_ws_new(fast, L0, false, &wd) || train_ws_new(cpu, L0, true, &wc))
+                die("partial-target setup");
+            for (int i = 0; i < LORA_N_TARGETS; i++)
+                for (int32_t l = 0; l < pd->n_layers; l++) {
+                    lora_module *m1 = lora_mod(pd, l, (lora_target)i), *m2 = lora_mod(pc, l, (lora_target)i);
+                    for (int64_t k = 0; m1->r && k < m1->r * m1->out; k++) m1->B[k] = m2->B[k] = 0.01f * (float)((k * 5 + l) % 11 - 5);
+                }
+            double ld = 0, lc = 0;
+            int64_t cd = 0, cc = 0;
+            CHECK(train_batch_grad(wd, fast, pd, gd, ex + 2, 1, &ld, &cd, NULL) == PRISM_OK, "bf16 partial: %s", prism_last_error());
+            CHECK(train_batch_grad(wc, cpu, pc, gc, ex + 2, 1, &lc, &cc, NULL) == PRISM_OK, "cpu partial: %s", prism_last_error());
+            const double ep = adapter_rel_diff(gc, gd), lp2 = fabs(ld - lc) / lc;
+            CHECK(ep < 8e-2 && lp2 < 2e-3, "BF16, k|up|down adapted: grads vs CPU rel %.2e, loss %.2e", ep, lp2);
+            printf("%s BF16, only k, up and down adapted: grads vs CPU rel %.2e, loss rel %.2e\n",
+                   ep < 8e-2 && lp2 < 2e-3 ? "ok  " : "FAIL", ep, lp2);
+            train_ws_free(wd), train_ws_free(wc);
+            prism_adapter_free(pd), prism_adapter_free(pc), prism_adapter_free(gd), prism_adapter_free(gc);
+        }
         prism_model_free(fast);
         prism_adapter_free(a1), prism_adapter_free(a2), prism_adapter_free(g1), prism_adapter_free(g2);
         free(tok), free(lab);

@@ -46,7 +46,7 @@ typedef struct {
     float *lse;          /* (nh, T) log-sum-exp per row, head-major: the flash path */
     float *att;          /* (T, qd) */
     float *xmid, *h2, *r2;
-    float *gu;           /* (T, 2F) gate | up, biases included */
+    void *gu;            /* (T, 2F) gate | up, biases included; activation type (BF16 unless F32) */
     float *mid[3];       /* x·Aᵀ of a projection's adapted targets: (T, Σr) for q|k|v, o | gate|up | down */
 } tacts;
 
@@ -71,6 +71,7 @@ struct gpu_train {
     float *hf, *rf, *dx, *dh, *y, *datt, *dqkv, *dgu, *hd_tmp, *ltmp, *oh, *dP;
     float *act;        /* (T, F) silu(gate)·up: the forward's MLP input, recomputed for the backward */
     void *abuf;        /* activation-type copy of a GEMM input (T, max(H, qd, F, 2F)) */
+    bf16 *lbf;         /* BF16 LoRA operands of a BF16 output: mid (T, 3 max_r) | one B (max_r, max out) */
     float *logits, *dlogits, *drows;
     void *hrows;       /* (loss_rows, max(H, V)) activation type: gathered rows / dlogits */
     double *row_loss, *norm_part;
@@ -373,28 +374,29 @@ __global__ void tk_add(float *out, const float *a, const float *b, const float *
         out[i] = a[i] + b[i] + (bias ? bias[i % n] : 0.0f);
 }
 
-__global__ void tk_bias(float *y, const float *bias, int64_t total, int32_t n) {
+template <class A> __global__ void tk_bias(A *y, const float *bias, int64_t total, int32_t n) {
     for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < total; i += (int64_t)gridDim.x * blockDim.x)
-        y[i] += bias[i % n];
+        stA(y + i, ldA(y + i) + bias[i % n]);
 }
 
 /* a = silu(g)·u: F32 into a and/or BF16 into ab (the down GEMM's input, so
  * no conversion pass re-reads it); either may be NULL. */
-__global__ void tk_swiglu_fwd(float *a, bf16 *ab, const float *gu, int32_t F) {
+template <class A> __global__ void tk_swiglu_fwd(float *a, bf16 *ab, const A *gu, int32_t F) {
     const int64_t t = blockIdx.y;
     const int32_t j = blockIdx.x * blockDim.x + threadIdx.x;
     if (j >= F) return;
-    const float g = gu[t * 2 * F + j], v = g / (1.0f + expf(-g)) * gu[t * 2 * F + F + j];
+    const float g = ldA(gu + t * 2 * F + j), v = g / (1.0f + expf(-g)) * ldA(gu + t * 2 * F + F + j);
     if (a) a[t * F + j] = v;
     if (ab) ab[t * F + j] = __float2bfloat16(v);
 }
 
 /* dgu (F32, for LoRA) and, unless NULL, its BF16 copy dgub for the frozen gate|up backward GEMM. */
-__global__ void tk_swiglu_bwd(float *dgu, bf16 *dgub, const float *da, const float *gu, int32_t F) {
+template <class A> __global__ void tk_swiglu_bwd(float *dgu, bf16 *dgub, const float *da, const A *gu, int32_t F) {
     const int64_t t = blockIdx.y;
     const int32_t j = blockIdx.x * blockDim.x + threadIdx.x;
     if (j >= F) return;
-    const float g = gu[t * 2 * F + j], u = gu[t * 2 * F + F + j], sg = 1.0f / (1.0f + expf(-g)), d = da[t * F + j];
+    const float g = ldA(gu + t * 2 * F + j), u = ldA(gu + t * 2 * F + F + j), sg = 1.0f / (1.0f + expf(-g)),
+                d = da[t * F + j];
     const float du = d * g * sg, dg = d * u * sg * (1.0f + g * (1.0f - sg));
     dgu[t * 2 * F + F + j] = du;
     dgu[t * 2 * F + j] = dg;
@@ -595,6 +597,8 @@ static int sgb(gpu_train *t, cublasOperation_t oa, cublasOperation_t ob, int m, 
     return 0;
 }
 
+static int grid_for(int64_t n) { return (int)(n / 256 + 1 < 4096 ? n / 256 + 1 : 4096); }
+
 /* x (n floats) in the activation type, into abuf (or x itself for F32). */
 static const void *as_act(gpu_train *t, const float *x, int64_t n) {
     if (t->m->f32) return x;
@@ -602,15 +606,15 @@ static const void *as_act(gpu_train *t, const float *x, int64_t n) {
     return t->abuf;
 }
 
-/* y (T, out; ldy) = x (T, in) · Wᵀ (+ beta·y); xa: x already in the
- * activation type (written so by its producer), else NULL. */
-static int w_fwd(gpu_train *t, float *y, int ldy, const float *x, const void *xa, const dlin *W, int32_t T, float beta,
-                 char *err, size_t errn) {
+/* y (T, out; ldy) = x (T, in) · Wᵀ (+ beta·y), y F32 or (ybf) BF16; xa: x
+ * already in the activation type (written so by its producer), else NULL. */
+static int w_fwd(gpu_train *t, void *y, int ybf, int ldy, const float *x, const void *xa, const dlin *W, int32_t T,
+                 float beta, char *err, size_t errn) {
     const int in = (int)W->in, out = (int)W->out;
     if (!xa) xa = as_act(t, x, (int64_t)T * in);
     const cudaDataType at = t->m->f32 ? CUDA_R_32F : CUDA_R_16BF;
-    BL(cublasGemmEx(t->blas, CUBLAS_OP_T, CUBLAS_OP_N, out, T, in, &ONE, W->w, at, in, xa, at, in, &beta, y, CUDA_R_32F,
-                    ldy, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+    BL(cublasGemmEx(t->blas, CUBLAS_OP_T, CUBLAS_OP_N, out, T, in, &ONE, W->w, at, in, xa, at, in, &beta, y,
+                    ybf ? CUDA_R_16BF : CUDA_R_32F, ldy, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
     return 0;
 }
 
@@ -656,12 +660,13 @@ static int group_of(const gpu_train *t, int32_t l, const int *tg, int n, const t
  * GEMM adds onto them in its epilogue (beta = 1: y is read there, while the
  * GEMM is compute-bound, instead of a second read-modify-write pass). */
 static int proj_fwd(gpu_train *t, int32_t l, const int *tg, const int64_t *col, int n, float *mid, const float *x,
-                    const void *xa, int ldx, const dlin *W, float *y, int ldy, int32_t T, char *err, size_t errn) {
+                    const void *xa, int ldx, const dlin *W, void *y, int ybf, int ldy, int32_t T, char *err,
+                    size_t errn) {
     const tmod *md[3];
     int rs;
     const int k = group_of(t, l, tg, n, md, &rs);
     if (k < n) {
-        TRY(w_fwd(t, y, ldy, x, xa, W, T, 0.0f, err, errn));
+        TRY(w_fwd(t, y, ybf, ldy, x, xa, W, T, 0.0f, err, errn));
         prof_mark(t, TP_GEMM_F);
     }
     if (k) {
@@ -669,16 +674,27 @@ static int proj_fwd(gpu_train *t, int32_t l, const int *tg, const int64_t *col, 
         for (int j = 0; j < n && !m0; j++) m0 = md[j];
         TRY(sg(t, CUBLAS_OP_T, CUBLAS_OP_N, rs, T, m0->in, 1.0f, t->p + m0->offA, m0->in, x, ldx, 0.0f, mid, rs, err,
                errn));
+        bf16 *midb = t->lbf, *Bb = t->lbf + (int64_t)t->T_max * 3 * t->max_r;
+        if (ybf) tk_to<bf16><<<grid_for((int64_t)T * rs), 256, 0, t->s>>>(midb, mid, (int64_t)T * rs);
         for (int j = 0, c = 0; j < n; j++) {
             if (!md[j]) continue;
-            TRY(sg(t, CUBLAS_OP_T, CUBLAS_OP_N, md[j]->out, T, md[j]->r, md[j]->scale, t->p + md[j]->offB, md[j]->r,
-                   mid + c, rs, k == n ? 0.0f : 1.0f, y + col[j], ldy, err, errn));
+            const float beta = k == n ? 0.0f : 1.0f;
+            if (ybf) { /* BF16 output: BF16 operands (B_j converted; stream order keeps one B buffer safe) */
+                const int64_t nb = (int64_t)md[j]->r * md[j]->out;
+                tk_to<bf16><<<grid_for(nb), 256, 0, t->s>>>(Bb, t->p + md[j]->offB, nb);
+                BL(cublasGemmEx(t->blas, CUBLAS_OP_T, CUBLAS_OP_N, md[j]->out, T, md[j]->r, &md[j]->scale, Bb,
+                                CUDA_R_16BF, md[j]->r, midb + c, CUDA_R_16BF, rs, &beta, (bf16 *)y + col[j], CUDA_R_16BF,
+                                ldy, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+            } else {
+                TRY(sg(t, CUBLAS_OP_T, CUBLAS_OP_N, md[j]->out, T, md[j]->r, md[j]->scale, t->p + md[j]->offB,
+                       md[j]->r, mid + c, rs, beta, (float *)y + col[j], ldy, err, errn));
+            }
             c += md[j]->r;
         }
         prof_mark(t, TP_LORA_F);
     }
     if (k == n) {
-        TRY(w_fwd(t, y, ldy, x, xa, W, T, 1.0f, err, errn));
+        TRY(w_fwd(t, y, ybf, ldy, x, xa, W, T, 1.0f, err, errn));
         prof_mark(t, TP_GEMM_F);
     }
     return 0;
@@ -719,7 +735,6 @@ static int proj_bwd(gpu_train *t, int32_t l, const int *tg, const int64_t *col, 
     return 0;
 }
 
-static int grid_for(int64_t n) { return (int)(n / 256 + 1 < 4096 ? n / 256 + 1 : 4096); }
 
 /* ------------------------------------------------------------------ forward / backward of one layer */
 
@@ -733,7 +748,7 @@ static int layer_fwd(gpu_train *t, int32_t l, tacts *A, const float *x, float *y
     const int64_t CQKV[3] = {0, qd, qd + kvd}, CGU[2] = {0, F}, C0[1] = {0};
     tk_norm_fwd<<<T, 256, 0, t->s>>>(A->h1, A->r1, x, L->attn_norm, H, m->eps);
     prof_mark(t, TP_ELT_F);
-    TRY(proj_fwd(t, l, TQKV, CQKV, 3, A->mid[0], A->h1, NULL, H, &L->wqkv, t->y, (int)qn, T, err, errn));
+    TRY(proj_fwd(t, l, TQKV, CQKV, 3, A->mid[0], A->h1, NULL, H, &L->wqkv, t->y, 0, (int)qn, T, err, errn));
     dim3 gq(T, (nh + 2 * nkv + 3) / 4);
     tk_qkv_fwd<<<gq, 128, 0, t->s>>>(t->y, L->bqkv, L->q_norm, L->k_norm, m->inv_freq, A->qraw, A->kraw, A->rq, A->rk,
                                      A->qh, A->kh, A->vh, t->d_sofs, t->d_slen, nh, nkv, hd, qn, m->eps);
@@ -754,19 +769,25 @@ static int layer_fwd(gpu_train *t, int32_t l, tacts *A, const float *x, float *y
     }
     tk_heads<<<T, 256, 0, t->s>>>(A->att, t->oh, t->d_sofs, t->d_slen, nh, hd, qd, 0, 0);
     prof_mark(t, TP_ATT_F);
-    TRY(proj_fwd(t, l, TO, C0, 1, A->mid[0] + (int64_t)3 * t->max_r * T, A->att, NULL, (int)qd, &L->wo, t->y, H, T, err,
-                 errn));
+    TRY(proj_fwd(t, l, TO, C0, 1, A->mid[0] + (int64_t)3 * t->max_r * T, A->att, NULL, (int)qd, &L->wo, t->y, 0, H, T,
+                 err, errn));
     tk_add<<<grid_for((int64_t)T * H), 256, 0, t->s>>>(A->xmid, x, t->y, L->bo, (int64_t)T * H, H);
     tk_norm_fwd<<<T, 256, 0, t->s>>>(A->h2, A->r2, A->xmid, L->ffn_norm, H, m->eps);
     prof_mark(t, TP_ELT_F);
-    TRY(proj_fwd(t, l, TGU, CGU, 2, A->mid[1], A->h2, NULL, H, &L->wgu, A->gu, 2 * F, T, err, errn));
-    if (L->bgu) tk_bias<<<grid_for((int64_t)T * 2 * F), 256, 0, t->s>>>(A->gu, L->bgu, (int64_t)T * 2 * F, 2 * F);
+    /* gate | up in the activation type: BF16 halves the traffic of the layer's widest tensor (written, read back
+     * by the GEMM epilogue, by SwiGLU, its recomputation and its backward) */
+    const int gbf = !m->f32;
+    TRY(proj_fwd(t, l, TGU, CGU, 2, A->mid[1], A->h2, NULL, H, &L->wgu, A->gu, gbf, 2 * F, T, err, errn));
+    if (L->bgu && gbf) tk_bias<bf16><<<grid_for((int64_t)T * 2 * F), 256, 0, t->s>>>((bf16 *)A->gu, L->bgu, (int64_t)T * 2 * F, 2 * F);
+    else if (L->bgu) tk_bias<float><<<grid_for((int64_t)T * 2 * F), 256, 0, t->s>>>((float *)A->gu, L->bgu, (int64_t)T * 2 * F, 2 * F);
     dim3 gs((F + 255) / 256, T);
     /* silu(gate)·up: F32 for LoRA's down A-product (or the F32 GEMM), BF16 straight into the down GEMM's input */
     bf16 *actb = m->f32 ? NULL : (bf16 *)t->abuf;
-    tk_swiglu_fwd<<<gs, 256, 0, t->s>>>(m->f32 || mod_of(t, l, LT_DOWN) ? t->act : NULL, actb, A->gu, F);
+    float *actf = m->f32 || mod_of(t, l, LT_DOWN) ? t->act : NULL;
+    if (gbf) tk_swiglu_fwd<bf16><<<gs, 256, 0, t->s>>>(actf, actb, (const bf16 *)A->gu, F);
+    else tk_swiglu_fwd<float><<<gs, 256, 0, t->s>>>(actf, actb, (const float *)A->gu, F);
     prof_mark(t, TP_ELT_F);
-    TRY(proj_fwd(t, l, TD, C0, 1, A->mid[2], t->act, actb, F, &L->wd, t->y, H, T, err, errn));
+    TRY(proj_fwd(t, l, TD, C0, 1, A->mid[2], t->act, actb, F, &L->wd, t->y, 0, H, T, err, errn));
     tk_add<<<grid_for((int64_t)T * H), 256, 0, t->s>>>(y_out, A->xmid, t->y, L->bd, (int64_t)T * H, H);
     prof_mark(t, TP_ELT_F);
     return 0;
@@ -785,12 +806,14 @@ static int layer_bwd(gpu_train *t, int32_t l, const tacts *A, const float *x, in
     prof_mark(t, TP_OTHER);
     dim3 gs((F + 255) / 256, T);
     if (mod_of(t, l, LT_DOWN)) { /* its input, silu(gate)·up, again */
-        tk_swiglu_fwd<<<gs, 256, 0, t->s>>>(t->act, (bf16 *)NULL, A->gu, F);
+        if (m->f32) tk_swiglu_fwd<float><<<gs, 256, 0, t->s>>>(t->act, (bf16 *)NULL, (const float *)A->gu, F);
+        else tk_swiglu_fwd<bf16><<<gs, 256, 0, t->s>>>(t->act, (bf16 *)NULL, (const bf16 *)A->gu, F);
         prof_mark(t, TP_ELT_B);
     }
     TRY(proj_bwd(t, l, TD, C0, 1, A->mid[2], t->act, F, &L->wd, dx, NULL, H, da, T, err, errn));
     bf16 *dgub = m->f32 ? NULL : (bf16 *)t->abuf; /* the gate|up backward GEMM's input, written by the kernel */
-    tk_swiglu_bwd<<<gs, 256, 0, t->s>>>(t->dgu, dgub, da, A->gu, F);
+    if (m->f32) tk_swiglu_bwd<float><<<gs, 256, 0, t->s>>>(t->dgu, dgub, da, (const float *)A->gu, F);
+    else tk_swiglu_bwd<bf16><<<gs, 256, 0, t->s>>>(t->dgu, dgub, da, (const bf16 *)A->gu, F);
     prof_mark(t, TP_ELT_B);
     TRY(proj_bwd(t, l, TGU, CGU, 2, A->mid[1], A->h2, H, &L->wgu, t->dgu, dgub, 2 * F, t->dh, T, err, errn));
     tk_norm_bwd<<<T, 256, 0, t->s>>>(dx, t->dh, A->xmid, L->ffn_norm, A->r2, H, 1, H, 0, H, 1);
@@ -883,7 +906,7 @@ static int acts_alloc(gpu_train *t, tacts *A, char *err, size_t errn) {
     else TA(A->P, nh * T * S * f); /* Σ n_s² <= T·S */
     TA(A->att, T * qd * f);
     TA(A->xmid, T * H * f); TA(A->h2, T * H * f); TA(A->r2, T * f);
-    TA(A->gu, T * 2 * F * f);
+    TA(A->gu, T * 2 * F * (int64_t)m->asz);
     const int64_t r1 = t->max_r ? t->max_r : 1;
     TA(A->mid[0], T * 4 * r1 * f); /* q|k|v, then o */
     TA(A->mid[1], T * 2 * r1 * f); /* gate|up */
@@ -982,6 +1005,12 @@ static int train_new(gpu_model *m, const gpu_lora_desc *mods, int32_t max_tokens
         int64_t aw = wide > F ? wide : F;
         aw = aw > qd ? aw : qd;
         TA2(t->abuf, T * aw * (int64_t)m->asz);
+        if (!m->f32 && t->max_r) {
+            int64_t mo = qd > kvd ? qd : kvd;
+            mo = mo > H ? mo : H;
+            mo = mo > F ? mo : F;
+            TA2(t->lbf, (T * 3 * t->max_r + t->max_r * mo) * 2);
+        }
         const int64_t lr = t->loss_rows;
         TA2(t->logits, lr * V * f); TA2(t->dlogits, lr * V * f);
         TA2(t->drows, lr * H * f);

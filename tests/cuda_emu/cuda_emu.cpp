@@ -430,10 +430,10 @@ cublasStatus_t cublasGemmStridedBatchedEx(cublasHandle_t, cublasOperation_t ta, 
     const float al = *(const float *)alpha, be = *(const float *)beta;
     if (batch < 0) return CUBLAS_STATUS_INVALID_VALUE;
     auto run = [=]() {
-        const size_t ea = at == CUDA_R_16BF ? 2 : 4, eb = bt == CUDA_R_16BF ? 2 : 4;
+        const size_t ea = at == CUDA_R_16BF ? 2 : 4, eb = bt == CUDA_R_16BF ? 2 : 4, ec = ct == CUDA_R_16BF ? 2 : 4;
         for (int i = 0; i < batch; i++) {
             cublasStatus_t st = gemm_now(ta, tb, m, n, k, al, (const char *)A + i * sa * ea, at, lda,
-                                         (const char *)B + i * sb * eb, bt, ldb, be, (float *)C + i * sc, ct, ldc);
+                                         (const char *)B + i * sb * eb, bt, ldb, be, (char *)C + i * sc * ec, ct, ldc);
             if (st != CUBLAS_STATUS_SUCCESS) return st;
         }
         return CUBLAS_STATUS_SUCCESS;
@@ -448,8 +448,11 @@ cublasStatus_t cublasGemmStridedBatchedEx(cublasHandle_t, cublasOperation_t ta, 
 static cublasStatus_t gemm_now(cublasOperation_t ta, cublasOperation_t tb, int m, int n, int k, float al,
                                const void *A, cudaDataType at, int lda, const void *B, cudaDataType bt, int ldb,
                                float be, void *C, cudaDataType ct, int ldc) {
-    /* C (m, n) = alpha · op(A) · op(B) + beta · C, column-major, BF16 or F32 in, F32 out */
-    if (at != bt || (at != CUDA_R_16BF && at != CUDA_R_32F) || ct != CUDA_R_32F) return CUBLAS_STATUS_NOT_SUPPORTED;
+    /* C (m, n) = alpha · op(A) · op(B) + beta · C, column-major, BF16 or F32 in, F32 out (or BF16 out from BF16
+     * in, as cuBLAS allows: F32 accumulation, beta·C read and the result rounded to BF16) */
+    if (at != bt || (at != CUDA_R_16BF && at != CUDA_R_32F) ||
+        (ct != CUDA_R_32F && !(ct == CUDA_R_16BF && at == CUDA_R_16BF)))
+        return CUBLAS_STATUS_NOT_SUPPORTED;
     if (lda < (ta == CUBLAS_OP_N ? m : k) || ldb < (tb == CUBLAS_OP_N ? k : n) || ldc < m)
         return CUBLAS_STATUS_INVALID_VALUE;
     const bool h = at == CUDA_R_16BF;
@@ -463,8 +466,13 @@ static cublasStatus_t gemm_now(cublasOperation_t ta, cublasOperation_t tb, int m
             for (int p = 0; p < k; p++)
                 s += ld(A, ta == CUBLAS_OP_N ? i + (int64_t)p * lda : p + (int64_t)i * lda) *
                      ld(B, tb == CUBLAS_OP_N ? p + (int64_t)j * ldb : j + (int64_t)p * ldb);
-            float *o = c + i + (int64_t)j * ldc;
-            *o = al * s + (be != 0.0f ? be * *o : 0.0f);
+            const int64_t o = i + (int64_t)j * ldc;
+            if (ct == CUDA_R_16BF) {
+                __nv_bfloat16 *cb = (__nv_bfloat16 *)C;
+                cb[o] = __float2bfloat16(al * s + (be != 0.0f ? be * __bfloat162float(cb[o]) : 0.0f));
+            } else {
+                c[o] = al * s + (be != 0.0f ? be * c[o] : 0.0f);
+            }
         }
     return CUBLAS_STATUS_SUCCESS;
 }
