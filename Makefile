@@ -55,7 +55,14 @@ cuda-module-optional:
 
 all: $(B)/prism $(TEST_BIN) $(BENCH_BIN) $(CUDA_LIB) $(B)/emu/prism-cuda.so $(B)/emu/test_flash
 
-$(B)/obj/%.o: %.cu src/cuda/common.cuh src/gpu/gpu.h
+# The GPU architectures compiled for: a change of CUDA_ARCHS (or of nvcc) rebuilds the CUDA objects.
+CUDA_STAMP := $(B)/obj/cuda-archs
+$(CUDA_STAMP): FORCE
+	@mkdir -p $(dir $@)
+	@echo "$(CUDA_ARCHS) $(NVCC)" | cmp -s - $@ || echo "$(CUDA_ARCHS) $(NVCC)" > $@
+FORCE:
+
+$(B)/obj/%.o: %.cu src/cuda/common.cuh src/gpu/gpu.h $(CUDA_STAMP)
 	@mkdir -p $(dir $@)
 	$(NVCC) $(NVCCFLAGS) -c $< -o $@
 
@@ -111,7 +118,7 @@ $(EMU_B)/test_flash.cpp: tests/test_flash.cu
 $(EMU_B)/test_flash: $(EMU_B)/test_flash.cpp $(EMU_B)/flash.cpp tests/cuda_emu/cuda_emu.cpp tests/cuda_emu/cuda_emu.h src/cuda/common.cuh
 	$(CXX) -std=c++17 -O2 -g -fno-strict-aliasing -Wall -Wextra -Wno-unknown-pragmas -DPRISM_CUDA_EMU \
 	    -Iinclude -Isrc -Itests/cuda_emu -o $@ $(EMU_B)/test_flash.cpp $(EMU_B)/flash.cpp tests/cuda_emu/cuda_emu.cpp -ldl
-$(B)/tests/test_flash: tests/test_flash.cu src/cuda/flash.cu src/cuda/common.cuh
+$(B)/tests/test_flash: tests/test_flash.cu src/cuda/flash.cu src/cuda/common.cuh $(CUDA_STAMP)
 	@mkdir -p $(dir $@)
 	$(NVCC) $(NVCCFLAGS) -o $@ tests/test_flash.cu src/cuda/flash.cu
 
@@ -126,5 +133,5 @@ debug:
 clean:
 	rm -rf build build-asan
 
-.PHONY: all test debug clean emu cuda-module-optional
+.PHONY: all test debug clean emu cuda-module-optional FORCE
 -include $(shell find $(B) -name '*.d' 2>/dev/null)
