@@ -71,7 +71,9 @@ struct gpu_train {
     float *hf, *rf, *dx, *dh, *y, *datt, *dqkv, *dgu, *hd_tmp, *ltmp, *oh, *dP;
     float *act;        /* (T, F) silu(gate)·up: the forward's MLP input, recomputed for the backward */
     void *abuf;        /* activation-type copy of a GEMM input (T, max(H, qd, F, 2F)) */
-    bf16 *lbf;         /* BF16 LoRA operands of a BF16 output: mid (T, 3 max_r) | one B (max_r, max out) */
+    /* BF16 copies of LoRA's small operands, for products whose large operand is BF16 (BF16 models):
+     * mid (T, 3 max_r), one B (max_r, max out), the As of a projection (3 max_r, max in), tmp (T, 3 max_r) */
+    bf16 *lb_mid, *lb_B, *lb_A, *lb_tmp;
     float *logits, *dlogits, *drows;
     void *hrows;       /* (loss_rows, max(H, V)) activation type: gathered rows / dlogits */
     double *row_loss, *norm_part;
@@ -599,6 +601,19 @@ static int sgb(gpu_train *t, cublasOperation_t oa, cublasOperation_t ob, int m, 
 
 static int grid_for(int64_t n) { return (int)(n / 256 + 1 < 4096 ? n / 256 + 1 : 4096); }
 
+/* C (F32) = alpha·op(A)·op(B) + beta·C from BF16 A and B: LoRA products whose large operand is BF16. */
+static int bg(gpu_train *t, cublasOperation_t oa, cublasOperation_t ob, int m, int n, int k, float alpha, const bf16 *A,
+              int lda, const bf16 *B, int ldb, float beta, float *C, int ldc, char *err, size_t errn) {
+    BL(cublasGemmEx(t->blas, oa, ob, m, n, k, &alpha, A, CUDA_R_16BF, lda, B, CUDA_R_16BF, ldb, &beta, C, CUDA_R_32F, ldc,
+                    CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+    return 0;
+}
+
+/* n floats into BF16 (LoRA's small operands). */
+static void to_bf(gpu_train *t, bf16 *dst, const float *src, int64_t n) {
+    tk_to<bf16><<<grid_for(n), 256, 0, t->s>>>(dst, src, n);
+}
+
 /* x (n floats) in the activation type, into abuf (or x itself for F32). */
 static const void *as_act(gpu_train *t, const float *x, int64_t n) {
     if (t->m->f32) return x;
@@ -672,16 +687,22 @@ static int proj_fwd(gpu_train *t, int32_t l, const int *tg, const int64_t *col, 
     if (k) {
         const tmod *m0 = NULL;
         for (int j = 0; j < n && !m0; j++) m0 = md[j];
-        TRY(sg(t, CUBLAS_OP_T, CUBLAS_OP_N, rs, T, m0->in, 1.0f, t->p + m0->offA, m0->in, x, ldx, 0.0f, mid, rs, err,
-               errn));
-        bf16 *midb = t->lbf, *Bb = t->lbf + (int64_t)t->T_max * 3 * t->max_r;
-        if (ybf) tk_to<bf16><<<grid_for((int64_t)T * rs), 256, 0, t->s>>>(midb, mid, (int64_t)T * rs);
+        if (xa && !t->m->f32) { /* x is in BF16 already: read that (half the bytes), with the As in BF16 */
+            to_bf(t, t->lb_A, t->p + m0->offA, (int64_t)rs * m0->in);
+            TRY(bg(t, CUBLAS_OP_T, CUBLAS_OP_N, rs, T, m0->in, 1.0f, t->lb_A, m0->in, (const bf16 *)xa, ldx, 0.0f, mid, rs,
+                   err, errn));
+        } else {
+            TRY(sg(t, CUBLAS_OP_T, CUBLAS_OP_N, rs, T, m0->in, 1.0f, t->p + m0->offA, m0->in, x, ldx, 0.0f, mid, rs,
+                   err, errn));
+        }
+        bf16 *midb = t->lb_mid, *Bb = t->lb_B;
+        if (ybf) to_bf(t, midb, mid, (int64_t)T * rs);
         for (int j = 0, c = 0; j < n; j++) {
             if (!md[j]) continue;
             const float beta = k == n ? 0.0f : 1.0f;
             if (ybf) { /* BF16 output: BF16 operands (B_j converted; stream order keeps one B buffer safe) */
                 const int64_t nb = (int64_t)md[j]->r * md[j]->out;
-                tk_to<bf16><<<grid_for(nb), 256, 0, t->s>>>(Bb, t->p + md[j]->offB, nb);
+                to_bf(t, Bb, t->p + md[j]->offB, nb);
                 BL(cublasGemmEx(t->blas, CUBLAS_OP_T, CUBLAS_OP_N, md[j]->out, T, md[j]->r, &md[j]->scale, Bb,
                                 CUDA_R_16BF, md[j]->r, midb + c, CUDA_R_16BF, rs, &beta, (bf16 *)y + col[j], CUDA_R_16BF,
                                 ldy, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
@@ -705,27 +726,44 @@ static int proj_fwd(gpu_train *t, int32_t l, const int *tg, const int64_t *col, 
  * d[A_j] += tmpᵀ·x and dx = tmp·[A_j] as one GEMM each; then the frozen
  * GEMM adds dy·W onto dx. */
 static int proj_bwd(gpu_train *t, int32_t l, const int *tg, const int64_t *col, int n, const float *mid,
-                    const float *x, int ldx, const dlin *W, const float *dy, const void *dya, int ldy, float *dx,
-                    int32_t T, char *err, size_t errn) {
+                    const float *x, const void *xa, int ldx, const dlin *W, const float *dy, const void *dya, int ldy,
+                    float *dx, int32_t T, char *err, size_t errn) {
     const tmod *md[3];
     int rs;
     const int k = group_of(t, l, tg, n, md, &rs);
     if (k) {
         float *tmp = t->ltmp;
         const tmod *m0 = NULL;
+        /* dy and x in BF16 when their producers wrote them so: LoRA reads those, its small operands converted */
+        const bf16 *dyb = t->m->f32 ? NULL : (const bf16 *)dya, *xb = t->m->f32 ? NULL : (const bf16 *)xa;
+        if (dyb) to_bf(t, t->lb_mid, mid, (int64_t)T * rs);
         for (int j = 0, c = 0; j < n; j++) {
             if (!md[j]) continue;
             if (!m0) m0 = md[j];
             const float *B = t->p + md[j]->offB;
-            const float *dyj = dy + col[j];
-            TRY(sg(t, CUBLAS_OP_N, CUBLAS_OP_N, md[j]->r, T, md[j]->out, md[j]->scale, B, md[j]->r, dyj, ldy, 0.0f,
-                   tmp + c, rs, err, errn));
-            TRY(sg(t, CUBLAS_OP_N, CUBLAS_OP_T, md[j]->r, md[j]->out, T, md[j]->scale, mid + c, rs, dyj, ldy, 1.0f,
-                   t->g + md[j]->offB, md[j]->r, err, errn));
+            if (dyb) {
+                to_bf(t, t->lb_B, B, (int64_t)md[j]->r * md[j]->out);
+                TRY(bg(t, CUBLAS_OP_N, CUBLAS_OP_N, md[j]->r, T, md[j]->out, md[j]->scale, t->lb_B, md[j]->r,
+                       dyb + col[j], ldy, 0.0f, tmp + c, rs, err, errn));
+                TRY(bg(t, CUBLAS_OP_N, CUBLAS_OP_T, md[j]->r, md[j]->out, T, md[j]->scale, t->lb_mid + c, rs,
+                       dyb + col[j], ldy, 1.0f, t->g + md[j]->offB, md[j]->r, err, errn));
+            } else {
+                const float *dyj = dy + col[j];
+                TRY(sg(t, CUBLAS_OP_N, CUBLAS_OP_N, md[j]->r, T, md[j]->out, md[j]->scale, B, md[j]->r, dyj, ldy, 0.0f,
+                       tmp + c, rs, err, errn));
+                TRY(sg(t, CUBLAS_OP_N, CUBLAS_OP_T, md[j]->r, md[j]->out, T, md[j]->scale, mid + c, rs, dyj, ldy, 1.0f,
+                       t->g + md[j]->offB, md[j]->r, err, errn));
+            }
             c += md[j]->r;
         }
         const int in = m0->in;
-        TRY(sg(t, CUBLAS_OP_N, CUBLAS_OP_T, in, rs, T, 1.0f, x, ldx, tmp, rs, 1.0f, t->g + m0->offA, in, err, errn));
+        if (xb) {
+            to_bf(t, t->lb_tmp, tmp, (int64_t)T * rs);
+            TRY(bg(t, CUBLAS_OP_N, CUBLAS_OP_T, in, rs, T, 1.0f, xb, ldx, t->lb_tmp, rs, 1.0f, t->g + m0->offA, in, err,
+                   errn));
+        } else {
+            TRY(sg(t, CUBLAS_OP_N, CUBLAS_OP_T, in, rs, T, 1.0f, x, ldx, tmp, rs, 1.0f, t->g + m0->offA, in, err, errn));
+        }
         TRY(sg(t, CUBLAS_OP_N, CUBLAS_OP_N, in, T, rs, 1.0f, t->p + m0->offA, in, tmp, rs, 0.0f, dx, (int)W->in, err,
                errn));
         prof_mark(t, TP_LORA_B);
@@ -783,7 +821,7 @@ static int layer_fwd(gpu_train *t, int32_t l, tacts *A, const float *x, float *y
     dim3 gs((F + 255) / 256, T);
     /* silu(gate)·up: F32 for LoRA's down A-product (or the F32 GEMM), BF16 straight into the down GEMM's input */
     bf16 *actb = m->f32 ? NULL : (bf16 *)t->abuf;
-    float *actf = m->f32 || mod_of(t, l, LT_DOWN) ? t->act : NULL;
+    float *actf = m->f32 ? t->act : NULL; /* BF16 models: LoRA's down A-product reads the BF16 copy too */
     if (gbf) tk_swiglu_fwd<bf16><<<gs, 256, 0, t->s>>>(actf, actb, (const bf16 *)A->gu, F);
     else tk_swiglu_fwd<float><<<gs, 256, 0, t->s>>>(actf, actb, (const float *)A->gu, F);
     prof_mark(t, TP_ELT_F);
@@ -805,22 +843,23 @@ static int layer_bwd(gpu_train *t, int32_t l, const tacts *A, const float *x, in
     /* MLP */
     prof_mark(t, TP_OTHER);
     dim3 gs((F + 255) / 256, T);
+    bf16 *actb = m->f32 ? NULL : (bf16 *)t->abuf; /* read by LoRA's dA before the frozen GEMM's input replaces it */
     if (mod_of(t, l, LT_DOWN)) { /* its input, silu(gate)·up, again */
         if (m->f32) tk_swiglu_fwd<float><<<gs, 256, 0, t->s>>>(t->act, (bf16 *)NULL, (const float *)A->gu, F);
-        else tk_swiglu_fwd<bf16><<<gs, 256, 0, t->s>>>(t->act, (bf16 *)NULL, (const bf16 *)A->gu, F);
+        else tk_swiglu_fwd<bf16><<<gs, 256, 0, t->s>>>((float *)NULL, actb, (const bf16 *)A->gu, F);
         prof_mark(t, TP_ELT_B);
     }
-    TRY(proj_bwd(t, l, TD, C0, 1, A->mid[2], t->act, F, &L->wd, dx, NULL, H, da, T, err, errn));
+    TRY(proj_bwd(t, l, TD, C0, 1, A->mid[2], t->act, actb, F, &L->wd, dx, NULL, H, da, T, err, errn));
     bf16 *dgub = m->f32 ? NULL : (bf16 *)t->abuf; /* the gate|up backward GEMM's input, written by the kernel */
     if (m->f32) tk_swiglu_bwd<float><<<gs, 256, 0, t->s>>>(t->dgu, dgub, da, (const float *)A->gu, F);
     else tk_swiglu_bwd<bf16><<<gs, 256, 0, t->s>>>(t->dgu, dgub, da, (const bf16 *)A->gu, F);
     prof_mark(t, TP_ELT_B);
-    TRY(proj_bwd(t, l, TGU, CGU, 2, A->mid[1], A->h2, H, &L->wgu, t->dgu, dgub, 2 * F, t->dh, T, err, errn));
+    TRY(proj_bwd(t, l, TGU, CGU, 2, A->mid[1], A->h2, NULL, H, &L->wgu, t->dgu, dgub, 2 * F, t->dh, T, err, errn));
     tk_norm_bwd<<<T, 256, 0, t->s>>>(dx, t->dh, A->xmid, L->ffn_norm, A->r2, H, 1, H, 0, H, 1);
     prof_mark(t, TP_ELT_B);
     /* attention */
-    TRY(proj_bwd(t, l, TO, C0, 1, A->mid[0] + (int64_t)3 * t->max_r * T, A->att, (int)qd, &L->wo, dx, NULL, H, t->datt, T,
-                 err, errn));
+    TRY(proj_bwd(t, l, TO, C0, 1, A->mid[0] + (int64_t)3 * t->max_r * T, A->att, NULL, (int)qd, &L->wo, dx, NULL, H,
+                 t->datt, T, err, errn));
     const int32_t *so = t->d_sofs, *sl = t->d_slen;
     tk_heads<<<T, 256, 0, t->s>>>(t->datt, t->oh, so, sl, nh, hd, qd, 0, 1); /* oh := dO head-major */
     float *dqh = t->hd_tmp;                                                  /* head-major, T rows each */
@@ -858,7 +897,7 @@ static int layer_bwd(gpu_train *t, int32_t l, const tacts *A, const float *x, in
         tk_norm_bwd<<<T * nkv, 128, 0, t->s>>>(t->dqkv, t->dqkv, A->kraw, L->k_norm, A->rk, hd, nkv, qn, qd, kvd, 0);
     }
     prof_mark(t, TP_ATT_B);
-    TRY(proj_bwd(t, l, TQKV, CQKV, 3, A->mid[0], A->h1, H, &L->wqkv, t->dqkv, NULL, (int)qn, t->dh, T, err, errn));
+    TRY(proj_bwd(t, l, TQKV, CQKV, 3, A->mid[0], A->h1, NULL, H, &L->wqkv, t->dqkv, NULL, (int)qn, t->dh, T, err, errn));
     tk_norm_bwd<<<T, 256, 0, t->s>>>(dx, t->dh, x, L->attn_norm, A->r1, H, 1, H, 0, H, 1);
     prof_mark(t, TP_ELT_B);
     return 0;
@@ -1001,15 +1040,17 @@ static int train_new(gpu_model *m, const gpu_lora_desc *mods, int32_t max_tokens
         } else {
             TA2(t->dP, nh * S * S * f);
         }
-        TA2(t->act, T * F * f);
+        if (m->f32) TA2(t->act, T * F * f); /* BF16 models keep silu(gate)·up in BF16 only (abuf) */
         int64_t aw = wide > F ? wide : F;
         aw = aw > qd ? aw : qd;
         TA2(t->abuf, T * aw * (int64_t)m->asz);
         if (!m->f32 && t->max_r) {
-            int64_t mo = qd > kvd ? qd : kvd;
+            int64_t mo = qd > kvd ? qd : kvd; /* widest output and input of an adapted projection */
             mo = mo > H ? mo : H;
             mo = mo > F ? mo : F;
-            TA2(t->lbf, (T * 3 * t->max_r + t->max_r * mo) * 2);
+            const int64_t r3 = 3 * (int64_t)t->max_r;
+            TA2(t->lb_mid, (T * r3 * 2 + t->max_r * mo + r3 * mo) * 2);
+            t->lb_B = t->lb_mid + T * r3, t->lb_A = t->lb_B + t->max_r * mo, t->lb_tmp = t->lb_A + r3 * mo;
         }
         const int64_t lr = t->loss_rows;
         TA2(t->logits, lr * V * f); TA2(t->dlogits, lr * V * f);
