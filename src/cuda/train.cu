@@ -392,16 +392,16 @@ template <class A> __global__ void tk_swiglu_fwd(float *a, bf16 *ab, const A *gu
     if (ab) ab[t * F + j] = __float2bfloat16(v);
 }
 
-/* dgu (F32, for LoRA) and, unless NULL, its BF16 copy dgub for the frozen gate|up backward GEMM. */
-template <class A> __global__ void tk_swiglu_bwd(float *dgu, bf16 *dgub, const float *da, const A *gu, int32_t F) {
+/* dgu into F32 dgu and/or BF16 dgub (the gate|up backward GEMM's and LoRA's input on BF16 models), from
+ * da and gu in the activation type. */
+template <class A> __global__ void tk_swiglu_bwd(float *dgu, bf16 *dgub, const A *da, const A *gu, int32_t F) {
     const int64_t t = blockIdx.y;
     const int32_t j = blockIdx.x * blockDim.x + threadIdx.x;
     if (j >= F) return;
     const float g = ldA(gu + t * 2 * F + j), u = ldA(gu + t * 2 * F + F + j), sg = 1.0f / (1.0f + expf(-g)),
-                d = da[t * F + j];
+                d = ldA(da + t * F + j);
     const float du = d * g * sg, dg = d * u * sg * (1.0f + g * (1.0f - sg));
-    dgu[t * 2 * F + F + j] = du;
-    dgu[t * 2 * F + j] = dg;
+    if (dgu) dgu[t * 2 * F + F + j] = du, dgu[t * 2 * F + j] = dg;
     if (dgub) dgub[t * 2 * F + F + j] = __float2bfloat16(du), dgub[t * 2 * F + j] = __float2bfloat16(dg);
 }
 
@@ -633,8 +633,8 @@ static int w_fwd(gpu_train *t, void *y, int ybf, int ldy, const float *x, const 
     return 0;
 }
 
-/* dx (T, in) (+)= dy (T, out; ldy) · W; dya: dy already in the activation type, else NULL. */
-static int w_bwd(gpu_train *t, float *dx, const float *dy, const void *dya, int ldy, const dlin *W, int32_t T,
+/* dx (T, in; F32 or, dxbf, BF16) (+)= dy (T, out; ldy) · W; dya: dy already in the activation type, else NULL. */
+static int w_bwd(gpu_train *t, void *dx, int dxbf, const float *dy, const void *dya, int ldy, const dlin *W, int32_t T,
                  float beta, char *err, size_t errn) {
     const int in = (int)W->in, out = (int)W->out;
     const void *da = dy;
@@ -646,8 +646,8 @@ static int w_bwd(gpu_train *t, float *dx, const float *dy, const void *dya, int 
         da = as_act(t, dy, (int64_t)T * out);
     }
     const cudaDataType at = t->m->f32 ? CUDA_R_32F : CUDA_R_16BF;
-    BL(cublasGemmEx(t->blas, CUBLAS_OP_N, CUBLAS_OP_N, in, T, out, &ONE, W->w, at, in, da, at, ld, &beta, dx, CUDA_R_32F,
-                    in, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+    BL(cublasGemmEx(t->blas, CUBLAS_OP_N, CUBLAS_OP_N, in, T, out, &ONE, W->w, at, in, da, at, ld, &beta, dx,
+                    dxbf ? CUDA_R_16BF : CUDA_R_32F, in, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
     return 0;
 }
 
@@ -727,7 +727,7 @@ static int proj_fwd(gpu_train *t, int32_t l, const int *tg, const int64_t *col, 
  * GEMM adds dy·W onto dx. */
 static int proj_bwd(gpu_train *t, int32_t l, const int *tg, const int64_t *col, int n, const float *mid,
                     const float *x, const void *xa, int ldx, const dlin *W, const float *dy, const void *dya, int ldy,
-                    float *dx, int32_t T, char *err, size_t errn) {
+                    void *dx, int dxbf, int32_t T, char *err, size_t errn) {
     const tmod *md[3];
     int rs;
     const int k = group_of(t, l, tg, n, md, &rs);
@@ -757,18 +757,28 @@ static int proj_bwd(gpu_train *t, int32_t l, const int *tg, const int64_t *col, 
             c += md[j]->r;
         }
         const int in = m0->in;
+        if (xb || dxbf) to_bf(t, t->lb_tmp, tmp, (int64_t)T * rs);
         if (xb) {
-            to_bf(t, t->lb_tmp, tmp, (int64_t)T * rs);
             TRY(bg(t, CUBLAS_OP_N, CUBLAS_OP_T, in, rs, T, 1.0f, xb, ldx, t->lb_tmp, rs, 1.0f, t->g + m0->offA, in, err,
                    errn));
         } else {
             TRY(sg(t, CUBLAS_OP_N, CUBLAS_OP_T, in, rs, T, 1.0f, x, ldx, tmp, rs, 1.0f, t->g + m0->offA, in, err, errn));
         }
-        TRY(sg(t, CUBLAS_OP_N, CUBLAS_OP_N, in, T, rs, 1.0f, t->p + m0->offA, in, tmp, rs, 0.0f, dx, (int)W->in, err,
-               errn));
+        if (dxbf) { /* dx in BF16: from BF16 tmp and As, the frozen GEMM then adds onto it in BF16 */
+            to_bf(t, t->lb_A, t->p + m0->offA, (int64_t)rs * in);
+            const float zero = 0.0f;
+            BL(cublasGemmEx(t->blas, CUBLAS_OP_N, CUBLAS_OP_N, in, T, rs, &ONE, t->lb_A, CUDA_R_16BF, in, t->lb_tmp,
+                            CUDA_R_16BF, rs, &zero, dx, CUDA_R_16BF, (int)W->in, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+            prof_mark(t, TP_LORA_B);
+            TRY(w_bwd(t, dx, 1, dy, dya, ldy, W, T, 1.0f, err, errn));
+            prof_mark(t, TP_GEMM_B);
+            return 0;
+        }
+        TRY(sg(t, CUBLAS_OP_N, CUBLAS_OP_N, in, T, rs, 1.0f, t->p + m0->offA, in, tmp, rs, 0.0f, (float *)dx, (int)W->in,
+               err, errn));
         prof_mark(t, TP_LORA_B);
     }
-    TRY(w_bwd(t, dx, dy, dya, ldy, W, T, k ? 1.0f : 0.0f, err, errn));
+    TRY(w_bwd(t, dx, dxbf, dy, dya, ldy, W, T, k ? 1.0f : 0.0f, err, errn));
     prof_mark(t, TP_GEMM_B);
     return 0;
 }
@@ -849,17 +859,18 @@ static int layer_bwd(gpu_train *t, int32_t l, const tacts *A, const float *x, in
         else tk_swiglu_fwd<bf16><<<gs, 256, 0, t->s>>>((float *)NULL, actb, (const bf16 *)A->gu, F);
         prof_mark(t, TP_ELT_B);
     }
-    TRY(proj_bwd(t, l, TD, C0, 1, A->mid[2], t->act, actb, F, &L->wd, dx, NULL, H, da, T, err, errn));
+    /* da = d silu(gate)·up: BF16 on BF16 models, as is dgu, which only GEMMs read there */
+    TRY(proj_bwd(t, l, TD, C0, 1, A->mid[2], t->act, actb, F, &L->wd, dx, NULL, H, da, !m->f32, T, err, errn));
     bf16 *dgub = m->f32 ? NULL : (bf16 *)t->abuf; /* the gate|up backward GEMM's input, written by the kernel */
-    if (m->f32) tk_swiglu_bwd<float><<<gs, 256, 0, t->s>>>(t->dgu, dgub, da, (const float *)A->gu, F);
-    else tk_swiglu_bwd<bf16><<<gs, 256, 0, t->s>>>(t->dgu, dgub, da, (const bf16 *)A->gu, F);
+    if (m->f32) tk_swiglu_bwd<float><<<gs, 256, 0, t->s>>>(t->dgu, dgub, (const float *)da, (const float *)A->gu, F);
+    else tk_swiglu_bwd<bf16><<<gs, 256, 0, t->s>>>((float *)NULL, dgub, (const bf16 *)da, (const bf16 *)A->gu, F);
     prof_mark(t, TP_ELT_B);
-    TRY(proj_bwd(t, l, TGU, CGU, 2, A->mid[1], A->h2, NULL, H, &L->wgu, t->dgu, dgub, 2 * F, t->dh, T, err, errn));
+    TRY(proj_bwd(t, l, TGU, CGU, 2, A->mid[1], A->h2, NULL, H, &L->wgu, t->dgu, dgub, 2 * F, t->dh, 0, T, err, errn));
     tk_norm_bwd<<<T, 256, 0, t->s>>>(dx, t->dh, A->xmid, L->ffn_norm, A->r2, H, 1, H, 0, H, 1);
     prof_mark(t, TP_ELT_B);
     /* attention */
     TRY(proj_bwd(t, l, TO, C0, 1, A->mid[0] + (int64_t)3 * t->max_r * T, A->att, NULL, (int)qd, &L->wo, dx, NULL, H,
-                 t->datt, T, err, errn));
+                 t->datt, 0, T, err, errn));
     const int32_t *so = t->d_sofs, *sl = t->d_slen;
     tk_heads<<<T, 256, 0, t->s>>>(t->datt, t->oh, so, sl, nh, hd, qd, 0, 1); /* oh := dO head-major */
     float *dqh = t->hd_tmp;                                                  /* head-major, T rows each */
@@ -897,7 +908,8 @@ static int layer_bwd(gpu_train *t, int32_t l, const tacts *A, const float *x, in
         tk_norm_bwd<<<T * nkv, 128, 0, t->s>>>(t->dqkv, t->dqkv, A->kraw, L->k_norm, A->rk, hd, nkv, qn, qd, kvd, 0);
     }
     prof_mark(t, TP_ATT_B);
-    TRY(proj_bwd(t, l, TQKV, CQKV, 3, A->mid[0], A->h1, NULL, H, &L->wqkv, t->dqkv, NULL, (int)qn, t->dh, T, err, errn));
+    TRY(proj_bwd(t, l, TQKV, CQKV, 3, A->mid[0], A->h1, NULL, H, &L->wqkv, t->dqkv, NULL, (int)qn, t->dh, 0, T, err,
+                 errn));
     tk_norm_bwd<<<T, 256, 0, t->s>>>(dx, t->dh, x, L->attn_norm, A->r1, H, 1, H, 0, H, 1);
     prof_mark(t, TP_ELT_B);
     return 0;
@@ -1032,7 +1044,8 @@ static int train_new(gpu_model *m, const gpu_lora_desc *mods, int32_t max_tokens
         int64_t hdt = qn > F ? qn : F; /* dq|dk|dv head-major, da, or a recomputed layer's output */
         hdt = hdt > H ? hdt : H;
         TA2(t->hf, T * H * f); TA2(t->rf, T * f); TA2(t->dx, T * H * f); TA2(t->dh, T * H * f);
-        TA2(t->y, T * wide * f); TA2(t->datt, T * qd * f); TA2(t->dqkv, T * qn * f); TA2(t->dgu, T * 2 * F * f);
+        TA2(t->y, T * wide * f); TA2(t->datt, T * qd * f); TA2(t->dqkv, T * qn * f);
+        if (m->f32) TA2(t->dgu, T * 2 * F * f); /* BF16 models: dgu in BF16 only (abuf) */
         TA2(t->hd_tmp, T * hdt * f); TA2(t->ltmp, T * 3 * (t->max_r ? t->max_r : 1) * f); TA2(t->oh, T * qd * f);
         if (t->flash) {
             TA2(t->Drow, nh * T * f);
