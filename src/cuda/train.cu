@@ -1001,14 +1001,15 @@ static int train_new(gpu_model *m, const gpu_lora_desc *mods, int32_t max_tokens
     /* per layer: every A in target order — so the adapted ones of q|k|v, and of
      * gate|up, are one (Σr, H) matrix (proj_fwd / proj_bwd) — then every B */
     for (int i = 0; i < t->n_mods; i++) {
-        if (mods[i].r <= 0) continue;
-        tmod *d = &t->mods[i];
-        d->r = mods[i].r, d->scale = mods[i].scale, d->in = (int32_t)mods[i].in, d->out = (int32_t)mods[i].out;
-        d->offA = t->n_params;
-        t->n_params += (int64_t)d->r * d->in;
-        if (d->r > t->max_r) t->max_r = d->r;
-        if (i / LT_N < t->first_adapted) t->first_adapted = i / LT_N;
-        if (i % LT_N == LT_N - 1) /* the layer's last target: its Bs */
+        if (mods[i].r > 0) {
+            tmod *d = &t->mods[i];
+            d->r = mods[i].r, d->scale = mods[i].scale, d->in = (int32_t)mods[i].in, d->out = (int32_t)mods[i].out;
+            d->offA = t->n_params;
+            t->n_params += (int64_t)d->r * d->in;
+            if (d->r > t->max_r) t->max_r = d->r;
+            if (i / LT_N < t->first_adapted) t->first_adapted = i / LT_N;
+        }
+        if (i % LT_N == LT_N - 1) /* the layer's last target, adapted or not: the layer's Bs */
             for (int j = i - (LT_N - 1); j <= i; j++)
                 if (t->mods[j].r) t->mods[j].offB = t->n_params, t->n_params += (int64_t)t->mods[j].r * t->mods[j].out;
     }
