@@ -83,7 +83,7 @@ echo "-- again with plain launches (PRISM_CUDA_PDL=0): $(PRISM_CUDA_PDL=0 PRISM_
 echo "-- again with separate q|k|v post-processing and SwiGLU kernels (PRISM_CUDA_FUSE=0): $(PRISM_CUDA_FUSE=0 PRISM_REQUIRE_GPU=1 timeout 120 ./build/tests/test_gpu 2>&1 | tail -1)"
 
 step "the trainer's tensor-core attention against a double-precision reference (test_flash)"
-timeout 60 ./build/tests/test_flash >"$OUT/flash.tmp" 2>&1
+PRISM_REQUIRE_GPU=1 timeout 60 ./build/tests/test_flash >"$OUT/flash.tmp" 2>&1
 grep -vE "^ok" "$OUT/flash.tmp"
 tail -1 "$OUT/flash.tmp" | grep -q " 0 failed" || fail=1
 cat "$OUT/flash.tmp" >>"$OUT/test_gpu.log" && rm "$OUT/flash.tmp"

@@ -247,7 +247,8 @@ __global__ void __launch_bounds__(FTHREADS)
             __syncthreads(); /* the previous tile's Q, dO, lse, D are done with */
             stage<NF>(Qs, qh + (ro + q0) * hd, nq, hd);
             stage<NF>(Ds, doh + (ro + q0) * hd, nq, hd);
-            for (int e = tid; e < FT; e += FTHREADS) ls[e] = e < nq ? lse[ro + q0 + e] : 0.0f, dd[e] = e < nq ? Dr[ro + q0 + e] : 0.0f;
+            for (int e = tid; e < FT; e += FTHREADS)
+                ls[e] = e < nq ? lse[ro + q0 + e] : 0.0f, dd[e] = e < nq ? Dr[ro + q0 + e] : 0.0f;
             __syncthreads();
 #pragma unroll
             for (int qb = 0; qb < FT / 16; qb++) { /* Sᵀ = K Qᵀ, the warp's 16 keys */

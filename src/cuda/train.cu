@@ -8,17 +8,26 @@
  * rows, so the frozen GEMMs, LoRA and the elementwise kernels run once over
  * all of them (M = T: tensor cores need M in the thousands to fill an H100,
  * and launches are paid once per pass, not per sequence); only attention and
- * the loss work per sequence. Activations are kept in F32; matmuls against
- * the frozen weights take their input in the model's activation type (BF16
- * with tensor cores, or F32 for --precision exact), everything LoRA is F32.
- * Attention works per sequence and KV head on head-major copies of q, k, v
- * (sequence s of n_s tokens starting at row o_s holds head h's rows at
- * (o_s·n + h·n_s + position)·hd, n heads), so each of its six products
- * (scores, P·V and the four of the backward) is one GEMM for the whole group
- * of query heads sharing that KV head; the probabilities P (nh, n_s, n_s) are
- * materialised. silu(gate)·up is recomputed in the backward rather than kept.
- * With recompute, only each layer's input is kept and the layer's forward
- * runs again just before its backward. */
+ * the loss work per sequence.
+ *
+ * Precision. --precision exact (F32 models): everything F32, matching the
+ * CPU trainer to ~1e-6. BF16 models: the residual stream, norms, attention's
+ * q/k/v and LoRA's parameters and small products stay F32; matmuls against
+ * the frozen weights take BF16 inputs (tensor cores, F32 accumulation); the
+ * MLP's wide tensors exist in BF16 only — gate|up, silu(gate)·up, their
+ * gradients — written directly by their producers as the next GEMM's input,
+ * and LoRA reads those BF16 copies too (its small operands converted on the
+ * fly). This is the precision of transformers + peft in bf16.
+ *
+ * Attention works per sequence on head-major copies of q, k, v (sequence s
+ * of n_s tokens starting at row o_s holds head h's rows at
+ * (o_s·n + h·n_s + position)·hd, n heads). On BF16 models it is flash.cu's
+ * tensor-core kernels (one log-sum-exp per row kept, nothing of size n_s²);
+ * otherwise (F32, heads over 128, PRISM_CUDA_FLASH=0) six cuBLAS products
+ * per KV head with the probabilities P (nh, n_s, n_s) materialised.
+ * silu(gate)·up is recomputed in the backward rather than kept. With
+ * recompute, only each layer's input is kept and the layer's forward runs
+ * again just before its backward. */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -69,7 +78,7 @@ struct gpu_train {
     tacts *acts;       /* n_layers, or 1 with recompute */
     int n_acts;
     float *hf, *rf, *dx, *dh, *y, *datt, *dqkv, *dgu, *hd_tmp, *ltmp, *oh, *dP;
-    float *act;        /* (T, F) silu(gate)·up: the forward's MLP input, recomputed for the backward */
+    float *act;        /* (T, F) silu(gate)·up, F32 models only (BF16: in abuf); recomputed for the backward */
     void *abuf;        /* activation-type copy of a GEMM input (T, max(H, qd, F, 2F)) */
     /* BF16 copies of LoRA's small operands, for products whose large operand is BF16 (BF16 models):
      * mid (T, 3 max_r), one B (max_r, max out), the As of a projection (3 max_r, max in), tmp (T, 3 max_r) */
@@ -826,8 +835,9 @@ static int layer_fwd(gpu_train *t, int32_t l, tacts *A, const float *x, float *y
      * by the GEMM epilogue, by SwiGLU, its recomputation and its backward) */
     const int gbf = !m->f32;
     TRY(proj_fwd(t, l, TGU, CGU, 2, A->mid[1], A->h2, NULL, H, &L->wgu, A->gu, gbf, 2 * F, T, err, errn));
-    if (L->bgu && gbf) tk_bias<bf16><<<grid_for((int64_t)T * 2 * F), 256, 0, t->s>>>((bf16 *)A->gu, L->bgu, (int64_t)T * 2 * F, 2 * F);
-    else if (L->bgu) tk_bias<float><<<grid_for((int64_t)T * 2 * F), 256, 0, t->s>>>((float *)A->gu, L->bgu, (int64_t)T * 2 * F, 2 * F);
+    const int64_t ngu = (int64_t)T * 2 * F;
+    if (L->bgu && gbf) tk_bias<bf16><<<grid_for(ngu), 256, 0, t->s>>>((bf16 *)A->gu, L->bgu, ngu, 2 * F);
+    else if (L->bgu) tk_bias<float><<<grid_for(ngu), 256, 0, t->s>>>((float *)A->gu, L->bgu, ngu, 2 * F);
     dim3 gs((F + 255) / 256, T);
     /* silu(gate)·up: F32 for LoRA's down A-product (or the F32 GEMM), BF16 straight into the down GEMM's input */
     bf16 *actb = m->f32 ? NULL : (bf16 *)t->abuf;
