@@ -450,36 +450,45 @@ static void test_device_trainer(void) {
         printf("%s sequences of %d, %d and %d tokens, one device pass == CPU: grads rel %.2e, loss rel %.2e\n",
                c1 == c2 && e < 1e-4 && le < 1e-5 ? "ok  " : "FAIL", L1, L2, L0, e, le);
         train_ws_free(w1), train_ws_free(w2);
-        /* the same pass on a BF16 model: attention on tensor cores (flash.cu, BF16 probabilities) and by
-         * cuBLAS (PRISM_CUDA_FLASH=0, TF32), both against the CPU's F32 gradients */
+        /* two of those sequences (9 and 4 attention tiles) on a BF16 model: attention on tensor cores
+         * (flash.cu, BF16 probabilities) and by cuBLAS (PRISM_CUDA_FLASH=0, TF32), both against the
+         * CPU's F32 gradients */
         prism_model_params fp = prism_model_default_params();
         fp.precision = PRISM_PRECISION_FAST;
         prism_model *fast = NULL;
         if (prism_model_load(MODEL, fp, &fast)) die("loading " MODEL " in BF16 on the device");
-        prism_adapter *gf[2] = {NULL, NULL};
-        double ef[2], lf[2];
+        const train_example ex2[2] = {ex[0], ex[2]};
+        prism_adapter *gf[2] = {NULL, NULL}, *gcpu = NULL;
+        train_ws *wcpu = NULL;
+        double lcpu = 0, ef[2], lf[2];
+        int64_t ccpu = 0;
+        if (lora_alloc_like(a2, &gcpu) || train_ws_new(cpu, L1, true, &wcpu)) die("bf16 reference setup");
+        CHECK(train_batch_grad(wcpu, cpu, a2, gcpu, ex2, 2, &lcpu, &ccpu, NULL) == PRISM_OK, "cpu: %s", prism_last_error());
         for (int v = 0; v < 2; v++) {
             if (v) setenv("PRISM_CUDA_FLASH", "0", 1);
             train_ws *wf = NULL;
-            if (lora_alloc_like(a1, &gf[v]) || train_ws_new(fast, L2, false, &wf)) die("bf16 setup");
-            train_ws_set_pass_tokens(wf, LT);
+            if (lora_alloc_like(a1, &gf[v]) || train_ws_new(fast, L1, false, &wf)) die("bf16 setup");
+            train_ws_set_pass_tokens(wf, L1 + L0);
             double l = 0;
             int64_t c = 0;
-            CHECK(train_batch_grad(wf, fast, a1, gf[v], ex, 3, &l, &c, NULL) == PRISM_OK, "bf16: %s", prism_last_error());
-            ef[v] = adapter_rel_diff(g2, gf[v]), lf[v] = fabs(l - l2) / l2;
+            CHECK(train_batch_grad(wf, fast, a1, gf[v], ex2, 2, &l, &c, NULL) == PRISM_OK, "bf16: %s", prism_last_error());
+            ef[v] = adapter_rel_diff(gcpu, gf[v]), lf[v] = fabs(l - lcpu) / lcpu;
             train_ws_free(wf);
             unsetenv("PRISM_CUDA_FLASH");
         }
+        train_ws_free(wcpu);
+        prism_adapter_free(gcpu);
         const double ev = adapter_rel_diff(gf[1], gf[0]);
-        /* measured on the emulator: 5.7e-2 and 4.6e-2 vs the CPU, 5.0e-2 apart; the loss 5.2e-4 and 2.6e-4.
-         * Everything BF16 (weights, GEMM inputs, gate|up; attention inputs round to 8 bits with flash.cu,
-         * as transformers' bf16 attention, against TF32's 11) in a model of 64 hidden units and 8-dim heads;
-         * a bug shows as an error of order 1 — test_flash checks the attention kernels to 1e-2. */
-        const bool okf = ef[0] < 8e-2 && ef[1] < 8e-2 && lf[0] < 2e-3 && lf[1] < 2e-3 && ev < 8e-2;
+        /* measured on the emulator: 9.2e-2 and 7.7e-2 vs the CPU, 8.4e-2 apart; the loss 1.0e-3 and 3.9e-4
+         * (with the 1,030-token sequence too: 5.7e-2 and 4.4e-2). Everything BF16 — weights, GEMM inputs,
+         * the MLP's wide tensors and their gradients, and with flash.cu attention's inputs (8-bit mantissa,
+         * as transformers' bf16 attention, against TF32's 11) — in a model of 64 hidden units and 8-dim
+         * heads. A bug shows as an error of order 1; test_flash checks the attention kernels to 1e-2. */
+        const bool okf = ef[0] < 0.15 && ef[1] < 0.15 && lf[0] < 2e-3 && lf[1] < 2e-3 && ev < 0.15;
         CHECK(okf, "BF16 pass: flash vs CPU %.2e (loss %.2e), cuBLAS vs CPU %.2e (loss %.2e), flash vs cuBLAS %.2e", ef[0],
               lf[0], ef[1], lf[1], ev);
-        printf("%s the same pass in BF16: grads vs CPU rel %.2e with tensor-core attention, %.2e with cuBLAS (%.2e "
-               "apart)\n", okf ? "ok  " : "FAIL", ef[0], ef[1], ev);
+        printf("%s sequences of %d and %d tokens in BF16: grads vs CPU rel %.2e with tensor-core attention, %.2e with "
+               "cuBLAS (%.2e apart)\n", okf ? "ok  " : "FAIL", L1, L0, ef[0], ef[1], ev);
         prism_adapter_free(gf[0]), prism_adapter_free(gf[1]);
         /* BF16 with some targets of a projection unadapted: q without k and v, up without gate (the
          * frozen GEMM writes the BF16 output first and LoRA adds onto it), o and down not at all */
