@@ -27,6 +27,7 @@
 
 #include <jansson.h>
 
+#include "lora/lora.h"
 #include "model/forward.h"
 #include "model/safetensors.h"
 #include "test.h"
@@ -358,6 +359,63 @@ static void test_window(void) {
     rmdir(dir);
 }
 
+/* Adapters that leave some projections unadapted (q and v only; o and up only; down only) on
+ * the embedded model: a base sequence and an adapted one in one batch, device against CPU. */
+static void test_partial_adapters(void) {
+    const char *dir = "models/stories260K";
+    prism_model *cpu = load(dir, PRISM_DEVICE_CPU), *dev = load(dir, 0);
+    if (!cpu || !dev) {
+        CHECK(0, "loading %s: %s", dir, prism_last_error());
+        prism_model_free(cpu), prism_model_free(dev);
+        return;
+    }
+    enum { T = 12, V = 512 };
+    const int32_t ids[T] = {1, 5, 77, 300, 12, 9, 400, 33, 2, 18, 99, 250};
+    const uint32_t sets[3] = {PRISM_LORA_Q | PRISM_LORA_V, PRISM_LORA_O | PRISM_LORA_UP, PRISM_LORA_DOWN};
+    for (int k = 0; k < 3; k++) {
+        prism_lora_params lp = prism_lora_default_params();
+        lp.r = 4, lp.seed = 3, lp.targets = sets[k];
+        prism_adapter *ad[2] = {NULL, NULL};
+        if (prism_adapter_new(cpu, lp, &ad[0]) || prism_adapter_new(dev, lp, &ad[1])) {
+            CHECK(0, "adapters: %s", prism_last_error());
+            break;
+        }
+        for (int i = 0; i < LORA_N_TARGETS; i++) /* B = 0 at init: give the adapter an effect */
+            for (int32_t l = 0; l < ad[0]->n_layers; l++) {
+                lora_module *m0 = lora_mod(ad[0], l, (lora_target)i), *m1 = lora_mod(ad[1], l, (lora_target)i);
+                for (int64_t j = 0; m0->r && j < m0->r * m0->out; j++) m0->B[j] = m1->B[j] = 0.05f * (float)((j * 7 + l) % 13 - 6);
+            }
+        static float lg[2][2 * T * V]; /* [cpu, device][base rows | adapted rows] */
+        for (int d = 0; d < 2; d++) {
+            prism_ctx_params cp = prism_ctx_default_params();
+            cp.n_seq_max = 2, cp.n_ctx = 64, cp.n_batch = 2 * T;
+            prism_ctx *c = NULL;
+            int32_t tok[2 * T], pos[2 * T], sq[2 * T];
+            int8_t wl[2 * T];
+            for (int q = 0; q < 2; q++)
+                for (int t = 0; t < T; t++) tok[q * T + t] = ids[t], pos[q * T + t] = t, sq[q * T + t] = q, wl[q * T + t] = 1;
+            prism_batch b = {2 * T, tok, pos, sq, wl};
+            if (prism_ctx_new(d ? dev : cpu, cp, &c) || prism_ctx_seq_set_adapter(c, 1, ad[d]) || prism_decode(c, &b)) {
+                CHECK(0, "partial adapter decode: %s", prism_last_error());
+                prism_ctx_free(c);
+                continue;
+            }
+            for (int r = 0; r < 2 * T; r++) memcpy(lg[d] + (size_t)r * V, prism_get_logits(c, r), V * sizeof(float));
+            prism_ctx_free(c);
+        }
+        double e = 0, mx = 0, effect = 0;
+        for (size_t i = 0; i < 2 * T * V; i++) e = fmax(e, fabs(lg[0][i] - lg[1][i])), mx = fmax(mx, fabs(lg[0][i]));
+        for (size_t i = 0; i < T * V; i++) effect = fmax(effect, fabs(lg[0][T * V + i] - lg[0][i]));
+        const bool ok = e / mx < TOL && effect / mx > 0.05;
+        CHECK(ok, "partial adapter 0x%x: device vs cpu rel %.3g (the adapter moves logits by %.3g)", sets[k], e / mx,
+              effect / mx);
+        printf("%s %s stories260K adapter on targets 0x%02x, with a base sequence: rel err %.2e vs cpu (adapter "
+               "effect %.2f)\n", ok ? "ok  " : "FAIL", PNAME, sets[k], e / mx, effect / mx);
+        prism_adapter_free(ad[0]), prism_adapter_free(ad[1]);
+    }
+    prism_model_free(cpu), prism_model_free(dev);
+}
+
 int main(void) {
     test_device_strings();
     char desc[512];
@@ -378,6 +436,7 @@ int main(void) {
             for (size_t i = 0; i < sizeof ARCHS / sizeof *ARCHS; i++)
                 if (!only || !strcmp(only, ARCHS[i])) test_arch(ARCHS[i]);
             if (!only || !strcmp(only, "mistral")) test_window();
+            if (!only) test_partial_adapters();
         }
     }
     TEST_MAIN_END();
