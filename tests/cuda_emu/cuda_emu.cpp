@@ -117,7 +117,16 @@ void syncwarp() { wait(WAIT_WARP); }
 
 float *wmma_scratch() { return xw.data() + (size_t)(cur >> 5) * 512; }
 
-void *dyn_smem() { return dyn.data(); }
+/* 128-byte aligned, as a GPU's dynamic shared memory is at least (WMMA needs 32) */
+void *dyn_smem() { return (void *)(((uintptr_t)dyn.data() + 127) & ~(uintptr_t)127); }
+
+void wmma_check(const void *p, unsigned ldm, int elem) {
+    if ((uintptr_t)p % 32 || (ldm * elem) % 16) {
+        fprintf(stderr, "cuda_emu: WMMA %p with ldm %u (%d-byte elements): the pointer must be 256-bit aligned and "
+                        "ldm a multiple of 16 bytes\n", p, ldm, elem);
+        abort();
+    }
+}
 
 void run(const cfg &c, const std::function<void()> &fn) {
     /* Each block's thread order comes from (seed, launch number, block), so
@@ -166,7 +175,7 @@ void run(const cfg &c, const std::function<void()> &fn) {
             f.ctx.uc_link = nullptr;
             makecontext(&f.ctx, fiber_main, 0);
         }
-    dyn.assign(c.smem + 16, 0);
+    dyn.assign(c.smem + 16 + 128, 0);
     body = &fn;
     gridDim = c.grid;
     blockDim = c.block;

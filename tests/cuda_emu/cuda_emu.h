@@ -118,6 +118,7 @@ static inline float2 __bfloat1622float2(__nv_bfloat162 v) {
  * barriers (every lane must call it, as on a GPU). */
 namespace emu {
 float *wmma_scratch(); /* 512 floats for the calling thread's warp */
+void wmma_check(const void *p, unsigned ldm, int elem); /* aborts where a GPU would fault or misread */
 }
 namespace nvcuda {
 namespace wmma {
@@ -138,6 +139,7 @@ static inline int wmma_lane() { return (int)((threadIdx.x + blockDim.x * (thread
 template <class Use, class T, class Layout, class P>
 static inline void load_matrix_sync(fragment<Use, 16, 16, 16, T, Layout> &f, const P *p, unsigned ldm) {
     const int col = std::is_same<Layout, col_major>::value, l = wmma_lane();
+    emu::wmma_check(p, ldm, (int)sizeof(P));
     for (int e = 0; e < 8; e++) {
         const int i = (8 * l + e) / 16, j = (8 * l + e) % 16;
         f.x[e] = wmma_f(col ? p[j * ldm + i] : p[i * ldm + j]);
@@ -146,6 +148,7 @@ static inline void load_matrix_sync(fragment<Use, 16, 16, 16, T, Layout> &f, con
 template <class P>
 static inline void load_matrix_sync(fragment<accumulator, 16, 16, 16, float> &f, const P *p, unsigned ldm, layout_t lay) {
     const int l = wmma_lane();
+    emu::wmma_check(p, ldm, (int)sizeof(P));
     for (int e = 0; e < 8; e++) {
         const int i = (8 * l + e) / 16, j = (8 * l + e) % 16;
         f.x[e] = lay == mem_col_major ? p[j * ldm + i] : p[i * ldm + j];
@@ -153,6 +156,7 @@ static inline void load_matrix_sync(fragment<accumulator, 16, 16, 16, float> &f,
 }
 static inline void store_matrix_sync(float *p, const fragment<accumulator, 16, 16, 16, float> &f, unsigned ldm, layout_t lay) {
     const int l = wmma_lane();
+    emu::wmma_check(p, ldm, 4);
     for (int e = 0; e < 8; e++) {
         const int i = (8 * l + e) / 16, j = (8 * l + e) % 16;
         (lay == mem_col_major ? p[j * ldm + i] : p[i * ldm + j]) = f.x[e];
