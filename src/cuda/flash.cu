@@ -102,6 +102,42 @@ static __device__ __forceinline__ void store_rows(float *dst, int rows_ok, int h
         __syncwarp();
     }
 }
+
+/* The warp's 16 rows of S (F32 at s, row stride LDS) = A·Bᵀ over the HDP
+ * dims: A's 16 × 16 fragment of dims 16 f.. is a(f) (from registers, or
+ * loaded by a), B the FT rows of a BF16 tile. Scores and dP. */
+template <int NF, class AF> static __device__ __forceinline__ void rows_x_tile(float *s, AF a, const bf16 *B) {
+    typedef fl<NF> L;
+#pragma unroll
+    for (int kb = 0; kb < FT / 16; kb++) {
+        facc acc;
+        wmma::fill_fragment(acc, 0.0f);
+#pragma unroll
+        for (int f = 0; f < NF; f++) {
+            fb_col bf;
+            wmma::load_matrix_sync(bf, B + 16 * kb * L::LDB + 16 * f, L::LDB);
+            wmma::mma_sync(acc, a(f), bf, acc);
+        }
+        wmma::store_matrix_sync(s + 16 * kb, acc, L::LDS, wmma::mem_row_major);
+    }
+}
+
+/* The warp's 16 rows × FT of a BF16 probability-like matrix (P, Pᵀ, dS, dSᵀ at p, row stride LDP) as fragments. */
+template <int NF> static __device__ __forceinline__ void load_prob_rows(fa_row *pa, const bf16 *p) {
+#pragma unroll
+    for (int kb = 0; kb < FT / 16; kb++) wmma::load_matrix_sync(pa[kb], p + 16 * kb, fl<NF>::LDP);
+}
+
+/* acc += P·X for one block of 16 dims: P the warp's rows as load_prob_rows left them, X_f the FT rows of
+ * a BF16 tile from dim 16 f on (row stride LDB). */
+template <int NF> static __device__ __forceinline__ void mma_prob_tile(facc &acc, const fa_row *pa, const bf16 *xf) {
+#pragma unroll
+    for (int kb = 0; kb < FT / 16; kb++) {
+        fb_row x;
+        wmma::load_matrix_sync(x, xf + 16 * kb * fl<NF>::LDB, fl<NF>::LDB);
+        wmma::mma_sync(acc, pa[kb], x, acc);
+    }
+}
 #endif
 
 /* Dynamic shared memory, aligned for WMMA (256-bit pointers). */
@@ -146,18 +182,7 @@ __global__ void __launch_bounds__(FTHREADS)
         stage<NF>(Ks, K + (int64_t)k0 * hd, min(FT, n - k0), hd);
         stage<NF>(Vs, V + (int64_t)k0 * hd, min(FT, n - k0), hd);
         __syncthreads();
-#pragma unroll
-        for (int kb = 0; kb < FT / 16; kb++) { /* the warp's 16 rows of S = QKᵀ */
-            facc s;
-            wmma::fill_fragment(s, 0.0f);
-#pragma unroll
-            for (int f = 0; f < NF; f++) {
-                fb_col kf;
-                wmma::load_matrix_sync(kf, Ks + 16 * kb * L::LDB + 16 * f, L::LDB);
-                wmma::mma_sync(s, qf[f], kf, s);
-            }
-            wmma::store_matrix_sync(Ss + 16 * w * L::LDS + 16 * kb, s, L::LDS, wmma::mem_row_major);
-        }
+        rows_x_tile<NF>(Ss + 16 * w * L::LDS, [&](int f) -> const fa_row & { return qf[f]; }, Ks); /* S = QKᵀ */
         __syncwarp();
         { /* online softmax: two lanes per row, 32 keys each */
             float *sr = Ss + r * L::LDS + half;
@@ -187,19 +212,13 @@ __global__ void __launch_bounds__(FTHREADS)
         }
         __syncwarp();
         fa_row pf[FT / 16];
-#pragma unroll
-        for (int kb = 0; kb < FT / 16; kb++) wmma::load_matrix_sync(pf[kb], Ps + 16 * w * L::LDP + 16 * kb, L::LDP);
+        load_prob_rows<NF>(pf, Ps + 16 * w * L::LDP);
 #pragma unroll
         for (int f = 0; f < NF; f++) { /* O (16 rows, dims 16 f..) += P V */
             facc o;
             float *op = Os + 16 * w * L::LDO + 16 * f;
             wmma::load_matrix_sync(o, op, L::LDO, wmma::mem_row_major);
-#pragma unroll
-            for (int kb = 0; kb < FT / 16; kb++) {
-                fb_row vf;
-                wmma::load_matrix_sync(vf, Vs + 16 * kb * L::LDB + 16 * f, L::LDB);
-                wmma::mma_sync(o, pf[kb], vf, o);
-            }
+            mma_prob_tile<NF>(o, pf, Vs + 16 * f);
             wmma::store_matrix_sync(op, o, L::LDO, wmma::mem_row_major);
         }
         __syncthreads(); /* K and V are restaged */
@@ -250,20 +269,17 @@ __global__ void __launch_bounds__(FTHREADS)
             for (int e = tid; e < FT; e += FTHREADS)
                 ls[e] = e < nq ? lse[ro + q0 + e] : 0.0f, dd[e] = e < nq ? Dr[ro + q0 + e] : 0.0f;
             __syncthreads();
-#pragma unroll
-            for (int qb = 0; qb < FT / 16; qb++) { /* Sᵀ = K Qᵀ, the warp's 16 keys */
-                facc s;
-                wmma::fill_fragment(s, 0.0f);
-#pragma unroll
-                for (int f = 0; f < NF; f++) {
-                    fa_row kf;
-                    fb_col qf;
-                    wmma::load_matrix_sync(kf, Ks + 16 * w * L::LDB + 16 * f, L::LDB);
-                    wmma::load_matrix_sync(qf, Qs + 16 * qb * L::LDB + 16 * f, L::LDB);
-                    wmma::mma_sync(s, kf, qf, s);
-                }
-                wmma::store_matrix_sync(St + 16 * w * L::LDS + 16 * qb, s, L::LDS, wmma::mem_row_major);
-            }
+            const auto kw = [&](int f) { /* the warp's 16 keys, dims 16 f.. */
+                fa_row a;
+                wmma::load_matrix_sync(a, Ks + 16 * w * L::LDB + 16 * f, L::LDB);
+                return a;
+            };
+            const auto vw = [&](int f) {
+                fa_row a;
+                wmma::load_matrix_sync(a, Vs + 16 * w * L::LDB + 16 * f, L::LDB);
+                return a;
+            };
+            rows_x_tile<NF>(St + 16 * w * L::LDS, kw, Qs); /* Sᵀ = K Qᵀ */
             __syncwarp();
             float p[32];
             float *sr = St + r * L::LDS + half;
@@ -276,44 +292,17 @@ __global__ void __launch_bounds__(FTHREADS)
             }
             __syncwarp();
             fa_row pa[FT / 16];
+            load_prob_rows<NF>(pa, PT + 16 * w * L::LDP);
 #pragma unroll
-            for (int qb = 0; qb < FT / 16; qb++) wmma::load_matrix_sync(pa[qb], PT + 16 * w * L::LDP + 16 * qb, L::LDP);
-#pragma unroll
-            for (int f = 0; f < NF; f++) /* dV += Pᵀ dO */
-#pragma unroll
-                for (int qb = 0; qb < FT / 16; qb++) {
-                    fb_row of;
-                    wmma::load_matrix_sync(of, Ds + 16 * qb * L::LDB + 16 * f, L::LDB);
-                    wmma::mma_sync(dv[f], pa[qb], of, dv[f]);
-                }
-#pragma unroll
-            for (int qb = 0; qb < FT / 16; qb++) { /* dPᵀ = V dOᵀ */
-                facc s;
-                wmma::fill_fragment(s, 0.0f);
-#pragma unroll
-                for (int f = 0; f < NF; f++) {
-                    fa_row vf;
-                    fb_col of;
-                    wmma::load_matrix_sync(vf, Vs + 16 * w * L::LDB + 16 * f, L::LDB);
-                    wmma::load_matrix_sync(of, Ds + 16 * qb * L::LDB + 16 * f, L::LDB);
-                    wmma::mma_sync(s, vf, of, s);
-                }
-                wmma::store_matrix_sync(St + 16 * w * L::LDS + 16 * qb, s, L::LDS, wmma::mem_row_major);
-            }
+            for (int f = 0; f < NF; f++) mma_prob_tile<NF>(dv[f], pa, Ds + 16 * f); /* dV += Pᵀ dO */
+            rows_x_tile<NF>(St + 16 * w * L::LDS, vw, Ds); /* dPᵀ = V dOᵀ */
             __syncwarp();
 #pragma unroll
             for (int j = 0; j < 32; j++) pr[j] = __float2bfloat16(p[j] * (sr[j] - dd[half + j]) * scale); /* dSᵀ */
             __syncwarp();
+            load_prob_rows<NF>(pa, PT + 16 * w * L::LDP);
 #pragma unroll
-            for (int qb = 0; qb < FT / 16; qb++) wmma::load_matrix_sync(pa[qb], PT + 16 * w * L::LDP + 16 * qb, L::LDP);
-#pragma unroll
-            for (int f = 0; f < NF; f++) /* dK += dSᵀ Q */
-#pragma unroll
-                for (int qb = 0; qb < FT / 16; qb++) {
-                    fb_row qf;
-                    wmma::load_matrix_sync(qf, Qs + 16 * qb * L::LDB + 16 * f, L::LDB);
-                    wmma::mma_sync(dk[f], pa[qb], qf, dk[f]);
-                }
+            for (int f = 0; f < NF; f++) mma_prob_tile<NF>(dk[f], pa, Qs + 16 * f); /* dK += dSᵀ Q */
         }
     }
     __syncwarp();
@@ -363,52 +352,23 @@ __global__ void __launch_bounds__(FTHREADS)
         stage<NF>(Ks, K + (int64_t)k0 * hd, min(FT, n - k0), hd);
         stage<NF>(Vs, V + (int64_t)k0 * hd, min(FT, n - k0), hd);
         __syncthreads();
-#pragma unroll
-        for (int kb = 0; kb < FT / 16; kb++) { /* S = Q Kᵀ */
-            facc s;
-            wmma::fill_fragment(s, 0.0f);
-#pragma unroll
-            for (int f = 0; f < NF; f++) {
-                fb_col kf;
-                wmma::load_matrix_sync(kf, Ks + 16 * kb * L::LDB + 16 * f, L::LDB);
-                wmma::mma_sync(s, qf[f], kf, s);
-            }
-            wmma::store_matrix_sync(Ss + 16 * w * L::LDS + 16 * kb, s, L::LDS, wmma::mem_row_major);
-        }
+        rows_x_tile<NF>(Ss + 16 * w * L::LDS, [&](int f) -> const fa_row & { return qf[f]; }, Ks); /* S = Q Kᵀ */
         __syncwarp();
         float p[32];
         float *sr = Ss + r * L::LDS + half;
 #pragma unroll
         for (int j = 0; j < 32; j++) p[j] = visible(k0 + half + j, i, n, window) ? expf(sr[j] * scale - li) : 0.0f;
         __syncwarp(); /* S is read before dP overwrites it */
-#pragma unroll
-        for (int kb = 0; kb < FT / 16; kb++) { /* dP = dO Vᵀ */
-            facc s;
-            wmma::fill_fragment(s, 0.0f);
-#pragma unroll
-            for (int f = 0; f < NF; f++) {
-                fb_col vf;
-                wmma::load_matrix_sync(vf, Vs + 16 * kb * L::LDB + 16 * f, L::LDB);
-                wmma::mma_sync(s, of[f], vf, s);
-            }
-            wmma::store_matrix_sync(Ss + 16 * w * L::LDS + 16 * kb, s, L::LDS, wmma::mem_row_major);
-        }
+        rows_x_tile<NF>(Ss + 16 * w * L::LDS, [&](int f) -> const fa_row & { return of[f]; }, Vs); /* dP = dO Vᵀ */
         __syncwarp();
         bf16 *dr = dS + r * L::LDP + half;
 #pragma unroll
         for (int j = 0; j < 32; j++) dr[j] = __float2bfloat16(p[j] * (sr[j] - di) * scale);
         __syncwarp();
         fa_row sa[FT / 16];
+        load_prob_rows<NF>(sa, dS + 16 * w * L::LDP);
 #pragma unroll
-        for (int kb = 0; kb < FT / 16; kb++) wmma::load_matrix_sync(sa[kb], dS + 16 * w * L::LDP + 16 * kb, L::LDP);
-#pragma unroll
-        for (int f = 0; f < NF; f++) /* dQ += dS K */
-#pragma unroll
-            for (int kb = 0; kb < FT / 16; kb++) {
-                fb_row kf;
-                wmma::load_matrix_sync(kf, Ks + 16 * kb * L::LDB + 16 * f, L::LDB);
-                wmma::mma_sync(dq[f], sa[kb], kf, dq[f]);
-            }
+        for (int f = 0; f < NF; f++) mma_prob_tile<NF>(dq[f], sa, Ks + 16 * f); /* dQ += dS K */
     }
     __syncwarp();
     store_rows<NF>(dqh + ro * hd, nq, hd, 16 * w, Ss + 16 * w * L::LDS, L::LDS, dq);
