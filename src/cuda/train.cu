@@ -610,11 +610,12 @@ static int sgb(gpu_train *t, cublasOperation_t oa, cublasOperation_t ob, int m, 
 
 static int grid_for(int64_t n) { return (int)(n / 256 + 1 < 4096 ? n / 256 + 1 : 4096); }
 
-/* C (F32) = alpha·op(A)·op(B) + beta·C from BF16 A and B: LoRA products whose large operand is BF16. */
+/* C (F32, or BF16 with cbf) = alpha·op(A)·op(B) + beta·C from BF16 A and B, F32 accumulation: LoRA
+ * products whose large operand or output is BF16. */
 static int bg(gpu_train *t, cublasOperation_t oa, cublasOperation_t ob, int m, int n, int k, float alpha, const bf16 *A,
-              int lda, const bf16 *B, int ldb, float beta, float *C, int ldc, char *err, size_t errn) {
-    BL(cublasGemmEx(t->blas, oa, ob, m, n, k, &alpha, A, CUDA_R_16BF, lda, B, CUDA_R_16BF, ldb, &beta, C, CUDA_R_32F, ldc,
-                    CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+              int lda, const bf16 *B, int ldb, float beta, void *C, int cbf, int ldc, char *err, size_t errn) {
+    BL(cublasGemmEx(t->blas, oa, ob, m, n, k, &alpha, A, CUDA_R_16BF, lda, B, CUDA_R_16BF, ldb, &beta, C,
+                    cbf ? CUDA_R_16BF : CUDA_R_32F, ldc, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
     return 0;
 }
 
@@ -698,8 +699,8 @@ static int proj_fwd(gpu_train *t, int32_t l, const int *tg, const int64_t *col, 
         for (int j = 0; j < n && !m0; j++) m0 = md[j];
         if (xa && !t->m->f32) { /* x is in BF16 already: read that (half the bytes), with the As in BF16 */
             to_bf(t, t->lb_A, t->p + m0->offA, (int64_t)rs * m0->in);
-            TRY(bg(t, CUBLAS_OP_T, CUBLAS_OP_N, rs, T, m0->in, 1.0f, t->lb_A, m0->in, (const bf16 *)xa, ldx, 0.0f, mid, rs,
-                   err, errn));
+            TRY(bg(t, CUBLAS_OP_T, CUBLAS_OP_N, rs, T, m0->in, 1.0f, t->lb_A, m0->in, (const bf16 *)xa, ldx, 0.0f, mid, 0,
+                   rs, err, errn));
         } else {
             TRY(sg(t, CUBLAS_OP_T, CUBLAS_OP_N, rs, T, m0->in, 1.0f, t->p + m0->offA, m0->in, x, ldx, 0.0f, mid, rs,
                    err, errn));
@@ -712,9 +713,8 @@ static int proj_fwd(gpu_train *t, int32_t l, const int *tg, const int64_t *col, 
             if (ybf) { /* BF16 output: BF16 operands (B_j converted; stream order keeps one B buffer safe) */
                 const int64_t nb = (int64_t)md[j]->r * md[j]->out;
                 to_bf(t, Bb, t->p + md[j]->offB, nb);
-                BL(cublasGemmEx(t->blas, CUBLAS_OP_T, CUBLAS_OP_N, md[j]->out, T, md[j]->r, &md[j]->scale, Bb,
-                                CUDA_R_16BF, md[j]->r, midb + c, CUDA_R_16BF, rs, &beta, (bf16 *)y + col[j], CUDA_R_16BF,
-                                ldy, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+                TRY(bg(t, CUBLAS_OP_T, CUBLAS_OP_N, md[j]->out, T, md[j]->r, md[j]->scale, Bb, md[j]->r, midb + c, rs,
+                       beta, (bf16 *)y + col[j], 1, ldy, err, errn));
             } else {
                 TRY(sg(t, CUBLAS_OP_T, CUBLAS_OP_N, md[j]->out, T, md[j]->r, md[j]->scale, t->p + md[j]->offB,
                        md[j]->r, mid + c, rs, beta, (float *)y + col[j], ldy, err, errn));
@@ -753,9 +753,9 @@ static int proj_bwd(gpu_train *t, int32_t l, const int *tg, const int64_t *col, 
             if (dyb) {
                 to_bf(t, t->lb_B, B, (int64_t)md[j]->r * md[j]->out);
                 TRY(bg(t, CUBLAS_OP_N, CUBLAS_OP_N, md[j]->r, T, md[j]->out, md[j]->scale, t->lb_B, md[j]->r,
-                       dyb + col[j], ldy, 0.0f, tmp + c, rs, err, errn));
+                       dyb + col[j], ldy, 0.0f, tmp + c, 0, rs, err, errn));
                 TRY(bg(t, CUBLAS_OP_N, CUBLAS_OP_T, md[j]->r, md[j]->out, T, md[j]->scale, t->lb_mid + c, rs,
-                       dyb + col[j], ldy, 1.0f, t->g + md[j]->offB, md[j]->r, err, errn));
+                       dyb + col[j], ldy, 1.0f, t->g + md[j]->offB, 0, md[j]->r, err, errn));
             } else {
                 const float *dyj = dy + col[j];
                 TRY(sg(t, CUBLAS_OP_N, CUBLAS_OP_N, md[j]->r, T, md[j]->out, md[j]->scale, B, md[j]->r, dyj, ldy, 0.0f,
@@ -768,23 +768,19 @@ static int proj_bwd(gpu_train *t, int32_t l, const int *tg, const int64_t *col, 
         const int in = m0->in;
         if (xb || dxbf) to_bf(t, t->lb_tmp, tmp, (int64_t)T * rs);
         if (xb) {
-            TRY(bg(t, CUBLAS_OP_N, CUBLAS_OP_T, in, rs, T, 1.0f, xb, ldx, t->lb_tmp, rs, 1.0f, t->g + m0->offA, in, err,
+            TRY(bg(t, CUBLAS_OP_N, CUBLAS_OP_T, in, rs, T, 1.0f, xb, ldx, t->lb_tmp, rs, 1.0f, t->g + m0->offA, 0, in, err,
                    errn));
         } else {
             TRY(sg(t, CUBLAS_OP_N, CUBLAS_OP_T, in, rs, T, 1.0f, x, ldx, tmp, rs, 1.0f, t->g + m0->offA, in, err, errn));
         }
-        if (dxbf) { /* dx in BF16: from BF16 tmp and As, the frozen GEMM then adds onto it in BF16 */
+        if (dxbf) { /* dx in BF16: from BF16 tmp and As; the frozen GEMM then adds onto it in BF16 */
             to_bf(t, t->lb_A, t->p + m0->offA, (int64_t)rs * in);
-            const float zero = 0.0f;
-            BL(cublasGemmEx(t->blas, CUBLAS_OP_N, CUBLAS_OP_N, in, T, rs, &ONE, t->lb_A, CUDA_R_16BF, in, t->lb_tmp,
-                            CUDA_R_16BF, rs, &zero, dx, CUDA_R_16BF, (int)W->in, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
-            prof_mark(t, TP_LORA_B);
-            TRY(w_bwd(t, dx, 1, dy, dya, ldy, W, T, 1.0f, err, errn));
-            prof_mark(t, TP_GEMM_B);
-            return 0;
+            TRY(bg(t, CUBLAS_OP_N, CUBLAS_OP_N, in, T, rs, 1.0f, t->lb_A, in, t->lb_tmp, rs, 0.0f, dx, 1, (int)W->in, err,
+                   errn));
+        } else {
+            TRY(sg(t, CUBLAS_OP_N, CUBLAS_OP_N, in, T, rs, 1.0f, t->p + m0->offA, in, tmp, rs, 0.0f, (float *)dx,
+                   (int)W->in, err, errn));
         }
-        TRY(sg(t, CUBLAS_OP_N, CUBLAS_OP_N, in, T, rs, 1.0f, t->p + m0->offA, in, tmp, rs, 0.0f, (float *)dx, (int)W->in,
-               err, errn));
         prof_mark(t, TP_LORA_B);
     }
     TRY(w_bwd(t, dx, dxbf, dy, dya, ldy, W, T, k ? 1.0f : 0.0f, err, errn));

@@ -411,7 +411,6 @@ static void layer_bwd(train_ws *w, const prism_model *m, const prism_adapter *ad
 
 /* ------------------------------------------------------------------ losses */
 
-/* Logits of rows (n rows of hf) -> loss terms and dlogits; accumulates dhf rows. */
 /* dhf[rows[i]] += drows[i] for the n gradient rows of a loss chunk, serially
  * (KL positions may repeat). */
 static void add_rows(float *dhf, const float *drows, const int32_t *rows, int n, int64_t H) {
@@ -462,6 +461,7 @@ static double kl_rows_sparse(train_ws *w, const prism_model *m, const train_exam
     return loss;
 }
 
+/* Logits of rows (n rows of hf) -> loss terms and dlogits; accumulates dhf rows. */
 static double loss_rows(train_ws *w, const prism_model *m, const train_example *ex, const int32_t *rows, int n,
                         const int32_t *row_term, float *dhf, float *logits_out) {
     const int64_t H = m->cfg.hidden, V = m->cfg.vocab;
