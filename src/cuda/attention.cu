@@ -17,10 +17,6 @@
 
 #include "cuda/common.cuh"
 
-static __device__ __forceinline__ int32_t first_key(int32_t p, int32_t window) {
-    return window > 0 && p - window + 1 > 0 ? p - window + 1 : 0;
-}
-
 int attention_smem(int32_t rows, int32_t hd, int32_t new_tokens) {
     /* Q (rows, hd + 1) | K (KC, hd + 1) | V (KC, hd) | S (rows, KC) | m, l, alpha (rows) | new K, V (new_tokens, hd) */
     return (int)sizeof(float) *

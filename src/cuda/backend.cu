@@ -652,8 +652,6 @@ static int gemm(gpu_ctx *c, float *y, const void *x, const dlin *w, int32_t T, c
     return 0;
 }
 
-static int32_t first_key(int32_t p, int32_t window) { return window > 0 && p - window + 1 > 0 ? p - window + 1 : 0; }
-
 /* Builds and uploads the batch metadata: attention tiles, LoRA segments. */
 static int batch_meta(gpu_ctx *c, const gpu_batch *b, char *err, size_t errn) {
     const gpu_model *m = c->m;

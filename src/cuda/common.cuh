@@ -48,6 +48,12 @@ typedef struct {
     int64_t out, in;
 } dlin;
 
+/* The first key a query at position p sees: p - window + 1 for sliding-window
+ * models (Mistral), else 0 (causal). Host and device. */
+static __host__ __device__ __forceinline__ int32_t first_key(int32_t p, int32_t window) {
+    return window > 0 && p - window + 1 > 0 ? p - window + 1 : 0;
+}
+
 /* Loads and stores of the activation type, computing in F32. */
 static __device__ __forceinline__ float ldA(const float *p) { return *p; }
 static __device__ __forceinline__ float ldA(const bf16 *p) { return __bfloat162float(*p); }

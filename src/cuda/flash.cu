@@ -80,7 +80,7 @@ template <int NF> static __device__ __forceinline__ void stage(bf16 *dst, const 
 }
 
 static __device__ __forceinline__ bool visible(int32_t key, int32_t query, int32_t n, int32_t window) {
-    return key <= query && query < n && (window <= 0 || key > query - window);
+    return key <= query && query < n && key >= first_key(query, window);
 }
 
 #if FLASH_ARCH
@@ -176,7 +176,7 @@ __global__ void __launch_bounds__(FTHREADS)
     for (int f = 0; f < NF; f++) wmma::load_matrix_sync(qf[f], Qs + 16 * w * L::LDB + 16 * f, L::LDB);
     __syncthreads();
 
-    const int32_t kbeg = window > 0 && q0 - window + 1 > 0 ? (q0 - window + 1) / FT * FT : 0, kend = q0 + nq;
+    const int32_t kbeg = first_key(q0, window) / FT * FT, kend = q0 + nq; /* key tiles */
     const int r = 16 * w + (lane >> 1), half = (lane & 1) * 32, i = q0 + r; /* this lane's row and key half */
     for (int32_t k0 = kbeg; k0 < kend; k0 += FT) {
         stage<NF>(Ks, K + (int64_t)k0 * hd, min(FT, n - k0), hd);
@@ -346,7 +346,7 @@ __global__ void __launch_bounds__(FTHREADS)
     for (int f = 0; f < NF; f++) wmma::fill_fragment(dq[f], 0.0f);
     const int r = 16 * w + (lane >> 1), half = (lane & 1) * 32, i = q0 + r;
     const float li = ls[r], di = dd[r];
-    const int32_t kbeg = window > 0 && q0 - window + 1 > 0 ? (q0 - window + 1) / FT * FT : 0, kend = q0 + nq;
+    const int32_t kbeg = first_key(q0, window) / FT * FT, kend = q0 + nq; /* key tiles */
     for (int32_t k0 = kbeg; k0 < kend; k0 += FT) {
         __syncthreads(); /* the previous K, V are done with */
         stage<NF>(Ks, K + (int64_t)k0 * hd, min(FT, n - k0), hd);
