@@ -359,6 +359,17 @@ static void test_loss_decreases(void) {
  * — for KL (teacher top-k of different sequences in one pass, every
  * projection adapted) and for CE (some projections of a layer adapted, the
  * others not, down_proj among them). */
+/* B = 0 at init: give two copies of an adapter (on different models) the same nonzero
+ * Bs, 0.01·((k·mul + layer) mod m − m/2) for element k, so the adapter has an effect. */
+static void same_nonzero_b(prism_adapter *a, prism_adapter *b, int mul, int m) {
+    for (int i = 0; i < LORA_N_TARGETS; i++)
+        for (int32_t l = 0; l < a->n_layers; l++) {
+            lora_module *m1 = lora_mod(a, l, (lora_target)i), *m2 = lora_mod(b, l, (lora_target)i);
+            for (int64_t k = 0; m1->r && k < m1->r * m1->out; k++)
+                m1->B[k] = m2->B[k] = 0.01f * (float)((k * mul + l) % m - m / 2);
+        }
+}
+
 static double adapter_rel_diff(const prism_adapter *a, const prism_adapter *b) {
     double num = 0, den = 0;
     for (int32_t l = 0; l < a->n_layers; l++)
@@ -434,11 +445,7 @@ static void test_device_trainer(void) {
         if (prism_adapter_new(g_model, lp, &a1) || prism_adapter_new(cpu, lp, &a2) || lora_alloc_like(a1, &g1) ||
             lora_alloc_like(a2, &g2) || train_ws_new(g_model, L2, false, &w1) || train_ws_new(cpu, L2, true, &w2))
             die("long-sequence setup");
-        for (int i = 0; i < LORA_N_TARGETS; i++) /* B = 0 at init: give the adapter an effect */
-            for (int32_t l = 0; l < a1->n_layers; l++) {
-                lora_module *m1 = lora_mod(a1, l, (lora_target)i), *m2 = lora_mod(a2, l, (lora_target)i);
-                for (int64_t k = 0; m1->r && k < m1->r * m1->out; k++) m1->B[k] = m2->B[k] = 0.01f * (float)((k * 7 + l) % 13 - 6);
-            }
+        same_nonzero_b(a1, a2, 7, 13);
         train_ws_set_pass_tokens(w1, LT);
         double l1 = 0, l2 = 0;
         int64_t c1 = 0, c2 = 0;
@@ -500,11 +507,7 @@ static void test_device_trainer(void) {
             if (prism_adapter_new(fast, pp, &pd) || prism_adapter_new(cpu, pp, &pc) || lora_alloc_like(pd, &gd) ||
                 lora_alloc_like(pc, &gc) || train_ws_new(fast, L0, false, &wd) || train_ws_new(cpu, L0, true, &wc))
                 die("partial-target setup");
-            for (int i = 0; i < LORA_N_TARGETS; i++)
-                for (int32_t l = 0; l < pd->n_layers; l++) {
-                    lora_module *m1 = lora_mod(pd, l, (lora_target)i), *m2 = lora_mod(pc, l, (lora_target)i);
-                    for (int64_t k = 0; m1->r && k < m1->r * m1->out; k++) m1->B[k] = m2->B[k] = 0.01f * (float)((k * 5 + l) % 11 - 5);
-                }
+            same_nonzero_b(pd, pc, 5, 11);
             double ld = 0, lc = 0;
             int64_t cd = 0, cc = 0;
             CHECK(train_batch_grad(wd, fast, pd, gd, ex + 2, 1, &ld, &cd, NULL) == PRISM_OK, "bf16 partial: %s", prism_last_error());
