@@ -1,6 +1,6 @@
 /* test_flash.cu — the LoRA trainer's tensor-core attention (src/cuda/flash.cu)
  * against a double-precision reference of the same math, on random inputs:
- * output and log-sum-exp of the forward, D = rowsum(dO ⊙ O), and dQ, dK, dV
+ * output (BF16 rows) and log-sum-exp of the forward, D = rowsum(dO ⊙ O), and dQ, dK, dV
  * — for several sequences packed in one pass (lengths across and inside the
  * 64-position tiles), grouped-query heads, a sliding window, head dims that
  * pad to 16, 32, 64 and 128 and one that is not a multiple of 4.
@@ -122,8 +122,14 @@ static void run_case(int32_t hd, int32_t nh, int32_t nkv, int32_t window, std::v
         off += n;
     }
     /* device */
-    float *d_q = dev(q), *d_k = dev(k), *d_v = dev(v), *d_do = dev(dO);
-    float *d_o = dev(std::vector<float>(T * qd, NAN)), *d_lse = dev(std::vector<float>(T * nh, NAN));
+    float *d_q = dev(q), *d_k = dev(k), *d_v = dev(v);
+    float *d_lse = dev(std::vector<float>(T * nh, NAN));
+    bf16 *d_o = NULL; /* O: the pass's rows (T, nh·hd) in BF16, NaN until written */
+    {
+        std::vector<bf16> nan_rows(T * qd, __float2bfloat16(NAN));
+        cudaMalloc((void **)&d_o, nan_rows.size() * sizeof(bf16));
+        cudaMemcpy(d_o, nan_rows.data(), nan_rows.size() * sizeof(bf16), cudaMemcpyHostToDevice);
+    }
     float *d_dq = dev(std::vector<float>(T * qd, NAN)), *d_dk = dev(std::vector<float>(T * kvd, NAN));
     float *d_dv = dev(std::vector<float>(T * kvd, NAN)), *d_D = dev(std::vector<float>(T * nh, NAN));
     flash_tile *d_tiles = NULL;
@@ -135,18 +141,20 @@ static void run_case(int32_t hd, int32_t nh, int32_t nkv, int32_t window, std::v
     cudaMemcpy(d_meta + T, slen.data(), (size_t)T * 4, cudaMemcpyHostToDevice);
     const int nt = (int)tiles.size();
     k_flash_fwd(0, d_q, d_k, d_v, d_o, d_lse, d_tiles, nt, nh, nkv, hd, window, scale);
-    std::vector<float> go = host(d_o, T * qd), gl = host(d_lse, T * nh);
-    /* D from row-major copies of the device's O and of dO */
-    std::vector<float> orow(T * qd), drow(T * qd);
+    std::vector<float> gl = host(d_lse, T * nh), go(T * qd);
+    std::vector<bf16> orow(T * qd);
+    cudaMemcpy(orow.data(), d_o, orow.size() * sizeof(bf16), cudaMemcpyDeviceToHost);
+    /* O's rows back to the reference's head-major layout; dO into rows, as the kernels read it */
+    std::vector<float> drow(T * qd);
     for (int32_t t = 0; t < T; t++)
         for (int32_t h = 0; h < nh; h++)
             for (int32_t d = 0; d < hd; d++) {
                 const int64_t hm = ((int64_t)sofs[t] * nh + (int64_t)h * slen[t] + (t - sofs[t])) * hd + d;
-                orow[t * qd + h * hd + d] = go[hm], drow[t * qd + h * hd + d] = dO[hm];
+                go[hm] = __bfloat162float(orow[t * qd + h * hd + d]), drow[t * qd + h * hd + d] = dO[hm];
             }
-    float *d_orow = dev(orow), *d_drow = dev(drow);
-    k_flash_dot(0, d_D, d_drow, d_orow, d_meta, d_meta + T, T, nh, hd);
-    k_flash_bwd(0, d_q, d_k, d_v, d_do, d_lse, d_D, d_dq, d_dk, d_dv, d_tiles, nt, nh, nkv, hd, window, scale);
+    float *d_drow = dev(drow);
+    k_flash_dot(0, d_D, d_drow, d_o, d_meta, d_meta + T, T, nh, hd);
+    k_flash_bwd(0, d_q, d_k, d_v, d_drow, d_lse, d_D, d_dq, d_dk, d_dv, d_tiles, nt, nh, nkv, hd, window, scale);
     const cudaError_t e = cudaDeviceSynchronize();
     std::vector<float> gD = host(d_D, T * nh), gq = host(d_dq, T * qd), gk = host(d_dk, T * kvd), gv = host(d_dv, T * kvd);
     char lens_s[64] = "";
@@ -170,8 +178,8 @@ static void run_case(int32_t hd, int32_t nh, int32_t nkv, int32_t window, std::v
     close("dQ", gq, dq, 2e-2);
     close("dK", gk, dk, 2e-2);
     close("dV", gv, dv, 2e-2);
-    for (float *p : {d_q, d_k, d_v, d_do, d_o, d_lse, d_dq, d_dk, d_dv, d_D, d_orow, d_drow}) cudaFree(p);
-    cudaFree(d_tiles), cudaFree(d_meta);
+    for (float *p : {d_q, d_k, d_v, d_lse, d_dq, d_dk, d_dv, d_D, d_drow}) cudaFree(p);
+    cudaFree(d_o), cudaFree(d_tiles), cudaFree(d_meta);
 }
 
 int main(void) {

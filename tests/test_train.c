@@ -486,12 +486,15 @@ static void test_device_trainer(void) {
         train_ws_free(wcpu);
         prism_adapter_free(gcpu);
         const double ev = adapter_rel_diff(gf[1], gf[0]);
-        /* measured on the emulator: 9.2e-2 and 7.7e-2 vs the CPU, 8.4e-2 apart; the loss 1.0e-3 and 3.9e-4
-         * (with the 1,030-token sequence too: 5.7e-2 and 4.4e-2). Everything BF16 — weights, GEMM inputs,
-         * the MLP's wide tensors and their gradients, and with flash.cu attention's inputs (8-bit mantissa,
-         * as transformers' bf16 attention, against TF32's 11) — in a model of 64 hidden units and 8-dim
-         * heads. A bug shows as an error of order 1; test_flash checks the attention kernels to 1e-2. */
-        const bool okf = ef[0] < 0.15 && ef[1] < 0.15 && lf[0] < 2e-3 && lf[1] < 2e-3 && ev < 0.15;
+        /* measured on the emulator: 9.4e-2 and 7.2e-2 vs the CPU, 8.7e-2 apart; the loss 3.0e-3 and 9.6e-4
+         * (1.0e-3 and 3.9e-4 while LoRA's A-products still read F32 copies of the norms' outputs and of
+         * attention's; with the 1,030-token sequence too: 5.7e-2 and 4.4e-2). Everything BF16 — weights,
+         * every GEMM input (LoRA's included, as in peft), the MLP's wide tensors and their gradients, and
+         * with flash.cu attention's inputs (8-bit mantissa, as transformers' bf16 attention, against
+         * TF32's 11) — in a model of 64 hidden units and 8-dim heads. A bug shows as an error of order 1;
+         * test_flash checks the attention kernels to 1e-2, test_lora_grad the BF16 gradients against
+         * peft's to 5e-2. */
+        const bool okf = ef[0] < 0.15 && ef[1] < 0.15 && lf[0] < 6e-3 && lf[1] < 6e-3 && ev < 0.15;
         CHECK(okf, "BF16 pass: flash vs CPU %.2e (loss %.2e), cuBLAS vs CPU %.2e (loss %.2e), flash vs cuBLAS %.2e", ef[0],
               lf[0], ef[1], lf[1], ev);
         printf("%s sequences of %d and %d tokens in BF16: grads vs CPU rel %.2e with tensor-core attention, %.2e with "

@@ -3,10 +3,13 @@
  * is ever stored. The forward keeps one log-sum-exp per row; the backward
  * recomputes the probabilities from it, as FlashAttention-2 does.
  *
- * Layout (train.cu): q, k, v, o and their gradients are F32 and head-major
- * per sequence — sequence s of n tokens starting at pass row off holds head h
- * at rows (off·heads + h·n + position)·hd. Tiles are FT = 64 positions of one
- * sequence (flash_tile: the sequence's first row, length, first position).
+ * Layout (train.cu): q, k, v and their gradients are F32 and head-major per
+ * sequence — sequence s of n tokens starting at pass row off holds head h at
+ * rows (off·heads + h·n + position)·hd. The output O and its gradient dO are
+ * the pass's rows (T, nh·hd) as the o projection's GEMMs use them: O written
+ * in BF16 (that GEMM's input), dO read in F32 (its output). Tiles are FT = 64
+ * positions of one sequence (flash_tile: the sequence's first row, length,
+ * first position).
  *
  * Blocks are 4 warps; a warp owns 16 rows of a tile (queries in the forward
  * and in dQ, keys in dK/dV). Tiles of q, k, v and dO go through shared memory
@@ -57,16 +60,17 @@ template <int NF> struct fl {
     static constexpr int bwd = 4 * TILE + SC + PR + 2 * FT * 4;
 };
 
-/* Rows [0, rows) of src (hd floats each) into the BF16 tile dst (FT rows of
- * LDB, zeros past rows and past hd). Every thread of the block. */
-template <int NF> static __device__ __forceinline__ void stage(bf16 *dst, const float *src, int rows, int hd) {
+/* Rows [0, rows) of src (hd floats each, ld apart) into the BF16 tile dst
+ * (FT rows of LDB, zeros past rows and past hd). Every thread of the block. */
+template <int NF>
+static __device__ __forceinline__ void stage(bf16 *dst, const float *src, int rows, int hd, int64_t ld) {
     constexpr int HDP = fl<NF>::HDP, LDB = fl<NF>::LDB;
-    if ((hd & 3) == 0) {
+    if ((hd & 3) == 0 && (ld & 3) == 0) {
         constexpr int V4 = HDP / 4;
         for (int e = threadIdx.x; e < FT * V4; e += FTHREADS) {
             const int r = e / V4, d = (e - r * V4) * 4;
             float4 v = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
-            if (r < rows && d < hd) v = __ldg((const float4 *)(src + (int64_t)r * hd + d));
+            if (r < rows && d < hd) v = __ldg((const float4 *)(src + (int64_t)r * ld + d));
             bf16 *o = dst + r * LDB + d;
             o[0] = __float2bfloat16(v.x), o[1] = __float2bfloat16(v.y), o[2] = __float2bfloat16(v.z),
             o[3] = __float2bfloat16(v.w);
@@ -74,7 +78,7 @@ template <int NF> static __device__ __forceinline__ void stage(bf16 *dst, const 
     } else {
         for (int e = threadIdx.x; e < FT * HDP; e += FTHREADS) {
             const int r = e / HDP, d = e - r * HDP;
-            dst[r * LDB + d] = __float2bfloat16(r < rows && d < hd ? src[(int64_t)r * hd + d] : 0.0f);
+            dst[r * LDB + d] = __float2bfloat16(r < rows && d < hd ? src[(int64_t)r * ld + d] : 0.0f);
         }
     }
 }
@@ -151,7 +155,7 @@ template <int NF> static __device__ __forceinline__ void mma_prob_tile(facc &acc
 template <int NF>
 __global__ void __launch_bounds__(FTHREADS)
     tk_flash_fwd(const float *__restrict__ qh, const float *__restrict__ kh, const float *__restrict__ vh,
-                 float *__restrict__ oh, float *__restrict__ lse, const flash_tile *__restrict__ tiles, int32_t nh,
+                 bf16 *__restrict__ out, float *__restrict__ lse, const flash_tile *__restrict__ tiles, int32_t nh,
                  int32_t nkv, int32_t hd, int32_t window, float scale) {
 #if FLASH_ARCH
     typedef fl<NF> L;
@@ -167,7 +171,7 @@ __global__ void __launch_bounds__(FTHREADS)
     const float *K = kh + ((int64_t)tl.off * nkv + (int64_t)g * n) * hd, *V = vh + (K - kh);
 
     bf16 *Qs = (bf16 *)Ss; /* Q passes through the score buffer into registers */
-    stage<NF>(Qs, Q, nq, hd);
+    stage<NF>(Qs, Q, nq, hd, hd);
     for (int e = tid; e < FT * L::LDO; e += FTHREADS) Os[e] = 0.0f;
     for (int r = tid; r < FT; r += FTHREADS) rm[r] = -INFINITY, rl[r] = 0.0f;
     __syncthreads();
@@ -179,8 +183,8 @@ __global__ void __launch_bounds__(FTHREADS)
     const int32_t kbeg = first_key(q0, window) / FT * FT, kend = q0 + nq; /* key tiles */
     const int r = 16 * w + (lane >> 1), half = (lane & 1) * 32, i = q0 + r; /* this lane's row and key half */
     for (int32_t k0 = kbeg; k0 < kend; k0 += FT) {
-        stage<NF>(Ks, K + (int64_t)k0 * hd, min(FT, n - k0), hd);
-        stage<NF>(Vs, V + (int64_t)k0 * hd, min(FT, n - k0), hd);
+        stage<NF>(Ks, K + (int64_t)k0 * hd, min(FT, n - k0), hd, hd);
+        stage<NF>(Vs, V + (int64_t)k0 * hd, min(FT, n - k0), hd, hd);
         __syncthreads();
         rows_x_tile<NF>(Ss + 16 * w * L::LDS, [&](int f) -> const fa_row & { return qf[f]; }, Ks); /* S = QKᵀ */
         __syncwarp();
@@ -223,10 +227,11 @@ __global__ void __launch_bounds__(FTHREADS)
         }
         __syncthreads(); /* K and V are restaged */
     }
-    float *O = oh + ((int64_t)tl.off * nh + (int64_t)h * n + q0) * hd;
+    const int64_t qd = (int64_t)nh * hd;
+    bf16 *O = out + (int64_t)(tl.off + q0) * qd + (int64_t)h * hd; /* the tile's rows of head h */
     for (int e = lane; e < 16 * hd; e += 32) {
         const int rr = 16 * w + e / hd, d = e - (e / hd) * hd;
-        if (rr < nq) O[(int64_t)rr * hd + d] = Os[rr * L::LDO + d] / rl[rr];
+        if (rr < nq) O[(int64_t)rr * qd + d] = __float2bfloat16(Os[rr * L::LDO + d] / rl[rr]);
     }
     if (lane < 16 && 16 * w + lane < nq)
         lse[(int64_t)tl.off * nh + (int64_t)h * n + q0 + 16 * w + lane] = rm[16 * w + lane] + logf(rl[16 * w + lane]);
@@ -237,7 +242,7 @@ __global__ void __launch_bounds__(FTHREADS)
 template <int NF>
 __global__ void __launch_bounds__(FTHREADS)
     tk_flash_bwd_kv(const float *__restrict__ qh, const float *__restrict__ kh, const float *__restrict__ vh,
-                    const float *__restrict__ doh, const float *__restrict__ lse, const float *__restrict__ Dr,
+                    const float *__restrict__ dout, const float *__restrict__ lse, const float *__restrict__ Dr,
                     float *__restrict__ dkh, float *__restrict__ dvh, const flash_tile *__restrict__ tiles, int32_t nh,
                     int32_t nkv, int32_t hd, int32_t window, float scale) {
 #if FLASH_ARCH
@@ -251,8 +256,8 @@ __global__ void __launch_bounds__(FTHREADS)
     const int32_t g = blockIdx.y, group = nh / nkv, n = tl.n, k0 = tl.start, nk = min(FT, n - k0);
     const int tid = threadIdx.x, lane = tid & 31, w = tid >> 5;
     const int64_t kvo = ((int64_t)tl.off * nkv + (int64_t)g * n + k0) * hd;
-    stage<NF>(Ks, kh + kvo, nk, hd);
-    stage<NF>(Vs, vh + kvo, nk, hd);
+    stage<NF>(Ks, kh + kvo, nk, hd, hd);
+    stage<NF>(Vs, vh + kvo, nk, hd, hd);
     facc dk[NF], dv[NF];
 #pragma unroll
     for (int f = 0; f < NF; f++) wmma::fill_fragment(dk[f], 0.0f), wmma::fill_fragment(dv[f], 0.0f);
@@ -264,8 +269,8 @@ __global__ void __launch_bounds__(FTHREADS)
         for (int32_t q0 = k0; q0 < qend; q0 += FT) {
             const int32_t nq = min(FT, n - q0);
             __syncthreads(); /* the previous tile's Q, dO, lse, D are done with */
-            stage<NF>(Qs, qh + (ro + q0) * hd, nq, hd);
-            stage<NF>(Ds, doh + (ro + q0) * hd, nq, hd);
+            stage<NF>(Qs, qh + (ro + q0) * hd, nq, hd, hd);
+            stage<NF>(Ds, dout + (int64_t)(tl.off + q0) * nh * hd + (int64_t)h * hd, nq, hd, (int64_t)nh * hd);
             for (int e = tid; e < FT; e += FTHREADS)
                 ls[e] = e < nq ? lse[ro + q0 + e] : 0.0f, dd[e] = e < nq ? Dr[ro + q0 + e] : 0.0f;
             __syncthreads();
@@ -316,7 +321,7 @@ __global__ void __launch_bounds__(FTHREADS)
 template <int NF>
 __global__ void __launch_bounds__(FTHREADS)
     tk_flash_bwd_q(const float *__restrict__ qh, const float *__restrict__ kh, const float *__restrict__ vh,
-                   const float *__restrict__ doh, const float *__restrict__ lse, const float *__restrict__ Dr,
+                   const float *__restrict__ dout, const float *__restrict__ lse, const float *__restrict__ Dr,
                    float *__restrict__ dqh, const flash_tile *__restrict__ tiles, int32_t nh, int32_t nkv, int32_t hd,
                    int32_t window, float scale) {
 #if FLASH_ARCH
@@ -331,8 +336,8 @@ __global__ void __launch_bounds__(FTHREADS)
     const int tid = threadIdx.x, lane = tid & 31, w = tid >> 5;
     const int64_t ro = (int64_t)tl.off * nh + (int64_t)h * n + q0;
     const float *K = kh + ((int64_t)tl.off * nkv + (int64_t)g * n) * hd, *V = vh + (K - kh);
-    stage<NF>(Qs, qh + ro * hd, nq, hd);
-    stage<NF>(Ds, doh + ro * hd, nq, hd);
+    stage<NF>(Qs, qh + ro * hd, nq, hd, hd);
+    stage<NF>(Ds, dout + (int64_t)(tl.off + q0) * nh * hd + (int64_t)h * hd, nq, hd, (int64_t)nh * hd);
     for (int e = tid; e < FT; e += FTHREADS) ls[e] = e < nq ? lse[ro + e] : 0.0f, dd[e] = e < nq ? Dr[ro + e] : 0.0f;
     __syncthreads();
     fa_row qf[NF], of[NF];
@@ -349,8 +354,8 @@ __global__ void __launch_bounds__(FTHREADS)
     const int32_t kbeg = first_key(q0, window) / FT * FT, kend = q0 + nq; /* key tiles */
     for (int32_t k0 = kbeg; k0 < kend; k0 += FT) {
         __syncthreads(); /* the previous K, V are done with */
-        stage<NF>(Ks, K + (int64_t)k0 * hd, min(FT, n - k0), hd);
-        stage<NF>(Vs, V + (int64_t)k0 * hd, min(FT, n - k0), hd);
+        stage<NF>(Ks, K + (int64_t)k0 * hd, min(FT, n - k0), hd, hd);
+        stage<NF>(Vs, V + (int64_t)k0 * hd, min(FT, n - k0), hd, hd);
         __syncthreads();
         rows_x_tile<NF>(Ss + 16 * w * L::LDS, [&](int f) -> const fa_row & { return qf[f]; }, Ks); /* S = Q Kᵀ */
         __syncwarp();
@@ -380,7 +385,7 @@ __global__ void __launch_bounds__(FTHREADS)
  * rounded to BF16 first: dS = P ⊙ (dP − D) sums to zero over a row only if D
  * is made from the same dO as dP, and any bias there adds up over the
  * thousand queries of a key's dK. */
-__global__ void tk_flash_dot(float *__restrict__ D, const float *__restrict__ dout, const float *__restrict__ out,
+__global__ void tk_flash_dot(float *__restrict__ D, const float *__restrict__ dout, const bf16 *__restrict__ out,
                              const int32_t *__restrict__ sofs, const int32_t *__restrict__ slen, int32_t nh,
                              int32_t hd) {
     const int64_t t = blockIdx.x, qd = (int64_t)nh * hd;
@@ -389,7 +394,8 @@ __global__ void tk_flash_dot(float *__restrict__ D, const float *__restrict__ do
     for (int32_t h = w; h < nh; h += blockDim.x >> 5) {
         float s = 0.0f;
         for (int d = lane; d < hd; d += 32) /* dO rounded as the backward kernels stage it: Σ_j P·dP = D exactly */
-            s += __bfloat162float(__float2bfloat16(dout[t * qd + (int64_t)h * hd + d])) * out[t * qd + (int64_t)h * hd + d];
+            s += __bfloat162float(__float2bfloat16(dout[t * qd + (int64_t)h * hd + d])) *
+                 __bfloat162float(out[t * qd + (int64_t)h * hd + d]);
         s = warp_sum(s);
         if (lane == 0) D[(int64_t)o * nh + (int64_t)h * n + (t - o)] = s;
     }
@@ -428,7 +434,7 @@ int flash_setup(int32_t hd, int cc_major, int smem_optin) {
     return e == cudaSuccess ? 0 : -1;
 }
 
-void k_flash_fwd(cudaStream_t s, const float *q, const float *k, const float *v, float *o, float *lse,
+void k_flash_fwd(cudaStream_t s, const float *q, const float *k, const float *v, bf16 *o, float *lse,
                  const flash_tile *tiles, int32_t n_tiles, int32_t nh, int32_t nkv, int32_t hd, int32_t window,
                  float scale) {
     dim3 grid(n_tiles, nh);
@@ -440,16 +446,16 @@ void k_flash_fwd(cudaStream_t s, const float *q, const float *k, const float *v,
     }
 }
 
-void k_flash_bwd(cudaStream_t s, const float *q, const float *k, const float *v, const float *dout_heads,
+void k_flash_bwd(cudaStream_t s, const float *q, const float *k, const float *v, const float *dout,
                  const float *lse, const float *D, float *dq, float *dk, float *dv, const flash_tile *tiles,
                  int32_t n_tiles, int32_t nh, int32_t nkv, int32_t hd, int32_t window, float scale) {
     dim3 gkv(n_tiles, nkv), gq(n_tiles, nh);
     switch (nf_of(hd)) {
 #define CASE(NF)                                                                                                  \
     case NF:                                                                                                      \
-        tk_flash_bwd_kv<NF><<<gkv, FTHREADS, fl<NF>::bwd, s>>>(q, k, v, dout_heads, lse, D, dk, dv, tiles, nh, nkv, hd, \
+        tk_flash_bwd_kv<NF><<<gkv, FTHREADS, fl<NF>::bwd, s>>>(q, k, v, dout, lse, D, dk, dv, tiles, nh, nkv, hd, \
                                                                window, scale);                                   \
-        tk_flash_bwd_q<NF><<<gq, FTHREADS, fl<NF>::bwd, s>>>(q, k, v, dout_heads, lse, D, dq, tiles, nh, nkv, hd,      \
+        tk_flash_bwd_q<NF><<<gq, FTHREADS, fl<NF>::bwd, s>>>(q, k, v, dout, lse, D, dq, tiles, nh, nkv, hd,      \
                                                              window, scale);                                     \
         break;
         CASE(1) CASE(2) CASE(4) CASE(8)
@@ -457,7 +463,7 @@ void k_flash_bwd(cudaStream_t s, const float *q, const float *k, const float *v,
     }
 }
 
-void k_flash_dot(cudaStream_t s, float *D, const float *dout, const float *out, const int32_t *sofs,
+void k_flash_dot(cudaStream_t s, float *D, const float *dout, const bf16 *out, const int32_t *sofs,
                  const int32_t *slen, int32_t T, int32_t nh, int32_t hd) {
     tk_flash_dot<<<T, 128, 0, s>>>(D, dout, out, sofs, slen, nh, hd);
 }

@@ -49,12 +49,14 @@ typedef struct {
 } tmod;
 
 typedef struct {
-    float *h1, *r1, *qraw, *kraw, *rq, *rk;
+    void *h1;            /* (T, H) rmsnorm(x)·w, activation type: only GEMMs (frozen and LoRA) read it */
+    float *r1, *qraw, *kraw, *rq, *rk;
     float *qh, *kh, *vh; /* head-major (n, T, hd), after norm and RoPE */
     float *P;            /* (nh, n_s, n_s) per sequence: the cuBLAS path */
     float *lse;          /* (nh, T) log-sum-exp per row, head-major: the flash path */
-    float *att;          /* (T, qd) */
-    float *xmid, *h2, *r2;
+    void *att;           /* (T, qd) attention output, activation type (written so by flash.cu or tk_heads) */
+    float *xmid, *r2;
+    void *h2;            /* (T, H), as h1 */
     void *gu;            /* (T, 2F) gate | up, biases included; activation type (BF16 unless F32) */
     float *mid[3];       /* x·Aᵀ of a projection's adapted targets: (T, Σr) for q|k|v, o | gate|up | down */
 } tacts;
@@ -77,7 +79,8 @@ struct gpu_train {
     float *xs;         /* (L + 1, T, H) */
     tacts *acts;       /* n_layers, or 1 with recompute */
     int n_acts;
-    float *hf, *rf, *dx, *dh, *y, *datt, *dqkv, *dgu, *hd_tmp, *ltmp, *oh, *dP;
+    float *hf, *rf, *dx, *dh, *y, *datt, *dgu, *hd_tmp, *ltmp, *oh, *dP;
+    void *dqkv;        /* (T, qn) activation type: the q|k|v backward GEMM's input, written by tk_qkv_bwd */
     float *act;        /* (T, F) silu(gate)·up, F32 models only (BF16: in abuf); recomputed for the backward */
     void *abuf;        /* activation-type copy of a GEMM input (T, max(H, qd, F, 2F)) */
     /* BF16 copies of LoRA's small operands, for products whose large operand is BF16 (BF16 models):
@@ -172,15 +175,15 @@ static void prof_free(gpu_train *t) {
 
 /* ------------------------------------------------------------------ kernels */
 
-/* h = rmsnorm(x)·w (F32) and r = 1/rms per row; one block per row. */
-__global__ void tk_norm_fwd(float *h, float *r, const float *x, const float *w, int32_t H, float eps) {
+/* h = rmsnorm(x)·w (F32, or BF16: the next GEMM's input as is) and r = 1/rms per row; one block per row. */
+template <class A> __global__ void tk_norm_fwd(A *h, float *r, const float *x, const float *w, int32_t H, float eps) {
     __shared__ float red[32];
     const int64_t i = blockIdx.x;
     const float *xr = x + i * H;
     float ss = 0.0f;
     for (int32_t j = threadIdx.x; j < H; j += blockDim.x) ss += xr[j] * xr[j];
     const float rr = 1.0f / sqrtf(block_sum(ss, red) / (float)H + eps);
-    for (int32_t j = threadIdx.x; j < H; j += blockDim.x) h[i * H + j] = w[j] * (xr[j] * rr);
+    for (int32_t j = threadIdx.x; j < H; j += blockDim.x) stA(h + i * H + j, w[j] * (xr[j] * rr));
     if (threadIdx.x == 0) r[i] = rr;
 }
 
@@ -255,31 +258,66 @@ __global__ void tk_qkv_fwd(const float *y, const float *bqkv, const float *q_nor
     }
 }
 
-/* RoPE backward (rotation by −position) in place on rows t of d: heads n of dim hd at t·ld + col0. */
-__global__ void tk_rope_bwd(float *d, const float *inv_freq, const int32_t *sofs, int32_t n, int32_t hd, int64_t ld,
-                            int64_t col0) {
+/* tk_qkv_fwd's backward: the head-major gradients dq, dk, dv (attention's
+ * backward) into the rows of dqkv (T, qkv_n) in the activation type — the
+ * input of the q|k|v backward GEMM and of its LoRA as is. Per (t, head): RoPE
+ * undone (rotation by −position), then the q/k norm's backward, out = r·dy·w −
+ * c·raw with c = r³·Σ(dy·w·raw)/hd (Qwen3: raw and r kept by the forward). One
+ * warp per (t, head), its row in shared memory (hd floats a warp). */
+template <class A>
+__global__ void tk_qkv_bwd(A *dqkv, const float *dqh, const float *dkh, const float *dvh, const float *q_norm,
+                           const float *k_norm, const float *qraw, const float *kraw, const float *rq, const float *rk,
+                           const float *inv_freq, const int32_t *sofs, const int32_t *slen, int32_t nh, int32_t nkv,
+                           int32_t hd, int64_t qkv_n) {
+    PRISM_DYN_SMEM(float, sm);
     const int64_t t = blockIdx.x;
-    const int32_t half = hd / 2, pos = (int32_t)(t - sofs[t]);
-    for (int32_t e = threadIdx.x; e < n * half; e += blockDim.x) {
-        const int32_t h = e / half, j = e % half;
-        float *v = d + t * ld + col0 + (int64_t)h * hd;
-        float sn, cs;
-        sincosf((float)(-pos) * inv_freq[j], &sn, &cs);
-        const float x1 = v[j], x2 = v[j + half];
-        v[j] = x1 * cs - x2 * sn;
-        v[j + half] = x2 * cs + x1 * sn;
+    const int wi = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    const int32_t head = blockIdx.y * (blockDim.x >> 5) + wi;
+    if (head >= nh + 2 * nkv) return; /* a whole warp: only __syncwarp below */
+    const int64_t qd = (int64_t)nh * hd, kvd = (int64_t)nkv * hd;
+    const int is_q = head < nh, is_k = !is_q && head < nh + nkv;
+    const int32_t hh = is_q ? head : is_k ? head - nh : head - nh - nkv;
+    const int64_t col = is_q ? (int64_t)hh * hd : is_k ? qd + (int64_t)hh * hd : qd + kvd + (int64_t)hh * hd;
+    const float *src = (is_q ? dqh : is_k ? dkh : dvh) + hm_row(t, hh, is_q ? nh : nkv, sofs, slen) * hd;
+    float *d = sm + wi * hd;
+    for (int32_t j = lane; j < hd; j += 32) d[j] = src[j];
+    if (is_q || is_k) {
+        __syncwarp();
+        const int32_t half = hd / 2, pos = (int32_t)(t - sofs[t]);
+        for (int32_t j = lane; j < half; j += 32) {
+            float sn, cs;
+            sincosf((float)(-pos) * inv_freq[j], &sn, &cs);
+            const float x1 = d[j], x2 = d[j + half];
+            d[j] = x1 * cs - x2 * sn;
+            d[j + half] = x2 * cs + x1 * sn;
+        }
+        __syncwarp();
+        const float *nw = is_q ? q_norm : k_norm;
+        if (nw) {
+            const float *raw = (is_q ? qraw + t * qd : kraw + t * kvd) + (int64_t)hh * hd;
+            const float rr = is_q ? rq[t * nh + hh] : rk[t * nkv + hh];
+            float dot = 0.0f;
+            for (int32_t j = lane; j < hd; j += 32) dot += d[j] * nw[j] * raw[j];
+            const float c = rr * rr * rr * warp_sum(dot) / (float)hd;
+            for (int32_t j = lane; j < hd; j += 32) d[j] = rr * d[j] * nw[j] - c * raw[j];
+        }
     }
+    A *dst = dqkv + t * qkv_n + col;
+    for (int32_t j = lane; j < hd; j += 32) stA(dst + j, d[j]);
 }
 
-/* Row-major (T, n·hd at ld, col0) <-> head-major per sequence. to_heads: src rows -> dst heads. */
-__global__ void tk_heads(float *rows, float *heads, const int32_t *sofs, const int32_t *slen, int32_t n, int32_t hd,
+/* Row-major (T, n·hd at ld, col0; F32 or BF16 rows) <-> head-major F32 per
+ * sequence. to_heads: rows -> heads, else heads -> rows. */
+template <class A>
+__global__ void tk_heads(A *rows, float *heads, const int32_t *sofs, const int32_t *slen, int32_t n, int32_t hd,
                          int64_t ld, int64_t col0, int to_heads) {
     const int64_t t = blockIdx.x;
     for (int32_t e = threadIdx.x; e < n * hd; e += blockDim.x) {
         const int32_t h = e / hd, d = e % hd;
-        float *r = rows + t * ld + col0 + e, *hp = heads + hm_row(t, h, n, sofs, slen) * hd + d;
-        if (to_heads) *hp = *r;
-        else *r = *hp;
+        A *r = rows + t * ld + col0 + e;
+        float *hp = heads + hm_row(t, h, n, sofs, slen) * hd + d;
+        if (to_heads) *hp = ldA(r);
+        else stA(r, *hp);
     }
 }
 
@@ -631,6 +669,9 @@ static const void *as_act(gpu_train *t, const float *x, int64_t n) {
     return t->abuf;
 }
 
+/* An activation-type tensor as the F32 pointer the F32 paths take (F32 models), else NULL. */
+static const float *f32_of(const gpu_train *t, const void *a) { return t->m->f32 ? (const float *)a : NULL; }
+
 /* y (T, out; ldy) = x (T, in) · Wᵀ (+ beta·y), y F32 or (ybf) BF16; xa: x
  * already in the activation type (written so by its producer), else NULL. */
 static int w_fwd(gpu_train *t, void *y, int ybf, int ldy, const float *x, const void *xa, const dlin *W, int32_t T,
@@ -799,16 +840,20 @@ static int layer_fwd(gpu_train *t, int32_t l, tacts *A, const float *x, float *y
     const int64_t qd = (int64_t)nh * hd, kvd = (int64_t)nkv * hd, qn = qd + 2 * kvd;
     const int TQKV[3] = {LT_Q, LT_K, LT_V}, TGU[2] = {LT_GATE, LT_UP}, TO[1] = {LT_O}, TD[1] = {LT_DOWN};
     const int64_t CQKV[3] = {0, qd, qd + kvd}, CGU[2] = {0, F}, C0[1] = {0};
-    tk_norm_fwd<<<T, 256, 0, t->s>>>(A->h1, A->r1, x, L->attn_norm, H, m->eps);
+    /* h1, h2 and att exist in the activation type only: GEMMs are all that read them */
+    if (m->f32) tk_norm_fwd<float><<<T, 256, 0, t->s>>>((float *)A->h1, A->r1, x, L->attn_norm, H, m->eps);
+    else tk_norm_fwd<bf16><<<T, 256, 0, t->s>>>((bf16 *)A->h1, A->r1, x, L->attn_norm, H, m->eps);
     prof_mark(t, TP_ELT_F);
-    TRY(proj_fwd(t, l, TQKV, CQKV, 3, A->mid[0], A->h1, NULL, H, &L->wqkv, t->y, 0, (int)qn, T, err, errn));
+    TRY(proj_fwd(t, l, TQKV, CQKV, 3, A->mid[0], f32_of(t, A->h1), A->h1, H, &L->wqkv, t->y, 0, (int)qn, T, err,
+                 errn));
     dim3 gq(T, (nh + 2 * nkv + 3) / 4);
     tk_qkv_fwd<<<gq, 128, 0, t->s>>>(t->y, L->bqkv, L->q_norm, L->k_norm, m->inv_freq, A->qraw, A->kraw, A->rq, A->rk,
                                      A->qh, A->kh, A->vh, t->d_sofs, t->d_slen, nh, nkv, hd, qn, m->eps);
     const float scale = 1.0f / sqrtf((float)hd);
     float *P = A->P;
     if (t->flash)
-        k_flash_fwd(t->s, A->qh, A->kh, A->vh, t->oh, A->lse, t->d_ftiles, t->n_ftiles, nh, nkv, hd, m->window, scale);
+        k_flash_fwd(t->s, A->qh, A->kh, A->vh, (bf16 *)A->att, A->lse, t->d_ftiles, t->n_ftiles, nh, nkv, hd, m->window,
+                    scale); /* straight into att's rows */
     for (int32_t s = 0; s < t->n_seq && !t->flash; s++) {
         /* sequence s, per KV head g (one batched GEMM each): S_g = scale·K_gᵀQ_g, P_g = softmax(S_g), O_g = V_g·P_g */
         const int32_t n = t->seq_len[s];
@@ -820,17 +865,21 @@ static int layer_fwd(gpu_train *t, int32_t l, tacts *A, const float *x, float *y
                 0.0f, t->oh + o * qd, hd, gt * hd, nkv, err, errn));
         P += (int64_t)nh * n * n;
     }
-    tk_heads<<<T, 256, 0, t->s>>>(A->att, t->oh, t->d_sofs, t->d_slen, nh, hd, qd, 0, 0);
+    if (!t->flash && m->f32)
+        tk_heads<float><<<T, 256, 0, t->s>>>((float *)A->att, t->oh, t->d_sofs, t->d_slen, nh, hd, qd, 0, 0);
+    else if (!t->flash)
+        tk_heads<bf16><<<T, 256, 0, t->s>>>((bf16 *)A->att, t->oh, t->d_sofs, t->d_slen, nh, hd, qd, 0, 0);
     prof_mark(t, TP_ATT_F);
-    TRY(proj_fwd(t, l, TO, C0, 1, A->mid[0] + (int64_t)3 * t->max_r * T, A->att, NULL, (int)qd, &L->wo, t->y, 0, H, T,
-                 err, errn));
+    TRY(proj_fwd(t, l, TO, C0, 1, A->mid[0] + (int64_t)3 * t->max_r * T, f32_of(t, A->att), A->att, (int)qd, &L->wo,
+                 t->y, 0, H, T, err, errn));
     tk_add<<<grid_for((int64_t)T * H), 256, 0, t->s>>>(A->xmid, x, t->y, L->bo, (int64_t)T * H, H);
-    tk_norm_fwd<<<T, 256, 0, t->s>>>(A->h2, A->r2, A->xmid, L->ffn_norm, H, m->eps);
+    if (m->f32) tk_norm_fwd<float><<<T, 256, 0, t->s>>>((float *)A->h2, A->r2, A->xmid, L->ffn_norm, H, m->eps);
+    else tk_norm_fwd<bf16><<<T, 256, 0, t->s>>>((bf16 *)A->h2, A->r2, A->xmid, L->ffn_norm, H, m->eps);
     prof_mark(t, TP_ELT_F);
     /* gate | up in the activation type: BF16 halves the traffic of the layer's widest tensor (written, read back
      * by the GEMM epilogue, by SwiGLU, its recomputation and its backward) */
     const int gbf = !m->f32;
-    TRY(proj_fwd(t, l, TGU, CGU, 2, A->mid[1], A->h2, NULL, H, &L->wgu, A->gu, gbf, 2 * F, T, err, errn));
+    TRY(proj_fwd(t, l, TGU, CGU, 2, A->mid[1], f32_of(t, A->h2), A->h2, H, &L->wgu, A->gu, gbf, 2 * F, T, err, errn));
     const int64_t ngu = (int64_t)T * 2 * F;
     if (L->bgu && gbf) tk_bias<bf16><<<grid_for(ngu), 256, 0, t->s>>>((bf16 *)A->gu, L->bgu, ngu, 2 * F);
     else if (L->bgu) tk_bias<float><<<grid_for(ngu), 256, 0, t->s>>>((float *)A->gu, L->bgu, ngu, 2 * F);
@@ -871,22 +920,24 @@ static int layer_bwd(gpu_train *t, int32_t l, const tacts *A, const float *x, in
     if (m->f32) tk_swiglu_bwd<float><<<gs, 256, 0, t->s>>>(t->dgu, dgub, (const float *)da, (const float *)A->gu, F);
     else tk_swiglu_bwd<bf16><<<gs, 256, 0, t->s>>>((float *)NULL, dgub, (const bf16 *)da, (const bf16 *)A->gu, F);
     prof_mark(t, TP_ELT_B);
-    TRY(proj_bwd(t, l, TGU, CGU, 2, A->mid[1], A->h2, NULL, H, &L->wgu, t->dgu, dgub, 2 * F, t->dh, 0, T, err, errn));
+    TRY(proj_bwd(t, l, TGU, CGU, 2, A->mid[1], f32_of(t, A->h2), A->h2, H, &L->wgu, t->dgu, dgub, 2 * F, t->dh, 0, T,
+                 err, errn));
     tk_norm_bwd<<<T, 256, 0, t->s>>>(dx, t->dh, A->xmid, L->ffn_norm, A->r2, H, 1, H, 0, H, 1);
     prof_mark(t, TP_ELT_B);
     /* attention */
-    TRY(proj_bwd(t, l, TO, C0, 1, A->mid[0] + (int64_t)3 * t->max_r * T, A->att, NULL, (int)qd, &L->wo, dx, NULL, H,
-                 t->datt, 0, T, err, errn));
+    TRY(proj_bwd(t, l, TO, C0, 1, A->mid[0] + (int64_t)3 * t->max_r * T, f32_of(t, A->att), A->att, (int)qd, &L->wo,
+                 dx, NULL, H, t->datt, 0, T, err, errn));
     const int32_t *so = t->d_sofs, *sl = t->d_slen;
-    tk_heads<<<T, 256, 0, t->s>>>(t->datt, t->oh, so, sl, nh, hd, qd, 0, 1); /* oh := dO head-major */
     float *dqh = t->hd_tmp;                                                  /* head-major, T rows each */
     float *dkh = dqh + qd * T, *dvh = dkh + kvd * T;
     const float scale = 1.0f / sqrtf((float)hd);
     const float *P = A->P;
-    if (t->flash) {
-        k_flash_dot(t->s, t->Drow, t->datt, A->att, so, sl, T, nh, hd);
-        k_flash_bwd(t->s, A->qh, A->kh, A->vh, t->oh, A->lse, t->Drow, dqh, dkh, dvh, t->d_ftiles, t->n_ftiles, nh, nkv,
-                    hd, m->window, scale);
+    if (t->flash) { /* dO straight from datt's rows */
+        k_flash_dot(t->s, t->Drow, t->datt, (const bf16 *)A->att, so, sl, T, nh, hd);
+        k_flash_bwd(t->s, A->qh, A->kh, A->vh, t->datt, A->lse, t->Drow, dqh, dkh, dvh, t->d_ftiles, t->n_ftiles, nh,
+                    nkv, hd, m->window, scale);
+    } else {
+        tk_heads<float><<<T, 256, 0, t->s>>>(t->datt, t->oh, so, sl, nh, hd, qd, 0, 1); /* oh := dO head-major */
     }
     for (int32_t s = 0; s < t->n_seq && !t->flash; s++) {
         /* sequence s, per KV head g, batched: dP_g = V_gᵀdO_g, dS_g, dQ_g = K_g·dS_g, dK_g = Q_g·dS_gᵀ, dV_g = dO_g·P_gᵀ */
@@ -904,18 +955,17 @@ static int layer_bwd(gpu_train *t, int32_t l, const tacts *A, const float *x, in
                 err, errn));
         P += (int64_t)nh * n * n;
     }
-    tk_heads<<<T, 256, 0, t->s>>>(t->dqkv, dqh, so, sl, nh, hd, qn, 0, 0);
-    tk_heads<<<T, 256, 0, t->s>>>(t->dqkv, dkh, so, sl, nkv, hd, qn, qd, 0);
-    tk_heads<<<T, 256, 0, t->s>>>(t->dqkv, dvh, so, sl, nkv, hd, qn, qd + kvd, 0);
-    tk_rope_bwd<<<T, 256, 0, t->s>>>(t->dqkv, m->inv_freq, so, nh, hd, qn, 0);
-    tk_rope_bwd<<<T, 256, 0, t->s>>>(t->dqkv, m->inv_freq, so, nkv, hd, qn, qd);
-    if (L->q_norm) {
-        tk_norm_bwd<<<T * nh, 128, 0, t->s>>>(t->dqkv, t->dqkv, A->qraw, L->q_norm, A->rq, hd, nh, qn, 0, qd, 0);
-        tk_norm_bwd<<<T * nkv, 128, 0, t->s>>>(t->dqkv, t->dqkv, A->kraw, L->k_norm, A->rk, hd, nkv, qn, qd, kvd, 0);
-    }
+    dim3 gq(T, (nh + 2 * nkv + 3) / 4);
+    const int qsm = 4 * hd * (int)sizeof(float);
+    if (m->f32)
+        tk_qkv_bwd<float><<<gq, 128, qsm, t->s>>>((float *)t->dqkv, dqh, dkh, dvh, L->q_norm, L->k_norm, A->qraw, A->kraw,
+                                                  A->rq, A->rk, m->inv_freq, so, sl, nh, nkv, hd, qn);
+    else
+        tk_qkv_bwd<bf16><<<gq, 128, qsm, t->s>>>((bf16 *)t->dqkv, dqh, dkh, dvh, L->q_norm, L->k_norm, A->qraw, A->kraw,
+                                                 A->rq, A->rk, m->inv_freq, so, sl, nh, nkv, hd, qn);
     prof_mark(t, TP_ATT_B);
-    TRY(proj_bwd(t, l, TQKV, CQKV, 3, A->mid[0], A->h1, NULL, H, &L->wqkv, t->dqkv, NULL, (int)qn, t->dh, 0, T, err,
-                 errn));
+    TRY(proj_bwd(t, l, TQKV, CQKV, 3, A->mid[0], f32_of(t, A->h1), A->h1, H, &L->wqkv, f32_of(t, t->dqkv), t->dqkv,
+                 (int)qn, t->dh, 0, T, err, errn));
     tk_norm_bwd<<<T, 256, 0, t->s>>>(dx, t->dh, x, L->attn_norm, A->r1, H, 1, H, 0, H, 1);
     prof_mark(t, TP_ELT_B);
     return 0;
@@ -954,15 +1004,16 @@ static int acts_alloc(gpu_train *t, tacts *A, char *err, size_t errn) {
                   kvd = nkv * hd, f = 4;
     const int qk = m->layers[0].q_norm != NULL;
     memset(A, 0, sizeof *A);
-    TA(A->h1, T * H * f); TA(A->r1, T * f);
+    const int64_t a = m->asz; /* the activation type's bytes */
+    TA(A->h1, T * H * a); TA(A->r1, T * f);
     if (qk) {
         TA(A->qraw, T * qd * f); TA(A->kraw, T * kvd * f); TA(A->rq, T * nh * f); TA(A->rk, T * nkv * f);
     }
     TA(A->qh, T * qd * f); TA(A->kh, T * kvd * f); TA(A->vh, T * kvd * f);
     if (t->flash) TA(A->lse, nh * T * f);
     else TA(A->P, nh * T * S * f); /* Σ n_s² <= T·S */
-    TA(A->att, T * qd * f);
-    TA(A->xmid, T * H * f); TA(A->h2, T * H * f); TA(A->r2, T * f);
+    TA(A->att, T * qd * a);
+    TA(A->xmid, T * H * f); TA(A->h2, T * H * a); TA(A->r2, T * f);
     TA(A->gu, T * 2 * F * (int64_t)m->asz);
     const int64_t r1 = t->max_r ? t->max_r : 1;
     TA(A->mid[0], T * 4 * r1 * f); /* q|k|v, then o */
@@ -1051,9 +1102,10 @@ static int train_new(gpu_model *m, const gpu_lora_desc *mods, int32_t max_tokens
         int64_t hdt = qn > F ? qn : F; /* dq|dk|dv head-major, da, or a recomputed layer's output */
         hdt = hdt > H ? hdt : H;
         TA2(t->hf, T * H * f); TA2(t->rf, T * f); TA2(t->dx, T * H * f); TA2(t->dh, T * H * f);
-        TA2(t->y, T * wide * f); TA2(t->datt, T * qd * f); TA2(t->dqkv, T * qn * f);
+        TA2(t->y, T * wide * f); TA2(t->datt, T * qd * f); TA2(t->dqkv, T * qn * (int64_t)m->asz);
         if (m->f32) TA2(t->dgu, T * 2 * F * f); /* BF16 models: dgu in BF16 only (abuf) */
-        TA2(t->hd_tmp, T * hdt * f); TA2(t->ltmp, T * 3 * (t->max_r ? t->max_r : 1) * f); TA2(t->oh, T * qd * f);
+        TA2(t->hd_tmp, T * hdt * f); TA2(t->ltmp, T * 3 * (t->max_r ? t->max_r : 1) * f);
+        if (!t->flash) TA2(t->oh, T * qd * f); /* head-major O, then dO: the cuBLAS path */
         if (t->flash) {
             TA2(t->Drow, nh * T * f);
             TA2(t->d_ftiles, (T + T / FLASH_TILE + 1) * (int64_t)sizeof(flash_tile));
@@ -1289,7 +1341,7 @@ static int train_batch(gpu_train *t, const gpu_train_example *exs, int32_t n_ex,
     for (int32_t l = 0; l < L; l++)
         TRY(layer_fwd(t, l, &t->acts[t->recompute ? 0 : l], t->xs + l * stride, t->xs + (l + 1) * stride, T, err, errn));
     const float *xl = t->xs + (int64_t)L * stride;
-    tk_norm_fwd<<<T, 256, 0, t->s>>>(t->hf, t->rf, xl, m->final_norm, H, m->eps);
+    tk_norm_fwd<float><<<T, 256, 0, t->s>>>(t->hf, t->rf, xl, m->final_norm, H, m->eps);
     prof_mark(t, TP_EMBED_NORM);
     /* loss rows in chunks of one kind (CE, or KL of one k and temperature); dhf accumulates in dh */
     k_fill_f32(t->s, t->dh, (int64_t)T * H, 0.0f);
