@@ -6,8 +6,9 @@
  * pad to 16, 32, 64 and 128 and one that is not a multiple of 4.
  *
  * Built two ways: by nvcc for a GPU (scripts/gpu_check.sh), and for the CPU
- * against tests/cuda_emu (make build/emu/test_flash; run by run_all.sh). The
- * reference rounds q, k, v and dO to BF16 as the kernels do, so what is left
+ * against tests/cuda_emu (make build/emu/test_flash; run by run_all.sh). q, k
+ * and v are BF16 as the trainer stores them; the reference rounds them and dO
+ * to BF16 as the kernels do, so what is left
  * is the BF16 rounding of probabilities and of dS: tolerances 1e-2 of each
  * tensor's largest magnitude (2e-2 for gradients). A wrong mask or tile
  * boundary shows as an error of order 1. */
@@ -42,6 +43,17 @@ static float *dev(const std::vector<float> &h) {
         exit(2);
     }
     cudaMemcpy(d, h.data(), h.size() * 4, cudaMemcpyHostToDevice);
+    return d;
+}
+static bf16 *dev_bf(const std::vector<float> &h) {
+    std::vector<bf16> b(h.size());
+    for (size_t i = 0; i < h.size(); i++) b[i] = __float2bfloat16(h[i]);
+    bf16 *d = NULL;
+    if (cudaMalloc((void **)&d, b.size() * sizeof(bf16) + 16) != cudaSuccess) {
+        fprintf(stderr, "cudaMalloc failed\n");
+        exit(2);
+    }
+    cudaMemcpy(d, b.data(), b.size() * sizeof(bf16), cudaMemcpyHostToDevice);
     return d;
 }
 static std::vector<float> host(const float *d, size_t n) {
@@ -122,14 +134,9 @@ static void run_case(int32_t hd, int32_t nh, int32_t nkv, int32_t window, std::v
         off += n;
     }
     /* device */
-    float *d_q = dev(q), *d_k = dev(k), *d_v = dev(v);
+    bf16 *d_q = dev_bf(q), *d_k = dev_bf(k), *d_v = dev_bf(v); /* the trainer stores them so */
     float *d_lse = dev(std::vector<float>(T * nh, NAN));
-    bf16 *d_o = NULL; /* O: the pass's rows (T, nh·hd) in BF16, NaN until written */
-    {
-        std::vector<bf16> nan_rows(T * qd, __float2bfloat16(NAN));
-        cudaMalloc((void **)&d_o, nan_rows.size() * sizeof(bf16));
-        cudaMemcpy(d_o, nan_rows.data(), nan_rows.size() * sizeof(bf16), cudaMemcpyHostToDevice);
-    }
+    bf16 *d_o = dev_bf(std::vector<float>(T * qd, NAN)); /* O: the pass's rows (T, nh·hd), NaN until written */
     float *d_dq = dev(std::vector<float>(T * qd, NAN)), *d_dk = dev(std::vector<float>(T * kvd, NAN));
     float *d_dv = dev(std::vector<float>(T * kvd, NAN)), *d_D = dev(std::vector<float>(T * nh, NAN));
     flash_tile *d_tiles = NULL;
@@ -178,8 +185,9 @@ static void run_case(int32_t hd, int32_t nh, int32_t nkv, int32_t window, std::v
     close("dQ", gq, dq, 2e-2);
     close("dK", gk, dk, 2e-2);
     close("dV", gv, dv, 2e-2);
-    for (float *p : {d_q, d_k, d_v, d_lse, d_dq, d_dk, d_dv, d_D, d_drow}) cudaFree(p);
-    cudaFree(d_o), cudaFree(d_tiles), cudaFree(d_meta);
+    for (float *p : {d_lse, d_dq, d_dk, d_dv, d_D, d_drow}) cudaFree(p);
+    for (bf16 *p : {d_q, d_k, d_v, d_o}) cudaFree(p);
+    cudaFree(d_tiles), cudaFree(d_meta);
 }
 
 int main(void) {

@@ -317,9 +317,9 @@ int attention_setup(int smem_optin, char *err, size_t errn);
 void k_attention(const gpu_ctx *c, int32_t layer, void *out);
 
 /* ---- flash.cu: the trainer's attention on tensor cores (BF16 WMMA, sm_80+).
- * q, k, v and their gradients F32 head-major per sequence (train.cu); O and
- * dO the pass's rows (T, nh·hd), O in BF16; a flash_tile is FLASH_TILE
- * positions of one sequence. */
+ * q, k, v (BF16) and their gradients (F32) head-major per sequence
+ * (train.cu); O and dO the pass's rows (T, nh·hd), O in BF16; a flash_tile
+ * is FLASH_TILE positions of one sequence. */
 #define FLASH_TILE 64
 typedef struct {
     int32_t off, n, start; /* the sequence's first pass row and length; the tile's first position */
@@ -327,11 +327,11 @@ typedef struct {
 int flash_smem(int32_t hd);                                /* bytes per block; -1: hd > 128 */
 int flash_setup(int32_t hd, int cc_major, int smem_optin); /* 0: usable on this device */
 /* o (rows) = softmax(scale·q kᵀ, causal/window) v per head; lse per row (head-major rows) */
-void k_flash_fwd(cudaStream_t s, const float *q, const float *k, const float *v, bf16 *o, float *lse,
+void k_flash_fwd(cudaStream_t s, const bf16 *q, const bf16 *k, const bf16 *v, bf16 *o, float *lse,
                  const flash_tile *tiles, int32_t n_tiles, int32_t nh, int32_t nkv, int32_t hd, int32_t window,
                  float scale);
 /* dq, dk, dv (head-major; written, not added) from dO (rows), lse and D = rowsum(dO ⊙ O) */
-void k_flash_bwd(cudaStream_t s, const float *q, const float *k, const float *v, const float *dout,
+void k_flash_bwd(cudaStream_t s, const bf16 *q, const bf16 *k, const bf16 *v, const float *dout,
                  const float *lse, const float *D, float *dq, float *dk, float *dv, const flash_tile *tiles,
                  int32_t n_tiles, int32_t nh, int32_t nkv, int32_t hd, int32_t window, float scale);
 /* D from the (T, nh·hd) rows of the output and its gradient; sofs/slen per row */

@@ -3,9 +3,9 @@
  * is ever stored. The forward keeps one log-sum-exp per row; the backward
  * recomputes the probabilities from it, as FlashAttention-2 does.
  *
- * Layout (train.cu): q, k, v and their gradients are F32 and head-major per
- * sequence — sequence s of n tokens starting at pass row off holds head h at
- * rows (off·heads + h·n + position)·hd. The output O and its gradient dO are
+ * Layout (train.cu): q, k, v (BF16) and their gradients (F32) are head-major
+ * per sequence — sequence s of n tokens starting at pass row off holds head h
+ * at rows (off·heads + h·n + position)·hd. The output O and its gradient dO are
  * the pass's rows (T, nh·hd) as the o projection's GEMMs use them: O written
  * in BF16 (that GEMM's input), dO read in F32 (its output). Tiles are FT = 64
  * positions of one sequence (flash_tile: the sequence's first row, length,
@@ -83,6 +83,27 @@ static __device__ __forceinline__ void stage(bf16 *dst, const float *src, int ro
     }
 }
 
+/* The same from BF16 rows (q, k, v): 16-byte copies when rows allow. */
+template <int NF>
+static __device__ __forceinline__ void stage(bf16 *dst, const bf16 *src, int rows, int hd, int64_t ld) {
+    constexpr int HDP = fl<NF>::HDP, LDB = fl<NF>::LDB;
+    if ((hd & 7) == 0 && (ld & 7) == 0) {
+        constexpr int V8 = HDP / 8;
+        for (int e = threadIdx.x; e < FT * V8; e += FTHREADS) {
+            const int r = e / V8, d = (e - r * V8) * 8;
+            uint4 v = make_uint4(0u, 0u, 0u, 0u);
+            if (r < rows && d < hd) v = __ldg((const uint4 *)(src + (int64_t)r * ld + d));
+            *(uint4 *)(dst + r * LDB + d) = v;
+        }
+    } else {
+        const bf16 zero = __float2bfloat16(0.0f);
+        for (int e = threadIdx.x; e < FT * HDP; e += FTHREADS) {
+            const int r = e / HDP, d = e - r * HDP;
+            dst[r * LDB + d] = r < rows && d < hd ? src[(int64_t)r * ld + d] : zero;
+        }
+    }
+}
+
 static __device__ __forceinline__ bool visible(int32_t key, int32_t query, int32_t n, int32_t window) {
     return key <= query && query < n && key >= first_key(query, window);
 }
@@ -154,7 +175,7 @@ template <int NF> static __device__ __forceinline__ void mma_prob_tile(facc &acc
 /* ------------------------------------------------------------------ forward */
 template <int NF>
 __global__ void __launch_bounds__(FTHREADS)
-    tk_flash_fwd(const float *__restrict__ qh, const float *__restrict__ kh, const float *__restrict__ vh,
+    tk_flash_fwd(const bf16 *__restrict__ qh, const bf16 *__restrict__ kh, const bf16 *__restrict__ vh,
                  bf16 *__restrict__ out, float *__restrict__ lse, const flash_tile *__restrict__ tiles, int32_t nh,
                  int32_t nkv, int32_t hd, int32_t window, float scale) {
 #if FLASH_ARCH
@@ -167,8 +188,8 @@ __global__ void __launch_bounds__(FTHREADS)
     const flash_tile tl = tiles[blockIdx.x];
     const int32_t h = blockIdx.y, g = h / (nh / nkv), n = tl.n, q0 = tl.start, nq = min(FT, n - q0);
     const int tid = threadIdx.x, lane = tid & 31, w = tid >> 5;
-    const float *Q = qh + ((int64_t)tl.off * nh + (int64_t)h * n + q0) * hd;
-    const float *K = kh + ((int64_t)tl.off * nkv + (int64_t)g * n) * hd, *V = vh + (K - kh);
+    const bf16 *Q = qh + ((int64_t)tl.off * nh + (int64_t)h * n + q0) * hd;
+    const bf16 *K = kh + ((int64_t)tl.off * nkv + (int64_t)g * n) * hd, *V = vh + (K - kh);
 
     bf16 *Qs = (bf16 *)Ss; /* Q passes through the score buffer into registers */
     stage<NF>(Qs, Q, nq, hd, hd);
@@ -241,7 +262,7 @@ __global__ void __launch_bounds__(FTHREADS)
 /* ------------------------------------------------------------------ dK, dV */
 template <int NF>
 __global__ void __launch_bounds__(FTHREADS)
-    tk_flash_bwd_kv(const float *__restrict__ qh, const float *__restrict__ kh, const float *__restrict__ vh,
+    tk_flash_bwd_kv(const bf16 *__restrict__ qh, const bf16 *__restrict__ kh, const bf16 *__restrict__ vh,
                     const float *__restrict__ dout, const float *__restrict__ lse, const float *__restrict__ Dr,
                     float *__restrict__ dkh, float *__restrict__ dvh, const flash_tile *__restrict__ tiles, int32_t nh,
                     int32_t nkv, int32_t hd, int32_t window, float scale) {
@@ -320,7 +341,7 @@ __global__ void __launch_bounds__(FTHREADS)
 /* ------------------------------------------------------------------ dQ */
 template <int NF>
 __global__ void __launch_bounds__(FTHREADS)
-    tk_flash_bwd_q(const float *__restrict__ qh, const float *__restrict__ kh, const float *__restrict__ vh,
+    tk_flash_bwd_q(const bf16 *__restrict__ qh, const bf16 *__restrict__ kh, const bf16 *__restrict__ vh,
                    const float *__restrict__ dout, const float *__restrict__ lse, const float *__restrict__ Dr,
                    float *__restrict__ dqh, const flash_tile *__restrict__ tiles, int32_t nh, int32_t nkv, int32_t hd,
                    int32_t window, float scale) {
@@ -335,7 +356,7 @@ __global__ void __launch_bounds__(FTHREADS)
     const int32_t h = blockIdx.y, g = h / (nh / nkv), n = tl.n, q0 = tl.start, nq = min(FT, n - q0);
     const int tid = threadIdx.x, lane = tid & 31, w = tid >> 5;
     const int64_t ro = (int64_t)tl.off * nh + (int64_t)h * n + q0;
-    const float *K = kh + ((int64_t)tl.off * nkv + (int64_t)g * n) * hd, *V = vh + (K - kh);
+    const bf16 *K = kh + ((int64_t)tl.off * nkv + (int64_t)g * n) * hd, *V = vh + (K - kh);
     stage<NF>(Qs, qh + ro * hd, nq, hd, hd);
     stage<NF>(Ds, dout + (int64_t)(tl.off + q0) * nh * hd + (int64_t)h * hd, nq, hd, (int64_t)nh * hd);
     for (int e = tid; e < FT; e += FTHREADS) ls[e] = e < nq ? lse[ro + e] : 0.0f, dd[e] = e < nq ? Dr[ro + e] : 0.0f;
@@ -434,7 +455,7 @@ int flash_setup(int32_t hd, int cc_major, int smem_optin) {
     return e == cudaSuccess ? 0 : -1;
 }
 
-void k_flash_fwd(cudaStream_t s, const float *q, const float *k, const float *v, bf16 *o, float *lse,
+void k_flash_fwd(cudaStream_t s, const bf16 *q, const bf16 *k, const bf16 *v, bf16 *o, float *lse,
                  const flash_tile *tiles, int32_t n_tiles, int32_t nh, int32_t nkv, int32_t hd, int32_t window,
                  float scale) {
     dim3 grid(n_tiles, nh);
@@ -446,7 +467,7 @@ void k_flash_fwd(cudaStream_t s, const float *q, const float *k, const float *v,
     }
 }
 
-void k_flash_bwd(cudaStream_t s, const float *q, const float *k, const float *v, const float *dout,
+void k_flash_bwd(cudaStream_t s, const bf16 *q, const bf16 *k, const bf16 *v, const float *dout,
                  const float *lse, const float *D, float *dq, float *dk, float *dv, const flash_tile *tiles,
                  int32_t n_tiles, int32_t nh, int32_t nkv, int32_t hd, int32_t window, float scale) {
     dim3 gkv(n_tiles, nkv), gq(n_tiles, nh);

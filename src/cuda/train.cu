@@ -51,7 +51,7 @@ typedef struct {
 typedef struct {
     void *h1;            /* (T, H) rmsnorm(x)·w, activation type: only GEMMs (frozen and LoRA) read it */
     float *r1, *qraw, *kraw, *rq, *rk;
-    float *qh, *kh, *vh; /* head-major (n, T, hd), after norm and RoPE */
+    void *qh, *kh, *vh;  /* head-major (n, T, hd), after norm and RoPE: BF16 for flash.cu, else F32 */
     float *P;            /* (nh, n_s, n_s) per sequence: the cuBLAS path */
     float *lse;          /* (nh, T) log-sum-exp per row, head-major: the flash path */
     void *att;           /* (T, qd) attention output, activation type (written so by flash.cu or tk_heads) */
@@ -206,8 +206,6 @@ __global__ void tk_norm_bwd(float *out, const float *dy, const float *x, const f
     }
 }
 
-/* q, k, v from y (T, qkv_n): bias, Qwen3 norm (raw and r saved), RoPE at
- * position t; written head-major. One warp per (t, head). */
 /* Row t's offset (in rows of hd) in a head-major tensor of n heads, for head h. */
 static __device__ __forceinline__ int64_t hm_row(int64_t t, int32_t h, int32_t n, const int32_t *sofs,
                                                  const int32_t *slen) {
@@ -215,47 +213,56 @@ static __device__ __forceinline__ int64_t hm_row(int64_t t, int32_t h, int32_t n
     return o * n + (int64_t)h * slen[t] + (t - o);
 }
 
+/* q, k, v from y (T, qkv_n): bias, Qwen3 norm (raw and r saved), RoPE at
+ * position t, computed in F32 (the warp's row in shared memory, hd floats a
+ * warp) and written head-major as Q: F32, or BF16 for flash.cu, which rounds
+ * them so anyway. One warp per (t, head). */
+template <class Q>
 __global__ void tk_qkv_fwd(const float *y, const float *bqkv, const float *q_norm, const float *k_norm,
-                           const float *inv_freq, float *qraw, float *kraw, float *rq, float *rk, float *qh, float *kh,
-                           float *vh, const int32_t *sofs, const int32_t *slen, int32_t nh, int32_t nkv, int32_t hd,
+                           const float *inv_freq, float *qraw, float *kraw, float *rq, float *rk, Q *qh, Q *kh, Q *vh,
+                           const int32_t *sofs, const int32_t *slen, int32_t nh, int32_t nkv, int32_t hd,
                            int64_t qkv_n, float eps) {
+    PRISM_DYN_SMEM(float, sm);
     const int64_t t = blockIdx.x;
-    const int32_t head = blockIdx.y * (blockDim.x >> 5) + (threadIdx.x >> 5), lane = threadIdx.x & 31;
-    if (head >= nh + 2 * nkv) return;
+    const int wi = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    const int32_t head = blockIdx.y * (blockDim.x >> 5) + wi;
+    if (head >= nh + 2 * nkv) return; /* a whole warp: only __syncwarp below */
     const int64_t qd = (int64_t)nh * hd, kvd = (int64_t)nkv * hd;
-    const int is_q = head < nh, is_k = !is_q && head < nh + nkv, is_v = head >= nh + nkv;
+    const int is_q = head < nh, is_k = !is_q && head < nh + nkv;
     const int32_t hh = is_q ? head : is_k ? head - nh : head - nh - nkv;
     const int64_t col = is_q ? (int64_t)hh * hd : is_k ? qd + (int64_t)hh * hd : qd + kvd + (int64_t)hh * hd;
     const float *src = y + t * qkv_n + col;
-    float *dst = (is_q ? qh : is_k ? kh : vh) + hm_row(t, hh, is_q ? nh : nkv, sofs, slen) * hd;
-    const int32_t pos = (int32_t)(t - sofs[t]);
-    const int32_t half = hd / 2;
-    const float *nw = is_q ? q_norm : k_norm;
+    float *d = sm + wi * hd;
     float ss = 0.0f;
     for (int32_t j = lane; j < hd; j += 32) {
         const float v = src[j] + (bqkv ? bqkv[col + j] : 0.0f);
-        dst[j] = v;
+        d[j] = v;
         ss += v * v;
     }
-    __syncwarp();
-    if (is_v) return;
-    if (nw) {
-        float *raw = (is_q ? qraw + t * qd : kraw + t * kvd) + (int64_t)hh * hd;
-        const float rr = 1.0f / sqrtf(warp_sum(ss) / (float)hd + eps);
-        for (int32_t j = lane; j < hd; j += 32) {
-            raw[j] = dst[j];
-            dst[j] = nw[j] * (dst[j] * rr);
+    if (is_q || is_k) {
+        const float *nw = is_q ? q_norm : k_norm;
+        if (nw) {
+            float *raw = (is_q ? qraw + t * qd : kraw + t * kvd) + (int64_t)hh * hd;
+            const float rr = 1.0f / sqrtf(warp_sum(ss) / (float)hd + eps);
+            for (int32_t j = lane; j < hd; j += 32) {
+                raw[j] = d[j];
+                d[j] = nw[j] * (d[j] * rr);
+            }
+            if (lane == 0) (is_q ? rq[t * nh + hh] : rk[t * nkv + hh]) = rr;
         }
-        if (lane == 0) (is_q ? rq[t * nh + hh] : rk[t * nkv + hh]) = rr;
+        __syncwarp();
+        const int32_t half = hd / 2, pos = (int32_t)(t - sofs[t]);
+        for (int32_t j = lane; j < half; j += 32) {
+            float sn, cs;
+            sincosf((float)pos * inv_freq[j], &sn, &cs);
+            const float x1 = d[j], x2 = d[j + half];
+            d[j] = x1 * cs - x2 * sn;
+            d[j + half] = x2 * cs + x1 * sn;
+        }
         __syncwarp();
     }
-    for (int32_t j = lane; j < half; j += 32) {
-        float sn, cs;
-        sincosf((float)pos * inv_freq[j], &sn, &cs);
-        const float x1 = dst[j], x2 = dst[j + half];
-        dst[j] = x1 * cs - x2 * sn;
-        dst[j + half] = x2 * cs + x1 * sn;
-    }
+    Q *dst = (is_q ? qh : is_k ? kh : vh) + hm_row(t, hh, is_q ? nh : nkv, sofs, slen) * hd;
+    for (int32_t j = lane; j < hd; j += 32) stA(dst + j, d[j]);
 }
 
 /* tk_qkv_fwd's backward: the head-major gradients dq, dk, dv (attention's
@@ -847,22 +854,29 @@ static int layer_fwd(gpu_train *t, int32_t l, tacts *A, const float *x, float *y
     TRY(proj_fwd(t, l, TQKV, CQKV, 3, A->mid[0], f32_of(t, A->h1), A->h1, H, &L->wqkv, t->y, 0, (int)qn, T, err,
                  errn));
     dim3 gq(T, (nh + 2 * nkv + 3) / 4);
-    tk_qkv_fwd<<<gq, 128, 0, t->s>>>(t->y, L->bqkv, L->q_norm, L->k_norm, m->inv_freq, A->qraw, A->kraw, A->rq, A->rk,
-                                     A->qh, A->kh, A->vh, t->d_sofs, t->d_slen, nh, nkv, hd, qn, m->eps);
+    const int qsm = 4 * hd * (int)sizeof(float);
+    if (t->flash)
+        tk_qkv_fwd<bf16><<<gq, 128, qsm, t->s>>>(t->y, L->bqkv, L->q_norm, L->k_norm, m->inv_freq, A->qraw, A->kraw,
+                                                 A->rq, A->rk, (bf16 *)A->qh, (bf16 *)A->kh, (bf16 *)A->vh, t->d_sofs,
+                                                 t->d_slen, nh, nkv, hd, qn, m->eps);
+    else
+        tk_qkv_fwd<float><<<gq, 128, qsm, t->s>>>(t->y, L->bqkv, L->q_norm, L->k_norm, m->inv_freq, A->qraw, A->kraw,
+                                                  A->rq, A->rk, (float *)A->qh, (float *)A->kh, (float *)A->vh,
+                                                  t->d_sofs, t->d_slen, nh, nkv, hd, qn, m->eps);
     const float scale = 1.0f / sqrtf((float)hd);
     float *P = A->P;
     if (t->flash)
-        k_flash_fwd(t->s, A->qh, A->kh, A->vh, (bf16 *)A->att, A->lse, t->d_ftiles, t->n_ftiles, nh, nkv, hd, m->window,
+        k_flash_fwd(t->s, (const bf16 *)A->qh, (const bf16 *)A->kh, (const bf16 *)A->vh, (bf16 *)A->att, A->lse, t->d_ftiles, t->n_ftiles, nh, nkv, hd, m->window,
                     scale); /* straight into att's rows */
     for (int32_t s = 0; s < t->n_seq && !t->flash; s++) {
         /* sequence s, per KV head g (one batched GEMM each): S_g = scale·K_gᵀQ_g, P_g = softmax(S_g), O_g = V_g·P_g */
         const int32_t n = t->seq_len[s];
         const int64_t o = t->seq_off[s], gt = (int64_t)group * n;
-        TRY(sgb(t, CUBLAS_OP_T, CUBLAS_OP_N, n, (int)gt, hd, scale, A->kh + o * kvd, hd, (long long)n * hd,
-                A->qh + o * qd, hd, gt * hd, 0.0f, P, n, gt * n, nkv, err, errn));
+        TRY(sgb(t, CUBLAS_OP_T, CUBLAS_OP_N, n, (int)gt, hd, scale, (const float *)A->kh + o * kvd, hd,
+                (long long)n * hd, (const float *)A->qh + o * qd, hd, gt * hd, 0.0f, P, n, gt * n, nkv, err, errn));
         softmax_rows(t->s, P, gt * nkv, n, m->window); /* rows of every head: position = row % n */
-        TRY(sgb(t, CUBLAS_OP_N, CUBLAS_OP_N, hd, (int)gt, n, 1.0f, A->vh + o * kvd, hd, (long long)n * hd, P, n, gt * n,
-                0.0f, t->oh + o * qd, hd, gt * hd, nkv, err, errn));
+        TRY(sgb(t, CUBLAS_OP_N, CUBLAS_OP_N, hd, (int)gt, n, 1.0f, (const float *)A->vh + o * kvd, hd,
+                (long long)n * hd, P, n, gt * n, 0.0f, t->oh + o * qd, hd, gt * hd, nkv, err, errn));
         P += (int64_t)nh * n * n;
     }
     if (!t->flash && m->f32)
@@ -934,7 +948,7 @@ static int layer_bwd(gpu_train *t, int32_t l, const tacts *A, const float *x, in
     const float *P = A->P;
     if (t->flash) { /* dO straight from datt's rows */
         k_flash_dot(t->s, t->Drow, t->datt, (const bf16 *)A->att, so, sl, T, nh, hd);
-        k_flash_bwd(t->s, A->qh, A->kh, A->vh, t->datt, A->lse, t->Drow, dqh, dkh, dvh, t->d_ftiles, t->n_ftiles, nh,
+        k_flash_bwd(t->s, (const bf16 *)A->qh, (const bf16 *)A->kh, (const bf16 *)A->vh, t->datt, A->lse, t->Drow, dqh, dkh, dvh, t->d_ftiles, t->n_ftiles, nh,
                     nkv, hd, m->window, scale);
     } else {
         tk_heads<float><<<T, 256, 0, t->s>>>(t->datt, t->oh, so, sl, nh, hd, qd, 0, 1); /* oh := dO head-major */
@@ -943,7 +957,8 @@ static int layer_bwd(gpu_train *t, int32_t l, const tacts *A, const float *x, in
         /* sequence s, per KV head g, batched: dP_g = V_gᵀdO_g, dS_g, dQ_g = K_g·dS_g, dK_g = Q_g·dS_gᵀ, dV_g = dO_g·P_gᵀ */
         const int32_t n = t->seq_len[s];
         const int64_t o = t->seq_off[s], gt = (int64_t)group * n, sq = gt * hd, skv = (int64_t)n * hd, sp = gt * n;
-        const float *kh = A->kh + o * kvd, *vh = A->vh + o * kvd, *qh = A->qh + o * qd, *oh = t->oh + o * qd;
+        const float *kh = (const float *)A->kh + o * kvd, *vh = (const float *)A->vh + o * kvd,
+                    *qh = (const float *)A->qh + o * qd, *oh = t->oh + o * qd;
         TRY(sgb(t, CUBLAS_OP_T, CUBLAS_OP_N, n, (int)gt, hd, 1.0f, vh, hd, skv, oh, hd, sq, 0.0f, t->dP, n, sp, nkv, err,
                 errn));
         dsoftmax_rows(t->s, t->dP, P, gt * nkv, n, scale);
@@ -1009,7 +1024,8 @@ static int acts_alloc(gpu_train *t, tacts *A, char *err, size_t errn) {
     if (qk) {
         TA(A->qraw, T * qd * f); TA(A->kraw, T * kvd * f); TA(A->rq, T * nh * f); TA(A->rk, T * nkv * f);
     }
-    TA(A->qh, T * qd * f); TA(A->kh, T * kvd * f); TA(A->vh, T * kvd * f);
+    const int64_t qb = t->flash ? 2 : 4; /* flash.cu takes q, k, v in BF16 */
+    TA(A->qh, T * qd * qb); TA(A->kh, T * kvd * qb); TA(A->vh, T * kvd * qb);
     if (t->flash) TA(A->lse, nh * T * f);
     else TA(A->P, nh * T * S * f); /* Σ n_s² <= T·S */
     TA(A->att, T * qd * a);
