@@ -18,8 +18,10 @@
  * (a NaN there would survive a zero weight). Scores, masks, softmax and the
  * scale stay in F32.
  *  - forward, per (query tile, head): S = QKᵀ per key tile, online softmax,
- *    O = O·α + PV with O in shared memory (the accumulator fragments' layout is
- *    unspecified, so rows are rescaled there); out O/l and lse = m + ln l.
+ *    O = O·α + PV with O in registers — the accumulator fragments' layout is
+ *    unspecified, so each lane learns the rows of its elements from a
+ *    fragment loaded with row numbers (same type, same layout) and scales
+ *    them by their row's α; out O/l and lse = m + ln l.
  *  - dK, dV per (key tile, KV head), over the group's heads and the query
  *    tiles that see the tile: Pᵀ = exp(scale·KQᵀ − lse), dV += Pᵀ dO,
  *    dPᵀ = V dOᵀ, dSᵀ = Pᵀ ⊙ (dPᵀ − D)·scale, dK += dSᵀ Q; accumulators stay
@@ -28,8 +30,8 @@
  *  - dQ per (query tile, head) over its key tiles: dQ += dS K.
  * D = rowsum(dO ⊙ O) comes from the row-major attention output and its
  * gradient (k_flash_dot). Masks: causal, and the sliding window (key > query
- * − window) of Mistral. Shared memory at hd = 128: ~95 KB per block, within
- * sm_86/89's 99 KB. */
+ * − window) of Mistral. Shared memory at hd = 128: 61 KB per forward block,
+ * 95 KB per backward block, within sm_86/89's 99 KB. */
 #include <math.h>
 
 #include "cuda/common.cuh"
@@ -54,9 +56,9 @@ typedef wmma::fragment<wmma::accumulator, 16, 16, 16, float> facc;
 
 template <int NF> struct fl {
     static constexpr int HDP = 16 * NF, LDB = HDP + 8 /* BF16 tile rows */, LDS = FT + 4 /* F32 score rows */,
-                         LDP = FT + 8 /* BF16 probability rows */, LDO = HDP + 4 /* F32 output rows */;
+                         LDP = FT + 8 /* BF16 probability rows */;
     static constexpr int TILE = FT * LDB * 2, SC = FT * LDS * 4, PR = FT * LDP * 2;
-    static constexpr int fwd = 2 * TILE + SC + PR + FT * LDO * 4 + 2 * FT * 4;
+    static constexpr int fwd = 2 * TILE + SC + PR + 3 * FT * 4;
     static constexpr int bwd = 4 * TILE + SC + PR + 2 * FT * 4;
 };
 
@@ -184,7 +186,7 @@ __global__ void __launch_bounds__(FTHREADS)
     bf16 *Ks = (bf16 *)smf, *Vs = Ks + FT * L::LDB;
     float *Ss = (float *)(Vs + FT * L::LDB);
     bf16 *Ps = (bf16 *)(Ss + FT * L::LDS);
-    float *Os = (float *)(Ps + FT * L::LDP), *rm = Os + FT * L::LDO, *rl = rm + FT;
+    float *rm = (float *)(Ps + FT * L::LDP), *rl = rm + FT, *ra = rl + FT; /* per row: max, sum, rescale */
     const flash_tile tl = tiles[blockIdx.x];
     const int32_t h = blockIdx.y, g = h / (nh / nkv), n = tl.n, q0 = tl.start, nq = min(FT, n - q0);
     const int tid = threadIdx.x, lane = tid & 31, w = tid >> 5;
@@ -193,13 +195,20 @@ __global__ void __launch_bounds__(FTHREADS)
 
     bf16 *Qs = (bf16 *)Ss; /* Q passes through the score buffer into registers */
     stage<NF>(Qs, Q, nq, hd, hd);
-    for (int e = tid; e < FT * L::LDO; e += FTHREADS) Os[e] = 0.0f;
     for (int r = tid; r < FT; r += FTHREADS) rm[r] = -INFINITY, rl[r] = 0.0f;
     __syncthreads();
     fa_row qf[NF];
 #pragma unroll
     for (int f = 0; f < NF; f++) wmma::load_matrix_sync(qf[f], Qs + 16 * w * L::LDB + 16 * f, L::LDB);
     __syncthreads();
+    facc o[NF], rid; /* O's 16 rows × HDP of this warp; rid: each element's row (0..15), in the same layout */
+    float *sc = Ss + 16 * w * L::LDS; /* the warp's own score rows */
+    for (int e = lane; e < 256; e += 32) sc[(e >> 4) * L::LDS + (e & 15)] = (float)(e >> 4);
+    __syncwarp();
+    wmma::load_matrix_sync(rid, sc, L::LDS, wmma::mem_row_major);
+    __syncwarp(); /* read before the first scores overwrite it */
+#pragma unroll
+    for (int f = 0; f < NF; f++) wmma::fill_fragment(o[f], 0.0f);
 
     const int32_t kbeg = first_key(q0, window) / FT * FT, kend = q0 + nq; /* key tiles */
     const int r = 16 * w + (lane >> 1), half = (lane & 1) * 32, i = q0 + r; /* this lane's row and key half */
@@ -230,29 +239,34 @@ __global__ void __launch_bounds__(FTHREADS)
             }
             sum += __shfl_xor_sync(0xffffffffu, sum, 1);
             const float alpha = mold == -INFINITY ? 0.0f : expf(mold - mnew);
-            float *orow = Os + r * L::LDO + (lane & 1) * (L::HDP / 2);
-            for (int d = 0; d < L::HDP / 2; d++) orow[d] *= alpha;
             __syncwarp(); /* both lanes of the row have read rm[r] */
-            if (!(lane & 1)) rm[r] = mnew, rl[r] = rl[r] * alpha + sum;
+            if (!(lane & 1)) rm[r] = mnew, rl[r] = rl[r] * alpha + sum, ra[r] = alpha;
         }
         __syncwarp();
         fa_row pf[FT / 16];
         load_prob_rows<NF>(pf, Ps + 16 * w * L::LDP);
+        const float *al = ra + 16 * w;
 #pragma unroll
-        for (int f = 0; f < NF; f++) { /* O (16 rows, dims 16 f..) += P V */
-            facc o;
-            float *op = Os + 16 * w * L::LDO + 16 * f;
-            wmma::load_matrix_sync(o, op, L::LDO, wmma::mem_row_major);
-            mma_prob_tile<NF>(o, pf, Vs + 16 * f);
-            wmma::store_matrix_sync(op, o, L::LDO, wmma::mem_row_major);
+        for (int f = 0; f < NF; f++) { /* O (16 rows, dims 16 f..) = O·α + P V */
+#pragma unroll
+            for (int e = 0; e < o[f].num_elements; e++) o[f].x[e] *= al[(int)rid.x[e]];
+            mma_prob_tile<NF>(o[f], pf, Vs + 16 * f);
         }
         __syncthreads(); /* K and V are restaged */
     }
+    /* O / l into the tile's rows of head h, in BF16, through the warp's own score rows */
     const int64_t qd = (int64_t)nh * hd;
-    bf16 *O = out + (int64_t)(tl.off + q0) * qd + (int64_t)h * hd; /* the tile's rows of head h */
-    for (int e = lane; e < 16 * hd; e += 32) {
-        const int rr = 16 * w + e / hd, d = e - (e / hd) * hd;
-        if (rr < nq) O[(int64_t)rr * qd + d] = __float2bfloat16(Os[rr * L::LDO + d] / rl[rr]);
+    bf16 *O = out + (int64_t)(tl.off + q0 + 16 * w) * qd + (int64_t)h * hd; /* the warp's first row */
+#pragma unroll
+    for (int f = 0; f < NF; f++) {
+        wmma::store_matrix_sync(sc, o[f], L::LDS, wmma::mem_row_major);
+        __syncwarp();
+        for (int e = lane; e < 256; e += 32) {
+            const int rr = e >> 4, d = 16 * f + (e & 15);
+            if (16 * w + rr < nq && d < hd)
+                O[(int64_t)rr * qd + d] = __float2bfloat16(sc[rr * L::LDS + (e & 15)] / rl[16 * w + rr]);
+        }
+        __syncwarp();
     }
     if (lane < 16 && 16 * w + lane < nq)
         lse[(int64_t)tl.off * nh + (int64_t)h * n + q0 + 16 * w + lane] = rm[16 * w + lane] + logf(rl[16 * w + lane]);
