@@ -12,7 +12,7 @@
 #   3. bench_gpu: the Markdown table of BENCHMARKS.md (0.5B and 7B shapes),
 #      then the 7B decode without PDL, without the decode fusions, without
 #      CUDA graphs and with split-K per 64 keys (the old default), and where the training step's time goes
-#      (PRISM_CUDA_PROFILE=1);
+#      (PRISM_CUDA_PROFILE=1), also without flash.cu and without the fused SwiGLU backward;
 #   4. LoRA training on the GPU: gradients against peft's fixtures, the
 #      trainer's tests (exact resume, ...) and routed inference with every
 #      model on the GPU;
@@ -96,10 +96,13 @@ for v in PRISM_CUDA_PDL=0 PRISM_CUDA_FUSE=0 PRISM_CUDA_GRAPHS=0 PRISM_CUDA_SPLIT
     echo "$v: $(env $v timeout 60 ./build/bench/bench_gpu --shape 7b --train 0 --runs 1 2>&1 | grep "shape:")"
 done | tee "$OUT/bench_variants.log"
 step "where LoRA training's GPU time goes (PRISM_CUDA_PROFILE=1, 8 x 512 per step; one packed pass, a pass per sequence, top-64 KL)"
-for args in "--shape 7b" "--shape 7b --train-pass 1" "--shape 7b --train-loss kl" "--shape 0.5b" "--shape 0.5b --train-pass 1"; do
+for args in "--shape 7b" "--shape 7b --train-pass 1" "--shape 7b --train-loss kl" "--shape 0.5b"; do
     echo "== bench_gpu $args"
     PRISM_CUDA_PROFILE=1 timeout 90 ./build/bench/bench_gpu $args --only train --runs 1 2>&1 | grep -E "^ |profile|\| Qwen"
 done | tee -a "$OUT/bench_variants.log"
+echo "== bench_gpu --shape 7b with SwiGLU recomputed by its own kernel for down's dA GEMM (PRISM_CUDA_FUSE=0: the baseline of tk_swiglu_bwd_da)" | tee -a "$OUT/bench_variants.log"
+PRISM_CUDA_FUSE=0 PRISM_CUDA_PROFILE=1 timeout 90 ./build/bench/bench_gpu --shape 7b --only train --runs 1 2>&1 |
+    grep -E "^ |profile|\| Qwen" | tee -a "$OUT/bench_variants.log"
 echo "== bench_gpu --shape 7b with attention by cuBLAS (PRISM_CUDA_FLASH=0: the baseline of flash.cu)" | tee -a "$OUT/bench_variants.log"
 PRISM_CUDA_FLASH=0 PRISM_CUDA_PROFILE=1 timeout 90 ./build/bench/bench_gpu --shape 7b --only train --runs 1 2>&1 |
     grep -E "^ |profile|\| Qwen" | tee -a "$OUT/bench_variants.log"

@@ -456,6 +456,25 @@ static void test_device_trainer(void) {
               L1, L2, L0, e, le);
         printf("%s sequences of %d, %d and %d tokens, one device pass == CPU: grads rel %.2e, loss rel %.2e\n",
                c1 == c2 && e < 1e-4 && le < 1e-5 ? "ok  " : "FAIL", L1, L2, L0, e, le);
+        { /* the same pass with SwiGLU recomputed by a kernel of its own and down's dA by a GEMM (PRISM_CUDA_FUSE=0,
+           * and the path of down ranks over 64) instead of tk_swiglu_bwd_da's 256-row chunks (7 here) */
+            setenv("PRISM_CUDA_FUSE", "0", 1);
+            prism_adapter *g3 = NULL;
+            train_ws *w3 = NULL;
+            if (lora_alloc_like(a1, &g3) || train_ws_new(g_model, L2, false, &w3)) die("unfused setup");
+            train_ws_set_pass_tokens(w3, LT);
+            double l3 = 0;
+            int64_t c3 = 0;
+            CHECK(train_batch_grad(w3, g_model, a1, g3, ex, 3, &l3, &c3, NULL) == PRISM_OK, "unfused: %s",
+                  prism_last_error());
+            unsetenv("PRISM_CUDA_FUSE");
+            const double e3 = adapter_rel_diff(g2, g3);
+            CHECK(e3 < 1e-4, "PRISM_CUDA_FUSE=0: grads rel %.2e", e3);
+            printf("%s the same pass with the SwiGLU backward unfused (PRISM_CUDA_FUSE=0) == CPU: grads rel %.2e\n",
+                   e3 < 1e-4 ? "ok  " : "FAIL", e3);
+            train_ws_free(w3);
+            prism_adapter_free(g3);
+        }
         train_ws_free(w1), train_ws_free(w2);
         /* two of those sequences (9 and 4 attention tiles) on a BF16 model: attention on tensor cores
          * (flash.cu, BF16 probabilities) and by cuBLAS (PRISM_CUDA_FLASH=0, TF32), both against the

@@ -82,6 +82,8 @@ struct gpu_train {
     float *hf, *rf, *dx, *dh, *y, *datt, *dgu, *hd_tmp, *ltmp, *oh, *dP;
     void *dqkv;        /* (T, qn) activation type: the q|k|v backward GEMM's input, written by tk_qkv_bwd */
     float *act;        /* (T, F) silu(gate)·up, F32 models only (BF16: in abuf); recomputed for the backward */
+    int32_t swb;       /* the SwiGLU backward computes the down projection's LoRA dA (tk_swiglu_bwd_da) */
+    float *dpart;      /* its per-chunk partial dA: (ceil(T / SWB_ROWS), r_down, F) */
     void *abuf;        /* activation-type copy of a GEMM input (T, max(H, qd, F, 2F)) */
     /* BF16 copies of LoRA's small operands, for products whose large operand is BF16 (BF16 models):
      * mid (T, 3 max_r), one B (max_r, max out), the As of a projection (3 max_r, max in), tmp (T, 3 max_r) */
@@ -459,6 +461,58 @@ template <class A> __global__ void tk_swiglu_bwd(float *dgu, bf16 *dgub, const A
     if (dgub) dgub[t * 2 * F + F + j] = __float2bfloat16(du), dgub[t * 2 * F + j] = __float2bfloat16(dg);
 }
 
+/* tk_swiglu_bwd with the down projection's LoRA dA folded in, which needs
+ * that projection's input a = silu(g)·u: recomputed here, per element, from
+ * the gate|up the pass keeps, instead of by a kernel of its own that writes a
+ * for a GEMM to read back. Rows chunk blockIdx.y (SWB_ROWS rows), a column per
+ * thread: dgu as tk_swiglu_bwd, and part[chunk][k][j] = Σ_t tmp[t][k]·a[t][j]
+ * over the chunk's rows (tmp = s·dy·B_down (T, r), 32 rows at a time in shared
+ * memory; r <= R accumulators in registers). tk_sum_parts adds the chunks into
+ * dA in a fixed order: the result does not depend on scheduling. */
+#define SWB_ROWS 256
+template <class A, int R>
+__global__ void __launch_bounds__(256)
+    tk_swiglu_bwd_da(float *dgu, bf16 *dgub, const A *__restrict__ da, const A *__restrict__ gu, int32_t F, int32_t T,
+                     const float *__restrict__ tmp, int32_t r, float *__restrict__ part) {
+    __shared__ float ts[32 * R];
+    const int32_t j = blockIdx.x * blockDim.x + threadIdx.x, c = blockIdx.y;
+    const int32_t t0 = c * SWB_ROWS, t1 = min(T, t0 + SWB_ROWS);
+    float acc[R];
+#pragma unroll
+    for (int k = 0; k < R; k++) acc[k] = 0.0f;
+    for (int32_t s0 = t0; s0 < t1; s0 += 32) {
+        const int32_t ns = min(32, t1 - s0);
+        __syncthreads(); /* the previous rows' tmp are done with */
+        for (int e = threadIdx.x; e < ns * r; e += blockDim.x) ts[(e / r) * R + e % r] = tmp[(int64_t)s0 * r + e];
+        __syncthreads();
+        if (j >= F) continue;
+        for (int32_t i = 0; i < ns; i++) {
+            const int64_t t = s0 + i;
+            const float g = ldA(gu + t * 2 * F + j), u = ldA(gu + t * 2 * F + F + j), sg = 1.0f / (1.0f + expf(-g)),
+                        d = ldA(da + t * F + j);
+            const float du = d * g * sg, dg = d * u * sg * (1.0f + g * (1.0f - sg)), a = g / (1.0f + expf(-g)) * u;
+            if (dgu) dgu[t * 2 * F + F + j] = du, dgu[t * 2 * F + j] = dg;
+            if (dgub) dgub[t * 2 * F + F + j] = __float2bfloat16(du), dgub[t * 2 * F + j] = __float2bfloat16(dg);
+#pragma unroll
+            for (int k = 0; k < R; k++)
+                if (k < r) acc[k] += ts[i * R + k] * a;
+        }
+    }
+    if (j >= F) return;
+#pragma unroll
+    for (int k = 0; k < R; k++)
+        if (k < r) part[((int64_t)c * r + k) * F + j] = acc[k];
+}
+
+/* dst[i] += Σ_c part[c·n + i], the chunks in order. */
+__global__ void tk_sum_parts(float *dst, const float *part, int32_t nc, int64_t n) {
+    for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x) {
+        float s = 0.0f;
+        for (int32_t c = 0; c < nc; c++) s += part[c * n + i];
+        dst[i] += s;
+    }
+}
+
 template <class A> __global__ void tk_to(A *dst, const float *src, int64_t n) {
     for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x)
         stA(dst + i, src[i]);
@@ -781,7 +835,8 @@ static int proj_fwd(gpu_train *t, int32_t l, const int *tg, const int64_t *col, 
 /* Its backward (lin_bwd in grad.c), dy (T, ·; ldy) -> dx (T, in) and the
  * LoRA gradients: tmp_j = s_j·dy_j·B_j into tmp (T, Σr); dB_j += s_j·dy_jᵀ·mid_j;
  * d[A_j] += tmpᵀ·x and dx = tmp·[A_j] as one GEMM each; then the frozen
- * GEMM adds dy·W onto dx. */
+ * GEMM adds dy·W onto dx. No x (both NULL): d[A_j] is left to the caller,
+ * from tmp (t->ltmp) as this leaves it. */
 static int proj_bwd(gpu_train *t, int32_t l, const int *tg, const int64_t *col, int n, const float *mid,
                     const float *x, const void *xa, int ldx, const dlin *W, const float *dy, const void *dya, int ldy,
                     void *dx, int dxbf, int32_t T, char *err, size_t errn) {
@@ -818,7 +873,7 @@ static int proj_bwd(gpu_train *t, int32_t l, const int *tg, const int64_t *col, 
         if (xb) {
             TRY(bg(t, CUBLAS_OP_N, CUBLAS_OP_T, in, rs, T, 1.0f, xb, ldx, t->lb_tmp, rs, 1.0f, t->g + m0->offA, 0, in, err,
                    errn));
-        } else {
+        } else if (x) {
             TRY(sg(t, CUBLAS_OP_N, CUBLAS_OP_T, in, rs, T, 1.0f, x, ldx, tmp, rs, 1.0f, t->g + m0->offA, in, err, errn));
         }
         if (dxbf) { /* dx in BF16: from BF16 tmp and As; the frozen GEMM then adds onto it in BF16 */
@@ -910,6 +965,16 @@ static int layer_fwd(gpu_train *t, int32_t l, tacts *A, const float *x, float *y
     return 0;
 }
 
+/* tk_swiglu_bwd_da over a pass of T rows, its accumulators sized for the rank r (<= 64: t->swb). */
+template <class A>
+static void swiglu_bwd_da(gpu_train *t, float *dgu, bf16 *dgub, const A *da, const A *gu, int32_t F, int32_t T,
+                          int32_t r) {
+    const dim3 g((F + 255) / 256, (T + SWB_ROWS - 1) / SWB_ROWS);
+    if (r <= 16) tk_swiglu_bwd_da<A, 16><<<g, 256, 0, t->s>>>(dgu, dgub, da, gu, F, T, t->ltmp, r, t->dpart);
+    else if (r <= 32) tk_swiglu_bwd_da<A, 32><<<g, 256, 0, t->s>>>(dgu, dgub, da, gu, F, T, t->ltmp, r, t->dpart);
+    else tk_swiglu_bwd_da<A, 64><<<g, 256, 0, t->s>>>(dgu, dgub, da, gu, F, T, t->ltmp, r, t->dpart);
+}
+
 /* t->dx: gradient w.r.t. the layer output on entry, w.r.t. its input x on return. */
 static int layer_bwd(gpu_train *t, int32_t l, const tacts *A, const float *x, int32_t T, char *err, size_t errn) {
     const gpu_model *m = t->m;
@@ -923,16 +988,27 @@ static int layer_bwd(gpu_train *t, int32_t l, const tacts *A, const float *x, in
     prof_mark(t, TP_OTHER);
     dim3 gs((F + 255) / 256, T);
     bf16 *actb = m->f32 ? NULL : (bf16 *)t->abuf; /* read by LoRA's dA before the frozen GEMM's input replaces it */
-    if (mod_of(t, l, LT_DOWN)) { /* its input, silu(gate)·up, again */
+    const tmod *mdn = mod_of(t, l, LT_DOWN);
+    const int swb = mdn && t->swb; /* down's dA by the SwiGLU backward, from silu(gate)·up made on the fly */
+    if (mdn && !swb) { /* its input, silu(gate)·up, again */
         if (m->f32) tk_swiglu_fwd<float><<<gs, 256, 0, t->s>>>(t->act, (bf16 *)NULL, (const float *)A->gu, F);
         else tk_swiglu_fwd<bf16><<<gs, 256, 0, t->s>>>((float *)NULL, actb, (const bf16 *)A->gu, F);
         prof_mark(t, TP_ELT_B);
     }
     /* da = d silu(gate)·up: BF16 on BF16 models, as is dgu, which only GEMMs read there */
-    TRY(proj_bwd(t, l, TD, C0, 1, A->mid[2], t->act, actb, F, &L->wd, dx, NULL, H, da, !m->f32, T, err, errn));
+    TRY(proj_bwd(t, l, TD, C0, 1, A->mid[2], swb ? NULL : t->act, swb ? NULL : actb, F, &L->wd, dx, NULL, H, da,
+                 !m->f32, T, err, errn));
     bf16 *dgub = m->f32 ? NULL : (bf16 *)t->abuf; /* the gate|up backward GEMM's input, written by the kernel */
-    if (m->f32) tk_swiglu_bwd<float><<<gs, 256, 0, t->s>>>(t->dgu, dgub, (const float *)da, (const float *)A->gu, F);
-    else tk_swiglu_bwd<bf16><<<gs, 256, 0, t->s>>>((float *)NULL, dgub, (const bf16 *)da, (const bf16 *)A->gu, F);
+    if (swb) {
+        const int32_t r = mdn->r, nc = (T + SWB_ROWS - 1) / SWB_ROWS;
+        if (m->f32) swiglu_bwd_da<float>(t, t->dgu, dgub, (const float *)da, (const float *)A->gu, F, T, r);
+        else swiglu_bwd_da<bf16>(t, (float *)NULL, dgub, (const bf16 *)da, (const bf16 *)A->gu, F, T, r);
+        tk_sum_parts<<<grid_for((int64_t)r * F), 256, 0, t->s>>>(t->g + mdn->offA, t->dpart, nc, (int64_t)r * F);
+    } else if (m->f32) {
+        tk_swiglu_bwd<float><<<gs, 256, 0, t->s>>>(t->dgu, dgub, (const float *)da, (const float *)A->gu, F);
+    } else {
+        tk_swiglu_bwd<bf16><<<gs, 256, 0, t->s>>>((float *)NULL, dgub, (const bf16 *)da, (const bf16 *)A->gu, F);
+    }
     prof_mark(t, TP_ELT_B);
     TRY(proj_bwd(t, l, TGU, CGU, 2, A->mid[1], f32_of(t, A->h2), A->h2, H, &L->wgu, t->dgu, dgub, 2 * F, t->dh, 0, T,
                  err, errn));
@@ -1088,6 +1164,15 @@ static int train_new(gpu_model *m, const gpu_lora_desc *mods, int32_t max_tokens
     }
     const int64_t T = max_tokens, S = max_seq, H = m->H, hd = m->hd, nh = m->nh, nkv = m->nkv, F = m->F, V = m->V,
                   qd = nh * hd, kvd = nkv * hd, qn = qd + 2 * kvd, f = 4;
+    int32_t r_down = 0; /* the largest rank of an adapted down projection */
+    for (int32_t l = 0; l < m->n_layers; l++) {
+        const int32_t r = t->mods[l * LT_N + LT_DOWN].r;
+        r_down = r > r_down ? r : r_down;
+    }
+    { /* PRISM_CUDA_FUSE=0 (read when the session starts): SwiGLU recomputed by its own kernel for a dA GEMM */
+        const char *e = getenv("PRISM_CUDA_FUSE");
+        t->swb = r_down > 0 && r_down <= 64 && !(e && *e == '0');
+    }
     cudaError_t ce = cudaStreamCreateWithFlags(&t->s, cudaStreamNonBlocking);
     if (ce != cudaSuccess) {
         train_free(t);
@@ -1129,6 +1214,7 @@ static int train_new(gpu_model *m, const gpu_lora_desc *mods, int32_t max_tokens
             TA2(t->dP, nh * S * S * f);
         }
         if (m->f32) TA2(t->act, T * F * f); /* BF16 models keep silu(gate)·up in BF16 only (abuf) */
+        if (t->swb) TA2(t->dpart, (T + SWB_ROWS - 1) / SWB_ROWS * r_down * F * f);
         int64_t aw = wide > F ? wide : F;
         aw = aw > qd ? aw : qd;
         TA2(t->abuf, T * aw * (int64_t)m->asz);
