@@ -81,6 +81,7 @@ struct gpu_train {
     int n_acts;
     float *hf, *rf, *dx, *dh, *y, *datt, *dgu, *hd_tmp, *ltmp, *oh, *dP;
     void *dqkv;        /* (T, qn) activation type: the q|k|v backward GEMM's input, written by tk_qkv_bwd */
+    bf16 *dxb;         /* (T, H) BF16 copy of dx, written by tk_norm_bwd (BF16 models; else NULL) */
     float *act;        /* (T, F) silu(gate)·up, F32 models only (BF16: in abuf); recomputed for the backward */
     int32_t swb;       /* the SwiGLU backward computes the down projection's LoRA dA (tk_swiglu_bwd_da) */
     float *dpart;      /* its per-chunk partial dA: (ceil(T / SWB_ROWS), r_down, F) */
@@ -189,22 +190,24 @@ template <class A> __global__ void tk_norm_fwd(A *h, float *r, const float *x, c
     if (threadIdx.x == 0) r[i] = rr;
 }
 
-/* RMSNorm backward over rows of n values: row (t, h) at t·ld + col0 + h·n in
- * dy / out, t·ldx + h·n in x, r[t·nh + h]. out = (acc ? out : 0) + r·dy·w − c·x,
- * c = r³·Σ(dy·w·x)/n. out may alias dy. One block per row. */
-__global__ void tk_norm_bwd(float *out, const float *dy, const float *x, const float *w, const float *r, int32_t n,
-                            int32_t nh, int64_t ld, int64_t col0, int64_t ldx, int acc) {
+/* RMSNorm backward, rows of H: dx = (acc ? dx : 0) + r·dy·w − c·x with
+ * c = r³·Σ(dy·w·x)/H — the residual stream's gradient — and, with dxb, its
+ * BF16 copy: the next projection backward's input (its frozen GEMM and its
+ * LoRA) as is. One block per row. */
+__global__ void tk_norm_bwd(float *dx, bf16 *dxb, const float *dy, const float *x, const float *w, const float *r,
+                            int32_t H, int acc) {
     __shared__ float red[32];
-    const int64_t row = blockIdx.x, t = row / nh, h = row % nh;
-    const float *dyr = dy + t * ld + col0 + h * n, *xr = x + t * ldx + h * n;
-    float *o = out + t * ld + col0 + h * n;
-    const float rr = r[row];
+    const int64_t t = blockIdx.x;
+    const float *dyr = dy + t * H, *xr = x + t * H;
+    float *o = dx + t * H;
+    const float rr = r[t];
     float dot = 0.0f;
-    for (int32_t j = threadIdx.x; j < n; j += blockDim.x) dot += dyr[j] * w[j] * xr[j];
-    const float c = rr * rr * rr * block_sum(dot, red) / (float)n;
-    for (int32_t j = threadIdx.x; j < n; j += blockDim.x) {
-        const float v = rr * dyr[j] * w[j] - c * xr[j];
-        o[j] = acc ? o[j] + v : v;
+    for (int32_t j = threadIdx.x; j < H; j += blockDim.x) dot += dyr[j] * w[j] * xr[j];
+    const float c = rr * rr * rr * block_sum(dot, red) / (float)H;
+    for (int32_t j = threadIdx.x; j < H; j += blockDim.x) {
+        const float v = rr * dyr[j] * w[j] - c * xr[j], d = acc ? o[j] + v : v;
+        o[j] = d;
+        if (dxb) dxb[t * H + j] = __float2bfloat16(d);
     }
 }
 
@@ -987,7 +990,7 @@ static int layer_bwd(gpu_train *t, int32_t l, const tacts *A, const float *x, in
     /* MLP */
     prof_mark(t, TP_OTHER);
     dim3 gs((F + 255) / 256, T);
-    bf16 *actb = m->f32 ? NULL : (bf16 *)t->abuf; /* read by LoRA's dA before the frozen GEMM's input replaces it */
+    bf16 *actb = m->f32 ? NULL : (bf16 *)t->abuf; /* silu(gate)·up again, for down's dA GEMM (unfused path) */
     const tmod *mdn = mod_of(t, l, LT_DOWN);
     const int swb = mdn && t->swb; /* down's dA by the SwiGLU backward, from silu(gate)·up made on the fly */
     if (mdn && !swb) { /* its input, silu(gate)·up, again */
@@ -996,7 +999,7 @@ static int layer_bwd(gpu_train *t, int32_t l, const tacts *A, const float *x, in
         prof_mark(t, TP_ELT_B);
     }
     /* da = d silu(gate)·up: BF16 on BF16 models, as is dgu, which only GEMMs read there */
-    TRY(proj_bwd(t, l, TD, C0, 1, A->mid[2], swb ? NULL : t->act, swb ? NULL : actb, F, &L->wd, dx, NULL, H, da,
+    TRY(proj_bwd(t, l, TD, C0, 1, A->mid[2], swb ? NULL : t->act, swb ? NULL : actb, F, &L->wd, dx, t->dxb, H, da,
                  !m->f32, T, err, errn));
     bf16 *dgub = m->f32 ? NULL : (bf16 *)t->abuf; /* the gate|up backward GEMM's input, written by the kernel */
     if (swb) {
@@ -1012,11 +1015,11 @@ static int layer_bwd(gpu_train *t, int32_t l, const tacts *A, const float *x, in
     prof_mark(t, TP_ELT_B);
     TRY(proj_bwd(t, l, TGU, CGU, 2, A->mid[1], f32_of(t, A->h2), A->h2, H, &L->wgu, t->dgu, dgub, 2 * F, t->dh, 0, T,
                  err, errn));
-    tk_norm_bwd<<<T, 256, 0, t->s>>>(dx, t->dh, A->xmid, L->ffn_norm, A->r2, H, 1, H, 0, H, 1);
+    tk_norm_bwd<<<T, 256, 0, t->s>>>(dx, t->dxb, t->dh, A->xmid, L->ffn_norm, A->r2, H, 1);
     prof_mark(t, TP_ELT_B);
     /* attention */
     TRY(proj_bwd(t, l, TO, C0, 1, A->mid[0] + (int64_t)3 * t->max_r * T, f32_of(t, A->att), A->att, (int)qd, &L->wo,
-                 dx, NULL, H, t->datt, 0, T, err, errn));
+                 dx, t->dxb, H, t->datt, 0, T, err, errn));
     const int32_t *so = t->d_sofs, *sl = t->d_slen;
     float *dqh = t->hd_tmp;                                                  /* head-major, T rows each */
     float *dkh = dqh + qd * T, *dvh = dkh + kvd * T;
@@ -1057,7 +1060,7 @@ static int layer_bwd(gpu_train *t, int32_t l, const tacts *A, const float *x, in
     prof_mark(t, TP_ATT_B);
     TRY(proj_bwd(t, l, TQKV, CQKV, 3, A->mid[0], f32_of(t, A->h1), A->h1, H, &L->wqkv, f32_of(t, t->dqkv), t->dqkv,
                  (int)qn, t->dh, 0, T, err, errn));
-    tk_norm_bwd<<<T, 256, 0, t->s>>>(dx, t->dh, x, L->attn_norm, A->r1, H, 1, H, 0, H, 1);
+    tk_norm_bwd<<<T, 256, 0, t->s>>>(dx, t->dxb, t->dh, x, L->attn_norm, A->r1, H, 1);
     prof_mark(t, TP_ELT_B);
     return 0;
 }
@@ -1205,6 +1208,7 @@ static int train_new(gpu_model *m, const gpu_lora_desc *mods, int32_t max_tokens
         TA2(t->hf, T * H * f); TA2(t->rf, T * f); TA2(t->dx, T * H * f); TA2(t->dh, T * H * f);
         TA2(t->y, T * wide * f); TA2(t->datt, T * qd * f); TA2(t->dqkv, T * qn * (int64_t)m->asz);
         if (m->f32) TA2(t->dgu, T * 2 * F * f); /* BF16 models: dgu in BF16 only (abuf) */
+        else TA2(t->dxb, T * H * 2);
         TA2(t->hd_tmp, T * hdt * f); TA2(t->ltmp, T * 3 * (t->max_r ? t->max_r : 1) * f);
         if (!t->flash) TA2(t->oh, T * qd * f); /* head-major O, then dO: the cuBLAS path */
         if (t->flash) {
@@ -1485,7 +1489,7 @@ static int train_batch(gpu_train *t, const gpu_train_example *exs, int32_t n_ex,
     if (t->prof) t->prof->examples += n_ex;
     if (t->first_adapted < L) {
         /* backward */
-        tk_norm_bwd<<<T, 256, 0, t->s>>>(t->dx, t->dh, xl, m->final_norm, t->rf, H, 1, H, 0, H, 0);
+        tk_norm_bwd<<<T, 256, 0, t->s>>>(t->dx, t->dxb, t->dh, xl, m->final_norm, t->rf, H, 0);
         prof_mark(t, TP_EMBED_NORM);
         for (int32_t l = L - 1; l >= t->first_adapted; l--) {
             tacts *A = &t->acts[t->recompute ? 0 : l];
