@@ -73,6 +73,7 @@ struct gpu_train {
     int32_t n_ftiles;
     float *Drow;       /* (nh, T) rowsum(dO ⊙ O), head-major: the flash backward */
     int32_t loss_rows; /* min(T_max, LOSS_ROWS) */
+    int32_t lm_split;  /* the LM head's backward GEMM in this many vocabulary slices (partials in drows) */
     tmod *mods;
     int64_t n_params;
     float *p, *g, *m1, *m2;
@@ -521,10 +522,16 @@ template <class A> __global__ void tk_to(A *dst, const float *src, int64_t n) {
         stA(dst + i, src[i]);
 }
 
-/* dst[rows[j]] += src[j]; rows may repeat (KL positions can), hence atomics. */
-__global__ void tk_scatter_add(float *dst, const float *src, const int32_t *rows, int32_t H) {
+/* dst[rows[j]] += Σ_b src[b·n + j] over the np partial products (the LM
+ * head's backward, split over the vocabulary), summed in order; rows may
+ * repeat (KL positions can), hence atomics. */
+__global__ void tk_scatter_add(float *dst, const float *src, const int32_t *rows, int32_t H, int32_t n, int32_t np) {
     const int64_t j = blockIdx.x, r = rows[j];
-    for (int32_t k = threadIdx.x; k < H; k += blockDim.x) atomicAdd(&dst[r * H + k], src[j * H + k]);
+    for (int32_t k = threadIdx.x; k < H; k += blockDim.x) {
+        float v = 0.0f;
+        for (int32_t b = 0; b < np; b++) v += src[((int64_t)b * n + j) * H + k];
+        atomicAdd(&dst[r * H + k], v);
+    }
 }
 
 /* Loss of one logits row and its gradient (dlogits row fully written: CE
@@ -548,16 +555,17 @@ __global__ void tk_loss(const float *logits, float *dl, bf16 *dlb, double *row_l
         __syncthreads();
         mx = -INFINITY;
         for (int k = 0; k < nw; k++) mx = fmaxf(mx, fred[k]);
-        double sum = 0;
-        for (int32_t v = threadIdx.x; v < V; v += blockDim.x) sum += exp((double)lg[v] - mx);
+        double sum = 0; /* F32 exponentials (one ulp; double ones are slow where FP64 is, on consumer GPUs), summed in F64 */
+        for (int32_t v = threadIdx.x; v < V; v += blockDim.x) sum += (double)expf(lg[v] - mx);
         for (int o = 16; o > 0; o >>= 1) sum += __shfl_xor_sync(0xffffffffu, sum, o);
         if (lane == 0) dred[w] = sum;
         __syncthreads();
         sum = 0;
         for (int k = 0; k < nw; k++) sum += dred[k];
         const int32_t label = labels[rows[i] + 1];
+        const float inv = (float)(1.0 / sum);
         for (int32_t v = threadIdx.x; v < V; v += blockDim.x) {
-            const float g = (float)(exp((double)lg[v] - mx) / sum) - (v == label ? 1.0f : 0.0f);
+            const float g = expf(lg[v] - mx) * inv - (v == label ? 1.0f : 0.0f);
             if (dlb) dlb[i * V + v] = __float2bfloat16(g);
             else d[v] = g;
         }
@@ -1232,7 +1240,16 @@ static int train_new(gpu_model *m, const gpu_lora_desc *mods, int32_t max_tokens
         }
         const int64_t lr = t->loss_rows;
         TA2(t->logits, lr * V * f); TA2(t->dlogits, lr * V * f);
-        TA2(t->drows, lr * H * f);
+        { /* dh = dlogits·W_lm has a small output (loss rows × H) and K = V: split over V so that the partial
+           * products fill the GPU (~2 tiles of 128 × 128 per SM), summed in order by tk_scatter_add */
+            const int64_t tiles = ((H + 127) / 128) * ((lr + 127) / 128);
+            t->lm_split = 1;
+            while (t->lm_split < 8 && tiles * t->lm_split < 2 * (int64_t)m->n_sm && V / (2 * t->lm_split) >= 1024)
+                t->lm_split *= 2;
+            const char *e = getenv("PRISM_CUDA_LM_SPLIT"); /* A/B measurements and tests: this many slices */
+            if (e && atoi(e) >= 1 && atoi(e) <= 64 && atoi(e) <= V) t->lm_split = atoi(e);
+        }
+        TA2(t->drows, t->lm_split * lr * H * f);
         TA2(t->hrows, lr * (V > H ? V : H) * (int64_t)m->asz);
         TA2(t->row_loss, T * 8); TA2(t->norm_part, 1024 * 8);
         TA2(t->d_tok, T * 4 * 4); /* tokens | labels | sofs | slen */
@@ -1323,9 +1340,18 @@ static int loss_chunk(gpu_train *t, int32_t r0, int32_t n, int32_t kind, int32_t
         tk_to<bf16><<<1024, 256, 0, t->s>>>((bf16 *)t->hrows, t->dlogits, (int64_t)n * V);
         dl = t->hrows;
     }
-    BL(cublasGemmEx(t->blas, CUBLAS_OP_N, CUBLAS_OP_N, H, n, V, &ONE, m->lm_head, at, H, dl, at, V, &ZERO, t->drows,
-                    CUDA_R_32F, H, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
-    tk_scatter_add<<<n, 256, 0, t->s>>>(dhf, t->drows, rows, H);
+    /* drows_b (H, n) = W_lm[V_b]ᵀ·dlogits[V_b] for vocabulary slices b of V / lm_split (the last one longer) */
+    const int32_t ns = t->lm_split, vs = V / ns;
+    const size_t es = m->f32 ? 4 : 2;
+    if (ns > 1)
+        BL(cublasGemmStridedBatchedEx(t->blas, CUBLAS_OP_N, CUBLAS_OP_N, H, n, vs, &ONE, m->lm_head, at, H,
+                                      (long long)vs * H, dl, at, V, vs, &ZERO, t->drows, CUDA_R_32F, H,
+                                      (long long)n * H, ns - 1, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+    const int64_t v0 = (int64_t)(ns - 1) * vs;
+    BL(cublasGemmEx(t->blas, CUBLAS_OP_N, CUBLAS_OP_N, H, n, V - (int32_t)v0, &ONE, (const char *)m->lm_head + v0 * H * es,
+                    at, H, (const char *)dl + v0 * es, at, V, &ZERO, t->drows + (int64_t)(ns - 1) * n * H, CUDA_R_32F, H,
+                    CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+    tk_scatter_add<<<n, 256, 0, t->s>>>(dhf, t->drows, rows, H, n, ns);
     return 0;
 }
 
