@@ -191,6 +191,26 @@ template <class A> __global__ void tk_norm_fwd(A *h, float *r, const float *x, c
     if (threadIdx.x == 0) r[i] = rr;
 }
 
+/* The residual add and the next RMSNorm in one pass: out = a + b (+ bias),
+ * h = rmsnorm(out)·w, r = 1/rms; one block per row (the row read back by its
+ * own threads, from cache, not from memory). */
+template <class A>
+__global__ void tk_add_norm(float *out, A *h, float *r, const float *a, const float *b, const float *bias,
+                            const float *w, int32_t H, float eps) {
+    __shared__ float red[32];
+    const int64_t i = blockIdx.x;
+    float *o = out + i * H;
+    float ss = 0.0f;
+    for (int32_t j = threadIdx.x; j < H; j += blockDim.x) {
+        const float v = a[i * H + j] + b[i * H + j] + (bias ? bias[j] : 0.0f);
+        o[j] = v;
+        ss += v * v;
+    }
+    const float rr = 1.0f / sqrtf(block_sum(ss, red) / (float)H + eps);
+    for (int32_t j = threadIdx.x; j < H; j += blockDim.x) stA(h + i * H + j, w[j] * (o[j] * rr));
+    if (threadIdx.x == 0) r[i] = rr;
+}
+
 /* RMSNorm backward, rows of H: dx = (acc ? dx : 0) + r·dy·w − c·x with
  * c = r³·Σ(dy·w·x)/H — the residual stream's gradient — and, with dxb, its
  * BF16 copy: the next projection backward's input (its frozen GEMM and its
@@ -952,9 +972,10 @@ static int layer_fwd(gpu_train *t, int32_t l, tacts *A, const float *x, float *y
     prof_mark(t, TP_ATT_F);
     TRY(proj_fwd(t, l, TO, C0, 1, A->mid[0] + (int64_t)3 * t->max_r * T, f32_of(t, A->att), A->att, (int)qd, &L->wo,
                  t->y, 0, H, T, err, errn));
-    tk_add<<<grid_for((int64_t)T * H), 256, 0, t->s>>>(A->xmid, x, t->y, L->bo, (int64_t)T * H, H);
-    if (m->f32) tk_norm_fwd<float><<<T, 256, 0, t->s>>>((float *)A->h2, A->r2, A->xmid, L->ffn_norm, H, m->eps);
-    else tk_norm_fwd<bf16><<<T, 256, 0, t->s>>>((bf16 *)A->h2, A->r2, A->xmid, L->ffn_norm, H, m->eps);
+    if (m->f32)
+        tk_add_norm<float><<<T, 256, 0, t->s>>>(A->xmid, (float *)A->h2, A->r2, x, t->y, L->bo, L->ffn_norm, H, m->eps);
+    else
+        tk_add_norm<bf16><<<T, 256, 0, t->s>>>(A->xmid, (bf16 *)A->h2, A->r2, x, t->y, L->bo, L->ffn_norm, H, m->eps);
     prof_mark(t, TP_ELT_F);
     /* gate | up in the activation type: BF16 halves the traffic of the layer's widest tensor (written, read back
      * by the GEMM epilogue, by SwiGLU, its recomputation and its backward) */
