@@ -456,43 +456,35 @@ static void test_device_trainer(void) {
               L1, L2, L0, e, le);
         printf("%s sequences of %d, %d and %d tokens, one device pass == CPU: grads rel %.2e, loss rel %.2e\n",
                c1 == c2 && e < 1e-4 && le < 1e-5 ? "ok  " : "FAIL", L1, L2, L0, e, le);
-        { /* the same pass with SwiGLU recomputed by a kernel of its own and down's dA by a GEMM (PRISM_CUDA_FUSE=0,
-           * and the path of down ranks over 64) instead of tk_swiglu_bwd_da's 256-row chunks (7 here) */
-            setenv("PRISM_CUDA_FUSE", "0", 1);
-            prism_adapter *g3 = NULL;
-            train_ws *w3 = NULL;
-            if (lora_alloc_like(a1, &g3) || train_ws_new(g_model, L2, false, &w3)) die("unfused setup");
-            train_ws_set_pass_tokens(w3, LT);
-            double l3 = 0;
-            int64_t c3 = 0;
-            CHECK(train_batch_grad(w3, g_model, a1, g3, ex, 3, &l3, &c3, NULL) == PRISM_OK, "unfused: %s",
-                  prism_last_error());
-            unsetenv("PRISM_CUDA_FUSE");
-            const double e3 = adapter_rel_diff(g2, g3);
-            CHECK(e3 < 1e-4, "PRISM_CUDA_FUSE=0: grads rel %.2e", e3);
-            printf("%s the same pass with the SwiGLU backward unfused (PRISM_CUDA_FUSE=0) == CPU: grads rel %.2e\n",
-                   e3 < 1e-4 ? "ok  " : "FAIL", e3);
-            train_ws_free(w3);
-            prism_adapter_free(g3);
-        }
-        { /* and with the LM head's backward GEMM split over the vocabulary: 3 slices of 170, 170 and 172 (a
-           * large vocabulary splits by itself; this one's 512 would not) */
-            setenv("PRISM_CUDA_LM_SPLIT", "3", 1);
-            prism_adapter *g3 = NULL;
-            train_ws *w3 = NULL;
-            if (lora_alloc_like(a1, &g3) || train_ws_new(g_model, L2, false, &w3)) die("LM split setup");
-            train_ws_set_pass_tokens(w3, LT);
-            double l3 = 0;
-            int64_t c3 = 0;
-            CHECK(train_batch_grad(w3, g_model, a1, g3, ex, 3, &l3, &c3, NULL) == PRISM_OK, "LM split: %s",
-                  prism_last_error());
-            unsetenv("PRISM_CUDA_LM_SPLIT");
-            const double e3 = adapter_rel_diff(g2, g3), le3 = fabs(l3 - l2) / l2;
-            CHECK(e3 < 1e-4 && le3 < 1e-5, "PRISM_CUDA_LM_SPLIT=3: grads rel %.2e, loss rel %.2e", e3, le3);
-            printf("%s the same pass with the LM head's backward in 3 vocabulary slices == CPU: grads rel %.2e\n",
-                   e3 < 1e-4 && le3 < 1e-5 ? "ok  " : "FAIL", e3);
-            train_ws_free(w3);
-            prism_adapter_free(g3);
+        { /* the first sequence alone (520 tokens: three of tk_swiglu_bwd_da's 256-row chunks, the last one
+           * partial) with SwiGLU recomputed by a kernel of its own and down's dA by a GEMM (PRISM_CUDA_FUSE=0,
+           * and the path of down ranks over 64), then with the LM head's backward GEMM in 3 vocabulary slices
+           * of 170, 170 and 172 (a large vocabulary splits by itself; this one's 512 would not) */
+            prism_adapter *gr = NULL;
+            double lr = 0;
+            int64_t cr = 0;
+            if (lora_alloc_like(a2, &gr)) die("reference setup");
+            CHECK(train_batch_grad(w2, cpu, a2, gr, ex, 1, &lr, &cr, NULL) == PRISM_OK, "cpu: %s", prism_last_error());
+            const char *var[2][3] = {{"PRISM_CUDA_FUSE", "0", "the SwiGLU backward unfused (PRISM_CUDA_FUSE=0)"},
+                                     {"PRISM_CUDA_LM_SPLIT", "3", "the LM head's backward in 3 vocabulary slices"}};
+            for (int v = 0; v < 2; v++) {
+                setenv(var[v][0], var[v][1], 1);
+                prism_adapter *g3 = NULL;
+                train_ws *w3 = NULL;
+                if (lora_alloc_like(a1, &g3) || train_ws_new(g_model, L1, false, &w3)) die("variant setup");
+                double l3 = 0;
+                int64_t c3 = 0;
+                CHECK(train_batch_grad(w3, g_model, a1, g3, ex, 1, &l3, &c3, NULL) == PRISM_OK, "%s: %s", var[v][2],
+                      prism_last_error());
+                unsetenv(var[v][0]);
+                const double e3 = adapter_rel_diff(gr, g3), le3 = fabs(l3 - lr) / lr;
+                CHECK(e3 < 1e-4 && le3 < 1e-5, "%s: grads rel %.2e, loss rel %.2e", var[v][2], e3, le3);
+                printf("%s %d tokens with %s == CPU: grads rel %.2e\n", e3 < 1e-4 && le3 < 1e-5 ? "ok  " : "FAIL", L1,
+                       var[v][2], e3);
+                train_ws_free(w3);
+                prism_adapter_free(g3);
+            }
+            prism_adapter_free(gr);
         }
         train_ws_free(w1), train_ws_free(w2);
         /* two of those sequences (9 and 4 attention tiles) on a BF16 model: attention on tensor cores
@@ -561,6 +553,29 @@ static void test_device_trainer(void) {
             prism_adapter_free(pd), prism_adapter_free(pc), prism_adapter_free(gd), prism_adapter_free(gc);
         }
         prism_model_free(fast);
+        /* ranks 20 and 40 (F32, the 200-token sequence): tk_swiglu_bwd_da's 32- and 64-accumulator forms (r = 2
+         * above takes the 16) */
+        for (int32_t rk = 20; rk <= 40; rk += 20) {
+            prism_lora_params rp = lp;
+            rp.r = rk;
+            prism_adapter *pd = NULL, *pc = NULL, *gd = NULL, *gc = NULL;
+            train_ws *wd = NULL, *wc = NULL;
+            if (prism_adapter_new(g_model, rp, &pd) || prism_adapter_new(cpu, rp, &pc) || lora_alloc_like(pd, &gd) ||
+                lora_alloc_like(pc, &gc) || train_ws_new(g_model, L0, false, &wd) || train_ws_new(cpu, L0, true, &wc))
+                die("rank setup");
+            same_nonzero_b(pd, pc, 3, 7);
+            double ld = 0, lc = 0;
+            int64_t cd = 0, cc = 0;
+            CHECK(train_batch_grad(wd, g_model, pd, gd, ex + 2, 1, &ld, &cd, NULL) == PRISM_OK, "rank %d: %s", rk,
+                  prism_last_error());
+            CHECK(train_batch_grad(wc, cpu, pc, gc, ex + 2, 1, &lc, &cc, NULL) == PRISM_OK, "cpu rank %d: %s", rk,
+                  prism_last_error());
+            const double er = adapter_rel_diff(gc, gd);
+            CHECK(er < 1e-4, "rank %d: grads vs CPU rel %.2e", rk, er);
+            printf("%s rank %d, %d tokens: device grads == CPU, rel %.2e\n", er < 1e-4 ? "ok  " : "FAIL", rk, L0, er);
+            train_ws_free(wd), train_ws_free(wc);
+            prism_adapter_free(pd), prism_adapter_free(pc), prism_adapter_free(gd), prism_adapter_free(gc);
+        }
         prism_adapter_free(a1), prism_adapter_free(a2), prism_adapter_free(g1), prism_adapter_free(g2);
         free(tok), free(lab);
     }
