@@ -513,6 +513,24 @@ static void test_device_trainer(void) {
             train_ws_free(wf);
             unsetenv("PRISM_CUDA_FLASH");
         }
+        { /* LoRA's dA and dB GEMMs split over the pass's rows (two slices of 360 here) against unsplit
+           * (PRISM_CUDA_LORA_SPLIT=0): the same sums in another order */
+            setenv("PRISM_CUDA_LORA_SPLIT", "0", 1);
+            prism_adapter *gu = NULL;
+            train_ws *wu = NULL;
+            if (lora_alloc_like(a1, &gu) || train_ws_new(fast, L1, false, &wu)) die("unsplit setup");
+            train_ws_set_pass_tokens(wu, L1 + L0);
+            double l = 0;
+            int64_t c = 0;
+            CHECK(train_batch_grad(wu, fast, a1, gu, ex2, 2, &l, &c, NULL) == PRISM_OK, "unsplit: %s", prism_last_error());
+            unsetenv("PRISM_CUDA_LORA_SPLIT");
+            const double es = adapter_rel_diff(gu, gf[0]);
+            CHECK(es < 1e-4, "BF16 pass, LoRA's dA/dB split over rows vs not: grads rel %.2e", es);
+            printf("%s BF16 pass: LoRA's dA and dB split over the rows == unsplit (PRISM_CUDA_LORA_SPLIT=0): rel %.2e\n",
+                   es < 1e-4 ? "ok  " : "FAIL", es);
+            train_ws_free(wu);
+            prism_adapter_free(gu);
+        }
         train_ws_free(wcpu);
         prism_adapter_free(gcpu);
         const double ev = adapter_rel_diff(gf[1], gf[0]);

@@ -74,6 +74,8 @@ struct gpu_train {
     float *Drow;       /* (nh, T) rowsum(dO ⊙ O), head-major: the flash backward */
     int32_t loss_rows; /* min(T_max, LOSS_ROWS) */
     int32_t lm_split;  /* the LM head's backward GEMM in this many vocabulary slices (partials in drows) */
+    int32_t lora_split; /* LoRA's dA and dB GEMMs may split their K = T (bg_acc_t; PRISM_CUDA_LORA_SPLIT=0: never) */
+    float *lpart;      /* their partial products: 8 × the largest dA or dB */
     tmod *mods;
     int64_t n_params;
     float *p, *g, *m1, *m2;
@@ -749,6 +751,28 @@ static int bg(gpu_train *t, cublasOperation_t oa, cublasOperation_t ob, int m, i
     return 0;
 }
 
+/* C (m × n, F32, ld m) += alpha·A·Bᵀ over K = T (A: m × T at lda, B: n × T at ldb, BF16; column-major as
+ * cuBLAS sees them): LoRA's dA and dB, whose outputs are small (r × out, in × Σr) and whose K is a pass's
+ * rows. Where the output alone gives the GPU under two tiles of 128 × 128 per SM, K is split into s (a power
+ * of two, up to 8, slices of at least 256 rows): partial products into t->lpart, summed in order into C. */
+static int bg_acc_t(gpu_train *t, int m, int n, int T, float alpha, const bf16 *A, int lda, const bf16 *B, int ldb,
+                    float *C, char *err, size_t errn) {
+    int s = 1;
+    const int64_t tiles = (int64_t)((m + 127) / 128) * ((n + 127) / 128);
+    while (t->lora_split && s < 8 && tiles * s < 2 * (int64_t)t->m->n_sm && T / (2 * s) >= 256) s *= 2;
+    if (s == 1) return bg(t, CUBLAS_OP_N, CUBLAS_OP_T, m, n, T, alpha, A, lda, B, ldb, 1.0f, C, 0, m, err, errn);
+    const int ts = T / s;
+    BL(cublasGemmStridedBatchedEx(t->blas, CUBLAS_OP_N, CUBLAS_OP_T, m, n, ts, &alpha, A, CUDA_R_16BF, lda,
+                                  (long long)ts * lda, B, CUDA_R_16BF, ldb, (long long)ts * ldb, &ZERO, t->lpart,
+                                  CUDA_R_32F, m, (long long)m * n, s - 1, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+    const int64_t t0 = (int64_t)(s - 1) * ts; /* the last slice takes the remainder */
+    BL(cublasGemmEx(t->blas, CUBLAS_OP_N, CUBLAS_OP_T, m, n, T - (int)t0, &alpha, A + t0 * lda, CUDA_R_16BF, lda,
+                    B + t0 * ldb, CUDA_R_16BF, ldb, &ZERO, t->lpart + (int64_t)(s - 1) * m * n, CUDA_R_32F, m,
+                    CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+    tk_sum_parts<<<grid_for((int64_t)m * n), 256, 0, t->s>>>(C, t->lpart, s, (int64_t)m * n);
+    return 0;
+}
+
 /* n floats into BF16 (LoRA's small operands). */
 static void to_bf(gpu_train *t, bf16 *dst, const float *src, int64_t n) {
     tk_to<bf16><<<grid_for(n), 256, 0, t->s>>>(dst, src, n);
@@ -888,8 +912,8 @@ static int proj_bwd(gpu_train *t, int32_t l, const int *tg, const int64_t *col, 
                 to_bf(t, t->lb_B, B, (int64_t)md[j]->r * md[j]->out);
                 TRY(bg(t, CUBLAS_OP_N, CUBLAS_OP_N, md[j]->r, T, md[j]->out, md[j]->scale, t->lb_B, md[j]->r,
                        dyb + col[j], ldy, 0.0f, tmp + c, 0, rs, err, errn));
-                TRY(bg(t, CUBLAS_OP_N, CUBLAS_OP_T, md[j]->r, md[j]->out, T, md[j]->scale, t->lb_mid + c, rs,
-                       dyb + col[j], ldy, 1.0f, t->g + md[j]->offB, 0, md[j]->r, err, errn));
+                TRY(bg_acc_t(t, md[j]->r, md[j]->out, T, md[j]->scale, t->lb_mid + c, rs, dyb + col[j], ldy,
+                             t->g + md[j]->offB, err, errn));
             } else {
                 const float *dyj = dy + col[j];
                 TRY(sg(t, CUBLAS_OP_N, CUBLAS_OP_N, md[j]->r, T, md[j]->out, md[j]->scale, B, md[j]->r, dyj, ldy, 0.0f,
@@ -902,8 +926,7 @@ static int proj_bwd(gpu_train *t, int32_t l, const int *tg, const int64_t *col, 
         const int in = m0->in;
         if (xb || dxbf) to_bf(t, t->lb_tmp, tmp, (int64_t)T * rs);
         if (xb) {
-            TRY(bg(t, CUBLAS_OP_N, CUBLAS_OP_T, in, rs, T, 1.0f, xb, ldx, t->lb_tmp, rs, 1.0f, t->g + m0->offA, 0, in, err,
-                   errn));
+            TRY(bg_acc_t(t, in, rs, T, 1.0f, xb, ldx, t->lb_tmp, rs, t->g + m0->offA, err, errn));
         } else if (x) {
             TRY(sg(t, CUBLAS_OP_N, CUBLAS_OP_T, in, rs, T, 1.0f, x, ldx, tmp, rs, 1.0f, t->g + m0->offA, in, err, errn));
         }
@@ -1258,6 +1281,9 @@ static int train_new(gpu_model *m, const gpu_lora_desc *mods, int32_t max_tokens
             const int64_t r3 = 3 * (int64_t)t->max_r;
             TA2(t->lb_mid, (T * r3 * 2 + t->max_r * mo + r3 * mo) * 2);
             t->lb_B = t->lb_mid + T * r3, t->lb_A = t->lb_B + t->max_r * mo, t->lb_tmp = t->lb_A + r3 * mo;
+            const char *e = getenv("PRISM_CUDA_LORA_SPLIT"); /* read when the session starts */
+            t->lora_split = !(e && *e == '0');
+            if (t->lora_split) TA2(t->lpart, 8 * r3 * mo * f); /* dB: r × out, dA: in × Σr; mo bounds both */
         }
         const int64_t lr = t->loss_rows;
         TA2(t->logits, lr * V * f); TA2(t->dlogits, lr * V * f);
