@@ -9,15 +9,17 @@
 #      (split-K), greedy tokens, a mixed base/LoRA batch (SGMV), the routed
 #      prefill (test_gpu with PRISM_REQUIRE_GPU=1), then again without PDL and
 #      without the decode fusions;
-#   3. bench_gpu: the Markdown table of BENCHMARKS.md (0.5B and 7B shapes),
-#      then the 7B decode without PDL, without the decode fusions, without
-#      CUDA graphs and with split-K per 64 keys (the old default), and where the training step's time goes
-#      (PRISM_CUDA_PROFILE=1), also without flash.cu, the fused SwiGLU backward or the LM head's and LoRA's splits;
+#   3. bench_gpu: the Markdown table of BENCHMARKS.md (0.5B and 7B shapes);
 #   4. LoRA training on the GPU: gradients against peft's fixtures, the
 #      trainer's tests (exact resume, ...) and routed inference with every
 #      model on the GPU;
 #   5. PRISM end to end on the GPU: bootstrap of the embedded model, then a
 #      routed generation;
+#   then the diagnostics: the 7B decode without PDL, without the decode
+#      fusions, without CUDA graphs and with split-K per 64 keys (the old
+#      default), and where the training step's time goes (PRISM_CUDA_PROFILE=1),
+#      also without flash.cu, the fused SwiGLU backward or the LM head's and
+#      LoRA's splits;
 #   6. compute-sanitizer memcheck and racecheck over one architecture, when
 #      installed;
 #   7. the 7B batch-1 decode step under Nsight Compute (scripts/gpu_profile.sh),
@@ -91,26 +93,6 @@ cat "$OUT/flash.tmp" >>"$OUT/test_gpu.log" && rm "$OUT/flash.tmp"
 step "benchmarks (bench_gpu)"
 timeout 200 ./build/bench/bench_gpu ${BENCH_ARGS:---shape all} >"$OUT/bench.md" 2>&1
 cat "$OUT/bench.md"
-step "7B decode without programmatic dependent launch, without the decode fusions, without CUDA graphs, split-K per 64 keys (diagnostics)"
-for v in PRISM_CUDA_PDL=0 PRISM_CUDA_FUSE=0 PRISM_CUDA_GRAPHS=0 PRISM_CUDA_SPLIT_KEYS=64; do
-    echo "$v: $(env $v timeout 60 ./build/bench/bench_gpu --shape 7b --train 0 --runs 1 2>&1 | grep "shape:")"
-done | tee "$OUT/bench_variants.log"
-step "where LoRA training's GPU time goes (PRISM_CUDA_PROFILE=1, 8 x 512 per step; one packed pass, a pass per sequence, top-64 KL)"
-for args in "--shape 7b" "--shape 7b --train-pass 1" "--shape 7b --train-loss kl" "--shape 0.5b"; do
-    echo "== bench_gpu $args"
-    PRISM_CUDA_PROFILE=1 timeout 90 ./build/bench/bench_gpu $args --only train --runs 1 2>&1 | grep -E "^ |profile|\| Qwen"
-done | tee -a "$OUT/bench_variants.log"
-for v in "PRISM_CUDA_FUSE=0: SwiGLU recomputed by its own kernel for down's dA GEMM (the baseline of tk_swiglu_bwd_da)" \
-    "PRISM_CUDA_LM_SPLIT=1: the LM head's backward GEMM in one piece (the baseline of its vocabulary split)" \
-    "PRISM_CUDA_LORA_SPLIT=0: LoRA's dA and dB GEMMs in one piece (the baseline of their row split)"; do
-    echo "== bench_gpu --shape 7b with ${v#*: } (${v%%: *})"
-    env "${v%%: *}" PRISM_CUDA_PROFILE=1 timeout 90 ./build/bench/bench_gpu --shape 7b --only train --runs 1 2>&1 |
-        grep -E "^ |profile|\| Qwen"
-done | tee -a "$OUT/bench_variants.log"
-echo "== bench_gpu --shape 7b with attention by cuBLAS (PRISM_CUDA_FLASH=0: the baseline of flash.cu)" | tee -a "$OUT/bench_variants.log"
-PRISM_CUDA_FLASH=0 PRISM_CUDA_PROFILE=1 timeout 90 ./build/bench/bench_gpu --shape 7b --only train --runs 1 2>&1 |
-    grep -E "^ |profile|\| Qwen" | tee -a "$OUT/bench_variants.log"
-
 step "LoRA training and routing on the GPU (test_lora_grad, test_train, test_prism with PRISM_DEVICE=cuda)"
 for t in test_lora_grad test_train test_prism; do
     echo "-- $t"
@@ -131,6 +113,26 @@ tail -6 "$OUT/e2e.log"
     --chat "Tell me a story about a brave cat" -n 48 --stats >>"$OUT/e2e.log" 2>&1
 tail -6 "$OUT/e2e.log"
 grep -q "route:" "$OUT/e2e.log" || fail=1
+
+step "7B decode without programmatic dependent launch, without the decode fusions, without CUDA graphs, split-K per 64 keys (diagnostics)"
+for v in PRISM_CUDA_PDL=0 PRISM_CUDA_FUSE=0 PRISM_CUDA_GRAPHS=0 PRISM_CUDA_SPLIT_KEYS=64; do
+    echo "$v: $(env $v timeout 60 ./build/bench/bench_gpu --shape 7b --train 0 --runs 1 2>&1 | grep "shape:")"
+done | tee "$OUT/bench_variants.log"
+step "where LoRA training's GPU time goes (PRISM_CUDA_PROFILE=1, 8 x 512 per step; one packed pass, a pass per sequence, top-64 KL)"
+for args in "--shape 7b" "--shape 7b --train-pass 1" "--shape 7b --train-loss kl" "--shape 0.5b"; do
+    echo "== bench_gpu $args"
+    PRISM_CUDA_PROFILE=1 timeout 90 ./build/bench/bench_gpu $args --only train --runs 1 2>&1 | grep -E "^ |profile|\| Qwen"
+done | tee -a "$OUT/bench_variants.log"
+for v in "PRISM_CUDA_FUSE=0: SwiGLU recomputed by its own kernel for down's dA GEMM (the baseline of tk_swiglu_bwd_da)" \
+    "PRISM_CUDA_LM_SPLIT=1: the LM head's backward GEMM in one piece (the baseline of its vocabulary split)" \
+    "PRISM_CUDA_LORA_SPLIT=0: LoRA's dA and dB GEMMs in one piece (the baseline of their row split)"; do
+    echo "== bench_gpu --shape 7b with ${v#*: } (${v%%: *})"
+    env "${v%%: *}" PRISM_CUDA_PROFILE=1 timeout 90 ./build/bench/bench_gpu --shape 7b --only train --runs 1 2>&1 |
+        grep -E "^ |profile|\| Qwen"
+done | tee -a "$OUT/bench_variants.log"
+echo "== bench_gpu --shape 7b with attention by cuBLAS (PRISM_CUDA_FLASH=0: the baseline of flash.cu)" | tee -a "$OUT/bench_variants.log"
+PRISM_CUDA_FLASH=0 PRISM_CUDA_PROFILE=1 timeout 90 ./build/bench/bench_gpu --shape 7b --only train --runs 1 2>&1 |
+    grep -E "^ |profile|\| Qwen" | tee -a "$OUT/bench_variants.log"
 
 if command -v compute-sanitizer >/dev/null 2>&1; then
     step "compute-sanitizer memcheck (llama3)"
