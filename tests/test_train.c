@@ -381,6 +381,46 @@ static double adapter_rel_diff(const prism_adapter *a, const prism_adapter *b) {
     return sqrt(num / (den > 0 ? den : 1));
 }
 
+/* The gradients of one device pass of model m over exs with adapter a (workspace of max_tokens,
+ * passes of pass_tokens when > 0), the switch name=value set while the session starts (name NULL:
+ * none); its loss in *loss. */
+static prism_adapter *device_pass(prism_model *m, const prism_adapter *a, const train_example *exs, int32_t n,
+                                  int32_t max_tokens, int32_t pass_tokens, const char *name, const char *value,
+                                  double *loss) {
+    if (name) setenv(name, value, 1);
+    prism_adapter *g = NULL;
+    train_ws *w = NULL;
+    if (lora_alloc_like(a, &g) || train_ws_new(m, max_tokens, false, &w)) die("device pass setup");
+    if (pass_tokens > 0) train_ws_set_pass_tokens(w, pass_tokens);
+    int64_t c = 0;
+    *loss = 0;
+    CHECK(train_batch_grad(w, m, a, g, exs, n, loss, &c, NULL) == PRISM_OK, "device pass%s%s: %s", name ? " with " : "",
+          name ? name : "", prism_last_error());
+    if (name) unsetenv(name);
+    train_ws_free(w);
+    return g;
+}
+
+/* A fresh adapter pair of params rp (the same nonzero Bs: mul, mod) on dev and on the CPU, one pass over
+ * ex each: the gradients' relative difference into *e, the losses' into *le. */
+static void pair_vs_cpu(prism_model *dev, prism_model *cpu, prism_lora_params rp, int mul, int mod,
+                        const train_example *ex, double *e, double *le) {
+    prism_adapter *pd = NULL, *pc = NULL, *gd = NULL, *gc = NULL;
+    train_ws *wd = NULL, *wc = NULL;
+    if (prism_adapter_new(dev, rp, &pd) || prism_adapter_new(cpu, rp, &pc) || lora_alloc_like(pd, &gd) ||
+        lora_alloc_like(pc, &gc) || train_ws_new(dev, ex->n_tokens, false, &wd) ||
+        train_ws_new(cpu, ex->n_tokens, true, &wc))
+        die("adapter pair setup");
+    same_nonzero_b(pd, pc, mul, mod);
+    double ld = 0, lc = 0;
+    int64_t cd = 0, cc = 0;
+    CHECK(train_batch_grad(wd, dev, pd, gd, ex, 1, &ld, &cd, NULL) == PRISM_OK, "device: %s", prism_last_error());
+    CHECK(train_batch_grad(wc, cpu, pc, gc, ex, 1, &lc, &cc, NULL) == PRISM_OK, "cpu: %s", prism_last_error());
+    *e = adapter_rel_diff(gc, gd), *le = fabs(ld - lc) / lc;
+    train_ws_free(wd), train_ws_free(wc);
+    prism_adapter_free(pd), prism_adapter_free(pc), prism_adapter_free(gd), prism_adapter_free(gc);
+}
+
 static void test_device_trainer(void) {
     if (!g_model->gpu) return;
     prism_model_params mp = prism_model_default_params();
@@ -468,20 +508,12 @@ static void test_device_trainer(void) {
             const char *var[2][3] = {{"PRISM_CUDA_FUSE", "0", "the SwiGLU backward unfused (PRISM_CUDA_FUSE=0)"},
                                      {"PRISM_CUDA_LM_SPLIT", "3", "the LM head's backward in 3 vocabulary slices"}};
             for (int v = 0; v < 2; v++) {
-                setenv(var[v][0], var[v][1], 1);
-                prism_adapter *g3 = NULL;
-                train_ws *w3 = NULL;
-                if (lora_alloc_like(a1, &g3) || train_ws_new(g_model, L1, false, &w3)) die("variant setup");
                 double l3 = 0;
-                int64_t c3 = 0;
-                CHECK(train_batch_grad(w3, g_model, a1, g3, ex, 1, &l3, &c3, NULL) == PRISM_OK, "%s: %s", var[v][2],
-                      prism_last_error());
-                unsetenv(var[v][0]);
+                prism_adapter *g3 = device_pass(g_model, a1, ex, 1, L1, 0, var[v][0], var[v][1], &l3);
                 const double e3 = adapter_rel_diff(gr, g3), le3 = fabs(l3 - lr) / lr;
                 CHECK(e3 < 1e-4 && le3 < 1e-5, "%s: grads rel %.2e, loss rel %.2e", var[v][2], e3, le3);
                 printf("%s %d tokens with %s == CPU: grads rel %.2e\n", e3 < 1e-4 && le3 < 1e-5 ? "ok  " : "FAIL", L1,
                        var[v][2], e3);
-                train_ws_free(w3);
                 prism_adapter_free(g3);
             }
             prism_adapter_free(gr);
@@ -502,33 +534,18 @@ static void test_device_trainer(void) {
         if (lora_alloc_like(a2, &gcpu) || train_ws_new(cpu, L1, true, &wcpu)) die("bf16 reference setup");
         CHECK(train_batch_grad(wcpu, cpu, a2, gcpu, ex2, 2, &lcpu, &ccpu, NULL) == PRISM_OK, "cpu: %s", prism_last_error());
         for (int v = 0; v < 2; v++) {
-            if (v) setenv("PRISM_CUDA_FLASH", "0", 1);
-            train_ws *wf = NULL;
-            if (lora_alloc_like(a1, &gf[v]) || train_ws_new(fast, L1, false, &wf)) die("bf16 setup");
-            train_ws_set_pass_tokens(wf, L1 + L0);
             double l = 0;
-            int64_t c = 0;
-            CHECK(train_batch_grad(wf, fast, a1, gf[v], ex2, 2, &l, &c, NULL) == PRISM_OK, "bf16: %s", prism_last_error());
+            gf[v] = device_pass(fast, a1, ex2, 2, L1, L1 + L0, v ? "PRISM_CUDA_FLASH" : NULL, "0", &l);
             ef[v] = adapter_rel_diff(gcpu, gf[v]), lf[v] = fabs(l - lcpu) / lcpu;
-            train_ws_free(wf);
-            unsetenv("PRISM_CUDA_FLASH");
         }
         { /* LoRA's dA and dB GEMMs split over the pass's rows (two slices of 360 here) against unsplit
            * (PRISM_CUDA_LORA_SPLIT=0): the same sums in another order */
-            setenv("PRISM_CUDA_LORA_SPLIT", "0", 1);
-            prism_adapter *gu = NULL;
-            train_ws *wu = NULL;
-            if (lora_alloc_like(a1, &gu) || train_ws_new(fast, L1, false, &wu)) die("unsplit setup");
-            train_ws_set_pass_tokens(wu, L1 + L0);
             double l = 0;
-            int64_t c = 0;
-            CHECK(train_batch_grad(wu, fast, a1, gu, ex2, 2, &l, &c, NULL) == PRISM_OK, "unsplit: %s", prism_last_error());
-            unsetenv("PRISM_CUDA_LORA_SPLIT");
+            prism_adapter *gu = device_pass(fast, a1, ex2, 2, L1, L1 + L0, "PRISM_CUDA_LORA_SPLIT", "0", &l);
             const double es = adapter_rel_diff(gu, gf[0]);
             CHECK(es < 1e-4, "BF16 pass, LoRA's dA/dB split over rows vs not: grads rel %.2e", es);
             printf("%s BF16 pass: LoRA's dA and dB split over the rows == unsplit (PRISM_CUDA_LORA_SPLIT=0): rel %.2e\n",
                    es < 1e-4 ? "ok  " : "FAIL", es);
-            train_ws_free(wu);
             prism_adapter_free(gu);
         }
         train_ws_free(wcpu);
@@ -553,22 +570,11 @@ static void test_device_trainer(void) {
         {
             prism_lora_params pp = lp;
             pp.targets = PRISM_LORA_Q | PRISM_LORA_UP;
-            prism_adapter *pd = NULL, *pc = NULL, *gd = NULL, *gc = NULL;
-            train_ws *wd = NULL, *wc = NULL;
-            if (prism_adapter_new(fast, pp, &pd) || prism_adapter_new(cpu, pp, &pc) || lora_alloc_like(pd, &gd) ||
-                lora_alloc_like(pc, &gc) || train_ws_new(fast, L0, false, &wd) || train_ws_new(cpu, L0, true, &wc))
-                die("partial-target setup");
-            same_nonzero_b(pd, pc, 5, 11);
-            double ld = 0, lc = 0;
-            int64_t cd = 0, cc = 0;
-            CHECK(train_batch_grad(wd, fast, pd, gd, ex + 2, 1, &ld, &cd, NULL) == PRISM_OK, "bf16 partial: %s", prism_last_error());
-            CHECK(train_batch_grad(wc, cpu, pc, gc, ex + 2, 1, &lc, &cc, NULL) == PRISM_OK, "cpu partial: %s", prism_last_error());
-            const double ep = adapter_rel_diff(gc, gd), lp2 = fabs(ld - lc) / lc;
+            double ep = 0, lp2 = 0;
+            pair_vs_cpu(fast, cpu, pp, 5, 11, ex + 2, &ep, &lp2);
             CHECK(ep < 8e-2 && lp2 < 2e-3, "BF16, q|up adapted: grads vs CPU rel %.2e, loss %.2e", ep, lp2);
             printf("%s BF16, only q and up adapted: grads vs CPU rel %.2e, loss rel %.2e\n",
                    ep < 8e-2 && lp2 < 2e-3 ? "ok  " : "FAIL", ep, lp2);
-            train_ws_free(wd), train_ws_free(wc);
-            prism_adapter_free(pd), prism_adapter_free(pc), prism_adapter_free(gd), prism_adapter_free(gc);
         }
         prism_model_free(fast);
         /* ranks 20 and 40 (F32, the 200-token sequence): tk_swiglu_bwd_da's 32- and 64-accumulator forms (r = 2
@@ -576,23 +582,10 @@ static void test_device_trainer(void) {
         for (int32_t rk = 20; rk <= 40; rk += 20) {
             prism_lora_params rp = lp;
             rp.r = rk;
-            prism_adapter *pd = NULL, *pc = NULL, *gd = NULL, *gc = NULL;
-            train_ws *wd = NULL, *wc = NULL;
-            if (prism_adapter_new(g_model, rp, &pd) || prism_adapter_new(cpu, rp, &pc) || lora_alloc_like(pd, &gd) ||
-                lora_alloc_like(pc, &gc) || train_ws_new(g_model, L0, false, &wd) || train_ws_new(cpu, L0, true, &wc))
-                die("rank setup");
-            same_nonzero_b(pd, pc, 3, 7);
-            double ld = 0, lc = 0;
-            int64_t cd = 0, cc = 0;
-            CHECK(train_batch_grad(wd, g_model, pd, gd, ex + 2, 1, &ld, &cd, NULL) == PRISM_OK, "rank %d: %s", rk,
-                  prism_last_error());
-            CHECK(train_batch_grad(wc, cpu, pc, gc, ex + 2, 1, &lc, &cc, NULL) == PRISM_OK, "cpu rank %d: %s", rk,
-                  prism_last_error());
-            const double er = adapter_rel_diff(gc, gd);
+            double er = 0, ler = 0;
+            pair_vs_cpu(g_model, cpu, rp, 3, 7, ex + 2, &er, &ler);
             CHECK(er < 1e-4, "rank %d: grads vs CPU rel %.2e", rk, er);
             printf("%s rank %d, %d tokens: device grads == CPU, rel %.2e\n", er < 1e-4 ? "ok  " : "FAIL", rk, L0, er);
-            train_ws_free(wd), train_ws_free(wc);
-            prism_adapter_free(pd), prism_adapter_free(pc), prism_adapter_free(gd), prism_adapter_free(gc);
         }
         prism_adapter_free(a1), prism_adapter_free(a2), prism_adapter_free(g1), prism_adapter_free(g2);
         free(tok), free(lab);

@@ -241,6 +241,34 @@ static __device__ __forceinline__ int64_t hm_row(int64_t t, int32_t h, int32_t n
     return o * n + (int64_t)h * slen[t] + (t - o);
 }
 
+/* Head `head` of the fused q|k|v rows (nh q heads, then nkv k, then nkv v):
+ * which of the three, its index among them, its first column. */
+typedef struct {
+    int is_q, is_k;
+    int32_t hh;
+    int64_t col;
+} qkv_head;
+static __device__ __forceinline__ qkv_head qkv_head_of(int32_t head, int32_t nh, int32_t nkv, int32_t hd) {
+    qkv_head q;
+    q.is_q = head < nh, q.is_k = !q.is_q && head < nh + nkv;
+    q.hh = q.is_q ? head : q.is_k ? head - nh : head - nh - nkv;
+    q.col = (int64_t)(q.is_q ? 0 : q.is_k ? nh : nh + nkv) * hd + (int64_t)q.hh * hd;
+    return q;
+}
+
+/* RoPE on a warp's row d (hd floats in shared memory): rotate-half pairs (j, j + hd/2) by angle
+ * p·inv_freq[j] (p = −position undoes it). Every lane of the warp. */
+static __device__ __forceinline__ void rope_row(float *d, int32_t hd, float p, const float *inv_freq, int lane) {
+    const int32_t half = hd / 2;
+    for (int32_t j = lane; j < half; j += 32) {
+        float sn, cs;
+        sincosf(p * inv_freq[j], &sn, &cs);
+        const float x1 = d[j], x2 = d[j + half];
+        d[j] = x1 * cs - x2 * sn;
+        d[j + half] = x2 * cs + x1 * sn;
+    }
+}
+
 /* q, k, v from y (T, qkv_n): bias, Qwen3 norm (raw and r saved), RoPE at
  * position t, computed in F32 (the warp's row in shared memory, hd floats a
  * warp) and written head-major as Q: F32, or BF16 for flash.cu, which rounds
@@ -256,9 +284,10 @@ __global__ void tk_qkv_fwd(const float *y, const float *bqkv, const float *q_nor
     const int32_t head = blockIdx.y * (blockDim.x >> 5) + wi;
     if (head >= nh + 2 * nkv) return; /* a whole warp: only __syncwarp below */
     const int64_t qd = (int64_t)nh * hd, kvd = (int64_t)nkv * hd;
-    const int is_q = head < nh, is_k = !is_q && head < nh + nkv;
-    const int32_t hh = is_q ? head : is_k ? head - nh : head - nh - nkv;
-    const int64_t col = is_q ? (int64_t)hh * hd : is_k ? qd + (int64_t)hh * hd : qd + kvd + (int64_t)hh * hd;
+    const qkv_head q = qkv_head_of(head, nh, nkv, hd);
+    const int is_q = q.is_q, is_k = q.is_k;
+    const int32_t hh = q.hh;
+    const int64_t col = q.col;
     const float *src = y + t * qkv_n + col;
     float *d = sm + wi * hd;
     float ss = 0.0f;
@@ -279,14 +308,7 @@ __global__ void tk_qkv_fwd(const float *y, const float *bqkv, const float *q_nor
             if (lane == 0) (is_q ? rq[t * nh + hh] : rk[t * nkv + hh]) = rr;
         }
         __syncwarp();
-        const int32_t half = hd / 2, pos = (int32_t)(t - sofs[t]);
-        for (int32_t j = lane; j < half; j += 32) {
-            float sn, cs;
-            sincosf((float)pos * inv_freq[j], &sn, &cs);
-            const float x1 = d[j], x2 = d[j + half];
-            d[j] = x1 * cs - x2 * sn;
-            d[j + half] = x2 * cs + x1 * sn;
-        }
+        rope_row(d, hd, (float)(int32_t)(t - sofs[t]), inv_freq, lane);
         __syncwarp();
     }
     Q *dst = (is_q ? qh : is_k ? kh : vh) + hm_row(t, hh, is_q ? nh : nkv, sofs, slen) * hd;
@@ -310,22 +332,16 @@ __global__ void tk_qkv_bwd(A *dqkv, const float *dqh, const float *dkh, const fl
     const int32_t head = blockIdx.y * (blockDim.x >> 5) + wi;
     if (head >= nh + 2 * nkv) return; /* a whole warp: only __syncwarp below */
     const int64_t qd = (int64_t)nh * hd, kvd = (int64_t)nkv * hd;
-    const int is_q = head < nh, is_k = !is_q && head < nh + nkv;
-    const int32_t hh = is_q ? head : is_k ? head - nh : head - nh - nkv;
-    const int64_t col = is_q ? (int64_t)hh * hd : is_k ? qd + (int64_t)hh * hd : qd + kvd + (int64_t)hh * hd;
+    const qkv_head q = qkv_head_of(head, nh, nkv, hd);
+    const int is_q = q.is_q, is_k = q.is_k;
+    const int32_t hh = q.hh;
+    const int64_t col = q.col;
     const float *src = (is_q ? dqh : is_k ? dkh : dvh) + hm_row(t, hh, is_q ? nh : nkv, sofs, slen) * hd;
     float *d = sm + wi * hd;
     for (int32_t j = lane; j < hd; j += 32) d[j] = src[j];
     if (is_q || is_k) {
         __syncwarp();
-        const int32_t half = hd / 2, pos = (int32_t)(t - sofs[t]);
-        for (int32_t j = lane; j < half; j += 32) {
-            float sn, cs;
-            sincosf((float)(-pos) * inv_freq[j], &sn, &cs);
-            const float x1 = d[j], x2 = d[j + half];
-            d[j] = x1 * cs - x2 * sn;
-            d[j + half] = x2 * cs + x1 * sn;
-        }
+        rope_row(d, hd, (float)(-(int32_t)(t - sofs[t])), inv_freq, lane); /* undone: rotation by −position */
         __syncwarp();
         const float *nw = is_q ? q_norm : k_norm;
         if (nw) {
@@ -474,17 +490,23 @@ template <class A> __global__ void tk_swiglu_fwd(float *a, bf16 *ab, const A *gu
     if (ab) ab[t * F + j] = __float2bfloat16(v);
 }
 
-/* dgu into F32 dgu and/or BF16 dgub (the gate|up backward GEMM's and LoRA's input on BF16 models), from
- * da and gu in the activation type. */
-template <class A> __global__ void tk_swiglu_bwd(float *dgu, bf16 *dgub, const A *da, const A *gu, int32_t F) {
-    const int64_t t = blockIdx.y;
-    const int32_t j = blockIdx.x * blockDim.x + threadIdx.x;
-    if (j >= F) return;
+/* Element (t, j) of silu(gate)·up's backward: d gate and d up into F32 dgu and/or BF16 dgub (the gate|up
+ * backward GEMM's and LoRA's input on BF16 models), from da and gu in the activation type. Returns
+ * silu(g)·u, computed as tk_swiglu_fwd does. */
+template <class A>
+static __device__ __forceinline__ float swiglu_bwd_at(float *dgu, bf16 *dgub, const A *da, const A *gu, int32_t F,
+                                                      int64_t t, int32_t j) {
     const float g = ldA(gu + t * 2 * F + j), u = ldA(gu + t * 2 * F + F + j), sg = 1.0f / (1.0f + expf(-g)),
                 d = ldA(da + t * F + j);
     const float du = d * g * sg, dg = d * u * sg * (1.0f + g * (1.0f - sg));
     if (dgu) dgu[t * 2 * F + F + j] = du, dgu[t * 2 * F + j] = dg;
     if (dgub) dgub[t * 2 * F + F + j] = __float2bfloat16(du), dgub[t * 2 * F + j] = __float2bfloat16(dg);
+    return g / (1.0f + expf(-g)) * u;
+}
+
+template <class A> __global__ void tk_swiglu_bwd(float *dgu, bf16 *dgub, const A *da, const A *gu, int32_t F) {
+    const int32_t j = blockIdx.x * blockDim.x + threadIdx.x;
+    if (j < F) swiglu_bwd_at(dgu, dgub, da, gu, F, blockIdx.y, j);
 }
 
 /* tk_swiglu_bwd with the down projection's LoRA dA folded in, which needs
@@ -513,12 +535,7 @@ __global__ void __launch_bounds__(256)
         __syncthreads();
         if (j >= F) continue;
         for (int32_t i = 0; i < ns; i++) {
-            const int64_t t = s0 + i;
-            const float g = ldA(gu + t * 2 * F + j), u = ldA(gu + t * 2 * F + F + j), sg = 1.0f / (1.0f + expf(-g)),
-                        d = ldA(da + t * F + j);
-            const float du = d * g * sg, dg = d * u * sg * (1.0f + g * (1.0f - sg)), a = g / (1.0f + expf(-g)) * u;
-            if (dgu) dgu[t * 2 * F + F + j] = du, dgu[t * 2 * F + j] = dg;
-            if (dgub) dgub[t * 2 * F + F + j] = __float2bfloat16(du), dgub[t * 2 * F + j] = __float2bfloat16(dg);
+            const float a = swiglu_bwd_at(dgu, dgub, da, gu, F, s0 + i, j);
 #pragma unroll
             for (int k = 0; k < R; k++)
                 if (k < r) acc[k] += ts[i * R + k] * a;
@@ -751,24 +768,42 @@ static int bg(gpu_train *t, cublasOperation_t oa, cublasOperation_t ob, int m, i
     return 0;
 }
 
+/* How many slices to split a GEMM's K into so that its m × n output fills the GPU: a power of two up to 8,
+ * doubled while the slices' output tiles (128 × 128) stay under two per SM and each slice keeps >= min_k. */
+static int k_slices(const gpu_train *t, int64_t m, int64_t n, int64_t K, int64_t min_k) {
+    const int64_t tiles = ((m + 127) / 128) * ((n + 127) / 128);
+    int s = 1;
+    while (s < 8 && tiles * s < 2 * (int64_t)t->m->n_sm && K / (2 * s) >= min_k) s *= 2;
+    return s;
+}
+
+/* part_b (m × n, F32, ld m) = alpha·op(A)·op(B) over slice b < s of K (K / s each, the last one the
+ * rest): A and B (type ty, es bytes an element) advance ka and kb elements per step of K. A GEMM with a
+ * small output and a long K as s partial products, for a kernel to sum in order. */
+static int gemm_k_parts(gpu_train *t, cublasOperation_t oa, cublasOperation_t ob, int m, int n, int K, int s,
+                        float alpha, const void *A, int lda, int64_t ka, const void *B, int ldb, int64_t kb,
+                        cudaDataType ty, size_t es, float *part, char *err, size_t errn) {
+    const int ks = K / s;
+    if (s > 1)
+        BL(cublasGemmStridedBatchedEx(t->blas, oa, ob, m, n, ks, &alpha, A, ty, lda, (long long)ks * ka, B, ty, ldb,
+                                      (long long)ks * kb, &ZERO, part, CUDA_R_32F, m, (long long)m * n, s - 1,
+                                      CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+    const int64_t k0 = (int64_t)(s - 1) * ks;
+    BL(cublasGemmEx(t->blas, oa, ob, m, n, K - (int)k0, &alpha, (const char *)A + k0 * ka * (int64_t)es, ty, lda,
+                    (const char *)B + k0 * kb * (int64_t)es, ty, ldb, &ZERO, part + (int64_t)(s - 1) * m * n,
+                    CUDA_R_32F, m, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+    return 0;
+}
+
 /* C (m × n, F32, ld m) += alpha·A·Bᵀ over K = T (A: m × T at lda, B: n × T at ldb, BF16; column-major as
  * cuBLAS sees them): LoRA's dA and dB, whose outputs are small (r × out, in × Σr) and whose K is a pass's
- * rows. Where the output alone gives the GPU under two tiles of 128 × 128 per SM, K is split into s (a power
- * of two, up to 8, slices of at least 256 rows): partial products into t->lpart, summed in order into C. */
+ * rows — split over slices of at least 256 rows (k_slices) into t->lpart, summed in order into C. */
 static int bg_acc_t(gpu_train *t, int m, int n, int T, float alpha, const bf16 *A, int lda, const bf16 *B, int ldb,
                     float *C, char *err, size_t errn) {
-    int s = 1;
-    const int64_t tiles = (int64_t)((m + 127) / 128) * ((n + 127) / 128);
-    while (t->lora_split && s < 8 && tiles * s < 2 * (int64_t)t->m->n_sm && T / (2 * s) >= 256) s *= 2;
+    const int s = t->lora_split ? k_slices(t, m, n, T, 256) : 1;
     if (s == 1) return bg(t, CUBLAS_OP_N, CUBLAS_OP_T, m, n, T, alpha, A, lda, B, ldb, 1.0f, C, 0, m, err, errn);
-    const int ts = T / s;
-    BL(cublasGemmStridedBatchedEx(t->blas, CUBLAS_OP_N, CUBLAS_OP_T, m, n, ts, &alpha, A, CUDA_R_16BF, lda,
-                                  (long long)ts * lda, B, CUDA_R_16BF, ldb, (long long)ts * ldb, &ZERO, t->lpart,
-                                  CUDA_R_32F, m, (long long)m * n, s - 1, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
-    const int64_t t0 = (int64_t)(s - 1) * ts; /* the last slice takes the remainder */
-    BL(cublasGemmEx(t->blas, CUBLAS_OP_N, CUBLAS_OP_T, m, n, T - (int)t0, &alpha, A + t0 * lda, CUDA_R_16BF, lda,
-                    B + t0 * ldb, CUDA_R_16BF, ldb, &ZERO, t->lpart + (int64_t)(s - 1) * m * n, CUDA_R_32F, m,
-                    CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+    TRY(gemm_k_parts(t, CUBLAS_OP_N, CUBLAS_OP_T, m, n, T, s, alpha, A, lda, lda, B, ldb, ldb, CUDA_R_16BF, 2, t->lpart,
+                     err, errn));
     tk_sum_parts<<<grid_for((int64_t)m * n), 256, 0, t->s>>>(C, t->lpart, s, (int64_t)m * n);
     return 0;
 }
@@ -975,8 +1010,8 @@ static int layer_fwd(gpu_train *t, int32_t l, tacts *A, const float *x, float *y
     const float scale = 1.0f / sqrtf((float)hd);
     float *P = A->P;
     if (t->flash)
-        k_flash_fwd(t->s, (const bf16 *)A->qh, (const bf16 *)A->kh, (const bf16 *)A->vh, (bf16 *)A->att, A->lse, t->d_ftiles, t->n_ftiles, nh, nkv, hd, m->window,
-                    scale); /* straight into att's rows */
+        k_flash_fwd(t->s, (const bf16 *)A->qh, (const bf16 *)A->kh, (const bf16 *)A->vh, (bf16 *)A->att, A->lse,
+                    t->d_ftiles, t->n_ftiles, nh, nkv, hd, m->window, scale); /* straight into att's rows */
     for (int32_t s = 0; s < t->n_seq && !t->flash; s++) {
         /* sequence s, per KV head g (one batched GEMM each): S_g = scale·K_gᵀQ_g, P_g = softmax(S_g), O_g = V_g·P_g */
         const int32_t n = t->seq_len[s];
@@ -1079,8 +1114,8 @@ static int layer_bwd(gpu_train *t, int32_t l, const tacts *A, const float *x, in
     const float *P = A->P;
     if (t->flash) { /* dO straight from datt's rows */
         k_flash_dot(t->s, t->Drow, t->datt, (const bf16 *)A->att, so, sl, T, nh, hd);
-        k_flash_bwd(t->s, (const bf16 *)A->qh, (const bf16 *)A->kh, (const bf16 *)A->vh, t->datt, A->lse, t->Drow, dqh, dkh, dvh, t->d_ftiles, t->n_ftiles, nh,
-                    nkv, hd, m->window, scale);
+        k_flash_bwd(t->s, (const bf16 *)A->qh, (const bf16 *)A->kh, (const bf16 *)A->vh, t->datt, A->lse, t->Drow,
+                    dqh, dkh, dvh, t->d_ftiles, t->n_ftiles, nh, nkv, hd, m->window, scale);
     } else {
         tk_heads<float><<<T, 256, 0, t->s>>>(t->datt, t->oh, so, sl, nh, hd, qd, 0, 1); /* oh := dO head-major */
     }
@@ -1289,10 +1324,7 @@ static int train_new(gpu_model *m, const gpu_lora_desc *mods, int32_t max_tokens
         TA2(t->logits, lr * V * f); TA2(t->dlogits, lr * V * f);
         { /* dh = dlogits·W_lm has a small output (loss rows × H) and K = V: split over V so that the partial
            * products fill the GPU (~2 tiles of 128 × 128 per SM), summed in order by tk_scatter_add */
-            const int64_t tiles = ((H + 127) / 128) * ((lr + 127) / 128);
-            t->lm_split = 1;
-            while (t->lm_split < 8 && tiles * t->lm_split < 2 * (int64_t)m->n_sm && V / (2 * t->lm_split) >= 1024)
-                t->lm_split *= 2;
+            t->lm_split = k_slices(t, H, lr, V, 1024);
             const char *e = getenv("PRISM_CUDA_LM_SPLIT"); /* A/B measurements and tests: this many slices */
             if (e && atoi(e) >= 1 && atoi(e) <= 64 && atoi(e) <= V) t->lm_split = atoi(e);
         }
@@ -1388,17 +1420,9 @@ static int loss_chunk(gpu_train *t, int32_t r0, int32_t n, int32_t kind, int32_t
         dl = t->hrows;
     }
     /* drows_b (H, n) = W_lm[V_b]ᵀ·dlogits[V_b] for vocabulary slices b of V / lm_split (the last one longer) */
-    const int32_t ns = t->lm_split, vs = V / ns;
-    const size_t es = m->f32 ? 4 : 2;
-    if (ns > 1)
-        BL(cublasGemmStridedBatchedEx(t->blas, CUBLAS_OP_N, CUBLAS_OP_N, H, n, vs, &ONE, m->lm_head, at, H,
-                                      (long long)vs * H, dl, at, V, vs, &ZERO, t->drows, CUDA_R_32F, H,
-                                      (long long)n * H, ns - 1, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
-    const int64_t v0 = (int64_t)(ns - 1) * vs;
-    BL(cublasGemmEx(t->blas, CUBLAS_OP_N, CUBLAS_OP_N, H, n, V - (int32_t)v0, &ONE, (const char *)m->lm_head + v0 * H * es,
-                    at, H, (const char *)dl + v0 * es, at, V, &ZERO, t->drows + (int64_t)(ns - 1) * n * H, CUDA_R_32F, H,
-                    CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
-    tk_scatter_add<<<n, 256, 0, t->s>>>(dhf, t->drows, rows, H, n, ns);
+    TRY(gemm_k_parts(t, CUBLAS_OP_N, CUBLAS_OP_N, H, n, V, t->lm_split, 1.0f, m->lm_head, H, H, dl, V, 1, at,
+                     m->f32 ? 4 : 2, t->drows, err, errn));
+    tk_scatter_add<<<n, 256, 0, t->s>>>(dhf, t->drows, rows, H, n, t->lm_split);
     return 0;
 }
 
