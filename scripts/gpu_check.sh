@@ -18,8 +18,8 @@
 #   then the diagnostics: the 7B decode without PDL, without the decode
 #      fusions, without CUDA graphs and with split-K per 64 keys (the old
 #      default), and where the training step's time goes (PRISM_CUDA_PROFILE=1),
-#      also without flash.cu, the fused SwiGLU backward or the LM head's and
-#      LoRA's splits;
+#      also without flash.cu, the fused SwiGLU backward, the MLP's LoRA in the
+#      SwiGLU kernels, or the LM head's and LoRA's splits;
 #   6. compute-sanitizer memcheck and racecheck over one architecture, when
 #      installed;
 #   7. the 7B batch-1 decode step under Nsight Compute (scripts/gpu_profile.sh),
@@ -124,6 +124,7 @@ for args in "--shape 7b" "--shape 7b --train-pass 1" "--shape 7b --train-loss kl
     PRISM_CUDA_PROFILE=1 timeout 90 ./build/bench/bench_gpu $args --only train --runs 1 2>&1 | grep -E "^ |profile|\| Qwen"
 done | tee -a "$OUT/bench_variants.log"
 for v in "PRISM_CUDA_FUSE=0: SwiGLU recomputed by its own kernel for down's dA GEMM (the baseline of tk_swiglu_bwd_da)" \
+    "PRISM_CUDA_LORA_FUSE=0: the MLP's LoRA by GEMMs, down's dA aside (the baseline of tk_swiglu_fwd_lora and tk_swiglu_bwd_lora)" \
     "PRISM_CUDA_LM_SPLIT=1: the LM head's backward GEMM in one piece (the baseline of its vocabulary split)" \
     "PRISM_CUDA_LORA_SPLIT=0: LoRA's dA and dB GEMMs in one piece (the baseline of their row split)"; do
     echo "== bench_gpu --shape 7b with ${v#*: } (${v%%: *})"

@@ -496,18 +496,20 @@ static void test_device_trainer(void) {
               L1, L2, L0, e, le);
         printf("%s sequences of %d, %d and %d tokens, one device pass == CPU: grads rel %.2e, loss rel %.2e\n",
                c1 == c2 && e < 1e-4 && le < 1e-5 ? "ok  " : "FAIL", L1, L2, L0, e, le);
-        { /* the first sequence alone (520 tokens: three of tk_swiglu_bwd_da's 256-row chunks, the last one
-           * partial) with SwiGLU recomputed by a kernel of its own and down's dA by a GEMM (PRISM_CUDA_FUSE=0,
-           * and the path of down ranks over 64), then with the LM head's backward GEMM in 3 vocabulary slices
-           * of 170, 170 and 172 (a large vocabulary splits by itself; this one's 512 would not) */
+        { /* the first sequence alone (520 tokens: several of the SwiGLU kernels' row chunks, the last one
+           * partial) with SwiGLU recomputed by a kernel of its own and the MLP's LoRA by GEMMs (PRISM_CUDA_FUSE=0,
+           * and the path of down ranks over 64); with only down's dA in the SwiGLU backward (tk_swiglu_bwd_da,
+           * PRISM_CUDA_LORA_FUSE=0, the path of ranks 17..64); then with the LM head's backward GEMM in 3
+           * vocabulary slices of 170, 170 and 172 (a large vocabulary splits by itself; this one's 512 would not) */
             prism_adapter *gr = NULL;
             double lr = 0;
             int64_t cr = 0;
             if (lora_alloc_like(a2, &gr)) die("reference setup");
             CHECK(train_batch_grad(w2, cpu, a2, gr, ex, 1, &lr, &cr, NULL) == PRISM_OK, "cpu: %s", prism_last_error());
-            const char *var[2][3] = {{"PRISM_CUDA_FUSE", "0", "the SwiGLU backward unfused (PRISM_CUDA_FUSE=0)"},
+            const char *var[3][3] = {{"PRISM_CUDA_FUSE", "0", "the SwiGLU backward unfused (PRISM_CUDA_FUSE=0)"},
+                                     {"PRISM_CUDA_LORA_FUSE", "0", "the MLP's LoRA by GEMMs but down's dA"},
                                      {"PRISM_CUDA_LM_SPLIT", "3", "the LM head's backward in 3 vocabulary slices"}};
-            for (int v = 0; v < 2; v++) {
+            for (int v = 0; v < 3; v++) {
                 double l3 = 0;
                 prism_adapter *g3 = device_pass(g_model, a1, ex, 1, L1, 0, var[v][0], var[v][1], &l3);
                 const double e3 = adapter_rel_diff(gr, g3), le3 = fabs(l3 - lr) / lr;
@@ -577,8 +579,20 @@ static void test_device_trainer(void) {
                    ep < 8e-2 && lp2 < 2e-3 ? "ok  " : "FAIL", ep, lp2);
         }
         prism_model_free(fast);
+        /* the MLP's targets adapted in part (F32, the 200-token sequence): the SwiGLU kernels' LoRA terms
+         * of down alone, and of gate and down without up */
+        const int part_t[2] = {PRISM_LORA_DOWN, PRISM_LORA_GATE | PRISM_LORA_DOWN};
+        for (int v = 0; v < 2; v++) {
+            prism_lora_params rp = lp;
+            rp.targets = part_t[v];
+            double er = 0, ler = 0;
+            pair_vs_cpu(g_model, cpu, rp, 3, 7, ex + 2, &er, &ler);
+            CHECK(er < 1e-4, "%s adapted: grads vs CPU rel %.2e", v ? "gate, down" : "down", er);
+            printf("%s only %s adapted, %d tokens: device grads == CPU, rel %.2e\n", er < 1e-4 ? "ok  " : "FAIL",
+                   v ? "gate and down" : "down", L0, er);
+        }
         /* ranks 20 and 40 (F32, the 200-token sequence): tk_swiglu_bwd_da's 32- and 64-accumulator forms (r = 2
-         * above takes the 16) */
+         * above takes the MLP's LoRA kernels) */
         for (int32_t rk = 20; rk <= 40; rk += 20) {
             prism_lora_params rp = lp;
             rp.r = rk;

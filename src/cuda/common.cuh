@@ -59,6 +59,9 @@ static __device__ __forceinline__ float ldA(const float *p) { return *p; }
 static __device__ __forceinline__ float ldA(const bf16 *p) { return __bfloat162float(*p); }
 static __device__ __forceinline__ void stA(float *p, float v) { *p = v; }
 static __device__ __forceinline__ void stA(bf16 *p, float v) { *p = __float2bfloat16(v); }
+/* v as stA would store it at a p of that type (p is not accessed) */
+static __device__ __forceinline__ float rndA(const float *, float v) { return v; }
+static __device__ __forceinline__ float rndA(const bf16 *, float v) { return __bfloat162float(__float2bfloat16(v)); }
 
 /* Programmatic dependent launch (Hopper, sm_90+): a kernel launched with
  * PDL_LAUNCH may start while its predecessor on the stream is finishing. It

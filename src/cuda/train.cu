@@ -87,7 +87,8 @@ struct gpu_train {
     bf16 *dxb;         /* (T, H) BF16 copy of dx, written by tk_norm_bwd (BF16 models; else NULL) */
     float *act;        /* (T, F) silu(gate)·up, F32 models only (BF16: in abuf); recomputed for the backward */
     int32_t swb;       /* the SwiGLU backward computes the down projection's LoRA dA (tk_swiglu_bwd_da) */
-    float *dpart;      /* its per-chunk partial dA: (ceil(T / SWB_ROWS), r_down, F) */
+    int32_t lfuse;     /* the SwiGLU kernels do the MLP's LoRA work (tk_swiglu_fwd_lora, tk_swiglu_bwd_lora) */
+    float *dpart;      /* their per-chunk partials: chunks × (r_down, or r_down + r_gate + r_up) × F */
     void *abuf;        /* activation-type copy of a GEMM input (T, max(H, qd, F, 2F)) */
     /* BF16 copies of LoRA's small operands, for products whose large operand is BF16 (BF16 models):
      * mid (T, 3 max_r), one B (max_r, max out), the As of a projection (3 max_r, max in), tmp (T, 3 max_r) */
@@ -490,18 +491,26 @@ template <class A> __global__ void tk_swiglu_fwd(float *a, bf16 *ab, const A *gu
     if (ab) ab[t * F + j] = __float2bfloat16(v);
 }
 
-/* Element (t, j) of silu(gate)·up's backward: d gate and d up into F32 dgu and/or BF16 dgub (the gate|up
- * backward GEMM's and LoRA's input on BF16 models), from da and gu in the activation type. Returns
- * silu(g)·u, computed as tk_swiglu_fwd does. */
-template <class A>
-static __device__ __forceinline__ float swiglu_bwd_at(float *dgu, bf16 *dgub, const A *da, const A *gu, int32_t F,
-                                                      int64_t t, int32_t j) {
-    const float g = ldA(gu + t * 2 * F + j), u = ldA(gu + t * 2 * F + F + j), sg = 1.0f / (1.0f + expf(-g)),
-                d = ldA(da + t * F + j);
+/* Element (t, j) of silu(gate)·up's backward: d gate and d up (also into *pdg, *pdu) into F32 dgu and/or
+ * BF16 dgub (the gate|up backward GEMM's and LoRA's input on BF16 models), from gate g, up u and their
+ * product's gradient d. Returns silu(g)·u, computed as tk_swiglu_fwd does. swiglu_bwd_at: the same from
+ * da and gu in the activation type. */
+static __device__ __forceinline__ float swiglu_bwd_val(float *dgu, bf16 *dgub, float g, float u, float d, int32_t F,
+                                                       int64_t t, int32_t j, float *pdg, float *pdu) {
+    const float sg = 1.0f / (1.0f + expf(-g));
     const float du = d * g * sg, dg = d * u * sg * (1.0f + g * (1.0f - sg));
     if (dgu) dgu[t * 2 * F + F + j] = du, dgu[t * 2 * F + j] = dg;
     if (dgub) dgub[t * 2 * F + F + j] = __float2bfloat16(du), dgub[t * 2 * F + j] = __float2bfloat16(dg);
+    *pdg = dg, *pdu = du;
     return g / (1.0f + expf(-g)) * u;
+}
+
+template <class A>
+static __device__ __forceinline__ float swiglu_bwd_at(float *dgu, bf16 *dgub, const A *da, const A *gu, int32_t F,
+                                                      int64_t t, int32_t j) {
+    float dg, du;
+    return swiglu_bwd_val(dgu, dgub, ldA(gu + t * 2 * F + j), ldA(gu + t * 2 * F + F + j), ldA(da + t * F + j), F, t,
+                          j, &dg, &du);
 }
 
 template <class A> __global__ void tk_swiglu_bwd(float *dgu, bf16 *dgub, const A *da, const A *gu, int32_t F) {
@@ -512,19 +521,19 @@ template <class A> __global__ void tk_swiglu_bwd(float *dgu, bf16 *dgub, const A
 /* tk_swiglu_bwd with the down projection's LoRA dA folded in, which needs
  * that projection's input a = silu(g)·u: recomputed here, per element, from
  * the gate|up the pass keeps, instead of by a kernel of its own that writes a
- * for a GEMM to read back. Rows chunk blockIdx.y (SWB_ROWS rows), a column per
- * thread: dgu as tk_swiglu_bwd, and part[chunk][k][j] = Σ_t tmp[t][k]·a[t][j]
- * over the chunk's rows (tmp = s·dy·B_down (T, r), 32 rows at a time in shared
- * memory; r <= R accumulators in registers). tk_sum_parts adds the chunks into
- * dA in a fixed order: the result does not depend on scheduling. */
-#define SWB_ROWS 256
+ * for a GEMM to read back. Rows chunk blockIdx.y (rows rows: swb_rows), a
+ * column per thread: dgu as tk_swiglu_bwd, and part[chunk][k][j] = Σ_t
+ * tmp[t][k]·a[t][j] over the chunk's rows (tmp = s·dy·B_down (T, r), 32 rows
+ * at a time in shared memory; r <= R accumulators in registers).
+ * tk_sum_parts adds the chunks into dA in a fixed order: the result does not
+ * depend on scheduling. */
 template <class A, int R>
 __global__ void __launch_bounds__(256)
     tk_swiglu_bwd_da(float *dgu, bf16 *dgub, const A *__restrict__ da, const A *__restrict__ gu, int32_t F, int32_t T,
-                     const float *__restrict__ tmp, int32_t r, float *__restrict__ part) {
+                     int32_t rows, const float *__restrict__ tmp, int32_t r, float *__restrict__ part) {
     __shared__ float ts[32 * R];
     const int32_t j = blockIdx.x * blockDim.x + threadIdx.x, c = blockIdx.y;
-    const int32_t t0 = c * SWB_ROWS, t1 = min(T, t0 + SWB_ROWS);
+    const int32_t t0 = c * rows, t1 = min(T, t0 + rows);
     float acc[R];
 #pragma unroll
     for (int k = 0; k < R; k++) acc[k] = 0.0f;
@@ -545,6 +554,140 @@ __global__ void __launch_bounds__(256)
 #pragma unroll
     for (int k = 0; k < R; k++)
         if (k < r) part[((int64_t)c * r + k) * F + j] = acc[k];
+}
+
+/* The MLP's LoRA folded into its SwiGLU kernels (t->lfuse: the adapted gate,
+ * up and down ranks all <= LF_R), so that LoRA's GEMMs write none of the wide
+ * (T, F) and (T, 2F) tensors and read dgate|dup once instead of twice:
+ * - forward: the frozen GEMM writes gate|up alone, and tk_swiglu_fwd_lora
+ *   adds s·mid·Bᵀ of gate and up (mid = h2·[A]ᵀ, the projection's x·Aᵀ) as it
+ *   reads them, writes them back for the backward, and writes silu(g)·u;
+ * - backward: the frozen down backward GEMM writes da alone, and
+ *   tk_swiglu_bwd_lora adds down's tmp·A_down (tmp = s·dy·B_down) as it reads
+ *   it, and accumulates down's dA (Σ_t tmp[t]·a[t]) and gate's and up's dB
+ *   (s·Σ_t dgate[t]·mid[t], s·Σ_t dup[t]·mid[t]) from the values it forms.
+ * Before, LoRA's B-products wrote gate|up for the frozen GEMM to read back,
+ * LoRA's dx GEMM wrote da for the frozen GEMM to read back, and the dB GEMMs
+ * read dgate|dup again: ~3 × 2·T·F elements less traffic per layer.
+ * Each thread keeps one column's B (or A) rows in registers, a chunk of rows
+ * per block (swb_rows); the rows' mid and tmp go through shared memory, 32
+ * rows at a time. */
+#define LF_R 16
+#define LF_BATCH 4 /* rows whose loads a thread issues before using them */
+
+template <class A>
+__global__ void __launch_bounds__(256)
+    tk_swiglu_fwd_lora(A *gu, float *a, bf16 *ab, int32_t F, int32_t T, int32_t rows, const float *__restrict__ mid,
+                       int32_t rs, const float *__restrict__ Bg, int32_t rg, float sg, const float *__restrict__ Bu,
+                       int32_t ru, float su) {
+    __shared__ float ms[32 * 2 * LF_R]; /* a row: gate's mid at [0, rg), up's at [LF_R, LF_R + ru) */
+    const int32_t j = blockIdx.x * blockDim.x + threadIdx.x;
+    const int32_t t0 = blockIdx.y * rows, t1 = min(T, t0 + rows);
+    float bg[LF_R], bu[LF_R];
+    for (int e = threadIdx.x; e < 32 * 2 * LF_R; e += blockDim.x) ms[e] = 0.0f; /* the slots past rg and ru stay 0 */
+#pragma unroll
+    for (int k = 0; k < LF_R; k++) {
+        bg[k] = k < rg && j < F ? Bg[(int64_t)j * rg + k] : 0.0f;
+        bu[k] = k < ru && j < F ? Bu[(int64_t)j * ru + k] : 0.0f;
+    }
+    for (int32_t s0 = t0; s0 < t1; s0 += 32) {
+        const int32_t ns = min(32, t1 - s0);
+        __syncthreads();
+        for (int e = threadIdx.x; e < ns * rs; e += blockDim.x) {
+            const int i = e / rs, c = e % rs;
+            ms[i * 2 * LF_R + (c < rg ? c : LF_R + c - rg)] = mid[(int64_t)s0 * rs + e];
+        }
+        __syncthreads();
+        if (j >= F) continue;
+        for (int32_t i0 = 0; i0 < ns; i0 += LF_BATCH) {
+            float gv[LF_BATCH], uv[LF_BATCH]; /* a batch's loads first, so that several rows' are in flight */
+#pragma unroll
+            for (int q = 0; q < LF_BATCH; q++) {
+                const A *row = gu + (int64_t)(s0 + min(i0 + q, ns - 1)) * 2 * F;
+                gv[q] = ldA(row + j), uv[q] = ldA(row + F + j);
+            }
+#pragma unroll
+            for (int q = 0; q < LF_BATCH; q++) {
+                const int32_t i = i0 + q;
+                if (i >= ns) break;
+                A *row = gu + (int64_t)(s0 + i) * 2 * F;
+                float g = gv[q], u = uv[q], dg = 0.0f, du = 0.0f;
+#pragma unroll
+                for (int k = 0; k < LF_R; k++)
+                    dg += ms[i * 2 * LF_R + k] * bg[k], du += ms[i * 2 * LF_R + LF_R + k] * bu[k];
+                if (rg) g = rndA(row, g + sg * dg), stA(row + j, g); /* as the backward will read it */
+                if (ru) u = rndA(row, u + su * du), stA(row + F + j, u);
+                const float v = g / (1.0f + expf(-g)) * u;
+                const int64_t o = (int64_t)(s0 + i) * F + j;
+                if (a) a[o] = v;
+                if (ab) ab[o] = __float2bfloat16(v);
+            }
+        }
+    }
+}
+
+template <class A>
+__global__ void __launch_bounds__(256, 2)
+    tk_swiglu_bwd_lora(float *dgu, bf16 *dgub, const A *__restrict__ da, const A *__restrict__ gu, int32_t F,
+                       int32_t T, int32_t rows, const float *__restrict__ tmp, const float *__restrict__ Ad, int32_t rd,
+                       const float *__restrict__ mid, int32_t rs, int32_t rg, float sg, int32_t ru, float su,
+                       float *__restrict__ part, int32_t nc) {
+    enum { W = 3 * LF_R };            /* a row in shared memory: tmp | gate's mid | up's mid */
+    __shared__ float ts[32 * W];
+    const int32_t j = blockIdx.x * blockDim.x + threadIdx.x, c = blockIdx.y;
+    const int32_t t0 = c * rows, t1 = min(T, t0 + rows);
+    float ad[LF_R], accA[LF_R], accG[LF_R], accU[LF_R];
+    for (int e = threadIdx.x; e < 32 * W; e += blockDim.x) ts[e] = 0.0f; /* the slots past rd, rg and ru stay 0 */
+#pragma unroll
+    for (int k = 0; k < LF_R; k++) {
+        ad[k] = k < rd && j < F ? Ad[(int64_t)k * F + j] : 0.0f;
+        accA[k] = accG[k] = accU[k] = 0.0f;
+    }
+    for (int32_t s0 = t0; s0 < t1; s0 += 32) {
+        const int32_t ns = min(32, t1 - s0);
+        __syncthreads();
+        for (int e = threadIdx.x; e < ns * rd; e += blockDim.x) ts[(e / rd) * W + e % rd] = tmp[(int64_t)s0 * rd + e];
+        for (int e = threadIdx.x; e < ns * rs; e += blockDim.x) {
+            const int i = e / rs, k = e % rs;
+            ts[i * W + LF_R + (k < rg ? k : LF_R + k - rg)] = mid[(int64_t)s0 * rs + e];
+        }
+        __syncthreads();
+        if (j >= F) continue;
+        for (int32_t i0 = 0; i0 < ns; i0 += LF_BATCH) {
+            float gv[LF_BATCH], uv[LF_BATCH], dv[LF_BATCH]; /* a batch's loads first: several rows' in flight */
+#pragma unroll
+            for (int q = 0; q < LF_BATCH; q++) {
+                const int64_t t = s0 + min(i0 + q, ns - 1);
+                gv[q] = ldA(gu + t * 2 * F + j), uv[q] = ldA(gu + t * 2 * F + F + j), dv[q] = ldA(da + t * F + j);
+            }
+#pragma unroll
+            for (int q = 0; q < LF_BATCH; q++) {
+                const int32_t i = i0 + q;
+                if (i >= ns) break;
+                const float *row = ts + i * W;
+                float x = 0.0f, dg, du;
+#pragma unroll
+                for (int k = 0; k < LF_R; k++) x += row[k] * ad[k]; /* zero where k >= rd */
+                const float a = swiglu_bwd_val(dgu, dgub, gv[q], uv[q], dv[q] + x, F, s0 + i, j, &dg, &du);
+#pragma unroll
+                for (int k = 0; k < LF_R; k++) {
+                    accA[k] += row[k] * a;
+                    accG[k] += row[LF_R + k] * dg;
+                    accU[k] += row[2 * LF_R + k] * du;
+                }
+            }
+        }
+    }
+    if (j >= F) return;
+    /* sections of nc chunks each: dA_down (rd, F) | dB_gate (F, rg) | dB_up (F, ru), in their parameters' layouts */
+    float *pa = part + (int64_t)c * rd * F, *pg = part + (int64_t)nc * rd * F + (int64_t)c * F * rg,
+          *pu = part + (int64_t)nc * (rd + rg) * F + (int64_t)c * F * ru;
+#pragma unroll
+    for (int k = 0; k < LF_R; k++) {
+        if (k < rd) pa[(int64_t)k * F + j] = accA[k];
+        if (k < rg) pg[(int64_t)j * rg + k] = sg * accG[k];
+        if (k < ru) pu[(int64_t)j * ru + k] = su * accU[k];
+    }
 }
 
 /* dst[i] += Σ_c part[c·n + i], the chunks in order. */
@@ -870,19 +1013,25 @@ static int group_of(const gpu_train *t, int32_t l, const int *tg, int n, const t
     return k;
 }
 
+/* What a projection's forward or backward leaves to the kernel that follows
+ * it (the MLP's, with t->lfuse): the B-products (forward), dA, dB, and LoRA's
+ * term of dx (backward). */
+enum { PF_B = 1, PB_DA = 2, PB_DB = 4, PB_DX = 8 };
+
 /* A projection y (T, ·; ldy) = x·Wᵀ + Σ_j s_j·(x·A_jᵀ)·B_jᵀ over the n targets
  * tg[j] that split W's outputs (q|k|v, gate|up, or one), target j at column
  * col[j]. mid = x·[A_j]ᵀ (T, Σr) is one GEMM for all adapted targets. When
  * every target is adapted, the LoRA products write y first and the frozen
  * GEMM adds onto them in its epilogue (beta = 1: y is read there, while the
- * GEMM is compute-bound, instead of a second read-modify-write pass). */
+ * GEMM is compute-bound, instead of a second read-modify-write pass).
+ * left & PF_B: only mid and the frozen product; the caller adds the rest. */
 static int proj_fwd(gpu_train *t, int32_t l, const int *tg, const int64_t *col, int n, float *mid, const float *x,
-                    const void *xa, int ldx, const dlin *W, void *y, int ybf, int ldy, int32_t T, char *err,
+                    const void *xa, int ldx, const dlin *W, void *y, int ybf, int ldy, int left, int32_t T, char *err,
                     size_t errn) {
     const tmod *md[3];
     int rs;
-    const int k = group_of(t, l, tg, n, md, &rs);
-    if (k < n) {
+    const int k = group_of(t, l, tg, n, md, &rs), bl = (left & PF_B) != 0;
+    if (k < n || bl) {
         TRY(w_fwd(t, y, ybf, ldy, x, xa, W, T, 0.0f, err, errn));
         prof_mark(t, TP_GEMM_F);
     }
@@ -898,8 +1047,8 @@ static int proj_fwd(gpu_train *t, int32_t l, const int *tg, const int64_t *col, 
                    err, errn));
         }
         bf16 *midb = t->lb_mid, *Bb = t->lb_B;
-        if (ybf) to_bf(t, midb, mid, (int64_t)T * rs);
-        for (int j = 0, c = 0; j < n; j++) {
+        if (ybf && !bl) to_bf(t, midb, mid, (int64_t)T * rs);
+        for (int j = 0, c = 0; j < n && !bl; j++) {
             if (!md[j]) continue;
             const float beta = k == n ? 0.0f : 1.0f;
             if (ybf) { /* BF16 output: BF16 operands (B_j converted; stream order keeps one B buffer safe) */
@@ -915,7 +1064,7 @@ static int proj_fwd(gpu_train *t, int32_t l, const int *tg, const int64_t *col, 
         }
         prof_mark(t, TP_LORA_F);
     }
-    if (k == n) {
+    if (k == n && !bl) {
         TRY(w_fwd(t, y, ybf, ldy, x, xa, W, T, 1.0f, err, errn));
         prof_mark(t, TP_GEMM_F);
     }
@@ -925,11 +1074,12 @@ static int proj_fwd(gpu_train *t, int32_t l, const int *tg, const int64_t *col, 
 /* Its backward (lin_bwd in grad.c), dy (T, ·; ldy) -> dx (T, in) and the
  * LoRA gradients: tmp_j = s_j·dy_j·B_j into tmp (T, Σr); dB_j += s_j·dy_jᵀ·mid_j;
  * d[A_j] += tmpᵀ·x and dx = tmp·[A_j] as one GEMM each; then the frozen
- * GEMM adds dy·W onto dx. No x (both NULL): d[A_j] is left to the caller,
- * from tmp (t->ltmp) as this leaves it. */
+ * GEMM adds dy·W onto dx. left (PB_DA, PB_DB, PB_DX): what the caller
+ * computes instead, from tmp (t->ltmp) as this leaves it, and mid; with
+ * PB_DX the frozen GEMM writes dx. */
 static int proj_bwd(gpu_train *t, int32_t l, const int *tg, const int64_t *col, int n, const float *mid,
                     const float *x, const void *xa, int ldx, const dlin *W, const float *dy, const void *dya, int ldy,
-                    void *dx, int dxbf, int32_t T, char *err, size_t errn) {
+                    void *dx, int dxbf, int left, int32_t T, char *err, size_t errn) {
     const tmod *md[3];
     int rs;
     const int k = group_of(t, l, tg, n, md, &rs);
@@ -938,7 +1088,8 @@ static int proj_bwd(gpu_train *t, int32_t l, const int *tg, const int64_t *col, 
         const tmod *m0 = NULL;
         /* dy and x in BF16 when their producers wrote them so: LoRA reads those, its small operands converted */
         const bf16 *dyb = t->m->f32 ? NULL : (const bf16 *)dya, *xb = t->m->f32 ? NULL : (const bf16 *)xa;
-        if (dyb) to_bf(t, t->lb_mid, mid, (int64_t)T * rs);
+        const int db = !(left & PB_DB);
+        if (dyb && db) to_bf(t, t->lb_mid, mid, (int64_t)T * rs);
         for (int j = 0, c = 0; j < n; j++) {
             if (!md[j]) continue;
             if (!m0) m0 = md[j];
@@ -947,41 +1098,63 @@ static int proj_bwd(gpu_train *t, int32_t l, const int *tg, const int64_t *col, 
                 to_bf(t, t->lb_B, B, (int64_t)md[j]->r * md[j]->out);
                 TRY(bg(t, CUBLAS_OP_N, CUBLAS_OP_N, md[j]->r, T, md[j]->out, md[j]->scale, t->lb_B, md[j]->r,
                        dyb + col[j], ldy, 0.0f, tmp + c, 0, rs, err, errn));
-                TRY(bg_acc_t(t, md[j]->r, md[j]->out, T, md[j]->scale, t->lb_mid + c, rs, dyb + col[j], ldy,
-                             t->g + md[j]->offB, err, errn));
+                if (db)
+                    TRY(bg_acc_t(t, md[j]->r, md[j]->out, T, md[j]->scale, t->lb_mid + c, rs, dyb + col[j], ldy,
+                                 t->g + md[j]->offB, err, errn));
             } else {
                 const float *dyj = dy + col[j];
                 TRY(sg(t, CUBLAS_OP_N, CUBLAS_OP_N, md[j]->r, T, md[j]->out, md[j]->scale, B, md[j]->r, dyj, ldy, 0.0f,
                        tmp + c, rs, err, errn));
-                TRY(sg(t, CUBLAS_OP_N, CUBLAS_OP_T, md[j]->r, md[j]->out, T, md[j]->scale, mid + c, rs, dyj, ldy, 1.0f,
-                       t->g + md[j]->offB, md[j]->r, err, errn));
+                if (db)
+                    TRY(sg(t, CUBLAS_OP_N, CUBLAS_OP_T, md[j]->r, md[j]->out, T, md[j]->scale, mid + c, rs, dyj, ldy,
+                           1.0f, t->g + md[j]->offB, md[j]->r, err, errn));
             }
             c += md[j]->r;
         }
-        const int in = m0->in;
-        if (xb || dxbf) to_bf(t, t->lb_tmp, tmp, (int64_t)T * rs);
-        if (xb) {
+        const int in = m0->in, dA = !(left & PB_DA), dX = !(left & PB_DX);
+        if ((xb && dA) || (dxbf && dX)) to_bf(t, t->lb_tmp, tmp, (int64_t)T * rs);
+        if (dA && xb) {
             TRY(bg_acc_t(t, in, rs, T, 1.0f, xb, ldx, t->lb_tmp, rs, t->g + m0->offA, err, errn));
-        } else if (x) {
+        } else if (dA) {
             TRY(sg(t, CUBLAS_OP_N, CUBLAS_OP_T, in, rs, T, 1.0f, x, ldx, tmp, rs, 1.0f, t->g + m0->offA, in, err, errn));
         }
-        if (dxbf) { /* dx in BF16: from BF16 tmp and As; the frozen GEMM then adds onto it in BF16 */
+        if (dX && dxbf) { /* dx in BF16: from BF16 tmp and As; the frozen GEMM then adds onto it in BF16 */
             to_bf(t, t->lb_A, t->p + m0->offA, (int64_t)rs * in);
             TRY(bg(t, CUBLAS_OP_N, CUBLAS_OP_N, in, T, rs, 1.0f, t->lb_A, in, t->lb_tmp, rs, 0.0f, dx, 1, (int)W->in, err,
                    errn));
-        } else {
+        } else if (dX) {
             TRY(sg(t, CUBLAS_OP_N, CUBLAS_OP_N, in, T, rs, 1.0f, t->p + m0->offA, in, tmp, rs, 0.0f, (float *)dx,
                    (int)W->in, err, errn));
         }
         prof_mark(t, TP_LORA_B);
     }
-    TRY(w_bwd(t, dx, dxbf, dy, dya, ldy, W, T, k ? 1.0f : 0.0f, err, errn));
+    TRY(w_bwd(t, dx, dxbf, dy, dya, ldy, W, T, k && !(left & PB_DX) ? 1.0f : 0.0f, err, errn));
     prof_mark(t, TP_GEMM_B);
     return 0;
 }
 
 
 /* ------------------------------------------------------------------ forward / backward of one layer */
+
+/* Rows per block of the SwiGLU kernels that carry LoRA (a column per thread, rows iterated): 256, halved
+ * (to 32 at least) while the grid would have under 4 blocks per SM, so that short passes fill the GPU. */
+static int32_t swb_rows(const gpu_train *t, int32_t T) {
+    const int64_t cols = (t->m->F + 255) / 256;
+    int32_t rows = 256;
+    while (rows > 32 && cols * ((T + rows - 1) / rows) < 4 * (int64_t)t->m->n_sm) rows /= 2;
+    return rows;
+}
+
+/* tk_swiglu_fwd_lora over a pass of T rows: gate (mg) and/or up (mu) adapted, mid = h2·[A]ᵀ (T, r_g + r_u). */
+template <class A>
+static void swiglu_fwd_lora(gpu_train *t, A *gu, float *a, bf16 *ab, const float *mid, const tmod *mg, const tmod *mu,
+                            int32_t F, int32_t T) {
+    const int32_t rows = swb_rows(t, T), rg = mg ? mg->r : 0, ru = mu ? mu->r : 0;
+    const dim3 g((F + 255) / 256, (T + rows - 1) / rows);
+    tk_swiglu_fwd_lora<A><<<g, 256, 0, t->s>>>(gu, a, ab, F, T, rows, mid, rg + ru, mg ? t->p + mg->offB : NULL, rg,
+                                                mg ? mg->scale : 0.0f, mu ? t->p + mu->offB : NULL, ru,
+                                                mu ? mu->scale : 0.0f);
+}
 
 static int layer_fwd(gpu_train *t, int32_t l, tacts *A, const float *x, float *y_out, int32_t T, char *err,
                      size_t errn) {
@@ -995,7 +1168,7 @@ static int layer_fwd(gpu_train *t, int32_t l, tacts *A, const float *x, float *y
     if (m->f32) tk_norm_fwd<float><<<T, 256, 0, t->s>>>((float *)A->h1, A->r1, x, L->attn_norm, H, m->eps);
     else tk_norm_fwd<bf16><<<T, 256, 0, t->s>>>((bf16 *)A->h1, A->r1, x, L->attn_norm, H, m->eps);
     prof_mark(t, TP_ELT_F);
-    TRY(proj_fwd(t, l, TQKV, CQKV, 3, A->mid[0], f32_of(t, A->h1), A->h1, H, &L->wqkv, t->y, 0, (int)qn, T, err,
+    TRY(proj_fwd(t, l, TQKV, CQKV, 3, A->mid[0], f32_of(t, A->h1), A->h1, H, &L->wqkv, t->y, 0, (int)qn, 0, T, err,
                  errn));
     dim3 gq(T, (nh + 2 * nkv + 3) / 4);
     const int qsm = 4 * hd * (int)sizeof(float);
@@ -1029,7 +1202,7 @@ static int layer_fwd(gpu_train *t, int32_t l, tacts *A, const float *x, float *y
         tk_heads<bf16><<<T, 256, 0, t->s>>>((bf16 *)A->att, t->oh, t->d_sofs, t->d_slen, nh, hd, qd, 0, 0);
     prof_mark(t, TP_ATT_F);
     TRY(proj_fwd(t, l, TO, C0, 1, A->mid[0] + (int64_t)3 * t->max_r * T, f32_of(t, A->att), A->att, (int)qd, &L->wo,
-                 t->y, 0, H, T, err, errn));
+                 t->y, 0, H, 0, T, err, errn));
     if (m->f32)
         tk_add_norm<float><<<T, 256, 0, t->s>>>(A->xmid, (float *)A->h2, A->r2, x, t->y, L->bo, L->ffn_norm, H, m->eps);
     else
@@ -1038,7 +1211,10 @@ static int layer_fwd(gpu_train *t, int32_t l, tacts *A, const float *x, float *y
     /* gate | up in the activation type: BF16 halves the traffic of the layer's widest tensor (written, read back
      * by the GEMM epilogue, by SwiGLU, its recomputation and its backward) */
     const int gbf = !m->f32;
-    TRY(proj_fwd(t, l, TGU, CGU, 2, A->mid[1], f32_of(t, A->h2), A->h2, H, &L->wgu, A->gu, gbf, 2 * F, T, err, errn));
+    const tmod *mg = mod_of(t, l, LT_GATE), *mu = mod_of(t, l, LT_UP);
+    const int lfw = t->lfuse && (mg || mu); /* their B-products by tk_swiglu_fwd_lora */
+    TRY(proj_fwd(t, l, TGU, CGU, 2, A->mid[1], f32_of(t, A->h2), A->h2, H, &L->wgu, A->gu, gbf, 2 * F, lfw ? PF_B : 0, T,
+                 err, errn));
     const int64_t ngu = (int64_t)T * 2 * F;
     if (L->bgu && gbf) tk_bias<bf16><<<grid_for(ngu), 256, 0, t->s>>>((bf16 *)A->gu, L->bgu, ngu, 2 * F);
     else if (L->bgu) tk_bias<float><<<grid_for(ngu), 256, 0, t->s>>>((float *)A->gu, L->bgu, ngu, 2 * F);
@@ -1046,23 +1222,45 @@ static int layer_fwd(gpu_train *t, int32_t l, tacts *A, const float *x, float *y
     /* silu(gate)·up: F32 for LoRA's down A-product (or the F32 GEMM), BF16 straight into the down GEMM's input */
     bf16 *actb = m->f32 ? NULL : (bf16 *)t->abuf;
     float *actf = m->f32 ? t->act : NULL; /* BF16 models: LoRA's down A-product reads the BF16 copy too */
-    if (gbf) tk_swiglu_fwd<bf16><<<gs, 256, 0, t->s>>>(actf, actb, (const bf16 *)A->gu, F);
+    if (lfw && gbf) swiglu_fwd_lora<bf16>(t, (bf16 *)A->gu, actf, actb, A->mid[1], mg, mu, F, T);
+    else if (lfw) swiglu_fwd_lora<float>(t, (float *)A->gu, actf, actb, A->mid[1], mg, mu, F, T);
+    else if (gbf) tk_swiglu_fwd<bf16><<<gs, 256, 0, t->s>>>(actf, actb, (const bf16 *)A->gu, F);
     else tk_swiglu_fwd<float><<<gs, 256, 0, t->s>>>(actf, actb, (const float *)A->gu, F);
     prof_mark(t, TP_ELT_F);
-    TRY(proj_fwd(t, l, TD, C0, 1, A->mid[2], t->act, actb, F, &L->wd, t->y, 0, H, T, err, errn));
+    TRY(proj_fwd(t, l, TD, C0, 1, A->mid[2], t->act, actb, F, &L->wd, t->y, 0, H, 0, T, err, errn));
     tk_add<<<grid_for((int64_t)T * H), 256, 0, t->s>>>(y_out, A->xmid, t->y, L->bd, (int64_t)T * H, H);
     prof_mark(t, TP_ELT_F);
     return 0;
 }
 
-/* tk_swiglu_bwd_da over a pass of T rows, its accumulators sized for the rank r (<= 64: t->swb). */
+/* tk_swiglu_bwd_da over a pass of T rows, its accumulators sized for the rank r (<= 64: t->swb), then its
+ * chunks summed into down's dA. */
 template <class A>
-static void swiglu_bwd_da(gpu_train *t, float *dgu, bf16 *dgub, const A *da, const A *gu, int32_t F, int32_t T,
-                          int32_t r) {
-    const dim3 g((F + 255) / 256, (T + SWB_ROWS - 1) / SWB_ROWS);
-    if (r <= 16) tk_swiglu_bwd_da<A, 16><<<g, 256, 0, t->s>>>(dgu, dgub, da, gu, F, T, t->ltmp, r, t->dpart);
-    else if (r <= 32) tk_swiglu_bwd_da<A, 32><<<g, 256, 0, t->s>>>(dgu, dgub, da, gu, F, T, t->ltmp, r, t->dpart);
-    else tk_swiglu_bwd_da<A, 64><<<g, 256, 0, t->s>>>(dgu, dgub, da, gu, F, T, t->ltmp, r, t->dpart);
+static void swiglu_bwd_da(gpu_train *t, float *dgu, bf16 *dgub, const A *da, const A *gu, const tmod *md, int32_t F,
+                          int32_t T) {
+    const int32_t rows = swb_rows(t, T), nc = (T + rows - 1) / rows, r = md->r;
+    const dim3 g((F + 255) / 256, nc);
+    if (r <= 16) tk_swiglu_bwd_da<A, 16><<<g, 256, 0, t->s>>>(dgu, dgub, da, gu, F, T, rows, t->ltmp, r, t->dpart);
+    else if (r <= 32) tk_swiglu_bwd_da<A, 32><<<g, 256, 0, t->s>>>(dgu, dgub, da, gu, F, T, rows, t->ltmp, r, t->dpart);
+    else tk_swiglu_bwd_da<A, 64><<<g, 256, 0, t->s>>>(dgu, dgub, da, gu, F, T, rows, t->ltmp, r, t->dpart);
+    tk_sum_parts<<<grid_for((int64_t)r * F), 256, 0, t->s>>>(t->g + md->offA, t->dpart, nc, (int64_t)r * F);
+}
+
+/* tk_swiglu_bwd_lora over a pass of T rows (down md, gate mg, up mu: each adapted or NULL; tmp = s·dy·B_down
+ * in t->ltmp, mid = h2·[A]ᵀ of gate|up), then its chunks summed into down's dA and gate's and up's dB. */
+template <class A>
+static void swiglu_bwd_lora(gpu_train *t, float *dgu, bf16 *dgub, const A *da, const A *gu, const float *mid,
+                            const tmod *md, const tmod *mg, const tmod *mu, int32_t F, int32_t T) {
+    const int32_t rows = swb_rows(t, T), nc = (T + rows - 1) / rows;
+    const int32_t rd = md ? md->r : 0, rg = mg ? mg->r : 0, ru = mu ? mu->r : 0;
+    const dim3 g((F + 255) / 256, nc);
+    tk_swiglu_bwd_lora<A><<<g, 256, 0, t->s>>>(dgu, dgub, da, gu, F, T, rows, t->ltmp, md ? t->p + md->offA : NULL, rd,
+                                               mid, rg + ru, rg, mg ? mg->scale : 0.0f, ru, mu ? mu->scale : 0.0f,
+                                               t->dpart, nc);
+    const int64_t nd = (int64_t)rd * F, ng = (int64_t)rg * F, nu = (int64_t)ru * F;
+    if (rd) tk_sum_parts<<<grid_for(nd), 256, 0, t->s>>>(t->g + md->offA, t->dpart, nc, nd);
+    if (rg) tk_sum_parts<<<grid_for(ng), 256, 0, t->s>>>(t->g + mg->offB, t->dpart + nc * nd, nc, ng);
+    if (ru) tk_sum_parts<<<grid_for(nu), 256, 0, t->s>>>(t->g + mu->offB, t->dpart + nc * (nd + ng), nc, nu);
 }
 
 /* t->dx: gradient w.r.t. the layer output on entry, w.r.t. its input x on return. */
@@ -1078,35 +1276,40 @@ static int layer_bwd(gpu_train *t, int32_t l, const tacts *A, const float *x, in
     prof_mark(t, TP_OTHER);
     dim3 gs((F + 255) / 256, T);
     bf16 *actb = m->f32 ? NULL : (bf16 *)t->abuf; /* silu(gate)·up again, for down's dA GEMM (unfused path) */
-    const tmod *mdn = mod_of(t, l, LT_DOWN);
-    const int swb = mdn && t->swb; /* down's dA by the SwiGLU backward, from silu(gate)·up made on the fly */
-    if (mdn && !swb) { /* its input, silu(gate)·up, again */
+    const tmod *mdn = mod_of(t, l, LT_DOWN), *mg = mod_of(t, l, LT_GATE), *mu = mod_of(t, l, LT_UP);
+    const int lf = t->lfuse && (mdn || mg || mu); /* the MLP's LoRA terms by tk_swiglu_bwd_lora */
+    const int swb = !lf && mdn && t->swb; /* down's dA by the SwiGLU backward, from silu(gate)·up made on the fly */
+    if (mdn && !swb && !lf) { /* its input, silu(gate)·up, again */
         if (m->f32) tk_swiglu_fwd<float><<<gs, 256, 0, t->s>>>(t->act, (bf16 *)NULL, (const float *)A->gu, F);
         else tk_swiglu_fwd<bf16><<<gs, 256, 0, t->s>>>((float *)NULL, actb, (const bf16 *)A->gu, F);
         prof_mark(t, TP_ELT_B);
     }
     /* da = d silu(gate)·up: BF16 on BF16 models, as is dgu, which only GEMMs read there */
-    TRY(proj_bwd(t, l, TD, C0, 1, A->mid[2], swb ? NULL : t->act, swb ? NULL : actb, F, &L->wd, dx, t->dxb, H, da,
-                 !m->f32, T, err, errn));
+    TRY(proj_bwd(t, l, TD, C0, 1, A->mid[2], t->act, actb, F, &L->wd, dx, t->dxb, H, da, !m->f32,
+                 lf ? PB_DA | PB_DX : swb ? PB_DA : 0, T, err, errn));
     bf16 *dgub = m->f32 ? NULL : (bf16 *)t->abuf; /* the gate|up backward GEMM's input, written by the kernel */
-    if (swb) {
-        const int32_t r = mdn->r, nc = (T + SWB_ROWS - 1) / SWB_ROWS;
-        if (m->f32) swiglu_bwd_da<float>(t, t->dgu, dgub, (const float *)da, (const float *)A->gu, F, T, r);
-        else swiglu_bwd_da<bf16>(t, (float *)NULL, dgub, (const bf16 *)da, (const bf16 *)A->gu, F, T, r);
-        tk_sum_parts<<<grid_for((int64_t)r * F), 256, 0, t->s>>>(t->g + mdn->offA, t->dpart, nc, (int64_t)r * F);
+    if (lf && m->f32) {
+        swiglu_bwd_lora<float>(t, t->dgu, dgub, (const float *)da, (const float *)A->gu, A->mid[1], mdn, mg, mu, F, T);
+    } else if (lf) {
+        swiglu_bwd_lora<bf16>(t, (float *)NULL, dgub, (const bf16 *)da, (const bf16 *)A->gu, A->mid[1], mdn, mg, mu, F,
+                              T);
+    } else if (swb && m->f32) {
+        swiglu_bwd_da<float>(t, t->dgu, dgub, (const float *)da, (const float *)A->gu, mdn, F, T);
+    } else if (swb) {
+        swiglu_bwd_da<bf16>(t, (float *)NULL, dgub, (const bf16 *)da, (const bf16 *)A->gu, mdn, F, T);
     } else if (m->f32) {
         tk_swiglu_bwd<float><<<gs, 256, 0, t->s>>>(t->dgu, dgub, (const float *)da, (const float *)A->gu, F);
     } else {
         tk_swiglu_bwd<bf16><<<gs, 256, 0, t->s>>>((float *)NULL, dgub, (const bf16 *)da, (const bf16 *)A->gu, F);
     }
     prof_mark(t, TP_ELT_B);
-    TRY(proj_bwd(t, l, TGU, CGU, 2, A->mid[1], f32_of(t, A->h2), A->h2, H, &L->wgu, t->dgu, dgub, 2 * F, t->dh, 0, T,
-                 err, errn));
+    TRY(proj_bwd(t, l, TGU, CGU, 2, A->mid[1], f32_of(t, A->h2), A->h2, H, &L->wgu, t->dgu, dgub, 2 * F, t->dh, 0,
+                 lf ? PB_DB : 0, T, err, errn));
     tk_norm_bwd<<<T, 256, 0, t->s>>>(dx, t->dxb, t->dh, A->xmid, L->ffn_norm, A->r2, H, 1);
     prof_mark(t, TP_ELT_B);
     /* attention */
     TRY(proj_bwd(t, l, TO, C0, 1, A->mid[0] + (int64_t)3 * t->max_r * T, f32_of(t, A->att), A->att, (int)qd, &L->wo,
-                 dx, t->dxb, H, t->datt, 0, T, err, errn));
+                 dx, t->dxb, H, t->datt, 0, 0, T, err, errn));
     const int32_t *so = t->d_sofs, *sl = t->d_slen;
     float *dqh = t->hd_tmp;                                                  /* head-major, T rows each */
     float *dkh = dqh + qd * T, *dvh = dkh + kvd * T;
@@ -1146,7 +1349,7 @@ static int layer_bwd(gpu_train *t, int32_t l, const tacts *A, const float *x, in
                                                  A->rq, A->rk, m->inv_freq, so, sl, nh, nkv, hd, qn);
     prof_mark(t, TP_ATT_B);
     TRY(proj_bwd(t, l, TQKV, CQKV, 3, A->mid[0], f32_of(t, A->h1), A->h1, H, &L->wqkv, f32_of(t, t->dqkv), t->dqkv,
-                 (int)qn, t->dh, 0, T, err, errn));
+                 (int)qn, t->dh, 0, 0, T, err, errn));
     tk_norm_bwd<<<T, 256, 0, t->s>>>(dx, t->dxb, t->dh, x, L->attn_norm, A->r1, H, 1);
     prof_mark(t, TP_ELT_B);
     return 0;
@@ -1254,14 +1457,18 @@ static int train_new(gpu_model *m, const gpu_lora_desc *mods, int32_t max_tokens
     }
     const int64_t T = max_tokens, S = max_seq, H = m->H, hd = m->hd, nh = m->nh, nkv = m->nkv, F = m->F, V = m->V,
                   qd = nh * hd, kvd = nkv * hd, qn = qd + 2 * kvd, f = 4;
-    int32_t r_down = 0; /* the largest rank of an adapted down projection */
+    int32_t r_down = 0, r_mlp = 0; /* the largest rank of an adapted down projection, of gate, up or down */
     for (int32_t l = 0; l < m->n_layers; l++) {
-        const int32_t r = t->mods[l * LT_N + LT_DOWN].r;
+        const int32_t r = t->mods[l * LT_N + LT_DOWN].r, rg = t->mods[l * LT_N + LT_GATE].r,
+                      ru = t->mods[l * LT_N + LT_UP].r;
         r_down = r > r_down ? r : r_down;
+        r_mlp = r > r_mlp ? r : r_mlp, r_mlp = rg > r_mlp ? rg : r_mlp, r_mlp = ru > r_mlp ? ru : r_mlp;
     }
-    { /* PRISM_CUDA_FUSE=0 (read when the session starts): SwiGLU recomputed by its own kernel for a dA GEMM */
-        const char *e = getenv("PRISM_CUDA_FUSE");
+    { /* read when the session starts: PRISM_CUDA_FUSE=0, SwiGLU recomputed by its own kernel for a dA GEMM and
+       * the MLP's LoRA by GEMMs; PRISM_CUDA_LORA_FUSE=0, only the latter */
+        const char *e = getenv("PRISM_CUDA_FUSE"), *e2 = getenv("PRISM_CUDA_LORA_FUSE");
         t->swb = r_down > 0 && r_down <= 64 && !(e && *e == '0');
+        t->lfuse = r_mlp > 0 && r_mlp <= LF_R && !(e && *e == '0') && !(e2 && *e2 == '0');
     }
     cudaError_t ce = cudaStreamCreateWithFlags(&t->s, cudaStreamNonBlocking);
     if (ce != cudaSuccess) {
@@ -1305,7 +1512,15 @@ static int train_new(gpu_model *m, const gpu_lora_desc *mods, int32_t max_tokens
             TA2(t->dP, nh * S * S * f);
         }
         if (m->f32) TA2(t->act, T * F * f); /* BF16 models keep silu(gate)·up in BF16 only (abuf) */
-        if (t->swb) TA2(t->dpart, (T + SWB_ROWS - 1) / SWB_ROWS * r_down * F * f);
+        if (t->swb || t->lfuse) { /* the most chunks a pass of up to T rows makes (swb_rows) */
+            int64_t nc = 1;
+            for (int32_t n = 1; n <= T; n++) {
+                const int64_t rows = swb_rows(t, n), c = (n + rows - 1) / rows;
+                nc = c > nc ? c : nc;
+            }
+            const int64_t per = t->lfuse ? 3 * LF_R : r_down; /* lfuse: each of r_down, r_gate, r_up <= LF_R */
+            TA2(t->dpart, nc * (per > r_down ? per : r_down) * F * f);
+        }
         int64_t aw = wide > F ? wide : F;
         aw = aw > qd ? aw : qd;
         TA2(t->abuf, T * aw * (int64_t)m->asz);
