@@ -195,17 +195,17 @@ template <class A> __global__ void tk_norm_fwd(A *h, float *r, const float *x, c
 }
 
 /* The residual add and the next RMSNorm in one pass: out = a + b (+ bias),
- * h = rmsnorm(out)·w, r = 1/rms; one block per row (the row read back by its
- * own threads, from cache, not from memory). */
+ * h = rmsnorm(out)·w, r = 1/rms, b and h in the activation type; one block per
+ * row (the row read back by its own threads, from cache, not from memory). */
 template <class A>
-__global__ void tk_add_norm(float *out, A *h, float *r, const float *a, const float *b, const float *bias,
+__global__ void tk_add_norm(float *out, A *h, float *r, const float *a, const A *b, const float *bias,
                             const float *w, int32_t H, float eps) {
     __shared__ float red[32];
     const int64_t i = blockIdx.x;
     float *o = out + i * H;
     float ss = 0.0f;
     for (int32_t j = threadIdx.x; j < H; j += blockDim.x) {
-        const float v = a[i * H + j] + b[i * H + j] + (bias ? bias[j] : 0.0f);
+        const float v = a[i * H + j] + ldA(b + i * H + j) + (bias ? bias[j] : 0.0f);
         o[j] = v;
         ss += v * v;
     }
@@ -270,12 +270,12 @@ static __device__ __forceinline__ void rope_row(float *d, int32_t hd, float p, c
     }
 }
 
-/* q, k, v from y (T, qkv_n): bias, Qwen3 norm (raw and r saved), RoPE at
- * position t, computed in F32 (the warp's row in shared memory, hd floats a
- * warp) and written head-major as Q: F32, or BF16 for flash.cu, which rounds
- * them so anyway. One warp per (t, head). */
-template <class Q>
-__global__ void tk_qkv_fwd(const float *y, const float *bqkv, const float *q_norm, const float *k_norm,
+/* q, k, v from y (T, qkv_n; the activation type): bias, Qwen3 norm (raw and
+ * r saved), RoPE at position t, computed in F32 (the warp's row in shared
+ * memory, hd floats a warp) and written head-major as Q: F32, or BF16 for
+ * flash.cu, which rounds them so anyway. One warp per (t, head). */
+template <class A, class Q>
+__global__ void tk_qkv_fwd(const A *y, const float *bqkv, const float *q_norm, const float *k_norm,
                            const float *inv_freq, float *qraw, float *kraw, float *rq, float *rk, Q *qh, Q *kh, Q *vh,
                            const int32_t *sofs, const int32_t *slen, int32_t nh, int32_t nkv, int32_t hd,
                            int64_t qkv_n, float eps) {
@@ -289,11 +289,11 @@ __global__ void tk_qkv_fwd(const float *y, const float *bqkv, const float *q_nor
     const int is_q = q.is_q, is_k = q.is_k;
     const int32_t hh = q.hh;
     const int64_t col = q.col;
-    const float *src = y + t * qkv_n + col;
+    const A *src = y + t * qkv_n + col;
     float *d = sm + wi * hd;
     float ss = 0.0f;
     for (int32_t j = lane; j < hd; j += 32) {
-        const float v = src[j] + (bqkv ? bqkv[col + j] : 0.0f);
+        const float v = ldA(src + j) + (bqkv ? bqkv[col + j] : 0.0f);
         d[j] = v;
         ss += v * v;
     }
@@ -469,10 +469,11 @@ static void dsoftmax_rows(cudaStream_t st, float *dP, const float *P, int64_t ro
     else tk_dsoftmax<0><<<(int)rows, 128, 0, st>>>(dP, P, T, scale);
 }
 
-/* out = a + b (+ bias per column); n columns. */
-__global__ void tk_add(float *out, const float *a, const float *b, const float *bias, int64_t total, int32_t n) {
+/* out = a + b (+ bias per column), b in the activation type; n columns. */
+template <class A>
+__global__ void tk_add(float *out, const float *a, const A *b, const float *bias, int64_t total, int32_t n) {
     for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < total; i += (int64_t)gridDim.x * blockDim.x)
-        out[i] = a[i] + b[i] + (bias ? bias[i % n] : 0.0f);
+        out[i] = a[i] + ldA(b + i) + (bias ? bias[i % n] : 0.0f);
 }
 
 template <class A> __global__ void tk_bias(A *y, const float *bias, int64_t total, int32_t n) {
@@ -1164,22 +1165,30 @@ static int layer_fwd(gpu_train *t, int32_t l, tacts *A, const float *x, float *y
     const int64_t qd = (int64_t)nh * hd, kvd = (int64_t)nkv * hd, qn = qd + 2 * kvd;
     const int TQKV[3] = {LT_Q, LT_K, LT_V}, TGU[2] = {LT_GATE, LT_UP}, TO[1] = {LT_O}, TD[1] = {LT_DOWN};
     const int64_t CQKV[3] = {0, qd, qd + kvd}, CGU[2] = {0, F}, C0[1] = {0};
-    /* h1, h2 and att exist in the activation type only: GEMMs are all that read them */
+    /* h1, h2 and att exist in the activation type only: GEMMs are all that read them. So do the projections'
+     * outputs (y): BF16 on BF16 models, as peft's are; the residual stream stays F32 */
+    const int ybf = !m->f32;
+    const float *yf = (const float *)t->y;
+    const bf16 *yb = (const bf16 *)t->y;
     if (m->f32) tk_norm_fwd<float><<<T, 256, 0, t->s>>>((float *)A->h1, A->r1, x, L->attn_norm, H, m->eps);
     else tk_norm_fwd<bf16><<<T, 256, 0, t->s>>>((bf16 *)A->h1, A->r1, x, L->attn_norm, H, m->eps);
     prof_mark(t, TP_ELT_F);
-    TRY(proj_fwd(t, l, TQKV, CQKV, 3, A->mid[0], f32_of(t, A->h1), A->h1, H, &L->wqkv, t->y, 0, (int)qn, 0, T, err,
-                 errn));
+    TRY(proj_fwd(t, l, TQKV, CQKV, 3, A->mid[0], f32_of(t, A->h1), A->h1, H, &L->wqkv, t->y, ybf, (int)qn, 0, T,
+                 err, errn));
     dim3 gq(T, (nh + 2 * nkv + 3) / 4);
     const int qsm = 4 * hd * (int)sizeof(float);
-    if (t->flash)
-        tk_qkv_fwd<bf16><<<gq, 128, qsm, t->s>>>(t->y, L->bqkv, L->q_norm, L->k_norm, m->inv_freq, A->qraw, A->kraw,
-                                                 A->rq, A->rk, (bf16 *)A->qh, (bf16 *)A->kh, (bf16 *)A->vh, t->d_sofs,
-                                                 t->d_slen, nh, nkv, hd, qn, m->eps);
+    if (t->flash) /* BF16 models only */
+        tk_qkv_fwd<bf16, bf16><<<gq, 128, qsm, t->s>>>(yb, L->bqkv, L->q_norm, L->k_norm, m->inv_freq, A->qraw, A->kraw,
+                                                       A->rq, A->rk, (bf16 *)A->qh, (bf16 *)A->kh, (bf16 *)A->vh,
+                                                       t->d_sofs, t->d_slen, nh, nkv, hd, qn, m->eps);
+    else if (ybf)
+        tk_qkv_fwd<bf16, float><<<gq, 128, qsm, t->s>>>(yb, L->bqkv, L->q_norm, L->k_norm, m->inv_freq, A->qraw,
+                                                        A->kraw, A->rq, A->rk, (float *)A->qh, (float *)A->kh,
+                                                        (float *)A->vh, t->d_sofs, t->d_slen, nh, nkv, hd, qn, m->eps);
     else
-        tk_qkv_fwd<float><<<gq, 128, qsm, t->s>>>(t->y, L->bqkv, L->q_norm, L->k_norm, m->inv_freq, A->qraw, A->kraw,
-                                                  A->rq, A->rk, (float *)A->qh, (float *)A->kh, (float *)A->vh,
-                                                  t->d_sofs, t->d_slen, nh, nkv, hd, qn, m->eps);
+        tk_qkv_fwd<float, float><<<gq, 128, qsm, t->s>>>(yf, L->bqkv, L->q_norm, L->k_norm, m->inv_freq, A->qraw,
+                                                         A->kraw, A->rq, A->rk, (float *)A->qh, (float *)A->kh,
+                                                         (float *)A->vh, t->d_sofs, t->d_slen, nh, nkv, hd, qn, m->eps);
     const float scale = 1.0f / sqrtf((float)hd);
     float *P = A->P;
     if (t->flash)
@@ -1202,11 +1211,11 @@ static int layer_fwd(gpu_train *t, int32_t l, tacts *A, const float *x, float *y
         tk_heads<bf16><<<T, 256, 0, t->s>>>((bf16 *)A->att, t->oh, t->d_sofs, t->d_slen, nh, hd, qd, 0, 0);
     prof_mark(t, TP_ATT_F);
     TRY(proj_fwd(t, l, TO, C0, 1, A->mid[0] + (int64_t)3 * t->max_r * T, f32_of(t, A->att), A->att, (int)qd, &L->wo,
-                 t->y, 0, H, 0, T, err, errn));
+                 t->y, ybf, H, 0, T, err, errn));
     if (m->f32)
-        tk_add_norm<float><<<T, 256, 0, t->s>>>(A->xmid, (float *)A->h2, A->r2, x, t->y, L->bo, L->ffn_norm, H, m->eps);
+        tk_add_norm<float><<<T, 256, 0, t->s>>>(A->xmid, (float *)A->h2, A->r2, x, yf, L->bo, L->ffn_norm, H, m->eps);
     else
-        tk_add_norm<bf16><<<T, 256, 0, t->s>>>(A->xmid, (bf16 *)A->h2, A->r2, x, t->y, L->bo, L->ffn_norm, H, m->eps);
+        tk_add_norm<bf16><<<T, 256, 0, t->s>>>(A->xmid, (bf16 *)A->h2, A->r2, x, yb, L->bo, L->ffn_norm, H, m->eps);
     prof_mark(t, TP_ELT_F);
     /* gate | up in the activation type: BF16 halves the traffic of the layer's widest tensor (written, read back
      * by the GEMM epilogue, by SwiGLU, its recomputation and its backward) */
@@ -1227,8 +1236,9 @@ static int layer_fwd(gpu_train *t, int32_t l, tacts *A, const float *x, float *y
     else if (gbf) tk_swiglu_fwd<bf16><<<gs, 256, 0, t->s>>>(actf, actb, (const bf16 *)A->gu, F);
     else tk_swiglu_fwd<float><<<gs, 256, 0, t->s>>>(actf, actb, (const float *)A->gu, F);
     prof_mark(t, TP_ELT_F);
-    TRY(proj_fwd(t, l, TD, C0, 1, A->mid[2], t->act, actb, F, &L->wd, t->y, 0, H, 0, T, err, errn));
-    tk_add<<<grid_for((int64_t)T * H), 256, 0, t->s>>>(y_out, A->xmid, t->y, L->bd, (int64_t)T * H, H);
+    TRY(proj_fwd(t, l, TD, C0, 1, A->mid[2], t->act, actb, F, &L->wd, t->y, ybf, H, 0, T, err, errn));
+    if (ybf) tk_add<bf16><<<grid_for((int64_t)T * H), 256, 0, t->s>>>(y_out, A->xmid, yb, L->bd, (int64_t)T * H, H);
+    else tk_add<float><<<grid_for((int64_t)T * H), 256, 0, t->s>>>(y_out, A->xmid, yf, L->bd, (int64_t)T * H, H);
     prof_mark(t, TP_ELT_F);
     return 0;
 }
