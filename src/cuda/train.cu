@@ -65,6 +65,7 @@ struct gpu_train {
     gpu_model *m;
     cudaStream_t s;
     cublasHandle_t blas;
+    void *blas_ws;     /* its workspace: 32 MiB, the size cuBLAS recommends for Hopper (a larger one does no harm) */
     int32_t T_max;     /* rows of a pass: the tokens of all its sequences */
     int32_t S_max;     /* tokens of one sequence at most */
     int32_t recompute, n_mods, max_r, first_adapted;
@@ -1372,13 +1373,13 @@ static void train_free(gpu_train *t) {
     cudaSetDevice(t->m->dev);
     if (t->s) cudaStreamSynchronize(t->s);
     prof_free(t);
+    if (t->blas) cublasDestroy(t->blas); /* before its workspace goes */
     for (int i = 0; i < t->n_allocs; i++) cudaFree(t->allocs[i]);
     account(-t->bytes);
     if (t->d_teach) {
         cudaFree(t->d_teach);
         account(-t->cap_teacher * 8);
     }
-    if (t->blas) cublasDestroy(t->blas);
     if (t->s) cudaStreamDestroy(t->s);
     free(t->allocs);
     free(t->acts);
@@ -1494,6 +1495,11 @@ static int train_new(gpu_model *m, const gpu_lora_desc *mods, int32_t max_tokens
     do {                                                                 \
         if ((rc = talloc(t, (void **)&(ptr), (size_t)(n), err, errn))) goto fail; \
     } while (0)
+    TA2(t->blas_ws, (int64_t)32 << 20);
+    if (cublasSetWorkspace(t->blas, t->blas_ws, (size_t)32 << 20) != CUBLAS_STATUS_SUCCESS) {
+        rc = gpu_fail(err, errn, PRISM_GPU_E_DEVICE, "cublasSetWorkspace failed");
+        goto fail;
+    }
     TA2(t->p, t->n_params * f); TA2(t->g, t->n_params * f); TA2(t->m1, t->n_params * f); TA2(t->m2, t->n_params * f);
     TA2(t->xs, (m->n_layers + 1) * T * H * f);
     t->n_acts = t->recompute ? 1 : m->n_layers;
