@@ -19,7 +19,8 @@
 #      fusions, without CUDA graphs and with split-K per 64 keys (the old
 #      default), and where the training step's time goes (PRISM_CUDA_PROFILE=1),
 #      also without flash.cu, the fused SwiGLU backward, the MLP's LoRA in the
-#      SwiGLU kernels, or the LM head's and LoRA's splits;
+#      SwiGLU kernels, or the LM head's and LoRA's splits, and with the long-K
+#      frozen GEMMs split;
 #   6. compute-sanitizer memcheck and racecheck over one architecture, when
 #      installed;
 #   7. the 7B batch-1 decode step under Nsight Compute (scripts/gpu_profile.sh),
@@ -126,7 +127,8 @@ done | tee -a "$OUT/bench_variants.log"
 for v in "PRISM_CUDA_FUSE=0: SwiGLU recomputed by its own kernel for down's dA GEMM (the baseline of tk_swiglu_bwd_da)" \
     "PRISM_CUDA_LORA_FUSE=0: the MLP's LoRA by GEMMs, down's dA aside (the baseline of tk_swiglu_fwd_lora and tk_swiglu_bwd_lora)" \
     "PRISM_CUDA_LM_SPLIT=1: the LM head's backward GEMM in one piece (the baseline of its vocabulary split)" \
-    "PRISM_CUDA_LORA_SPLIT=0: LoRA's dA and dB GEMMs in one piece (the baseline of their row split)"; do
+    "PRISM_CUDA_LORA_SPLIT=0: LoRA's dA and dB GEMMs in one piece (the baseline of their row split)" \
+    "PRISM_CUDA_FROZEN_SPLIT=2: the long-K frozen GEMMs (down forward, gate|up backward) in 2 K slices (whether splitting pays)"; do
     echo "== bench_gpu --shape 7b with ${v#*: } (${v%%: *})"
     env "${v%%: *}" PRISM_CUDA_PROFILE=1 timeout 90 ./build/bench/bench_gpu --shape 7b --only train --runs 1 2>&1 |
         grep -E "^ |profile|\| Qwen"

@@ -499,17 +499,20 @@ static void test_device_trainer(void) {
         { /* the first sequence alone (520 tokens: several of the SwiGLU kernels' row chunks, the last one
            * partial) with SwiGLU recomputed by a kernel of its own and the MLP's LoRA by GEMMs (PRISM_CUDA_FUSE=0,
            * and the path of down ranks over 64); with only down's dA in the SwiGLU backward (tk_swiglu_bwd_da,
-           * PRISM_CUDA_LORA_FUSE=0, the path of ranks 17..64); then with the LM head's backward GEMM in 3
-           * vocabulary slices of 170, 170 and 172 (a large vocabulary splits by itself; this one's 512 would not) */
+           * PRISM_CUDA_LORA_FUSE=0, the path of ranks 17..64); with the LM head's backward GEMM in 3
+           * vocabulary slices of 170, 170 and 172 (a large vocabulary splits by itself; this one's 512 would not);
+           * with the long-K frozen GEMMs (down's forward, K = 172, gate|up's input gradient, K = 344, for 64
+           * outputs) in 3 K slices */
             prism_adapter *gr = NULL;
             double lr = 0;
             int64_t cr = 0;
             if (lora_alloc_like(a2, &gr)) die("reference setup");
             CHECK(train_batch_grad(w2, cpu, a2, gr, ex, 1, &lr, &cr, NULL) == PRISM_OK, "cpu: %s", prism_last_error());
-            const char *var[3][3] = {{"PRISM_CUDA_FUSE", "0", "the SwiGLU backward unfused (PRISM_CUDA_FUSE=0)"},
+            const char *var[4][3] = {{"PRISM_CUDA_FUSE", "0", "the SwiGLU backward unfused (PRISM_CUDA_FUSE=0)"},
                                      {"PRISM_CUDA_LORA_FUSE", "0", "the MLP's LoRA by GEMMs but down's dA"},
-                                     {"PRISM_CUDA_LM_SPLIT", "3", "the LM head's backward in 3 vocabulary slices"}};
-            for (int v = 0; v < 3; v++) {
+                                     {"PRISM_CUDA_LM_SPLIT", "3", "the LM head's backward in 3 vocabulary slices"},
+                                     {"PRISM_CUDA_FROZEN_SPLIT", "3", "the long-K frozen GEMMs in 3 K slices"}};
+            for (int v = 0; v < 4; v++) {
                 double l3 = 0;
                 prism_adapter *g3 = device_pass(g_model, a1, ex, 1, L1, 0, var[v][0], var[v][1], &l3);
                 const double e3 = adapter_rel_diff(gr, g3), le3 = fabs(l3 - lr) / lr;
@@ -541,13 +544,20 @@ static void test_device_trainer(void) {
             ef[v] = adapter_rel_diff(gcpu, gf[v]), lf[v] = fabs(l - lcpu) / lcpu;
         }
         { /* LoRA's dA and dB GEMMs split over the pass's rows (two slices of 360 here) against unsplit
-           * (PRISM_CUDA_LORA_SPLIT=0): the same sums in another order */
+           * (PRISM_CUDA_LORA_SPLIT=0): the same sums in another order. Then the long-K frozen GEMMs in 2 K
+           * slices (PRISM_CUDA_FROZEN_SPLIT=2), their BF16 outputs rounded once either way */
             double l = 0;
             prism_adapter *gu = device_pass(fast, a1, ex2, 2, L1, L1 + L0, "PRISM_CUDA_LORA_SPLIT", "0", &l);
             const double es = adapter_rel_diff(gu, gf[0]);
             CHECK(es < 1e-4, "BF16 pass, LoRA's dA/dB split over rows vs not: grads rel %.2e", es);
             printf("%s BF16 pass: LoRA's dA and dB split over the rows == unsplit (PRISM_CUDA_LORA_SPLIT=0): rel %.2e\n",
                    es < 1e-4 ? "ok  " : "FAIL", es);
+            prism_adapter_free(gu);
+            gu = device_pass(fast, a1, ex2, 2, L1, L1 + L0, "PRISM_CUDA_FROZEN_SPLIT", "2", &l);
+            const double ek = adapter_rel_diff(gu, gf[0]);
+            CHECK(ek < 2e-2, "BF16 pass, long-K frozen GEMMs in 2 slices vs 1: grads rel %.2e", ek);
+            printf("%s BF16 pass: long-K frozen GEMMs in 2 K slices ~ in one (PRISM_CUDA_FROZEN_SPLIT=2): rel %.2e\n",
+                   ek < 2e-2 ? "ok  " : "FAIL", ek);
             prism_adapter_free(gu);
         }
         train_ws_free(wcpu);

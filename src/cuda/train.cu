@@ -77,6 +77,8 @@ struct gpu_train {
     int32_t lm_split;  /* the LM head's backward GEMM in this many vocabulary slices (partials in drows) */
     int32_t lora_split; /* LoRA's dA and dB GEMMs may split their K = T (bg_acc_t; PRISM_CUDA_LORA_SPLIT=0: never) */
     float *lpart;      /* their partial products: 8 × the largest dA or dB */
+    int32_t frozen_split; /* PRISM_CUDA_FROZEN_SPLIT: long-K frozen GEMMs in this many K slices (frozen_k) */
+    float *fpart;      /* their partial products: frozen_split × (T, H) */
     tmod *mods;
     int64_t n_params;
     float *p, *g, *m1, *m2;
@@ -692,12 +694,12 @@ __global__ void __launch_bounds__(256, 2)
     }
 }
 
-/* dst[i] += Σ_c part[c·n + i], the chunks in order. */
-__global__ void tk_sum_parts(float *dst, const float *part, int32_t nc, int64_t n) {
+/* dst[i] = (acc ? dst[i] : 0) + Σ_c part[c·n + i], the chunks in order; dst F32 or BF16. */
+template <class D> __global__ void tk_sum_parts(D *dst, const float *part, int32_t nc, int64_t n, int acc) {
     for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x) {
         float s = 0.0f;
         for (int32_t c = 0; c < nc; c++) s += part[c * n + i];
-        dst[i] += s;
+        stA(dst + i, acc ? ldA(dst + i) + s : s);
     }
 }
 
@@ -949,7 +951,7 @@ static int bg_acc_t(gpu_train *t, int m, int n, int T, float alpha, const bf16 *
     if (s == 1) return bg(t, CUBLAS_OP_N, CUBLAS_OP_T, m, n, T, alpha, A, lda, B, ldb, 1.0f, C, 0, m, err, errn);
     TRY(gemm_k_parts(t, CUBLAS_OP_N, CUBLAS_OP_T, m, n, T, s, alpha, A, lda, lda, B, ldb, ldb, CUDA_R_16BF, 2, t->lpart,
                      err, errn));
-    tk_sum_parts<<<grid_for((int64_t)m * n), 256, 0, t->s>>>(C, t->lpart, s, (int64_t)m * n);
+    tk_sum_parts<float><<<grid_for((int64_t)m * n), 256, 0, t->s>>>(C, t->lpart, s, (int64_t)m * n, 1);
     return 0;
 }
 
@@ -968,6 +970,26 @@ static const void *as_act(gpu_train *t, const float *x, int64_t n) {
 /* An activation-type tensor as the F32 pointer the F32 paths take (F32 models), else NULL. */
 static const float *f32_of(const gpu_train *t, const void *a) { return t->m->f32 ? (const float *)a : NULL; }
 
+/* PRISM_CUDA_FROZEN_SPLIT=s (2..8; a diagnostic, off by default): a frozen GEMM whose K is at least twice
+ * its output's side other than T (at 7B the down projection's forward, K = 18,944, and gate|up's input
+ * gradient, K = 37,888, both for 3,584 outputs a row) runs as s partial products over K, summed in order
+ * into C (m × T, F32 or cbf BF16, ld m; beta 0 or 1). Its output is 448 tiles of 128 × 256 at 4,096
+ * rows: 3.4 waves on 132 SMs, unless cuBLAS splits K itself; this measures whether splitting pays. */
+static int frozen_split(const gpu_train *t, int64_t m, int64_t K, int64_t ldc) {
+    return t->frozen_split > 1 && K >= 2 * m && ldc == m && m <= t->m->H;
+}
+
+static int frozen_k(gpu_train *t, cublasOperation_t oa, int m, int T, int K, const void *A, int lda, int64_t ka,
+                    const void *B, int ldb, float beta, void *C, int cbf, char *err, size_t errn) {
+    const int f32 = t->m->f32, s = t->frozen_split;
+    TRY(gemm_k_parts(t, oa, CUBLAS_OP_N, m, T, K, s, 1.0f, A, lda, ka, B, ldb, 1, f32 ? CUDA_R_32F : CUDA_R_16BF,
+                     f32 ? 4 : 2, t->fpart, err, errn));
+    const int64_t n = (int64_t)m * T;
+    if (cbf) tk_sum_parts<bf16><<<grid_for(n), 256, 0, t->s>>>((bf16 *)C, t->fpart, s, n, beta != 0.0f);
+    else tk_sum_parts<float><<<grid_for(n), 256, 0, t->s>>>((float *)C, t->fpart, s, n, beta != 0.0f);
+    return 0;
+}
+
 /* y (T, out; ldy) = x (T, in) · Wᵀ (+ beta·y), y F32 or (ybf) BF16; xa: x
  * already in the activation type (written so by its producer), else NULL. */
 static int w_fwd(gpu_train *t, void *y, int ybf, int ldy, const float *x, const void *xa, const dlin *W, int32_t T,
@@ -975,6 +997,8 @@ static int w_fwd(gpu_train *t, void *y, int ybf, int ldy, const float *x, const 
     const int in = (int)W->in, out = (int)W->out;
     if (!xa) xa = as_act(t, x, (int64_t)T * in);
     const cudaDataType at = t->m->f32 ? CUDA_R_32F : CUDA_R_16BF;
+    if (frozen_split(t, out, in, ldy))
+        return frozen_k(t, CUBLAS_OP_T, out, T, in, W->w, in, 1, xa, in, beta, y, ybf, err, errn);
     BL(cublasGemmEx(t->blas, CUBLAS_OP_T, CUBLAS_OP_N, out, T, in, &ONE, W->w, at, in, xa, at, in, &beta, y,
                     ybf ? CUDA_R_16BF : CUDA_R_32F, ldy, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
     return 0;
@@ -993,6 +1017,8 @@ static int w_bwd(gpu_train *t, void *dx, int dxbf, const float *dy, const void *
         da = as_act(t, dy, (int64_t)T * out);
     }
     const cudaDataType at = t->m->f32 ? CUDA_R_32F : CUDA_R_16BF;
+    if (frozen_split(t, in, out, in))
+        return frozen_k(t, CUBLAS_OP_N, in, T, out, W->w, in, in, da, ld, beta, dx, dxbf, err, errn);
     BL(cublasGemmEx(t->blas, CUBLAS_OP_N, CUBLAS_OP_N, in, T, out, &ONE, W->w, at, in, da, at, ld, &beta, dx,
                     dxbf ? CUDA_R_16BF : CUDA_R_32F, in, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
     return 0;
@@ -1254,7 +1280,8 @@ static void swiglu_bwd_da(gpu_train *t, float *dgu, bf16 *dgub, const A *da, con
     if (r <= 16) tk_swiglu_bwd_da<A, 16><<<g, 256, 0, t->s>>>(dgu, dgub, da, gu, F, T, rows, t->ltmp, r, t->dpart);
     else if (r <= 32) tk_swiglu_bwd_da<A, 32><<<g, 256, 0, t->s>>>(dgu, dgub, da, gu, F, T, rows, t->ltmp, r, t->dpart);
     else tk_swiglu_bwd_da<A, 64><<<g, 256, 0, t->s>>>(dgu, dgub, da, gu, F, T, rows, t->ltmp, r, t->dpart);
-    tk_sum_parts<<<grid_for((int64_t)r * F), 256, 0, t->s>>>(t->g + md->offA, t->dpart, nc, (int64_t)r * F);
+    tk_sum_parts<float><<<grid_for((int64_t)r * F), 256, 0, t->s>>>(t->g + md->offA, t->dpart, nc, (int64_t)r * F,
+                                                                     1);
 }
 
 /* tk_swiglu_bwd_lora over a pass of T rows (down md, gate mg, up mu: each adapted or NULL; tmp = s·dy·B_down
@@ -1269,9 +1296,9 @@ static void swiglu_bwd_lora(gpu_train *t, float *dgu, bf16 *dgub, const A *da, c
                                                mid, rg + ru, rg, mg ? mg->scale : 0.0f, ru, mu ? mu->scale : 0.0f,
                                                t->dpart, nc);
     const int64_t nd = (int64_t)rd * F, ng = (int64_t)rg * F, nu = (int64_t)ru * F;
-    if (rd) tk_sum_parts<<<grid_for(nd), 256, 0, t->s>>>(t->g + md->offA, t->dpart, nc, nd);
-    if (rg) tk_sum_parts<<<grid_for(ng), 256, 0, t->s>>>(t->g + mg->offB, t->dpart + nc * nd, nc, ng);
-    if (ru) tk_sum_parts<<<grid_for(nu), 256, 0, t->s>>>(t->g + mu->offB, t->dpart + nc * (nd + ng), nc, nu);
+    if (rd) tk_sum_parts<float><<<grid_for(nd), 256, 0, t->s>>>(t->g + md->offA, t->dpart, nc, nd, 1);
+    if (rg) tk_sum_parts<float><<<grid_for(ng), 256, 0, t->s>>>(t->g + mg->offB, t->dpart + nc * nd, nc, ng, 1);
+    if (ru) tk_sum_parts<float><<<grid_for(nu), 256, 0, t->s>>>(t->g + mu->offB, t->dpart + nc * (nd + ng), nc, nu, 1);
 }
 
 /* t->dx: gradient w.r.t. the layer output on entry, w.r.t. its input x on return. */
@@ -1550,6 +1577,12 @@ static int train_new(gpu_model *m, const gpu_lora_desc *mods, int32_t max_tokens
             const char *e = getenv("PRISM_CUDA_LORA_SPLIT"); /* read when the session starts */
             t->lora_split = !(e && *e == '0');
             if (t->lora_split) TA2(t->lpart, 8 * r3 * mo * f); /* dB: r × out, dA: in × Σr; mo bounds both */
+        }
+        { /* read when the session starts */
+            const char *e = getenv("PRISM_CUDA_FROZEN_SPLIT");
+            const int s = e ? atoi(e) : 0;
+            t->frozen_split = s >= 2 && s <= 8 ? s : 1;
+            if (t->frozen_split > 1) TA2(t->fpart, t->frozen_split * T * H * f);
         }
         const int64_t lr = t->loss_rows;
         TA2(t->logits, lr * V * f); TA2(t->dlogits, lr * V * f);
