@@ -324,6 +324,20 @@ int32_t prism_sampler_sample(prism_sampler *s, float *logits, int32_t n_vocab, c
  * (greedy, no repetition penalty), so callers may use prism_get_argmax. */
 bool prism_sampler_is_greedy(const prism_sampler *s);
 
+/* True when prism_sampler_sample over n_vocab logits reduces to a draw from
+ * softmax(logits · inv_t) over the whole vocabulary — temperature > 0, no
+ * top-k below n_vocab, top-p 1, min-p 0, no repetition penalty — with
+ * 1/temperature into *inv_t. The draw is then prism_sample_softmax(logits,
+ * n_vocab, *inv_t, prism_sampler_next_u(s)), which is how batched generation
+ * samples such rows on a GPU without copying their logits. */
+bool prism_sampler_is_softmax(const prism_sampler *s, int32_t n_vocab, float *inv_t);
+/* The uniform number in [0, 1) the sampler's next draw uses (advances its generator as a draw would). */
+double prism_sampler_next_u(prism_sampler *s);
+/* The draw itself: the first id i (in id order) whose cumulative weight
+ * Σ_{j<=i} expf(l_j·inv_t − max) exceeds u times the total (sums in double),
+ * else the last id of nonzero weight. inv_t > 0. */
+int32_t prism_sample_softmax(const float *logits, int32_t n_vocab, float inv_t, double u);
+
 /* ---------------------------------------------------------------- generation */
 typedef struct {
     prism_sampling_params sampling;

@@ -18,7 +18,9 @@
  *     PRISM routed prefill) == running the adapter from the start;
  *   - device argmax == argmax of the copied logits;
  *   - Mistral with a sliding window of 7 (the fixture has none): prefill in
- *     two chunks, then decode steps, against the CPU engine. */
+ *     two chunks, then decode steps, against the CPU engine;
+ *   - sampling on the device: draws == the host's on the same logits, and a
+ *     sampled generation == the CPU's. */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -416,6 +418,97 @@ static void test_partial_adapters(void) {
     prism_model_free(cpu), prism_model_free(dev);
 }
 
+/* Sampling on the device: the draw from softmax(logits · inv_t) at a given uniform == the host's
+ * prism_sample_softmax on the copied logits, for temperatures from peaked to flat and uniforms from 0 to
+ * just below 1, rows without a temperature left alone; then a sampled generation on the device == the
+ * same generation on the CPU (same seeds, F32). On the emulator both are exact (the host's expf). A GPU's
+ * expf may differ from the host's by an ulp or two, and its F32 logits from the CPU's by ~1e-6, so a
+ * draw whose uniform falls that close to a boundary may differ there: a GPU may miss 2 of the 90
+ * draws, and one of the 3 sequences (a flip changes the rest of it). */
+static void test_sampling(void) {
+    char desc[512] = "";
+    prism_device_describe(0, desc, sizeof desc);
+    const bool emu = strstr(desc, "emulator") != NULL;
+    char dir[1024];
+    snprintf(dir, sizeof dir, "%s/llama3/model", fixtures_root());
+    PREC = PRISM_PRECISION_EXACT, PNAME = "exact/f32";
+    prism_model *mc = load(dir, PRISM_DEVICE_CPU), *mg = load(dir, 0);
+    if (!mc || !mg) { prism_model_free(mc); prism_model_free(mg); return; }
+    const int32_t V = mg->cfg.vocab;
+    prism_ctx *cg = fixture_ctx(mg, 4);
+    CHECK(forward_samples_on_device(cg), "the device context samples on the device");
+    enum { N = 11 };
+    int32_t tok[N], pos[N], seq[N];
+    for (int i = 0; i < N; i++) tok[i] = (i * 37 + 5) % V, seq[i] = i < 4 ? 0 : i < 9 ? 1 : 2, pos[i] = i < 4 ? i : i < 9 ? i - 4 : i - 9;
+    prism_batch b = {N, tok, pos, seq, NULL};
+    CHECK(prism_decode(cg, &b) == PRISM_OK, "decode: %s", prism_last_error());
+    const int32_t rows[3] = {3, 8, 10}; /* each sequence's last token: the rows with logits */
+    float *host = malloc((size_t)3 * V * sizeof *host);
+    for (int r = 0; r < 3; r++) {
+        const float *l = prism_get_logits(cg, rows[r]);
+        if (!l) { CHECK(0, "logits row %d", rows[r]); free(host); prism_ctx_free(cg); prism_model_free(mc); prism_model_free(mg); return; }
+        memcpy(host + (size_t)r * V, l, (size_t)V * sizeof *host);
+    }
+    const float temps[] = {0.02f, 0.5f, 1.0f, 1.7f, 50.0f};
+    const double us[] = {0.0, 1e-9, 0.1, 0.25, 0.5, 0.77, 0.9, 0.999999, 1.0 - 0x1.0p-53};
+    float inv_t[N];
+    double u[N];
+    int32_t got[N];
+    int draws = 0, same = 0, skipped = 1;
+    for (size_t a = 0; a < sizeof temps / sizeof *temps; a++)
+        for (size_t c = 0; c < sizeof us / sizeof *us; c++) {
+            for (int k = 0; k < N; k++) inv_t[k] = 1.0f / temps[a], u[k] = us[c];
+            for (int r = 0; r < 3; r++) u[rows[r]] = fmod(us[c] + 0.31 * r, 1.0);
+            inv_t[rows[(a + c) % 3]] = 0.0f; /* one row a step not sampled there */
+            CHECK(forward_sample_softmax(cg, inv_t, u, got) == PRISM_OK, "device sampling: %s", prism_last_error());
+            for (int r = 0; r < 3; r++) {
+                const int32_t k = rows[r];
+                if (inv_t[k] == 0.0f) {
+                    skipped &= got[k] == -1;
+                    continue;
+                }
+                draws++;
+                same += got[k] == prism_sample_softmax(host + (size_t)r * V, V, inv_t[k], u[k]);
+            }
+            skipped &= got[0] == -1 && got[5] == -1; /* rows without logits */
+        }
+    const bool dok = (same == draws || (!emu && same >= draws - 2)) && skipped;
+    CHECK(dok, "device draws == host draws: %d/%d, unsampled rows -1: %d", same, draws, skipped);
+    printf("%s device softmax draws == prism_sample_softmax on the copied logits: %d/%d (V = %d)\n",
+           dok ? "ok  " : "FAIL", same, draws, V);
+    free(host);
+    /* a sampled generation, device vs CPU */
+    prism_ctx *cc = fixture_ctx(mc, 4);
+    prism_generate_params gp = prism_generate_default_params();
+    gp.sampling.temperature = 0.9f;
+    gp.sampling.seed = 77;
+    gp.max_new_tokens = 24;
+    gp.ignore_eos = true;
+    const int32_t p0[] = {1, 2, 3, 4, 5}, p1[] = {9, 8}, p2[] = {7, 7, 7, 100};
+    const int32_t *pp[3] = {p0, p1, p2}, pl[3] = {5, 2, 4};
+    prism_generation og[3], oc[3];
+    memset(og, 0, sizeof og), memset(oc, 0, sizeof oc);
+    CHECK(prism_generate(cg, NULL, pp, pl, 3, &gp, NULL, NULL, og, NULL) == PRISM_OK, "device generate: %s", prism_last_error());
+    CHECK(prism_generate(cc, NULL, pp, pl, 3, &gp, NULL, NULL, oc, NULL) == PRISM_OK, "cpu generate: %s", prism_last_error());
+    int n_eq = 0, distinct = 0, len_ok = 1;
+    for (int i = 0; i < 3; i++) {
+        len_ok &= og[i].n_tokens == 24 && oc[i].n_tokens == 24;
+        int eq = og[i].n_tokens == oc[i].n_tokens;
+        for (int j = 0; eq && j < og[i].n_tokens; j++) eq = og[i].tokens[j] == oc[i].tokens[j];
+        n_eq += eq;
+        for (int j = 1; j < og[i].n_tokens; j++) distinct += og[i].tokens[j] != og[i].tokens[j - 1];
+        prism_generation_clear(&og[i]), prism_generation_clear(&oc[i]);
+    }
+    const bool gok = len_ok && (n_eq == 3 || (!emu && n_eq >= 2)) && distinct > 10;
+    CHECK(gok, "sampled generation: %d of 3 sequences device == cpu, %d token changes", n_eq, distinct);
+    printf("%s sampled generation (T = 0.9, 3 x 24 tokens): %d of 3 sequences' device tokens == CPU tokens\n",
+           gok ? "ok  " : "FAIL", n_eq);
+    prism_ctx_free(cc);
+    prism_ctx_free(cg);
+    prism_model_free(mc);
+    prism_model_free(mg);
+}
+
 int main(void) {
     test_device_strings();
     char desc[512];
@@ -438,6 +531,7 @@ int main(void) {
             if (!only || !strcmp(only, "mistral")) test_window();
             if (!only) test_partial_adapters();
         }
+        if (!only || !strcmp(only, "llama3")) test_sampling();
     }
     TEST_MAIN_END();
 }

@@ -283,8 +283,53 @@ static void test_repeat_penalty(void) {
     prism_sampler_free(s);
 }
 
+/* prism_sampler_is_softmax: which samplers draw from the whole softmax, and that their draws are
+ * prism_sample_softmax at prism_sampler_next_u's uniforms (what a GPU context draws instead). */
+static void test_softmax_split(void) {
+    float l[300], w[300];
+    for (int i = 0; i < 300; i++) l[i] = sinf((float)i * 0.7f) * 3.0f;
+    float it = 0;
+    const struct {
+        prism_sampling_params p;
+        bool softmax;
+    } cases[] = {
+        {params(0.7f, 0, 1.0f, 0.0f, 5), true},   {params(1.3f, 300, 1.0f, 0.0f, 6), true},
+        {params(1.0f, 299, 1.0f, 0.0f, 7), false}, {params(1.0f, 0, 0.9f, 0.0f, 8), false},
+        {params(1.0f, 0, 1.0f, 0.05f, 9), false},  {params(0.0f, 0, 1.0f, 0.0f, 10), false},
+        {params(1.0f, 1, 1.0f, 0.0f, 11), false},
+    };
+    for (size_t c = 0; c < sizeof cases / sizeof *cases; c++) {
+        prism_sampler *a = prism_sampler_new(cases[c].p), *b = prism_sampler_new(cases[c].p);
+        const bool is = prism_sampler_is_softmax(a, 300, &it);
+        CHECK(is == cases[c].softmax, "case %zu: is_softmax %d", c, is);
+        if (is) {
+            CHECK(it == 1.0f / cases[c].p.temperature, "case %zu: 1/temperature %g", c, it);
+            int same = 0;
+            for (int i = 0; i < 400; i++) {
+                memcpy(w, l, sizeof w);
+                const int32_t x = prism_sampler_sample(a, w, 300, NULL, 0);
+                same += x == prism_sample_softmax(l, 300, it, prism_sampler_next_u(b));
+            }
+            CHECK(same == 400, "case %zu: sampler == prism_sample_softmax at next_u in %d/400 draws", c, same);
+        }
+        prism_sampler_free(a), prism_sampler_free(b);
+    }
+    /* repetition penalty: not a softmax-only draw (the penalty needs the history) */
+    prism_sampling_params rp = params(1.0f, 0, 1.0f, 0.0f, 3);
+    rp.repeat_penalty = 1.2f;
+    prism_sampler *r = prism_sampler_new(rp);
+    CHECK(!prism_sampler_is_softmax(r, 300, &it), "a repetition penalty is not softmax-only");
+    prism_sampler_free(r);
+    /* the edges of the draw: u = 0 -> the first id of nonzero weight; u just below 1 -> the last */
+    const float e[5] = {-INFINITY, 1.0f, 2.0f, 0.5f, -INFINITY};
+    CHECK(prism_sample_softmax(e, 5, 1.0f, 0.0) == 1, "u = 0 draws the first weighted id");
+    CHECK(prism_sample_softmax(e, 5, 1.0f, 1.0 - 0x1.0p-53) == 3, "u -> 1 draws the last weighted id");
+    printf("ok   softmax-only samplers: classified, and drawn as prism_sample_softmax at next_u\n");
+}
+
 int main(void) {
     test_defaults();
+    test_softmax_split();
     test_greedy();
     test_seeds();
     test_softmax();

@@ -478,7 +478,7 @@ static void ctx_free(gpu_ctx *c) {
     for (int i = 0; i < GRAPH_CACHE; i++)
         if (c->graphs[i].exec) cudaGraphExecDestroy(c->graphs[i].exec);
     void *d[] = {c->kc, c->vc, c->x, c->xb, c->y, c->q, c->part_o, c->part_ml, c->att_tickets, c->lora_t, c->gath, c->logits, c->act, c->amax, c->amax_pv, c->amax_pi,
-                 c->meta_d, c->blas_ws};
+                 c->samp, c->meta_d, c->blas_ws};
     for (size_t i = 0; i < sizeof d / sizeof *d; i++) cudaFree(d[i]);
     if (c->meta_h) cudaFreeHost(c->meta_h);
     if (c->logits_h) cudaFreeHost(c->logits_h);
@@ -554,7 +554,8 @@ static int ctx_new(gpu_model *m, int32_t n_seq, int32_t n_ctx, int32_t B, gpu_ct
         (rc = calloc_dev(c, (void **)&c->act, (size_t)(GEMV_MAX_T * F) * m->asz, "activations", err, errn)) ||
         (rc = calloc_dev(c, (void **)&c->amax, (size_t)B * 4, "argmax", err, errn)) ||
         (rc = calloc_dev(c, (void **)&c->amax_pv, (size_t)B * AMAX_PARTS * 4, "argmax", err, errn)) ||
-        (rc = calloc_dev(c, (void **)&c->amax_pi, (size_t)B * AMAX_PARTS * 4, "argmax", err, errn))) {
+        (rc = calloc_dev(c, (void **)&c->amax_pi, (size_t)B * AMAX_PARTS * 4, "argmax", err, errn)) ||
+        (rc = calloc_dev(c, &c->samp, (size_t)B * 16, "sampling", err, errn))) {
         ctx_free(c);
         return rc;
     }
@@ -882,6 +883,23 @@ static int argmax(gpu_ctx *c, int32_t *out, char *err, size_t errn) {
     return 0;
 }
 
+static int sample(gpu_ctx *c, const float *inv_t, const double *u, int32_t *out, char *err, size_t errn) {
+    CU(cudaSetDevice(c->m->dev), "cudaSetDevice");
+    const int32_t n = c->n_out;
+    if (n == 0) return 0;
+    double *du = (double *)c->samp;
+    float *dt = (float *)(du + c->n_batch);
+    int32_t *dout = (int32_t *)(dt + c->n_batch);
+    CU(cudaMemcpyAsync(du, u, (size_t)n * 8, cudaMemcpyHostToDevice, c->s), "uploading the sampling draws");
+    CU(cudaMemcpyAsync(dt, inv_t, (size_t)n * 4, cudaMemcpyHostToDevice, c->s), "uploading the temperatures");
+    k_sample_softmax(c->s, dout, c->logits, n, c->m->V, dt, du);
+    CU(cudaGetLastError(), "sampling");
+    CU(cudaMemcpyAsync(out, dout, (size_t)n * 4, cudaMemcpyDeviceToHost, c->s), "copying the sampled ids");
+    CU(cudaStreamSynchronize(c->s), "sampling");
+    c->head_pending = 0;
+    return 0;
+}
+
 static int hidden(gpu_ctx *c, int32_t i0, int32_t n, float *out, char *err, size_t errn) {
     CU(cudaSetDevice(c->m->dev), "cudaSetDevice");
     if (i0 < 0 || n < 0 || i0 + n > c->T) return gpu_fail(err, errn, PRISM_GPU_E_ARG, "hidden rows [%d, %d)", i0, i0 + n);
@@ -940,6 +958,7 @@ static prism_gpu_api g_api = {
     head,
     logits,
     argmax,
+    sample,
     hidden,
     NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, /* training: train.cu */
     copy_bandwidth,

@@ -260,6 +260,7 @@ struct gpu_ctx {
     int32_t *amax;      /* (B) device argmax of each head row */
     float *amax_pv;     /* (B, AMAX_PARTS) its partial maxima */
     int32_t *amax_pi;
+    void *samp;         /* (B) u (double) | (B) inv_t (float) | (B) drawn id: sample()'s arguments and result */
     int32_t cap_logits, n_out;
     /* batch metadata: one device block, uploaded once per forward call */
     void *meta_d, *meta_h; /* device / pinned host, meta_bytes each */
@@ -306,6 +307,9 @@ void k_fill_uniform(cudaStream_t s, int f32, void *w, int64_t n, float scale, ui
 void k_fill_f32(cudaStream_t s, float *w, int64_t n, float v);
 #define AMAX_PARTS 32 /* blocks per row of the device argmax (<= 32) */
 void k_argmax(cudaStream_t s, int32_t *out, float *pv, int32_t *pi, const float *logits, int32_t n, int32_t V);
+/* out[r] = a draw from softmax(logits_r · inv_t[r]) at uniform u[r] (prism_sample_softmax), rows r < n. */
+void k_sample_softmax(cudaStream_t s, int32_t *out, const float *logits, int32_t n, int32_t V, const float *inv_t,
+                      const double *u);
 /* y (T, N) F32 = x (T, K) · Wᵀ, x and W (N, K) of type A; for T <= GEMV_MAX_T. */
 #define GEMV_MAX_T 8
 void k_gemv(cudaStream_t s, int f32, float *y, const void *x, const void *w, int32_t T, int32_t N, int32_t K);

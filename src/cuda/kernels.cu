@@ -396,6 +396,106 @@ void k_argmax(cudaStream_t s, int32_t *out, float *pv, int32_t *pi, const float 
     PDL_LAUNCH(argmax_final_kernel, n, 32, 0, s, out, (const float *)pv, (const int32_t *)pi);
 }
 
+/* Batched generation's draw from softmax(logits · inv_t) on the device, as
+ * prism_sample_softmax does it on the host: row r of the last head's logits,
+ * its 1/temperature inv_t[r] (<= 0: out[r] = -1) and uniform u[r]. One block
+ * per row. Each thread owns a contiguous slice of the vocabulary and sums its
+ * weights expf(v − max) in double, in id order; the slices' sums are scanned
+ * in order (a warp's 32 by its first lane, then the 32 warps' by thread 0:
+ * a fixed association), so the slices' intervals [excl_t, excl_t+1) tile
+ * [0, total) and exactly one holds u·total. Its thread walks its slice for
+ * the first id whose running sum passes it (as the host does over the whole
+ * vocabulary: the two differ only by the sums' association, in the last
+ * bits). u·total rounded up to the total: the last id of nonzero weight, as
+ * on the host. The products and differences are rounded as the host's are
+ * (no fused multiply-add), so on the emulator the draws are identical.
+ * Threads: a multiple of 32, at most SAMPLE_THREADS, ~8 ids each at least. */
+#define SAMPLE_THREADS 1024
+__global__ void __launch_bounds__(SAMPLE_THREADS) sample_softmax_kernel(int32_t *out, const float *__restrict__ logits,
+                                                                       int32_t V, const float *inv_t, const double *u) {
+    __shared__ double part[SAMPLE_THREADS], wsum[SAMPLE_THREADS / 32 + 1];
+    __shared__ float fred[32];
+    __shared__ int32_t ipick[32], ilast[32];
+    const int32_t r = blockIdx.x, tid = threadIdx.x, lane = tid & 31, w = tid >> 5, nt = blockDim.x, nw = nt >> 5;
+    const float it = inv_t[r];
+    if (!(it > 0.0f)) { /* the whole block */
+        if (tid == 0) out[r] = -1;
+        return;
+    }
+    const float *l = logits + (int64_t)r * V;
+    const int32_t per = (V + nt - 1) / nt, j0 = min(V, tid * per), j1 = min(V, j0 + per);
+    float m = -INFINITY;
+    for (int32_t j = j0; j < j1; j++) {
+        const float v = __fmul_rn(l[j], it);
+        m = v > m ? v : m;
+    }
+    for (int o = 16; o > 0; o >>= 1) {
+        const float om = __shfl_xor_sync(0xffffffffu, m, o);
+        m = om > m ? om : m;
+    }
+    if (lane == 0) fred[w] = m;
+    __syncthreads();
+    float vmax = fred[0];
+    for (int i = 1; i < nw; i++) vmax = fred[i] > vmax ? fred[i] : vmax;
+    double s = 0.0;
+    int32_t last = -1; /* the slice's last id of nonzero weight */
+    for (int32_t j = j0; j < j1; j++) {
+        const float e = expf(__fsub_rn(__fmul_rn(l[j], it), vmax));
+        s += e;
+        if (e > 0.0f) last = j;
+    }
+    part[tid] = s;
+    __syncthreads();
+    if (lane == 0) { /* exclusive scan of the warp's slices, in order */
+        double c = 0.0;
+        for (int i = 0; i < 32; i++) {
+            const double x = part[w * 32 + i];
+            part[w * 32 + i] = c;
+            c += x;
+        }
+        wsum[w] = c;
+    }
+    __syncthreads();
+    if (tid == 0) { /* then of the warps' sums; wsum[nw] = the total */
+        double c = 0.0;
+        for (int i = 0; i < nw; i++) {
+            const double x = wsum[i];
+            wsum[i] = c;
+            c += x;
+        }
+        wsum[nw] = c;
+    }
+    __syncthreads();
+    const double excl = wsum[w] + part[tid], target = u[r] * wsum[nw];
+    const double incl = tid + 1 < nt ? wsum[(tid + 1) >> 5] + part[tid + 1] : wsum[nw];
+    int32_t pick = -1;
+    if (excl <= target && target < incl) {
+        double cum = excl;
+        for (int32_t j = j0; j < j1 && pick < 0; j++) {
+            cum += expf(__fsub_rn(__fmul_rn(l[j], it), vmax));
+            if (target < cum) pick = j;
+        }
+        if (pick < 0) pick = last; /* the walk's sum rounded below the scan's */
+    }
+    for (int o = 16; o > 0; o >>= 1) {
+        pick = max(pick, __shfl_xor_sync(0xffffffffu, pick, o));
+        last = max(last, __shfl_xor_sync(0xffffffffu, last, o));
+    }
+    if (lane == 0) ipick[w] = pick, ilast[w] = last;
+    __syncthreads();
+    if (tid == 0) {
+        int32_t p = -1, q = -1;
+        for (int i = 0; i < nw; i++) p = max(p, ipick[i]), q = max(q, ilast[i]);
+        out[r] = p >= 0 ? p : q >= 0 ? q : 0;
+    }
+}
+
+void k_sample_softmax(cudaStream_t s, int32_t *out, const float *logits, int32_t n, int32_t V, const float *inv_t,
+                      const double *u) {
+    const int32_t want = (V / 8 + 31) / 32 * 32, nt = want < 32 ? 32 : want > SAMPLE_THREADS ? SAMPLE_THREADS : want;
+    if (n > 0) sample_softmax_kernel<<<n, nt, 0, s>>>(out, logits, V, inv_t, u);
+}
+
 #ifndef PRISM_CUDA_EMU
 int pdl_enabled(void) {
     static int ok[64]; /* per device: 0 unknown, 1 on, 2 off */

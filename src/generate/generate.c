@@ -57,6 +57,56 @@ static prism_status sample_row(prism_ctx *c, int32_t k, prism_sampler *sm, float
     return PRISM_OK;
 }
 
+/* The next token of each batch row k with take[k] (take NULL: every row), for
+ * sequence bs[k], into its next: greedy rows by the argmax; on a CUDA context
+ * the rows that draw from the whole softmax (bootstrap's queries and answers)
+ * on the device, each with its sampler's next uniform, so that their logits
+ * are never copied; the rest on the host, in parallel (each sequence has its
+ * own sampler and generator, and with a GPU doing the forward pass a
+ * full-vocabulary softmax per row on one host core would take as long as the
+ * step). dinv, du, did: scratch of nb each. */
+static prism_status sample_batch(prism_ctx *c, gen_seq *S, const int32_t *bs, const int8_t *take, int32_t nb, int32_t V,
+                                 float *lg, float *dinv, double *du, int32_t *did) {
+    int32_t first_host = -1, first_greedy = -1;
+    int any_dev = 0;
+    const bool on_dev = forward_samples_on_device(c);
+    for (int32_t k = 0; k < nb; k++) {
+        prism_sampler *sm = S[bs[k]].sampler;
+        dinv[k] = 0.0f;
+        if (take && !take[k]) continue;
+        if (prism_sampler_is_greedy(sm)) {
+            if (first_greedy < 0) first_greedy = k;
+        } else if (on_dev && prism_sampler_is_softmax(sm, V, &dinv[k])) {
+            du[k] = prism_sampler_next_u(sm);
+            any_dev = 1;
+        } else if (first_host < 0) {
+            first_host = k;
+        }
+    }
+    if (any_dev) {
+        prism_status st = forward_sample_softmax(c, dinv, du, did);
+        if (st) return st;
+        for (int32_t k = 0; k < nb; k++)
+            if (dinv[k] > 0.0f) S[bs[k]].next = did[k];
+    }
+    /* a CUDA context copies logits / argmaxes on first use: do it once, before the threads */
+    if ((first_host >= 0 && !prism_get_logits(c, first_host)) || (first_greedy >= 0 && prism_get_argmax(c, first_greedy) < 0))
+        return prism_error(PRISM_E_ARG, "no logits: %s", prism_last_error());
+    prism_status sst = PRISM_OK;
+#pragma omp parallel for schedule(dynamic, 1) if (nb > 1 && (int64_t)nb * V >= (1 << 17))
+    for (int32_t k = 0; k < nb; k++) {
+        if ((take && !take[k]) || dinv[k] > 0.0f) continue;
+        gen_seq *s = &S[bs[k]];
+        prism_status r = sample_row(c, k, s->sampler, lg + (size_t)omp_get_thread_num() * (size_t)V, V, s->hist,
+                                    s->n_hist, &s->next);
+        if (r) {
+#pragma omp critical
+            sst = r;
+        }
+    }
+    return sst;
+}
+
 prism_status prism_generate(prism_ctx *c, const prism_tokenizer *t, const int32_t *const *prompts,
                             const int32_t *prompt_lens, int32_t n, const prism_generate_params *p, prism_token_cb cb,
                             void *user, prism_generation *out, prism_generate_stats *stats) {
@@ -84,9 +134,14 @@ prism_status prism_generate(prism_ctx *c, const prism_tokenizer *t, const int32_
     const int n_thr = omp_get_max_threads();
     float *lg = malloc((size_t)V * (size_t)n_thr * sizeof(float)); /* one logits copy per sampling thread */
     int32_t *start = malloc((size_t)n * sizeof(int32_t));
+    /* rows sampled on the device: 1/temperature (0: not there), uniform, drawn id */
+    float *dinv = malloc((size_t)c->p.n_batch * sizeof(float));
+    double *du = malloc((size_t)c->p.n_batch * sizeof(double));
+    int32_t *did = malloc((size_t)c->p.n_batch * sizeof(int32_t));
+    int8_t *take = malloc((size_t)c->p.n_batch);
     float *h0 = NULL; /* (prompt tokens, H) layer-0 outputs kept between routing phases */
     prism_status st = PRISM_OK;
-    if (!S || !bt || !lg || !start) { st = prism_error(PRISM_E_NOMEM, "out of memory"); goto done; }
+    if (!S || !bt || !lg || !start || !dinv || !du || !did || !take) { st = prism_error(PRISM_E_NOMEM, "out of memory"); goto done; }
     int32_t *bp = bt + c->p.n_batch, *bs = bp + c->p.n_batch;
     for (int32_t i = 0; i < n; i++) {
         prism_sampling_params sp = p->sampling;
@@ -165,12 +220,10 @@ prism_status prism_generate(prism_ctx *c, const prism_tokenizer *t, const int32_
                 if ((st = prism_decode_head(c))) goto done;
             }
             done_tok += nb;
-            if (phase == 1)
-                for (int32_t k = 0; k < nb; k++) {
-                    int32_t s = bs[k];
-                    if (bp[k] != prompt_lens[s] - 1) continue;
-                    if ((st = sample_row(c, k, S[s].sampler, lg, V, S[s].hist, S[s].n_hist, &S[s].next))) goto done;
-                }
+            if (phase == 1) { /* the first token of each sequence whose prompt ends in this batch */
+                for (int32_t k = 0; k < nb; k++) take[k] = bp[k] == prompt_lens[bs[k]] - 1;
+                if ((st = sample_batch(c, S, bs, take, nb, V, lg, dinv, du, did))) goto done;
+            }
         }
     }
     double t1 = prism_now();
@@ -239,31 +292,7 @@ prism_status prism_generate(prism_ctx *c, const prism_tokenizer *t, const int32_
         prism_batch b = {.n_tokens = nb, .token = bt, .pos = bp, .seq = bs, .want_logits = NULL};
         if ((st = prism_decode(c, &b))) goto done;
         decoded += nb;
-        /* Sampling is per sequence (own sampler and RNG), so rows go in parallel:
-         * with a GPU doing the forward pass, a full-vocabulary softmax per row
-         * on one host core would otherwise take as long as the step itself. */
-        int any_greedy = 0, any_sampled = 0;
-        for (int32_t k = 0; k < nb; k++) {
-            if (prism_sampler_is_greedy(S[bs[k]].sampler)) any_greedy = 1;
-            else any_sampled = 1;
-        }
-        /* a CUDA context copies logits / argmaxes on first use: do it once, before the threads */
-        if ((any_sampled && !prism_get_logits(c, 0)) || (any_greedy && prism_get_argmax(c, 0) < 0)) {
-            st = prism_error(PRISM_E_ARG, "no logits: %s", prism_last_error());
-            goto done;
-        }
-        prism_status sst = PRISM_OK;
-#pragma omp parallel for schedule(dynamic, 1) if (nb > 1 && (int64_t)nb * V >= (1 << 17))
-        for (int32_t k = 0; k < nb; k++) {
-            gen_seq *s = &S[bs[k]];
-            prism_status r = sample_row(c, k, s->sampler, lg + (size_t)omp_get_thread_num() * (size_t)V, V, s->hist,
-                                        s->n_hist, &s->next);
-            if (r) {
-#pragma omp critical
-                sst = r;
-            }
-        }
-        if ((st = sst)) goto done;
+        if ((st = sample_batch(c, S, bs, NULL, nb, V, lg, dinv, du, did))) goto done;
     }
     if (stats) {
         stats->decode_s = prism_now() - t1;
@@ -293,6 +322,10 @@ done:
     free(bt);
     free(lg);
     free(start);
+    free(dinv);
+    free(du);
+    free(did);
+    free(take);
     free(h0);
     return st;
 }

@@ -19,7 +19,7 @@
 extern "C" {
 #endif
 
-#define PRISM_GPU_ABI 3
+#define PRISM_GPU_ABI 4
 
 /* Status codes: the values of prism_status (checked in device.c). */
 enum { PRISM_GPU_OK = 0, PRISM_GPU_E_UNSUPPORTED = 3, PRISM_GPU_E_ARG = 4, PRISM_GPU_E_NOMEM = 5, PRISM_GPU_E_RANGE = 6,
@@ -144,6 +144,10 @@ typedef struct prism_gpu_api {
     int (*logits)(gpu_ctx *c, const float **out, char *err, size_t errn);
     /* The last head's per-row argmax (first index of the maximum) into out (n_out). */
     int (*argmax)(gpu_ctx *c, int32_t *out, char *err, size_t errn);
+    /* For each of the last head's rows r: a draw from softmax(logits_r · inv_t[r]) at the uniform u[r], as
+     * prism_sample_softmax draws on the host (rows with inv_t[r] <= 0: -1), into out (n_out); the logits
+     * stay on the device. */
+    int (*sample)(gpu_ctx *c, const float *inv_t, const double *u, int32_t *out, char *err, size_t errn);
     /* Residual stream rows [i0, i0 + n) of the last batch into out (n, H). */
     int (*hidden)(gpu_ctx *c, int32_t i0, int32_t n, float *out, char *err, size_t errn);
     /* LoRA training of one adapter shaped like mods (values unused here):

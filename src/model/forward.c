@@ -561,6 +561,38 @@ int32_t prism_get_argmax(const prism_ctx *x, int32_t i) {
     return best;
 }
 
+bool forward_samples_on_device(const prism_ctx *x) {
+    static int off = -1;
+    if (off < 0) off = getenv("PRISM_CUDA_SAMPLE") && *getenv("PRISM_CUDA_SAMPLE") == '0';
+    return x->gpu && x->m->gpu_api->sample && !off;
+}
+
+prism_status forward_sample_softmax(prism_ctx *x, const float *inv_t, const double *u, int32_t *out) {
+    if (!forward_samples_on_device(x) || !x->head_done)
+        return prism_error(PRISM_E_ARG, "no logits on the device to sample from");
+    const int32_t n = x->n_out;
+    float *t = calloc((size_t)(n > 0 ? n : 1), sizeof *t);
+    double *uu = calloc((size_t)(n > 0 ? n : 1), sizeof *uu);
+    int32_t *o = malloc((size_t)(n > 0 ? n : 1) * sizeof *o);
+    prism_status st = PRISM_OK;
+    if (!t || !uu || !o) {
+        st = prism_error(PRISM_E_NOMEM, "out of memory");
+        goto done;
+    }
+    for (int32_t k = 0; k < x->n_tokens; k++)
+        if (x->out_row[k] >= 0) t[x->out_row[k]] = inv_t[k], uu[x->out_row[k]] = u[k];
+    char err[1024] = "";
+    st = (prism_status)x->m->gpu_api->sample(x->gpu, t, uu, o, err, sizeof err);
+    if (st) {
+        st = gpu_check(st, err);
+        goto done;
+    }
+    for (int32_t k = 0; k < x->n_tokens; k++) out[k] = x->out_row[k] >= 0 ? o[x->out_row[k]] : -1;
+done:
+    free(t), free(uu), free(o);
+    return st;
+}
+
 const float *forward_hidden_rows(prism_ctx *x, int32_t i0, int32_t n) {
     if (i0 < 0 || n <= 0 || i0 + n > x->n_tokens || x->layers_done == 0) {
         prism_error(PRISM_E_ARG, "hidden rows [%d, %d) are not in the last batch", i0, i0 + n);

@@ -64,4 +64,13 @@ prism_status forward_unchecked(prism_ctx *x, const prism_batch *b, const float *
  * device copy fails. */
 const float *forward_hidden_rows(prism_ctx *x, int32_t i0, int32_t n);
 
+/* Whether the last head's rows can be sampled on the device (a CUDA context
+ * whose module samples; PRISM_CUDA_SAMPLE=0: never, to compare with the host). */
+bool forward_samples_on_device(const prism_ctx *x);
+/* On such a context: for each batch row k with logits and inv_t[k] > 0, a
+ * draw from softmax(logits_k · inv_t[k]) at the uniform u[k] (as
+ * prism_sample_softmax) into out[k]; -1 for the other rows. The logits stay
+ * on the device. */
+prism_status forward_sample_softmax(prism_ctx *x, const float *inv_t, const double *u, int32_t *out);
+
 #endif

@@ -176,12 +176,47 @@ bool prism_sampler_is_greedy(const prism_sampler *s) {
     return s && (!(s->p.temperature > 0.0f) || s->p.top_k == 1) && s->p.repeat_penalty == 1.0f;
 }
 
+/* temperature > 0 and no truncation: the draw is over the whole vocabulary (prism_sample_softmax) */
+static bool softmax_only(const prism_sampling_params *p, int32_t n_vocab) {
+    return p->temperature > 0.0f && (p->top_k <= 0 || p->top_k >= n_vocab) && p->top_k != 1 && !(p->top_p < 1.0f) &&
+           !(p->min_p > 0.0f);
+}
+
+bool prism_sampler_is_softmax(const prism_sampler *s, int32_t n_vocab, float *inv_t) {
+    if (!s || n_vocab <= 1 || !softmax_only(&s->p, n_vocab) || s->p.repeat_penalty != 1.0f) return false;
+    *inv_t = 1.0f / s->p.temperature;
+    return true;
+}
+
+double prism_sampler_next_u(prism_sampler *s) { return rng_uniform(s->rng); }
+
+int32_t prism_sample_softmax(const float *logits, int32_t n_vocab, float inv_t, double u) {
+    float vmax = logits[0] * inv_t;
+    for (int32_t i = 1; i < n_vocab; i++) {
+        const float v = logits[i] * inv_t;
+        vmax = v > vmax ? v : vmax;
+    }
+    double total = 0;
+    for (int32_t i = 0; i < n_vocab; i++) total += expf(logits[i] * inv_t - vmax);
+    const double target = u * total;
+    double cum = 0;
+    for (int32_t i = 0; i < n_vocab; i++) {
+        cum += expf(logits[i] * inv_t - vmax);
+        if (target < cum) return i;
+    }
+    /* rounding left the target at the very top: the last token with nonzero mass */
+    for (int32_t i = n_vocab; i-- > 0;)
+        if (expf(logits[i] * inv_t - vmax) > 0) return i;
+    return 0;
+}
+
 int32_t prism_sampler_sample(prism_sampler *s, float *logits, int32_t n_vocab, const int32_t *history,
                              size_t n_history) {
     if (!s || !logits || n_vocab <= 0) return -1;
     const prism_sampling_params *p = &s->p;
     apply_repeat_penalty(s, logits, n_vocab, history, n_history);
     if (!(p->temperature > 0.0f) || p->top_k == 1) return argmax(logits, n_vocab);
+    if (softmax_only(p, n_vocab)) return prism_sample_softmax(logits, n_vocab, 1.0f / p->temperature, rng_uniform(s->rng));
     if (!reserve(s, (size_t)n_vocab)) return argmax(logits, n_vocab); /* no scratch: degrade to greedy */
 
     const float inv_t = 1.0f / p->temperature;

@@ -50,6 +50,9 @@ struct srv_sched {
     prism_ctx *ctx;
     int32_t *bt, *bp, *bs;   /* (n_batch) batch tokens, positions, sequences */
     float *lg;               /* (vocab) logits copy for the sampler */
+    float *dinv;             /* (n_batch) rows sampled on the device: 1/temperature (0: not there), */
+    double *du;              /* their uniforms, */
+    int32_t *did;            /* and the ids drawn */
     float *h0;               /* (prompt tokens, H) layer-0 outputs of a routed prefill */
     size_t h0_cap;
     bool draining;
@@ -231,6 +234,40 @@ oom:
 
 /* ---------------------------------------------------------------- the loop */
 
+/* The decode step's next tokens: greedy slots by the argmax (on the device
+ * for a CUDA context), slots that draw from the whole softmax by the device
+ * there (no logits copied), the others by their sampler on a copy of the
+ * logits. */
+static prism_status sample_step(srv_sched *q, int32_t nb, int32_t V) {
+    prism_ctx *c = q->ctx;
+    const bool on_dev = forward_samples_on_device(c);
+    int any_dev = 0;
+    for (int32_t k = 0; k < nb; k++) {
+        slot *sl = &q->slots[q->bs[k]];
+        q->dinv[k] = 0.0f;
+        if (on_dev && !prism_sampler_is_greedy(sl->sampler) && prism_sampler_is_softmax(sl->sampler, V, &q->dinv[k]))
+            q->du[k] = prism_sampler_next_u(sl->sampler), any_dev = 1;
+    }
+    if (any_dev) {
+        prism_status st = forward_sample_softmax(c, q->dinv, q->du, q->did);
+        if (st) return st;
+    }
+    for (int32_t k = 0; k < nb; k++) {
+        slot *sl = &q->slots[q->bs[k]];
+        if (q->dinv[k] > 0.0f) {
+            sl->next = q->did[k];
+        } else if (prism_sampler_is_greedy(sl->sampler)) {
+            if ((sl->next = prism_get_argmax(c, k)) < 0) return prism_error(PRISM_E_ARG, "no logits: %s", prism_last_error());
+        } else {
+            const float *l = prism_get_logits(c, k);
+            if (!l) return prism_error(PRISM_E_ARG, "no logits: %s", prism_last_error());
+            memcpy(q->lg, l, (size_t)V * sizeof(float));
+            sl->next = prism_sampler_sample(sl->sampler, q->lg, V, sl->hist, sl->n_hist);
+        }
+    }
+    return PRISM_OK;
+}
+
 static void *sched_main(void *arg) {
     srv *s = arg;
     srv_sched *q = s->sched;
@@ -313,11 +350,7 @@ static void *sched_main(void *arg) {
         if (nb > 0) {
             prism_batch b = {.n_tokens = nb, .token = q->bt, .pos = q->bp, .seq = q->bs, .want_logits = NULL};
             st = prism_decode(q->ctx, &b);
-            for (int32_t k = 0; !st && k < nb; k++) {
-                slot *sl = &q->slots[q->bs[k]];
-                memcpy(q->lg, prism_get_logits(q->ctx, k), (size_t)V * sizeof(float));
-                sl->next = prism_sampler_sample(sl->sampler, q->lg, V, sl->hist, sl->n_hist);
-            }
+            if (!st) st = sample_step(q, nb, V);
         }
         pthread_mutex_lock(&s->mu);
         if (st) {
@@ -348,7 +381,10 @@ prism_status sched_new(srv *s, srv_sched **out) {
     q->slots = calloc((size_t)q->n_slots, sizeof *q->slots);
     q->bt = malloc((size_t)nb * 3 * sizeof(int32_t));
     q->lg = malloc((size_t)q->ctx->m->cfg.vocab * sizeof(float));
-    if (!q->slots || !q->bt || !q->lg) { sched_free(q); return prism_error(PRISM_E_NOMEM, "out of memory"); }
+    q->dinv = malloc((size_t)nb * sizeof *q->dinv);
+    q->du = malloc((size_t)nb * sizeof *q->du);
+    q->did = malloc((size_t)nb * sizeof *q->did);
+    if (!q->slots || !q->bt || !q->lg || !q->dinv || !q->du || !q->did) { sched_free(q); return prism_error(PRISM_E_NOMEM, "out of memory"); }
     q->bp = q->bt + nb;
     q->bs = q->bp + nb;
     s->n_ctx = q->ctx->p.n_ctx;
@@ -414,6 +450,9 @@ void sched_free(srv_sched *q) {
     free(q->slots);
     free(q->bt);
     free(q->lg);
+    free(q->dinv);
+    free(q->du);
+    free(q->did);
     free(q->h0);
     free(q);
 }

@@ -67,6 +67,9 @@ static inline float atomicAdd(float *p, float v) {
     return o;
 }
 static inline void __threadfence(void) {}
+/* correctly rounded, never fused (what the host's separate * and - give) */
+static inline float __fmul_rn(float a, float b) { return a * b; }
+static inline float __fsub_rn(float a, float b) { return a - b; }
 static inline int min(int a, int b) { return a < b ? a : b; }
 static inline int max(int a, int b) { return a > b ? a : b; }
 
