@@ -15,16 +15,16 @@
 #      model on the GPU;
 #   5. PRISM end to end on the GPU: bootstrap of the embedded model, then a
 #      routed generation;
-#   then the diagnostics: the 7B decode without PDL, without the decode
-#      fusions, without CUDA graphs and with split-K per 64 keys (the old
-#      default), and where the training step's time goes (PRISM_CUDA_PROFILE=1),
-#      also without flash.cu, the fused SwiGLU backward, the MLP's LoRA in the
-#      SwiGLU kernels, or the LM head's and LoRA's splits, and with the long-K
-#      frozen GEMMs split;
-#   6. compute-sanitizer memcheck and racecheck over one architecture, when
+#   then the diagnostics: where the training step's time goes
+#      (PRISM_CUDA_PROFILE=1), also without the MLP's LoRA in the SwiGLU
+#      kernels, flash.cu, the LM head's and LoRA's splits or the fused SwiGLU
+#      backward, and with the long-K frozen GEMMs split; then the 7B batch-1
+#      decode without PDL, without the decode fusions, without CUDA graphs and
+#      with split-K per 64 keys (the old default);
+#   6. the kernels of a 7B training step under Nsight Systems, when installed;
+#   7. compute-sanitizer memcheck and racecheck over one architecture, when
 #      installed;
-#   7. the 7B batch-1 decode step under Nsight Compute (scripts/gpu_profile.sh),
-#      and the kernels of a 7B training step under Nsight Systems, when installed.
+#   8. the 7B batch-1 decode step under Nsight Compute (scripts/gpu_profile.sh).
 # Machines without a package mirror: run scripts/gpu_prepare.sh first where
 # one is reachable and carry .gpu/ (Debian packages unpacked into a private
 # prefix here, fixtures). Logs go to $OUT (default /tmp/prism-gpu), at most
@@ -115,27 +115,39 @@ tail -6 "$OUT/e2e.log"
 tail -6 "$OUT/e2e.log"
 grep -q "route:" "$OUT/e2e.log" || fail=1
 
-step "7B decode without programmatic dependent launch, without the decode fusions, without CUDA graphs, split-K per 64 keys (diagnostics)"
-for v in PRISM_CUDA_PDL=0 PRISM_CUDA_FUSE=0 PRISM_CUDA_GRAPHS=0 PRISM_CUDA_SPLIT_KEYS=64; do
-    echo "$v: $(env $v timeout 60 ./build/bench/bench_gpu --shape 7b --train 0 --runs 1 2>&1 | grep "shape:")"
-done | tee "$OUT/bench_variants.log"
 step "where LoRA training's GPU time goes (PRISM_CUDA_PROFILE=1, 8 x 512 per step; one packed pass, a pass per sequence, top-64 KL)"
 for args in "--shape 7b" "--shape 7b --train-pass 1" "--shape 7b --train-loss kl" "--shape 0.5b"; do
     echo "== bench_gpu $args"
     PRISM_CUDA_PROFILE=1 timeout 90 ./build/bench/bench_gpu $args --only train --runs 1 2>&1 | grep -E "^ |profile|\| Qwen"
 done | tee -a "$OUT/bench_variants.log"
-for v in "PRISM_CUDA_FUSE=0: SwiGLU recomputed by its own kernel for down's dA GEMM (the baseline of tk_swiglu_bwd_da)" \
-    "PRISM_CUDA_LORA_FUSE=0: the MLP's LoRA by GEMMs, down's dA aside (the baseline of tk_swiglu_fwd_lora and tk_swiglu_bwd_lora)" \
+for v in "PRISM_CUDA_LORA_FUSE=0: the MLP's LoRA by GEMMs, down's dA aside (the baseline of tk_swiglu_fwd_lora and tk_swiglu_bwd_lora)" \
+    "PRISM_CUDA_FROZEN_SPLIT=2: the long-K frozen GEMMs (down forward, gate|up backward) in 2 K slices (whether splitting pays)" \
+    "PRISM_CUDA_FLASH=0: attention by cuBLAS (the baseline of flash.cu)" \
     "PRISM_CUDA_LM_SPLIT=1: the LM head's backward GEMM in one piece (the baseline of its vocabulary split)" \
     "PRISM_CUDA_LORA_SPLIT=0: LoRA's dA and dB GEMMs in one piece (the baseline of their row split)" \
-    "PRISM_CUDA_FROZEN_SPLIT=2: the long-K frozen GEMMs (down forward, gate|up backward) in 2 K slices (whether splitting pays)"; do
+    "PRISM_CUDA_FUSE=0: SwiGLU recomputed by its own kernel for down's dA GEMM, the MLP's LoRA by GEMMs"; do
     echo "== bench_gpu --shape 7b with ${v#*: } (${v%%: *})"
     env "${v%%: *}" PRISM_CUDA_PROFILE=1 timeout 90 ./build/bench/bench_gpu --shape 7b --only train --runs 1 2>&1 |
         grep -E "^ |profile|\| Qwen"
 done | tee -a "$OUT/bench_variants.log"
-echo "== bench_gpu --shape 7b with attention by cuBLAS (PRISM_CUDA_FLASH=0: the baseline of flash.cu)" | tee -a "$OUT/bench_variants.log"
-PRISM_CUDA_FLASH=0 PRISM_CUDA_PROFILE=1 timeout 90 ./build/bench/bench_gpu --shape 7b --only train --runs 1 2>&1 |
-    grep -E "^ |profile|\| Qwen" | tee -a "$OUT/bench_variants.log"
+step "7B decode without programmatic dependent launch, without the decode fusions, without CUDA graphs, split-K per 64 keys (diagnostics)"
+for v in PRISM_CUDA_PDL=0 PRISM_CUDA_FUSE=0 PRISM_CUDA_GRAPHS=0 PRISM_CUDA_SPLIT_KEYS=64; do
+    echo "$v: $(env $v timeout 60 ./build/bench/bench_gpu --shape 7b --only decode1 --runs 1 2>&1 | grep "shape:")"
+done | tee -a "$OUT/bench_variants.log"
+
+if command -v nsys >/dev/null 2>&1; then
+    step "every kernel of a 7B training step (Nsight Systems, GPU time summed per kernel name, top 30)"
+    timeout 120 nsys profile -t cuda -o /tmp/prism-train --force-overwrite true \
+        ./build/bench/bench_gpu --shape 7b --only train --runs 1 >/dev/null 2>&1 &&
+        nsys stats -q -r cuda_gpu_kern_sum -f csv /tmp/prism-train.nsys-rep 2>/dev/null |
+        python3 -c '
+import csv, sys
+rows = [r for r in csv.reader(sys.stdin) if r]
+head = next((i for i, r in enumerate(rows) if r[0].startswith("Time")), None)
+for r in rows[head + 1 : head + 31] if head is not None else []:
+    print("%6.1f%%  %10.2f ms  %6s x  %.110s" % (float(r[0]), float(r[1]) / 1e6, r[2], r[-1]))' |
+            tee -a "$OUT/bench_variants.log"
+fi
 
 if command -v compute-sanitizer >/dev/null 2>&1; then
     step "compute-sanitizer memcheck (llama3)"
@@ -155,20 +167,6 @@ if command -v compute-sanitizer >/dev/null 2>&1; then
         tail -3 "$OUT/flash.tmp" | grep -qE "(ERROR|RACECHECK) SUMMARY: 0 " || { fail=1; grep -m 10 -B2 -A10 "Error\|Warning\|hazard" "$OUT/flash.tmp" | tail -40; }
         cat "$OUT/flash.tmp" >>"$OUT/memcheck.log" && rm "$OUT/flash.tmp"
     done
-fi
-
-if command -v nsys >/dev/null 2>&1; then
-    step "every kernel of a 7B training step (Nsight Systems, GPU time summed per kernel name, top 30)"
-    timeout 120 nsys profile -t cuda -o /tmp/prism-train --force-overwrite true \
-        ./build/bench/bench_gpu --shape 7b --only train --runs 1 >/dev/null 2>&1 &&
-        nsys stats -q -r cuda_gpu_kern_sum -f csv /tmp/prism-train.nsys-rep 2>/dev/null |
-        python3 -c '
-import csv, sys
-rows = [r for r in csv.reader(sys.stdin) if r]
-head = next((i for i, r in enumerate(rows) if r[0].startswith("Time")), None)
-for r in rows[head + 1 : head + 31] if head is not None else []:
-    print("%6.1f%%  %10.2f ms  %6s x  %.110s" % (float(r[0]), float(r[1]) / 1e6, r[2], r[-1]))' |
-            tee -a "$OUT/bench_variants.log"
 fi
 
 if command -v ncu >/dev/null 2>&1; then

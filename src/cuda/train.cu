@@ -1276,12 +1276,12 @@ template <class A>
 static void swiglu_bwd_da(gpu_train *t, float *dgu, bf16 *dgub, const A *da, const A *gu, const tmod *md, int32_t F,
                           int32_t T) {
     const int32_t rows = swb_rows(t, T), nc = (T + rows - 1) / rows, r = md->r;
+    const int64_t n = (int64_t)r * F;
     const dim3 g((F + 255) / 256, nc);
     if (r <= 16) tk_swiglu_bwd_da<A, 16><<<g, 256, 0, t->s>>>(dgu, dgub, da, gu, F, T, rows, t->ltmp, r, t->dpart);
     else if (r <= 32) tk_swiglu_bwd_da<A, 32><<<g, 256, 0, t->s>>>(dgu, dgub, da, gu, F, T, rows, t->ltmp, r, t->dpart);
     else tk_swiglu_bwd_da<A, 64><<<g, 256, 0, t->s>>>(dgu, dgub, da, gu, F, T, rows, t->ltmp, r, t->dpart);
-    tk_sum_parts<float><<<grid_for((int64_t)r * F), 256, 0, t->s>>>(t->g + md->offA, t->dpart, nc, (int64_t)r * F,
-                                                                     1);
+    tk_sum_parts<float><<<grid_for(n), 256, 0, t->s>>>(t->g + md->offA, t->dpart, nc, n, 1);
 }
 
 /* tk_swiglu_bwd_lora over a pass of T rows (down md, gate mg, up mu: each adapted or NULL; tmp = s·dy·B_down
