@@ -220,19 +220,22 @@ __global__ void tk_add_norm(float *out, A *h, float *r, const float *a, const A 
 /* RMSNorm backward, rows of H: dx = (acc ? dx : 0) + r·dy·w − c·x with
  * c = r³·Σ(dy·w·x)/H — the residual stream's gradient — and, with dxb, its
  * BF16 copy: the next projection backward's input (its frozen GEMM and its
- * LoRA) as is. One block per row. */
-__global__ void tk_norm_bwd(float *dx, bf16 *dxb, const float *dy, const float *x, const float *w, const float *r,
+ * LoRA) as is. dy F32 (the loss's) or in the activation type (a projection
+ * backward's output, BF16 on BF16 models as peft's). One block per row. */
+template <class D>
+__global__ void tk_norm_bwd(float *dx, bf16 *dxb, const D *dy, const float *x, const float *w, const float *r,
                             int32_t H, int acc) {
     __shared__ float red[32];
     const int64_t t = blockIdx.x;
-    const float *dyr = dy + t * H, *xr = x + t * H;
+    const D *dyr = dy + t * H;
+    const float *xr = x + t * H;
     float *o = dx + t * H;
     const float rr = r[t];
     float dot = 0.0f;
-    for (int32_t j = threadIdx.x; j < H; j += blockDim.x) dot += dyr[j] * w[j] * xr[j];
+    for (int32_t j = threadIdx.x; j < H; j += blockDim.x) dot += ldA(dyr + j) * w[j] * xr[j];
     const float c = rr * rr * rr * block_sum(dot, red) / (float)H;
     for (int32_t j = threadIdx.x; j < H; j += blockDim.x) {
-        const float v = rr * dyr[j] * w[j] - c * xr[j], d = acc ? o[j] + v : v;
+        const float v = rr * ldA(dyr + j) * w[j] - c * xr[j], d = acc ? o[j] + v : v;
         o[j] = d;
         if (dxb) dxb[t * H + j] = __float2bfloat16(d);
     }
@@ -1301,6 +1304,15 @@ static void swiglu_bwd_lora(gpu_train *t, float *dgu, bf16 *dgub, const A *da, c
     if (ru) tk_sum_parts<float><<<grid_for(nu), 256, 0, t->s>>>(t->g + mu->offB, t->dpart + nc * (nd + ng), nc, nu, 1);
 }
 
+/* dx += a layer RMSNorm's backward from dh, the gradient at its output as a projection backward wrote it
+ * (the activation type), and the BF16 copy t->dxb of the result. */
+static void norm_bwd(gpu_train *t, float *dx, const void *dh, const float *x, const float *w, const float *r,
+                     int32_t T) {
+    const int32_t H = t->m->H;
+    if (t->m->f32) tk_norm_bwd<float><<<T, 256, 0, t->s>>>(dx, t->dxb, (const float *)dh, x, w, r, H, 1);
+    else tk_norm_bwd<bf16><<<T, 256, 0, t->s>>>(dx, t->dxb, (const bf16 *)dh, x, w, r, H, 1);
+}
+
 /* t->dx: gradient w.r.t. the layer output on entry, w.r.t. its input x on return. */
 static int layer_bwd(gpu_train *t, int32_t l, const tacts *A, const float *x, int32_t T, char *err, size_t errn) {
     const gpu_model *m = t->m;
@@ -1341,9 +1353,10 @@ static int layer_bwd(gpu_train *t, int32_t l, const tacts *A, const float *x, in
         tk_swiglu_bwd<bf16><<<gs, 256, 0, t->s>>>((float *)NULL, dgub, (const bf16 *)da, (const bf16 *)A->gu, F);
     }
     prof_mark(t, TP_ELT_B);
-    TRY(proj_bwd(t, l, TGU, CGU, 2, A->mid[1], f32_of(t, A->h2), A->h2, H, &L->wgu, t->dgu, dgub, 2 * F, t->dh, 0,
+    /* dh: the gradient at the norm's output, in the activation type (BF16 on BF16 models, as peft's) */
+    TRY(proj_bwd(t, l, TGU, CGU, 2, A->mid[1], f32_of(t, A->h2), A->h2, H, &L->wgu, t->dgu, dgub, 2 * F, t->dh, !m->f32,
                  lf ? PB_DB : 0, T, err, errn));
-    tk_norm_bwd<<<T, 256, 0, t->s>>>(dx, t->dxb, t->dh, A->xmid, L->ffn_norm, A->r2, H, 1);
+    norm_bwd(t, dx, t->dh, A->xmid, L->ffn_norm, A->r2, T);
     prof_mark(t, TP_ELT_B);
     /* attention */
     TRY(proj_bwd(t, l, TO, C0, 1, A->mid[0] + (int64_t)3 * t->max_r * T, f32_of(t, A->att), A->att, (int)qd, &L->wo,
@@ -1387,8 +1400,8 @@ static int layer_bwd(gpu_train *t, int32_t l, const tacts *A, const float *x, in
                                                  A->rq, A->rk, m->inv_freq, so, sl, nh, nkv, hd, qn);
     prof_mark(t, TP_ATT_B);
     TRY(proj_bwd(t, l, TQKV, CQKV, 3, A->mid[0], f32_of(t, A->h1), A->h1, H, &L->wqkv, f32_of(t, t->dqkv), t->dqkv,
-                 (int)qn, t->dh, 0, 0, T, err, errn));
-    tk_norm_bwd<<<T, 256, 0, t->s>>>(dx, t->dxb, t->dh, x, L->attn_norm, A->r1, H, 1);
+                 (int)qn, t->dh, !m->f32, 0, T, err, errn));
+    norm_bwd(t, dx, t->dh, x, L->attn_norm, A->r1, T);
     prof_mark(t, TP_ELT_B);
     return 0;
 }
@@ -1850,7 +1863,7 @@ static int train_batch(gpu_train *t, const gpu_train_example *exs, int32_t n_ex,
     if (t->prof) t->prof->examples += n_ex;
     if (t->first_adapted < L) {
         /* backward */
-        tk_norm_bwd<<<T, 256, 0, t->s>>>(t->dx, t->dxb, t->dh, xl, m->final_norm, t->rf, H, 0);
+        tk_norm_bwd<float><<<T, 256, 0, t->s>>>(t->dx, t->dxb, t->dh, xl, m->final_norm, t->rf, H, 0); /* the loss's dh */
         prof_mark(t, TP_EMBED_NORM);
         for (int32_t l = L - 1; l >= t->first_adapted; l--) {
             tacts *A = &t->acts[t->recompute ? 0 : l];
