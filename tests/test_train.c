@@ -567,9 +567,8 @@ static void test_device_trainer(void) {
          * (1.0e-3 and 3.9e-4 while LoRA's A-products still read F32 copies of the norms' outputs and of
          * attention's; with the 1,030-token sequence too: 5.7e-2 and 4.4e-2). Everything BF16 — weights,
          * every GEMM input and output (LoRA's included, as in peft; the residual stream is F32), the MLP's
-         * wide tensors and their gradients, and
-         * with flash.cu attention's inputs (8-bit mantissa, as transformers' bf16 attention, against
-         * TF32's 11) — in a model of 64 hidden units and 8-dim heads. A bug shows as an error of order 1;
+         * wide tensors and their gradients, and with flash.cu attention's inputs (8-bit mantissa, as
+         * transformers' bf16 attention, against TF32's 11) — in a model of 64 hidden units and 8-dim heads. A bug shows as an error of order 1;
          * test_flash checks the attention kernels to 1e-2, test_lora_grad the BF16 gradients against
          * peft's to 5e-2. */
         const bool okf = ef[0] < 0.15 && ef[1] < 0.15 && lf[0] < 6e-3 && lf[1] < 6e-3 && ev < 0.15;
@@ -578,8 +577,9 @@ static void test_device_trainer(void) {
         printf("%s sequences of %d and %d tokens in BF16: grads vs CPU rel %.2e with tensor-core attention, %.2e with "
                "cuBLAS (%.2e apart); loss rel %.2e, %.2e\n", okf ? "ok  " : "FAIL", L1, L0, ef[0], ef[1], ev, lf[0], lf[1]);
         prism_adapter_free(gf[0]), prism_adapter_free(gf[1]);
-        /* BF16 with some targets of a projection unadapted: q without k and v, up without gate (the
-         * frozen GEMM writes the BF16 output first and LoRA adds onto it), o and down not at all */
+        /* BF16 with some targets of a projection unadapted: q without k and v (the frozen GEMM writes the
+         * BF16 output first and LoRA adds onto it), up without gate (the SwiGLU kernels do up's LoRA, gate's
+         * left out), o and down not at all */
         {
             prism_lora_params pp = lp;
             pp.targets = PRISM_LORA_Q | PRISM_LORA_UP;

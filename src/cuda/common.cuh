@@ -59,6 +59,9 @@ static __device__ __forceinline__ float ldA(const float *p) { return *p; }
 static __device__ __forceinline__ float ldA(const bf16 *p) { return __bfloat162float(*p); }
 static __device__ __forceinline__ void stA(float *p, float v) { *p = v; }
 static __device__ __forceinline__ void stA(bf16 *p, float v) { *p = __float2bfloat16(v); }
+/* SwiGLU's silu(g)·u, written once: the training backward recomputes what the forward wrote, and must match it
+ * to the last bit. */
+static __device__ __forceinline__ float silu_mul(float g, float u) { return g / (1.0f + expf(-g)) * u; }
 /* v as stA would store it at a p of that type (p is not accessed) */
 static __device__ __forceinline__ float rndA(const float *, float v) { return v; }
 static __device__ __forceinline__ float rndA(const bf16 *, float v) { return __bfloat162float(__float2bfloat16(v)); }

@@ -144,7 +144,7 @@ template <class A> __global__ void swiglu_kernel(A *xb, const float *y, const fl
     if (j >= F) return;
     float g = y[i * 2 * F + j], u = y[i * 2 * F + F + j];
     if (bgu) g += bgu[j], u += bgu[F + j];
-    stA(xb + i * F + j, g / (1.0f + expf(-g)) * u);
+    stA(xb + i * F + j, silu_mul(g, u));
 }
 
 void k_swiglu(cudaStream_t s, int f32, void *xb, const float *y, const float *bgu, int32_t T, int32_t F) {
@@ -296,7 +296,7 @@ __global__ void __launch_bounds__(256) gemv_glu_kernel(A *__restrict__ act, cons
         float g = warp_sum(acc[0][t]), u = warp_sum(acc[1][t]);
         if (lane == 0 && valid) {
             if (bgu) g += bgu[n], u += bgu[F + n];
-            stA(act + (int64_t)t * F + n, g / (1.0f + expf(-g)) * u);
+            stA(act + (int64_t)t * F + n, silu_mul(g, u));
         }
     }
 }

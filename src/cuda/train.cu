@@ -493,7 +493,7 @@ template <class A> __global__ void tk_swiglu_fwd(float *a, bf16 *ab, const A *gu
     const int64_t t = blockIdx.y;
     const int32_t j = blockIdx.x * blockDim.x + threadIdx.x;
     if (j >= F) return;
-    const float g = ldA(gu + t * 2 * F + j), v = g / (1.0f + expf(-g)) * ldA(gu + t * 2 * F + F + j);
+    const float v = silu_mul(ldA(gu + t * 2 * F + j), ldA(gu + t * 2 * F + F + j));
     if (a) a[t * F + j] = v;
     if (ab) ab[t * F + j] = __float2bfloat16(v);
 }
@@ -509,7 +509,7 @@ static __device__ __forceinline__ float swiglu_bwd_val(float *dgu, bf16 *dgub, f
     if (dgu) dgu[t * 2 * F + F + j] = du, dgu[t * 2 * F + j] = dg;
     if (dgub) dgub[t * 2 * F + F + j] = __float2bfloat16(du), dgub[t * 2 * F + j] = __float2bfloat16(dg);
     *pdg = dg, *pdu = du;
-    return g / (1.0f + expf(-g)) * u;
+    return silu_mul(g, u);
 }
 
 template <class A>
@@ -624,7 +624,7 @@ __global__ void __launch_bounds__(256)
                     dg += ms[i * 2 * LF_R + k] * bg[k], du += ms[i * 2 * LF_R + LF_R + k] * bu[k];
                 if (rg) g = rndA(row, g + sg * dg), stA(row + j, g); /* as the backward will read it */
                 if (ru) u = rndA(row, u + su * du), stA(row + F + j, u);
-                const float v = g / (1.0f + expf(-g)) * u;
+                const float v = silu_mul(g, u);
                 const int64_t o = (int64_t)(s0 + i) * F + j;
                 if (a) a[o] = v;
                 if (ab) ab[o] = __float2bfloat16(v);
@@ -1249,21 +1249,20 @@ static int layer_fwd(gpu_train *t, int32_t l, tacts *A, const float *x, float *y
     prof_mark(t, TP_ELT_F);
     /* gate | up in the activation type: BF16 halves the traffic of the layer's widest tensor (written, read back
      * by the GEMM epilogue, by SwiGLU, its recomputation and its backward) */
-    const int gbf = !m->f32;
     const tmod *mg = mod_of(t, l, LT_GATE), *mu = mod_of(t, l, LT_UP);
     const int lfw = t->lfuse && (mg || mu); /* their B-products by tk_swiglu_fwd_lora */
-    TRY(proj_fwd(t, l, TGU, CGU, 2, A->mid[1], f32_of(t, A->h2), A->h2, H, &L->wgu, A->gu, gbf, 2 * F, lfw ? PF_B : 0, T,
+    TRY(proj_fwd(t, l, TGU, CGU, 2, A->mid[1], f32_of(t, A->h2), A->h2, H, &L->wgu, A->gu, ybf, 2 * F, lfw ? PF_B : 0, T,
                  err, errn));
     const int64_t ngu = (int64_t)T * 2 * F;
-    if (L->bgu && gbf) tk_bias<bf16><<<grid_for(ngu), 256, 0, t->s>>>((bf16 *)A->gu, L->bgu, ngu, 2 * F);
+    if (L->bgu && ybf) tk_bias<bf16><<<grid_for(ngu), 256, 0, t->s>>>((bf16 *)A->gu, L->bgu, ngu, 2 * F);
     else if (L->bgu) tk_bias<float><<<grid_for(ngu), 256, 0, t->s>>>((float *)A->gu, L->bgu, ngu, 2 * F);
     dim3 gs((F + 255) / 256, T);
     /* silu(gate)·up: F32 for LoRA's down A-product (or the F32 GEMM), BF16 straight into the down GEMM's input */
     bf16 *actb = m->f32 ? NULL : (bf16 *)t->abuf;
     float *actf = m->f32 ? t->act : NULL; /* BF16 models: LoRA's down A-product reads the BF16 copy too */
-    if (lfw && gbf) swiglu_fwd_lora<bf16>(t, (bf16 *)A->gu, actf, actb, A->mid[1], mg, mu, F, T);
+    if (lfw && ybf) swiglu_fwd_lora<bf16>(t, (bf16 *)A->gu, actf, actb, A->mid[1], mg, mu, F, T);
     else if (lfw) swiglu_fwd_lora<float>(t, (float *)A->gu, actf, actb, A->mid[1], mg, mu, F, T);
-    else if (gbf) tk_swiglu_fwd<bf16><<<gs, 256, 0, t->s>>>(actf, actb, (const bf16 *)A->gu, F);
+    else if (ybf) tk_swiglu_fwd<bf16><<<gs, 256, 0, t->s>>>(actf, actb, (const bf16 *)A->gu, F);
     else tk_swiglu_fwd<float><<<gs, 256, 0, t->s>>>(actf, actb, (const float *)A->gu, F);
     prof_mark(t, TP_ELT_F);
     TRY(proj_fwd(t, l, TD, C0, 1, A->mid[2], t->act, actb, F, &L->wd, t->y, ybf, H, 0, T, err, errn));
@@ -1574,8 +1573,8 @@ static int train_new(gpu_model *m, const gpu_lora_desc *mods, int32_t max_tokens
                 const int64_t rows = swb_rows(t, n), c = (n + rows - 1) / rows;
                 nc = c > nc ? c : nc;
             }
-            const int64_t per = t->lfuse ? 3 * LF_R : r_down; /* lfuse: each of r_down, r_gate, r_up <= LF_R */
-            TA2(t->dpart, nc * (per > r_down ? per : r_down) * F * f);
+            /* lfuse: r_down + r_gate + r_up <= 3 LF_R a layer (and no layer takes tk_swiglu_bwd_da) */
+            TA2(t->dpart, nc * (t->lfuse ? 3 * LF_R : r_down) * F * f);
         }
         int64_t aw = wide > F ? wide : F;
         aw = aw > qd ? aw : qd;

@@ -245,7 +245,7 @@ static prism_status sample_step(srv_sched *q, int32_t nb, int32_t V) {
     for (int32_t k = 0; k < nb; k++) {
         slot *sl = &q->slots[q->bs[k]];
         q->dinv[k] = 0.0f;
-        if (on_dev && !prism_sampler_is_greedy(sl->sampler) && prism_sampler_is_softmax(sl->sampler, V, &q->dinv[k]))
+        if (on_dev && prism_sampler_is_softmax(sl->sampler, V, &q->dinv[k])) /* never a greedy one */
             q->du[k] = prism_sampler_next_u(sl->sampler), any_dev = 1;
     }
     if (any_dev) {
