@@ -23,7 +23,7 @@
 #      with split-K per 64 keys (the old default);
 #   6. the kernels of a 7B training step under Nsight Systems, when installed;
 #   7. compute-sanitizer memcheck and racecheck over one architecture, when
-#      installed;
+#      installed: inference (test_gpu), training (test_lora_grad), flash.cu;
 #   8. the 7B batch-1 decode step under Nsight Compute (scripts/gpu_profile.sh).
 # Machines without a package mirror: run scripts/gpu_prepare.sh first where
 # one is reachable and carry .gpu/ (Debian packages unpacked into a private
@@ -160,6 +160,14 @@ if command -v compute-sanitizer >/dev/null 2>&1; then
         ./build/tests/test_gpu >>"$OUT/memcheck.log" 2>&1
     grep -E "RACECHECK SUMMARY|ERROR SUMMARY|passed, " "$OUT/memcheck.log" | tail -3
     tail -3 "$OUT/memcheck.log" | grep -qE "(ERROR|RACECHECK) SUMMARY: 0 " || { fail=1; grep -m 10 -B2 -A10 "Error\|Warning\|hazard" "$OUT/memcheck.log" | tail -40; }
+    for tool in memcheck racecheck; do
+        step "compute-sanitizer $tool (test_lora_grad on the GPU, llama3: the trainer's kernels, the fused SwiGLU LoRA ones included)"
+        PRISM_DEVICE=cuda PRISM_TEST_ARCH=llama3 timeout 120 compute-sanitizer --tool $tool --print-limit 20 \
+            ./build/tests/test_lora_grad >"$OUT/train.tmp" 2>&1
+        grep -E "SUMMARY|passed, " "$OUT/train.tmp" | tail -3
+        tail -3 "$OUT/train.tmp" | grep -qE "(ERROR|RACECHECK) SUMMARY: 0 " || { fail=1; grep -m 10 -B2 -A10 "Error\|Warning\|hazard" "$OUT/train.tmp" | tail -40; }
+        cat "$OUT/train.tmp" >>"$OUT/memcheck.log" && rm "$OUT/train.tmp"
+    done
     for tool in memcheck racecheck; do
         step "compute-sanitizer $tool (test_flash: the training attention's WMMA kernels)"
         timeout 90 compute-sanitizer --tool $tool --print-limit 20 ./build/tests/test_flash >"$OUT/flash.tmp" 2>&1

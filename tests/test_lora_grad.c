@@ -370,6 +370,10 @@ static void test_arch(const char *arch) {
 }
 
 int main(void) {
-    for (size_t i = 0; i < sizeof ARCHS / sizeof *ARCHS; i++) test_arch(ARCHS[i]);
+    const char *only = getenv("PRISM_TEST_ARCH"); /* one architecture: bisecting, or under compute-sanitizer */
+    int ran = 0;
+    for (size_t i = 0; i < sizeof ARCHS / sizeof *ARCHS; i++)
+        if (!only || !strcmp(only, ARCHS[i])) test_arch(ARCHS[i]), ran++;
+    CHECK(ran > 0, "PRISM_TEST_ARCH=%s names no fixture architecture (llama3, qwen2, qwen3, mistral)", only);
     TEST_MAIN_END();
 }
