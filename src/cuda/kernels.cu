@@ -139,8 +139,8 @@ void k_qkv_post(cudaStream_t s, const gpu_ctx *c, int32_t layer, int32_t T) {
 template <class A> __global__ void swiglu_kernel(A *xb, const float *y, const float *bgu, int32_t F) {
     pdl_wait();
     pdl_trigger();
-    const int64_t i = blockIdx.y;
-    const int32_t j = blockIdx.x * blockDim.x + threadIdx.x;
+    const int64_t i = blockIdx.x; /* rows on x: gridDim.y stops at 65,535 */
+    const int32_t j = blockIdx.y * blockDim.x + threadIdx.x;
     if (j >= F) return;
     float g = y[i * 2 * F + j], u = y[i * 2 * F + F + j];
     if (bgu) g += bgu[j], u += bgu[F + j];
@@ -148,7 +148,7 @@ template <class A> __global__ void swiglu_kernel(A *xb, const float *y, const fl
 }
 
 void k_swiglu(cudaStream_t s, int f32, void *xb, const float *y, const float *bgu, int32_t T, int32_t F) {
-    dim3 grid((F + 255) / 256, T);
+    dim3 grid(T, (F + 255) / 256);
     if (f32) PDL_LAUNCH(swiglu_kernel<float>, grid, 256, 0, s, (float *)xb, y, bgu, F);
     else PDL_LAUNCH(swiglu_kernel<bf16>, grid, 256, 0, s, (bf16 *)xb, y, bgu, F);
 }

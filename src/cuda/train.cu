@@ -490,8 +490,8 @@ template <class A> __global__ void tk_bias(A *y, const float *bias, int64_t tota
 /* a = silu(g)·u: F32 into a and/or BF16 into ab (the down GEMM's input, so
  * no conversion pass re-reads it); either may be NULL. */
 template <class A> __global__ void tk_swiglu_fwd(float *a, bf16 *ab, const A *gu, int32_t F) {
-    const int64_t t = blockIdx.y;
-    const int32_t j = blockIdx.x * blockDim.x + threadIdx.x;
+    const int64_t t = blockIdx.x; /* rows on x (swiglu_grid): gridDim.y stops at 65,535 */
+    const int32_t j = blockIdx.y * blockDim.x + threadIdx.x;
     if (j >= F) return;
     const float v = silu_mul(ldA(gu + t * 2 * F + j), ldA(gu + t * 2 * F + F + j));
     if (a) a[t * F + j] = v;
@@ -521,9 +521,12 @@ static __device__ __forceinline__ float swiglu_bwd_at(float *dgu, bf16 *dgub, co
 }
 
 template <class A> __global__ void tk_swiglu_bwd(float *dgu, bf16 *dgub, const A *da, const A *gu, int32_t F) {
-    const int32_t j = blockIdx.x * blockDim.x + threadIdx.x;
-    if (j < F) swiglu_bwd_at(dgu, dgub, da, gu, F, blockIdx.y, j);
+    const int32_t j = blockIdx.y * blockDim.x + threadIdx.x;
+    if (j < F) swiglu_bwd_at(dgu, dgub, da, gu, F, blockIdx.x, j);
 }
+
+/* tk_swiglu_fwd's and tk_swiglu_bwd's grid: a row per x (a pass may hold 65,536 rows), 256 columns per y. */
+static dim3 swiglu_grid(int32_t T, int32_t F) { return dim3(T, (F + 255) / 256); }
 
 /* tk_swiglu_bwd with the down projection's LoRA dA folded in, which needs
  * that projection's input a = silu(g)·u: recomputed here, per element, from
@@ -1168,11 +1171,16 @@ static int proj_bwd(gpu_train *t, int32_t l, const int *tg, const int64_t *col, 
 /* ------------------------------------------------------------------ forward / backward of one layer */
 
 /* Rows per block of the SwiGLU kernels that carry LoRA (a column per thread, rows iterated): 256, halved
- * (to 32 at least) while the grid would have under 4 blocks per SM, so that short passes fill the GPU. */
+ * (to 32 at least) while the grid would have under 4 blocks per SM, so that short passes fill the GPU;
+ * doubled while a pass would make more than SWB_MAX_CHUNKS chunks, so that long ones keep their partials
+ * (chunks × ranks × F floats: 465 MB at 32,768 rows of Qwen2.5-7B's MLP otherwise) and the sums over them
+ * small. */
+#define SWB_MAX_CHUNKS 32
 static int32_t swb_rows(const gpu_train *t, int32_t T) {
     const int64_t cols = (t->m->F + 255) / 256;
     int32_t rows = 256;
     while (rows > 32 && cols * ((T + rows - 1) / rows) < 4 * (int64_t)t->m->n_sm) rows /= 2;
+    while ((T + rows - 1) / rows > SWB_MAX_CHUNKS) rows *= 2;
     return rows;
 }
 
@@ -1256,7 +1264,7 @@ static int layer_fwd(gpu_train *t, int32_t l, tacts *A, const float *x, float *y
     const int64_t ngu = (int64_t)T * 2 * F;
     if (L->bgu && ybf) tk_bias<bf16><<<grid_for(ngu), 256, 0, t->s>>>((bf16 *)A->gu, L->bgu, ngu, 2 * F);
     else if (L->bgu) tk_bias<float><<<grid_for(ngu), 256, 0, t->s>>>((float *)A->gu, L->bgu, ngu, 2 * F);
-    dim3 gs((F + 255) / 256, T);
+    const dim3 gs = swiglu_grid(T, F);
     /* silu(gate)·up: F32 for LoRA's down A-product (or the F32 GEMM), BF16 straight into the down GEMM's input */
     bf16 *actb = m->f32 ? NULL : (bf16 *)t->abuf;
     float *actf = m->f32 ? t->act : NULL; /* BF16 models: LoRA's down A-product reads the BF16 copy too */
@@ -1323,7 +1331,7 @@ static int layer_bwd(gpu_train *t, int32_t l, const tacts *A, const float *x, in
     float *dx = t->dx, *da = t->hd_tmp;
     /* MLP */
     prof_mark(t, TP_OTHER);
-    dim3 gs((F + 255) / 256, T);
+    const dim3 gs = swiglu_grid(T, F);
     bf16 *actb = m->f32 ? NULL : (bf16 *)t->abuf; /* silu(gate)·up again, for down's dA GEMM (unfused path) */
     const tmod *mdn = mod_of(t, l, LT_DOWN), *mg = mod_of(t, l, LT_GATE), *mu = mod_of(t, l, LT_UP);
     const int lf = t->lfuse && (mdn || mg || mu); /* the MLP's LoRA terms by tk_swiglu_bwd_lora */
@@ -1871,6 +1879,7 @@ static int train_batch(gpu_train *t, const gpu_train_example *exs, int32_t n_ex,
             TRY(layer_bwd(t, l, A, xin, T, err, errn));
         }
     }
+    CU(cudaGetLastError(), "LoRA training pass (a kernel launch)"); /* on the pass that caused it, not the next call */
     CU(cudaStreamSynchronize(t->s), "LoRA training pass");
     double loss = 0;
     for (int32_t i = 0; i < nr; i++) loss += t->h_loss[i];

@@ -154,6 +154,11 @@ void run(const cfg &c, const std::function<void()> &fn) {
         fprintf(stderr, "cuda_emu: invalid block of %d threads\n", n);
         abort();
     }
+    if (!c.grid.x || !c.grid.y || !c.grid.z || c.grid.y > 65535 || c.grid.z > 65535) {
+        /* a GPU refuses the launch (cudaErrorInvalidConfiguration): the kernel never runs */
+        fprintf(stderr, "cuda_emu: invalid grid (%u,%u,%u): y and z must be 1..65535\n", c.grid.x, c.grid.y, c.grid.z);
+        abort();
+    }
     if (c.smem > 227 * 1024) {
         fprintf(stderr, "cuda_emu: %zu bytes of dynamic shared memory exceed the H100's 227 KiB\n", c.smem);
         abort();
