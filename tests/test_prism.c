@@ -139,11 +139,13 @@ static void test_routing(void) {
 
     const prism_route_mode modes[3] = {PRISM_ROUTE_BASE, PRISM_ROUTE_ADAPTER, PRISM_ROUTE_AUTO};
     for (int mi = 0; mi < 3; mi++) {
-        for (int nb = 0; nb < 2; nb++) {
-            /* nb = 1: n_batch 8, so prompts are split across chunks (two-phase prefill) */
+        for (int nb = 0; nb < 3; nb++) {
+            /* n_batch 512: every prompt in one batch, layers 1..L-1 straight on from layer 0; 8: prompts split
+             * across batches, whose layers 1..L-1 wait for the routes; the first prompt's length: its batch goes
+             * straight on, the next ones wait */
             prism_ctx *cc = NULL;
             prism_ctx_params cp2 = cp;
-            cp2.n_batch = nb ? 8 : 512;
+            cp2.n_batch = nb == 0 ? 512 : nb == 1 ? 8 : lens[0];
             prism_ctx_new(m, cp2, &cc);
             gp.router = r;
             gp.route = modes[mi];

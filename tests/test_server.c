@@ -909,6 +909,15 @@ int main(void) {
         free(log);
     }
     test_limits();
+    /* prompts longer than a prefill batch: the routed prefill runs layer 0 of every batch first, keeping its
+     * outputs until the gate has read the last token; the ids still equal the CLI's (one batch there) */
+    snprintf(args, sizeof args, "--prism %s --chat-template llama2 --max-batch 2 --batch-tokens 8", RUN);
+    if (!server_start(&sv, args)) {
+        CHECK(0, "server start (--batch-tokens 8)");
+    } else {
+        test_vs_cli(sv.port);
+        CHECK(server_stop(&sv) == 0, "--batch-tokens 8 server: clean exit");
+    }
     char cmd[256], *out;
     snprintf(cmd, sizeof cmd, "rm -rf %s", RUN);
     test_run(cmd, &out);

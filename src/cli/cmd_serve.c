@@ -23,6 +23,7 @@ static const char *SERVE_USAGE =
     "  --max-batch N          sequences decoded together = KV-cache slots (default 8)\n"
     "  --queue N              requests waiting for a slot before 429 (default 64)\n"
     "  --ctx N                tokens per sequence, prompt + completion (default min(max_position_embeddings, 4096))\n"
+    "  --batch-tokens N       prompt tokens per prefill batch (default 512; at least --max-batch)\n"
     "  --max-body BYTES       request body limit before 413 (default 1048576)\n"
     "  --chat-template NAME   chat template for /v1/chat/completions (see prism --help)\n"
     "  --served-model-name S  model id of the base model (default: the model directory's name)\n"
@@ -77,6 +78,7 @@ int cmd_serve(int argc, char **argv) {
         else if (!strcmp(a, "--port")) cfg.port = (int)cli_long(a, cli_value(argc, argv, &i), 0, 65535);
         else if (!strcmp(a, "--api-key")) cfg.api_key = cli_value(argc, argv, &i);
         else if (!strcmp(a, "--max-batch")) cfg.max_batch = (int32_t)cli_long(a, cli_value(argc, argv, &i), 1, 1024);
+        else if (!strcmp(a, "--batch-tokens")) cfg.n_batch = (int32_t)cli_long(a, cli_value(argc, argv, &i), 1, 1 << 16);
         else if (!strcmp(a, "--queue")) cfg.queue_cap = (int32_t)cli_long(a, cli_value(argc, argv, &i), 0, 1 << 20);
         else if (!strcmp(a, "--max-body")) cfg.max_body = (size_t)cli_long(a, cli_value(argc, argv, &i), 64, 1L << 32);
         else if (!strcmp(a, "--served-model-name")) served = cli_value(argc, argv, &i);

@@ -107,6 +107,13 @@ static prism_status sample_batch(prism_ctx *c, gen_seq *S, const int32_t *bs, co
     return sst;
 }
 
+/* After a prefill batch's head: the first token of each sequence whose prompt ends in batch b. */
+static prism_status prefill_sample(prism_ctx *c, gen_seq *S, const prism_batch *b, const int32_t *prompt_lens,
+                                   int8_t *take, int32_t V, float *lg, float *dinv, double *du, int32_t *did) {
+    for (int32_t k = 0; k < b->n_tokens; k++) take[k] = b->pos[k] == prompt_lens[b->seq[k]] - 1;
+    return sample_batch(c, S, b->seq, take, b->n_tokens, V, lg, dinv, du, did);
+}
+
 prism_status prism_generate(prism_ctx *c, const prism_tokenizer *t, const int32_t *const *prompts,
                             const int32_t *prompt_lens, int32_t n, const prism_generate_params *p, prism_token_cb cb,
                             void *user, prism_generation *out, prism_generate_stats *stats) {
@@ -139,7 +146,9 @@ prism_status prism_generate(prism_ctx *c, const prism_tokenizer *t, const int32_
     double *du = malloc((size_t)c->p.n_batch * sizeof(double));
     int32_t *did = malloc((size_t)c->p.n_batch * sizeof(int32_t));
     int8_t *take = malloc((size_t)c->p.n_batch);
-    float *h0 = NULL; /* (prompt tokens, H) layer-0 outputs kept between routing phases */
+    float *h0 = NULL;   /* routed: (cap_kept, H) layer-0 outputs whose layers 1..L-1 wait for a route */
+    int32_t *kb = NULL; /* their batches: tokens, positions, sequences (cap_kept each) */
+    int64_t cap_kept = 0;
     prism_status st = PRISM_OK;
     if (!S || !bt || !lg || !start || !dinv || !du || !did || !take) { st = prism_error(PRISM_E_NOMEM, "out of memory"); goto done; }
     int32_t *bp = bt + c->p.n_batch, *bs = bp + c->p.n_batch;
@@ -166,64 +175,95 @@ prism_status prism_generate(prism_ctx *c, const prism_tokenizer *t, const int32_
 
     /* Prefill: pack every prompt into batches of up to n_batch tokens; sample
      * each sequence's first token from the logits of its last prompt token.
-     * With a router the prefill runs in two phases over the same chunks:
-     * layer 0 of every chunk first (its outputs kept), the gate at each fresh
-     * sequence's last prompt token, then layers 1..L-1 from the kept outputs
-     * — one prefill in total, even for prompts longer than a batch. */
+     * With a router, each batch runs layer 0, the gate reads it at each fresh
+     * sequence's last prompt token, and layers 1..L-1 go straight on from
+     * layer 0's output (on a GPU it never leaves the device) — unless a fresh
+     * prompt continues into the next batch: its route is not known yet, so the
+     * batch's layer-0 output is kept on the host and its layers 1..L-1 run,
+     * in order, once the routes of every batch kept are known. One prefill in
+     * total, even for prompts longer than a batch. */
     double t0 = prism_now();
     total_prompt = 0;
     for (int32_t i = 0; i < n; i++) total_prompt += prompt_lens[i] - start[i];
     const int routed = p->router != NULL;
     const int64_t H = cfg->hidden;
-    if (routed) {
-        h0 = malloc((size_t)total_prompt * (size_t)H * sizeof(float));
-        if (!h0) { st = prism_error(PRISM_E_NOMEM, "out of memory for %lld routed prompt tokens", (long long)total_prompt); goto done; }
-    }
-    for (int phase = routed ? 0 : 1; phase < 2; phase++) {
+    {
         int32_t cur = 0, off = start[0];
-        int64_t done_tok = 0;
+        int64_t n_kept = 0; /* routed: tokens whose layers 1..L-1 wait, rows of h0 and kb, batch after batch */
         while (cur < n) {
             int32_t nb = 0;
             while (cur < n && nb < c->p.n_batch) {
-                int32_t take = prompt_lens[cur] - off;
-                if (take > c->p.n_batch - nb) take = c->p.n_batch - nb;
-                for (int32_t j = 0; j < take; j++, nb++) {
+                int32_t tk = prompt_lens[cur] - off;
+                if (tk > c->p.n_batch - nb) tk = c->p.n_batch - nb;
+                for (int32_t j = 0; j < tk; j++, nb++) {
                     bt[nb] = prompts[cur][off + j];
                     bp[nb] = off + j;
                     bs[nb] = cur;
                 }
-                off += take;
+                off += tk;
                 if (off == prompt_lens[cur] && ++cur < n) off = start[cur];
             }
             prism_batch b = {.n_tokens = nb, .token = bt, .pos = bp, .seq = bs, .want_logits = NULL};
             if (!routed) {
                 if ((st = prism_decode(c, &b))) goto done;
-            } else if (phase == 0) {
-                if ((st = forward_unchecked(c, &b, NULL, 0, 1))) goto done;
+                if ((st = prefill_sample(c, S, &b, prompt_lens, take, V, lg, dinv, du, did))) goto done;
+                continue;
+            }
+            if ((st = forward_unchecked(c, &b, NULL, 0, 1))) goto done;
+            /* every route of this batch and of those kept is known unless a fresh prompt goes on past it */
+            const int known = !(cur < n && off > start[cur] && start[cur] == 0);
+            const int keep = !known || n_kept > 0;
+            if (keep) { /* layer 0's rows and the batch itself, for layers 1..L-1 later */
+                if (n_kept + nb > cap_kept) {
+                    int64_t cap = cap_kept ? cap_kept : c->p.n_batch;
+                    while (cap < n_kept + nb) cap *= 2;
+                    float *h = realloc(h0, (size_t)cap * (size_t)H * sizeof(float));
+                    if (h) h0 = h;
+                    int32_t *k3 = h ? realloc(kb, (size_t)cap * 3 * sizeof(int32_t)) : NULL;
+                    if (!k3) { st = prism_error(PRISM_E_NOMEM, "out of memory for %lld routed prompt tokens", (long long)cap); goto done; }
+                    kb = k3;
+                    memmove(kb + 2 * cap, kb + 2 * cap_kept, (size_t)n_kept * sizeof(int32_t)); /* seq, then pos */
+                    memmove(kb + cap, kb + cap_kept, (size_t)n_kept * sizeof(int32_t));
+                    cap_kept = cap;
+                }
                 const float *hx = forward_hidden_rows(c, 0, nb);
                 if (!hx) { st = PRISM_E_NOMEM; goto done; }
-                memcpy(h0 + done_tok * H, hx, (size_t)nb * (size_t)H * sizeof(float));
-                for (int32_t k = 0; k < nb; k++) {
-                    int32_t s = bs[k];
-                    if (bp[k] != prompt_lens[s] - 1) continue;
-                    if (start[s] == 0) { /* a fresh sequence: the gate decides; a continued one keeps its route */
-                        float prob;
-                        bool on = prism_router_decide(p->router, hx + (int64_t)k * H, &prob);
-                        bool ad = p->route == PRISM_ROUTE_ADAPTER || (p->route == PRISM_ROUTE_AUTO && on);
-                        out[s].gate_prob = prob;
-                        prism_ctx_seq_set_adapter(c, s, ad ? prism_router_adapter(p->router) : NULL);
-                    }
-                    out[s].routed_adapter = c->seq_adapter[s] != NULL;
+                memcpy(h0 + n_kept * H, hx, (size_t)nb * (size_t)H * sizeof(float));
+                memcpy(kb + n_kept, bt, (size_t)nb * sizeof(int32_t));
+                memcpy(kb + cap_kept + n_kept, bp, (size_t)nb * sizeof(int32_t));
+                memcpy(kb + 2 * cap_kept + n_kept, bs, (size_t)nb * sizeof(int32_t));
+            }
+            for (int32_t k = 0; k < nb; k++) {
+                int32_t s = bs[k];
+                if (bp[k] != prompt_lens[s] - 1) continue;
+                if (start[s] == 0) { /* a fresh sequence: the gate decides; a continued one keeps its route */
+                    const float *hk = keep ? h0 + (n_kept + k) * H : forward_hidden_rows(c, k, 1);
+                    if (!hk) { st = PRISM_E_NOMEM; goto done; }
+                    float prob;
+                    bool on = prism_router_decide(p->router, hk, &prob);
+                    bool ad = p->route == PRISM_ROUTE_ADAPTER || (p->route == PRISM_ROUTE_AUTO && on);
+                    out[s].gate_prob = prob;
+                    prism_ctx_seq_set_adapter(c, s, ad ? prism_router_adapter(p->router) : NULL);
                 }
-            } else {
-                if ((st = forward_unchecked(c, &b, h0 + done_tok * H, 1, cfg->n_layers))) goto done;
-                if ((st = prism_decode_head(c))) goto done;
+                out[s].routed_adapter = c->seq_adapter[s] != NULL;
             }
-            done_tok += nb;
-            if (phase == 1) { /* the first token of each sequence whose prompt ends in this batch */
-                for (int32_t k = 0; k < nb; k++) take[k] = bp[k] == prompt_lens[bs[k]] - 1;
-                if ((st = sample_batch(c, S, bs, take, nb, V, lg, dinv, du, did))) goto done;
+            if (!keep) { /* layers 1..L-1 straight on from layer 0's output */
+                if ((st = prism_decode_layers(c, &b, 1, cfg->n_layers)) || (st = prism_decode_head(c)) ||
+                    (st = prefill_sample(c, S, &b, prompt_lens, take, V, lg, dinv, du, did)))
+                    goto done;
+                continue;
             }
+            n_kept += nb;
+            if (!known) continue;
+            for (int64_t i0 = 0; i0 < n_kept; i0 += c->p.n_batch) { /* the batches kept, in order */
+                const int32_t m = (int32_t)(n_kept - i0 < c->p.n_batch ? n_kept - i0 : c->p.n_batch);
+                prism_batch bk = {.n_tokens = m, .token = kb + i0, .pos = kb + cap_kept + i0, .seq = kb + 2 * cap_kept + i0,
+                                  .want_logits = NULL};
+                if ((st = forward_unchecked(c, &bk, h0 + i0 * H, 1, cfg->n_layers)) || (st = prism_decode_head(c)) ||
+                    (st = prefill_sample(c, S, &bk, prompt_lens, take, V, lg, dinv, du, did)))
+                    goto done;
+            }
+            n_kept = 0;
         }
     }
     double t1 = prism_now();
@@ -327,5 +367,6 @@ done:
     free(did);
     free(take);
     free(h0);
+    free(kb);
     return st;
 }

@@ -117,18 +117,30 @@ static int publish(slot *sl, size_t upto) {
 
 /* ---------------------------------------------------------------- prefill (unlocked) */
 
+/* A routed request's route, from the layer-0 state h of its prompt's last token. */
+static prism_status route(srv *s, srv_req *r, prism_ctx *c, int si, const float *h, float *prob, bool *on_adapter) {
+    if (!h) return PRISM_E_NOMEM;
+    bool gate = prism_router_decide(s->cfg.router, h, prob);
+    *on_adapter = r->kind == SRV_MODEL_FORCE_ADAPTER || (r->kind == SRV_MODEL_ROUTED && gate);
+    return prism_ctx_seq_set_adapter(c, si, *on_adapter ? prism_router_adapter(s->cfg.router) : NULL);
+}
+
+/* A routed prompt that fits one batch runs layer 0, the gate at its last token, then layers 1..L-1 straight on
+ * (on a GPU the residual stream never leaves the device). A longer one runs layer 0 over all its batches
+ * first, their outputs kept on the host until the gate has read the last token, then layers 1..L-1 from them. */
 static prism_status prefill(srv *s, srv_sched *q, int si) {
     slot *sl = &q->slots[si];
     srv_req *r = sl->req;
     prism_ctx *c = q->ctx;
-    const int32_t nb = c->p.n_batch, n = r->n_prompt;
+    const int32_t nb = c->p.n_batch, n = r->n_prompt, L = c->m->cfg.n_layers;
     const int64_t H = c->m->cfg.hidden;
     const int32_t V = c->m->cfg.vocab;
     const bool routed = r->kind == SRV_MODEL_ROUTED || r->kind == SRV_MODEL_FORCE_BASE || r->kind == SRV_MODEL_FORCE_ADAPTER;
+    const bool kept = routed && n > nb;
     prism_status st;
     prism_ctx_seq_clear(c, si);
     if ((st = prism_ctx_seq_set_adapter(c, si, routed ? NULL : r->adapter))) return st;
-    if (routed && (size_t)n * (size_t)H > q->h0_cap) {
+    if (kept && (size_t)n * (size_t)H > q->h0_cap) {
         float *h = realloc(q->h0, (size_t)n * (size_t)H * sizeof(float));
         if (!h) return prism_error(PRISM_E_NOMEM, "out of memory for a routed prefill of %d tokens", n);
         q->h0 = h;
@@ -136,7 +148,7 @@ static prism_status prefill(srv *s, srv_sched *q, int si) {
     }
     float prob = -1;
     bool on_adapter = !routed && r->adapter;
-    for (int phase = routed ? 0 : 1; phase < 2; phase++) {
+    for (int phase = kept ? 0 : 1; phase < 2; phase++) {
         for (int32_t off = 0; off < n; off += nb) {
             int32_t take = n - off < nb ? n - off : nb;
             for (int32_t j = 0; j < take; j++) {
@@ -147,23 +159,26 @@ static prism_status prefill(srv *s, srv_sched *q, int si) {
             prism_batch b = {.n_tokens = take, .token = q->bt, .pos = q->bp, .seq = q->bs, .want_logits = NULL};
             if (!routed) {
                 if ((st = prism_decode(c, &b))) return st;
-            } else if (phase == 0) {
+            } else if (phase == 0) { /* kept: layer 0 of every batch */
                 if ((st = forward_unchecked(c, &b, NULL, 0, 1))) return st;
                 const float *hx = forward_hidden_rows(c, 0, take);
                 if (!hx) return PRISM_E_NOMEM;
                 memcpy(q->h0 + (int64_t)off * H, hx, (size_t)take * (size_t)H * sizeof(float));
-                if (off + take == n) {
-                    bool gate = prism_router_decide(s->cfg.router, hx + (int64_t)(take - 1) * H, &prob);
-                    on_adapter = r->kind == SRV_MODEL_FORCE_ADAPTER || (r->kind == SRV_MODEL_ROUTED && gate);
-                    if ((st = prism_ctx_seq_set_adapter(c, si, on_adapter ? prism_router_adapter(s->cfg.router) : NULL)))
-                        return st;
-                }
-            } else {
-                if ((st = forward_unchecked(c, &b, q->h0 + (int64_t)off * H, 1, c->m->cfg.n_layers))) return st;
+                if (off + take == n && (st = route(s, r, c, si, q->h0 + (int64_t)(n - 1) * H, &prob, &on_adapter)))
+                    return st;
+            } else if (kept) {
+                if ((st = forward_unchecked(c, &b, q->h0 + (int64_t)off * H, 1, L))) return st;
                 if ((st = prism_decode_head(c))) return st;
+            } else { /* one batch */
+                if ((st = forward_unchecked(c, &b, NULL, 0, 1)) ||
+                    (st = route(s, r, c, si, forward_hidden_rows(c, take - 1, 1), &prob, &on_adapter)) ||
+                    (st = prism_decode_layers(c, &b, 1, L)) || (st = prism_decode_head(c)))
+                    return st;
             }
             if (phase == 1 && off + take == n) {
-                memcpy(q->lg, prism_get_logits(c, take - 1), (size_t)V * sizeof(float));
+                const float *lg = prism_get_logits(c, take - 1);
+                if (!lg) return prism_error(PRISM_E_ARG, "no logits for the prompt's last token: %s", prism_last_error());
+                memcpy(q->lg, lg, (size_t)V * sizeof(float));
                 sl->next = prism_sampler_sample(sl->sampler, q->lg, V, sl->hist, sl->n_hist);
             }
         }
@@ -374,6 +389,7 @@ prism_status sched_new(srv *s, srv_sched **out) {
     prism_ctx_params cp = prism_ctx_default_params();
     cp.n_seq_max = s->cfg.max_batch;
     cp.n_ctx = s->cfg.n_ctx;
+    if (s->cfg.n_batch) cp.n_batch = s->cfg.n_batch > s->cfg.max_batch ? s->cfg.n_batch : s->cfg.max_batch;
     prism_status st = prism_ctx_new(s->cfg.model, cp, &q->ctx);
     if (st) { sched_free(q); return st; }
     q->n_slots = s->cfg.max_batch;

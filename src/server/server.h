@@ -54,6 +54,7 @@ typedef struct {
     int32_t max_batch;              /* KV slots = sequences decoded together */
     int32_t queue_cap;              /* requests waiting for a slot before 429 */
     int32_t n_ctx;                  /* tokens per sequence (0 = model default) */
+    int32_t n_batch;                /* prompt tokens per prefill batch (0 = the library's default, 512) */
     size_t max_body;                /* request body bytes before 413 */
     double shutdown_timeout;        /* seconds in-flight work may take after SIGTERM */
     int max_connections;
