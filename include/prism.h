@@ -298,6 +298,11 @@ float prism_router_threshold(const prism_router *r);
 float prism_router_prob(const prism_router *r, const float *hidden);
 /* The gate's decision for a layer-0 hidden state: true = adapter; *prob (may be NULL) gets the probability. */
 bool prism_router_decide(const prism_router *r, const float *hidden, float *prob);
+/* The gate at rows rows[0..n) of c's last batch, which has run layer 0 (each row a prompt's last token):
+ * on[i] = the adapter, prob[i] = the probability (either may be NULL). On a CUDA context of the model the
+ * router was loaded for, the gate runs on the device, where the residual stream is; else on the host. */
+prism_status prism_router_decide_rows(const prism_router *r, prism_ctx *c, const int32_t *rows, int32_t n, bool *on,
+                                      float *prob);
 /* Parses "auto", "base", "adapter"; -1 if unknown. */
 int prism_route_mode_parse(const char *s);
 

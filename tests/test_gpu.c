@@ -20,7 +20,8 @@
  *   - Mistral with a sliding window of 7 (the fixture has none): prefill in
  *     two chunks, then decode steps, against the CPU engine;
  *   - sampling on the device: draws == the host's on the same logits, and a
- *     sampled generation == the CPU's. */
+ *     sampled generation == the CPU's;
+ *   - the PRISM gate on the device == on the host from the same rows. */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -34,6 +35,7 @@
 #include "model/safetensors.h"
 #include "test.h"
 #include "test_fixture.h"
+#include "test_run_dir.h"
 
 static const char *ARCHS[] = {"llama3", "qwen2", "qwen3", "mistral"};
 /* Relative L2 error allowed per logits row. EXACT runs F32 end to end: CPU-level
@@ -425,6 +427,69 @@ static void test_partial_adapters(void) {
  * expf may differ from the host's by an ulp or two, and its F32 logits from the CPU's by ~1e-6, so a
  * draw whose uniform falls that close to a boundary may differ there: a GPU may miss 2 of the 90
  * draws, and one of the 3 sequences (a flip changes the rest of it). */
+/* The PRISM gate on the device == on the host, both reading the device's layer-0 rows: the last tokens of four
+ * sequences of a batch and one inner row, with a gate whose standardisation is not the identity. */
+static void test_gate(const char *arch) {
+    char dir[1024], run[] = "/tmp/prism-gpu-gate-XXXXXX", path[1100];
+    snprintf(dir, sizeof dir, "%s/%s/model", fixtures_root(), arch);
+    prism_model *mg = load(dir, 0);
+    if (!mg || !mkdtemp(run)) { prism_model_free(mg); CHECK(0, "gate setup"); return; }
+    const int32_t H = mg->cfg.hidden, V = mg->cfg.vocab;
+    make_test_run(mg, run, 0.5f);
+    gate_mlp *g = gate_mlp_new(H, 7);
+    uint64_t x = 5;
+    for (int32_t i = 0; g && i < H; i++) {
+        x = x * 6364136223846793005ull + 1442695040888963407ull;
+        g->mu[i] = ((float)(x >> 40) / (float)(1 << 24) - 0.5f);
+        g->sigma[i] = 0.5f + 1.5f * (float)(x >> 40 & 0xffff) / 65536.0f;
+    }
+    snprintf(path, sizeof path, "%s/gate.safetensors", run);
+    CHECK(g && gate_save(g, path, NULL) == PRISM_OK, "save gate: %s", prism_last_error());
+    gate_mlp_free(g);
+    prism_router *r = NULL;
+    prism_ctx *c = fixture_ctx(mg, 4);
+    CHECK(prism_router_load(mg, run, &r) == PRISM_OK, "router on the device: %s", prism_last_error());
+    enum { NT = 29 };
+    const int32_t len[4] = {5, 9, 3, 12};
+    int32_t tok[NT], pos[NT], seq[NT], rows[5], n = 0;
+    for (int s = 0, i = 0; s < 4; s++)
+        for (int32_t p = 0; p < len[s]; p++, i++) {
+            x = x * 6364136223846793005ull + 1442695040888963407ull;
+            tok[i] = (int32_t)((x >> 33) % (uint64_t)V), pos[i] = p, seq[i] = s;
+            if (p == len[s] - 1) rows[n++] = i;
+        }
+    rows[n++] = 7;
+    prism_batch b = {NT, tok, pos, seq, NULL};
+    bool on[5];
+    float pd[5];
+    if (r && c && prism_decode_layers(c, &b, 0, 1) == PRISM_OK) {
+        CHECK(prism_router_decide_rows(r, c, rows, n, on, pd) == PRISM_OK, "device gate: %s", prism_last_error());
+        double worst = 0;
+        int same = 1;
+        for (int i = 0; i < n; i++) {
+            const float *h = prism_get_hidden(c, rows[i]);
+            float ph = -1;
+            const bool oh = h && prism_router_decide(r, h, &ph);
+            worst = fmax(worst, fabs((double)pd[i] - ph));
+            same &= oh == on[i] || fabs(ph - 0.5) < 1e-5;
+        }
+        CHECK(worst < 1e-6 && same, "%s gate on the device vs the host: |Δp| %.2e, same decisions %d", arch, worst, same);
+        printf("%s %s gate on the device == on the host at 5 rows: |Δp| %.2e\n", PNAME, arch, worst);
+        const int32_t bad = NT;
+        CHECK(prism_router_decide_rows(r, c, &bad, 1, on, pd) == PRISM_E_ARG && strstr(prism_last_error(), "row"),
+              "a row past the batch is refused: %s", prism_last_error());
+    } else {
+        CHECK(0, "%s gate: %s", arch, prism_last_error());
+    }
+    prism_ctx_free(c);
+    prism_router_free(r);
+    prism_model_free(mg);
+    char cmd[128], *out = NULL;
+    snprintf(cmd, sizeof cmd, "rm -rf %s", run);
+    test_run(cmd, &out);
+    free(out);
+}
+
 static void test_sampling(void) {
     char desc[512] = "";
     prism_device_describe(0, desc, sizeof desc);
@@ -529,6 +594,7 @@ int main(void) {
             for (size_t i = 0; i < sizeof ARCHS / sizeof *ARCHS; i++)
                 if (!only || !strcmp(only, ARCHS[i])) test_arch(ARCHS[i]);
             if (!only || !strcmp(only, "mistral")) test_window();
+            test_gate(only ? only : "qwen3"); /* under compute-sanitizer too (one architecture) */
             if (!only) test_partial_adapters();
         }
         if (!only || !strcmp(only, "llama3")) test_sampling();

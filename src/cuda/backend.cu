@@ -962,9 +962,11 @@ static prism_gpu_api g_api = {
     hidden,
     NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, /* training: train.cu */
     copy_bandwidth,
+    NULL, NULL, NULL, /* the gate: gate.cu */
 };
 
 extern "C" __attribute__((visibility("default"))) const prism_gpu_api *prism_gpu_api_get(void) {
+    if (!g_api.gate_new) gpu_gate_api(&g_api);
     if (!g_api.train_new) gpu_train_api(&g_api);
     return &g_api;
 }

@@ -350,6 +350,8 @@ void k_flash_dot(cudaStream_t s, float *D, const float *dout, const bf16 *out, c
 
 /* ---- train.cu: fills the training entries of the table */
 void gpu_train_api(prism_gpu_api *api);
+/* gate.cu: fills the gate's entries */
+void gpu_gate_api(prism_gpu_api *api);
 
 /* ---- lora.cu: y[rows, col_off..] += scale · (x[rows]·Aᵀ)·Bᵀ for every segment's adapter */
 void k_lora(const gpu_ctx *c, int32_t layer, int32_t target, const void *x, int32_t ldx, float *y, int32_t ldy,

@@ -146,11 +146,14 @@ prism_status prism_generate(prism_ctx *c, const prism_tokenizer *t, const int32_
     double *du = malloc((size_t)c->p.n_batch * sizeof(double));
     int32_t *did = malloc((size_t)c->p.n_batch * sizeof(int32_t));
     int8_t *take = malloc((size_t)c->p.n_batch);
+    int32_t *grow = malloc((size_t)c->p.n_batch * sizeof *grow); /* routed: batch rows the gate reads, */
+    bool *gon = malloc((size_t)c->p.n_batch * sizeof *gon);      /* its decisions */
+    float *gprob = malloc((size_t)c->p.n_batch * sizeof *gprob); /* and probabilities */
     float *h0 = NULL;   /* routed: (cap_kept, H) layer-0 outputs whose layers 1..L-1 wait for a route */
     int32_t *kb = NULL; /* their batches: tokens, positions, sequences (cap_kept each) */
     int64_t cap_kept = 0;
     prism_status st = PRISM_OK;
-    if (!S || !bt || !lg || !start || !dinv || !du || !did || !take) { st = prism_error(PRISM_E_NOMEM, "out of memory"); goto done; }
+    if (!S || !bt || !lg || !start || !dinv || !du || !did || !take || !grow || !gon || !gprob) { st = prism_error(PRISM_E_NOMEM, "out of memory"); goto done; }
     int32_t *bp = bt + c->p.n_batch, *bs = bp + c->p.n_batch;
     for (int32_t i = 0; i < n; i++) {
         prism_sampling_params sp = p->sampling;
@@ -233,20 +236,20 @@ prism_status prism_generate(prism_ctx *c, const prism_tokenizer *t, const int32_
                 memcpy(kb + cap_kept + n_kept, bp, (size_t)nb * sizeof(int32_t));
                 memcpy(kb + 2 * cap_kept + n_kept, bs, (size_t)nb * sizeof(int32_t));
             }
-            for (int32_t k = 0; k < nb; k++) {
-                int32_t s = bs[k];
-                if (bp[k] != prompt_lens[s] - 1) continue;
-                if (start[s] == 0) { /* a fresh sequence: the gate decides; a continued one keeps its route */
-                    const float *hk = keep ? h0 + (n_kept + k) * H : forward_hidden_rows(c, k, 1);
-                    if (!hk) { st = PRISM_E_NOMEM; goto done; }
-                    float prob;
-                    bool on = prism_router_decide(p->router, hk, &prob);
-                    bool ad = p->route == PRISM_ROUTE_ADAPTER || (p->route == PRISM_ROUTE_AUTO && on);
-                    out[s].gate_prob = prob;
-                    prism_ctx_seq_set_adapter(c, s, ad ? prism_router_adapter(p->router) : NULL);
-                }
-                out[s].routed_adapter = c->seq_adapter[s] != NULL;
+            /* the gate at each fresh sequence's last prompt token here (a continued one keeps its route), all at
+             * once: on a GPU it reads the residual stream there */
+            int32_t ng = 0;
+            for (int32_t k = 0; k < nb; k++)
+                if (bp[k] == prompt_lens[bs[k]] - 1 && start[bs[k]] == 0) grow[ng++] = k;
+            if ((st = prism_router_decide_rows(p->router, c, grow, ng, gon, gprob))) goto done;
+            for (int32_t g = 0; g < ng; g++) {
+                const int32_t s = bs[grow[g]];
+                bool ad = p->route == PRISM_ROUTE_ADAPTER || (p->route == PRISM_ROUTE_AUTO && gon[g]);
+                out[s].gate_prob = gprob[g];
+                prism_ctx_seq_set_adapter(c, s, ad ? prism_router_adapter(p->router) : NULL);
             }
+            for (int32_t k = 0; k < nb; k++)
+                if (bp[k] == prompt_lens[bs[k]] - 1) out[bs[k]].routed_adapter = c->seq_adapter[bs[k]] != NULL;
             if (!keep) { /* layers 1..L-1 straight on from layer 0's output */
                 if ((st = prism_decode_layers(c, &b, 1, cfg->n_layers)) || (st = prism_decode_head(c)) ||
                     (st = prefill_sample(c, S, &b, prompt_lens, take, V, lg, dinv, du, did)))
@@ -366,6 +369,9 @@ done:
     free(du);
     free(did);
     free(take);
+    free(grow);
+    free(gon);
+    free(gprob);
     free(h0);
     free(kb);
     return st;

@@ -19,7 +19,7 @@
 extern "C" {
 #endif
 
-#define PRISM_GPU_ABI 4
+#define PRISM_GPU_ABI 5
 
 /* Status codes: the values of prism_status (checked in device.c). */
 enum { PRISM_GPU_OK = 0, PRISM_GPU_E_UNSUPPORTED = 3, PRISM_GPU_E_ARG = 4, PRISM_GPU_E_NOMEM = 5, PRISM_GPU_E_RANGE = 6,
@@ -74,6 +74,14 @@ typedef struct gpu_model gpu_model;
 typedef struct gpu_ctx gpu_ctx;
 typedef struct gpu_adapter gpu_adapter;
 typedef struct gpu_train gpu_train;
+typedef struct gpu_gate gpu_gate;
+
+/* The PRISM gate (src/prism/gate.h): in → h1 → h2 → 1, p = its parameters in gate_mlp's order, contiguous:
+ * mu, sigma (in each), w1 (h1, in), b1 (h1), w2 (h2, h1), b2 (h2), w3 (h2), b3 (1). */
+typedef struct {
+    int32_t in, h1, h2;
+    const float *p;
+} gpu_gate_desc;
 
 /* Destination of a download: per module (n_layers, 7), A (r, in) and B (out, r). */
 typedef struct {
@@ -180,6 +188,14 @@ typedef struct prism_gpu_api {
      * with CUDA events; *gbps counts bytes read plus bytes written. Resets
      * model_memory's peak to the current use. */
     int (*copy_bandwidth)(int32_t device, int64_t bytes, int32_t reps, double *gbps, char *err, size_t errn);
+
+    /* The PRISM gate on the device (in == the model's hidden size). */
+    int (*gate_new)(gpu_model *m, const gpu_gate_desc *d, gpu_gate **out, char *err, size_t errn);
+    void (*gate_free)(gpu_gate *g);
+    /* The gate's logit at residual-stream rows rows[0..n) of the last batch, after the layers run so far
+     * (routing: layer 0), into out (n, host). */
+    int (*gate_logits)(gpu_ctx *c, const gpu_gate *g, const int32_t *rows, int32_t n, float *out, char *err,
+                       size_t errn);
 } prism_gpu_api;
 
 /* The module's one exported symbol. */

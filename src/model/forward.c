@@ -615,6 +615,13 @@ const float *forward_hidden_rows(prism_ctx *x, int32_t i0, int32_t n) {
     return x->x + (size_t)i0 * (size_t)H;
 }
 
+prism_status forward_gate_logits(prism_ctx *x, const struct gpu_gate *g, const int32_t *rows, int32_t n, float *out) {
+    if (!x->gpu || !g) return prism_error(PRISM_E_ARG, "the device gate needs a CUDA context");
+    if (x->layers_done == 0) return prism_error(PRISM_E_ARG, "the gate reads a batch that has run no layer");
+    char err[1024] = "";
+    return gpu_check((prism_status)x->m->gpu_api->gate_logits(x->gpu, g, rows, n, out, err, sizeof err), err);
+}
+
 const float *prism_get_hidden(const prism_ctx *x, int32_t i) {
     if (i < 0 || i >= x->n_tokens || x->layers_done == 0) return NULL;
     return forward_hidden_rows((prism_ctx *)x, i, 1); /* a device row is fetched into the host copy */

@@ -64,6 +64,11 @@ prism_status forward_unchecked(prism_ctx *x, const prism_batch *b, const float *
  * device copy fails. */
 const float *forward_hidden_rows(prism_ctx *x, int32_t i0, int32_t n);
 
+/* On a CUDA context: the device gate g's logits at rows rows[0..n) of the last batch's residual stream (after
+ * the layers run so far) into out (n); the stream stays on the device. */
+struct gpu_gate;
+prism_status forward_gate_logits(prism_ctx *x, const struct gpu_gate *g, const int32_t *rows, int32_t n, float *out);
+
 /* Whether the last head's rows can be sampled on the device (a CUDA context
  * whose module samples; PRISM_CUDA_SAMPLE=0: never, to compare with the host). */
 bool forward_samples_on_device(const prism_ctx *x);

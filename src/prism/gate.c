@@ -175,6 +175,7 @@ float gate_mlp_logit(const gate_mlp *g, const float *x) {
 }
 
 float gate_mlp_prob(const gate_mlp *g, const float *x) { return sigmoidf_(gate_mlp_logit(g, x)); }
+float gate_logit_prob(float logit) { return sigmoidf_(logit); }
 
 bool gate_mlp_route(const gate_mlp *g, const float *x, float *prob) {
     float l = gate_mlp_logit(g, x);

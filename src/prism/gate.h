@@ -65,6 +65,8 @@ float gate_mlp_prob(const gate_mlp *g, const float *x);
  * value is bit-identical to the single-row call. */
 void gate_mlp_logits(const gate_mlp *g, const float *X, int64_t n, float *out);
 void gate_mlp_probs(const gate_mlp *g, const float *X, int64_t n, float *out);
+/* The probability of a logit, as gate_mlp_prob computes it. */
+float gate_logit_prob(float logit);
 /* True when x goes to the adapter (logit >= threshold_logit); prob (may be NULL) receives the probability. */
 bool gate_mlp_route(const gate_mlp *g, const float *x, float *prob);
 

@@ -6,6 +6,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "gpu/device.h"
 #include "lora/lora.h"
 #include "model/forward.h"
 #include "prism/gate.h"
@@ -15,6 +16,9 @@
 struct prism_router {
     prism_adapter *adapter;
     gate_mlp *gate;
+    const prism_model *model; /* the model it was loaded for */
+    gpu_gate *dgate;          /* the gate on that model's GPU, or NULL */
+    const prism_gpu_api *api;
 };
 
 int prism_route_mode_parse(const char *s) {
@@ -41,6 +45,14 @@ prism_status prism_router_load(const prism_model *m, const char *run_dir, prism_
         }
     snprintf(path, sizeof path, "%s/gate.safetensors", run_dir);
     if ((st = gate_load(path, m->cfg.hidden, &r->gate))) goto fail;
+    r->model = m;
+    if (m->gpu) { /* the gate runs where the residual stream is */
+        const gpu_gate_desc d = {r->gate->in, GATE_H1, GATE_H2, r->gate->mu};
+        char err[1024] = "";
+        st = gpu_check((prism_status)m->gpu_api->gate_new(m->gpu, &d, &r->dgate, err, sizeof err), err);
+        if (st) goto fail;
+        r->api = m->gpu_api;
+    }
     *out = r;
     return PRISM_OK;
 fail:
@@ -52,6 +64,7 @@ void prism_router_free(prism_router *r) {
     if (!r) return;
     prism_adapter_free(r->adapter);
     gate_mlp_free(r->gate);
+    if (r->dgate) r->api->gate_free(r->dgate);
     free(r);
 }
 
@@ -65,27 +78,56 @@ bool prism_router_decide(const prism_router *r, const float *hidden, float *prob
     return on;
 }
 
+prism_status prism_router_decide_rows(const prism_router *r, prism_ctx *c, const int32_t *rows, int32_t n, bool *on,
+                                      float *prob) {
+    if (n <= 0) return PRISM_OK;
+    float *lg = malloc((size_t)n * sizeof *lg);
+    if (!lg) return prism_error(PRISM_E_NOMEM, "out of memory");
+    prism_status st = PRISM_OK;
+    if (c->gpu && r->dgate && c->m == r->model) {
+        st = forward_gate_logits(c, r->dgate, rows, n, lg);
+    } else {
+        for (int32_t i = 0; i < n && !st; i++) {
+            const float *h = forward_hidden_rows(c, rows[i], 1);
+            if (!h) st = PRISM_E_ARG;
+            else lg[i] = gate_mlp_logit(r->gate, h);
+        }
+    }
+    for (int32_t i = 0; i < n && !st; i++) {
+        if (on) on[i] = lg[i] >= r->gate->threshold_logit; /* as gate_mlp_route */
+        if (prob) prob[i] = gate_logit_prob(lg[i]);
+    }
+    free(lg);
+    return st;
+}
+
 prism_status prism_decode_routed(prism_ctx *c, const prism_batch *b, const prism_router *r, prism_route_mode mode,
                                  float *probs, bool *routed) {
     prism_status st = prism_decode_layers(c, b, 0, 1);
     if (st) return st;
-    for (int32_t i = 0; i < b->n_tokens; i++) {
+    /* the gate at each fresh sequence's last token in the batch, all at once */
+    int32_t *rows = malloc((size_t)b->n_tokens * sizeof *rows), n = 0;
+    float *pr = malloc((size_t)b->n_tokens * sizeof *pr);
+    bool *on = malloc((size_t)b->n_tokens * sizeof *on);
+    if (!rows || !pr || !on) st = prism_error(PRISM_E_NOMEM, "out of memory");
+    for (int32_t i = 0; i < b->n_tokens && !st; i++) {
         int32_t s = b->seq[i];
         int last = 1, fresh = 0;
         for (int32_t j = i + 1; j < b->n_tokens; j++) last &= b->seq[j] != s;
-        if (!last) continue;
-        for (int32_t j = 0; j < b->n_tokens; j++) fresh |= b->seq[j] == s && b->pos[j] == 0;
-        if (fresh) {
-            float prob;
-            const float *h = forward_hidden_rows(c, i, 1);
-            if (!h) return PRISM_E_NOMEM;
-            bool on = prism_router_decide(r, h, &prob);
-            bool ad = mode == PRISM_ROUTE_ADAPTER || (mode == PRISM_ROUTE_AUTO && on);
-            prism_ctx_seq_set_adapter(c, s, ad ? r->adapter : NULL);
-            if (probs) probs[s] = prob;
-        }
-        if (routed) routed[s] = c->seq_adapter[s] != NULL;
+        for (int32_t j = 0; last && j < b->n_tokens; j++) fresh |= b->seq[j] == s && b->pos[j] == 0;
+        if (last && fresh) rows[n++] = i;
     }
+    if (!st) st = prism_router_decide_rows(r, c, rows, n, on, pr);
+    for (int32_t k = 0; k < n && !st; k++) {
+        const int32_t s = b->seq[rows[k]];
+        bool ad = mode == PRISM_ROUTE_ADAPTER || (mode == PRISM_ROUTE_AUTO && on[k]);
+        prism_ctx_seq_set_adapter(c, s, ad ? r->adapter : NULL);
+        if (probs) probs[s] = pr[k];
+    }
+    free(rows), free(pr), free(on);
+    if (st) return st;
+    if (routed)
+        for (int32_t i = 0; i < b->n_tokens; i++) routed[b->seq[i]] = c->seq_adapter[b->seq[i]] != NULL;
     st = prism_decode_layers(c, b, 1, c->m->cfg.n_layers);
     return st ? st : prism_decode_head(c);
 }

@@ -117,10 +117,11 @@ static int publish(slot *sl, size_t upto) {
 
 /* ---------------------------------------------------------------- prefill (unlocked) */
 
-/* A routed request's route, from the layer-0 state h of its prompt's last token. */
-static prism_status route(srv *s, srv_req *r, prism_ctx *c, int si, const float *h, float *prob, bool *on_adapter) {
-    if (!h) return PRISM_E_NOMEM;
-    bool gate = prism_router_decide(s->cfg.router, h, prob);
+/* A routed request's route, from row `row` of the batch that has just run layer 0 (its prompt's last token). */
+static prism_status route(srv *s, srv_req *r, prism_ctx *c, int si, int32_t row, float *prob, bool *on_adapter) {
+    bool gate;
+    prism_status st = prism_router_decide_rows(s->cfg.router, c, &row, 1, &gate, prob);
+    if (st) return st;
     *on_adapter = r->kind == SRV_MODEL_FORCE_ADAPTER || (r->kind == SRV_MODEL_ROUTED && gate);
     return prism_ctx_seq_set_adapter(c, si, *on_adapter ? prism_router_adapter(s->cfg.router) : NULL);
 }
@@ -164,14 +165,14 @@ static prism_status prefill(srv *s, srv_sched *q, int si) {
                 const float *hx = forward_hidden_rows(c, 0, take);
                 if (!hx) return PRISM_E_NOMEM;
                 memcpy(q->h0 + (int64_t)off * H, hx, (size_t)take * (size_t)H * sizeof(float));
-                if (off + take == n && (st = route(s, r, c, si, q->h0 + (int64_t)(n - 1) * H, &prob, &on_adapter)))
+                if (off + take == n && (st = route(s, r, c, si, take - 1, &prob, &on_adapter)))
                     return st;
             } else if (kept) {
                 if ((st = forward_unchecked(c, &b, q->h0 + (int64_t)off * H, 1, L))) return st;
                 if ((st = prism_decode_head(c))) return st;
             } else { /* one batch */
                 if ((st = forward_unchecked(c, &b, NULL, 0, 1)) ||
-                    (st = route(s, r, c, si, forward_hidden_rows(c, take - 1, 1), &prob, &on_adapter)) ||
+                    (st = route(s, r, c, si, take - 1, &prob, &on_adapter)) ||
                     (st = prism_decode_layers(c, &b, 1, L)) || (st = prism_decode_head(c)))
                     return st;
             }
