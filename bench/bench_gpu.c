@@ -5,12 +5,14 @@
  * (weight bytes per step over the copy bandwidth measured on the same card).
  *
  *   bench_gpu [--shape 0.5b|7b|all|tiny] [--device N] [--runs R] [--new N] [--train 0|1]
- *             [--only prefill|decode1|decode32|train] [--train-seqs N] [--train-pass N] [--train-loss ce|kl]
+ *             [--only prefill|decode1|decode32|train|gemm] [--train-seqs N] [--train-pass N] [--train-loss ce|kl]
  *
  * --only runs one phase (and its setup) alone, for a profiler
  * (scripts/gpu_profile.sh); --train-seqs sets the sequences per training step,
  * --train-pass the sequences per packed pass (default: all of a step's),
- * --train-loss kl top-64 KL at every position instead of CE.
+ * --train-loss kl top-64 KL at every position instead of CE. With the 7B shape
+ * it ends with the frozen GEMMs of a training pass timed one by one (--only gemm:
+ * those alone), the rate the bulk of a training step can reach on the card.
  *
  * Prints a Markdown table (BENCHMARKS.md) and one line per measurement; the
  * batch-32 line also gives sampled decode (temperature 0.7, bootstrap's kind
@@ -195,6 +197,39 @@ static double decode_sampled(prism_ctx *c, int32_t n_seq, int32_t n_new, int on_
     return t;
 }
 
+/* The frozen GEMMs of a packed training pass of the 7B shape (8 × 512 rows), each as train.cu calls it, and a
+ * square product as the card's reference: how fast the bulk of a training step can go on this card. */
+static void gemm_table(const prism_gpu_api *api, int32_t device, int reps) {
+    enum { T = 4096, H = 3584, F = 18944, Q = 4608, L = 28, EX = 8 };
+    const struct {
+        const char *name;
+        int ta, m, n, k, cbf;
+        float beta;
+    } g[] = {{"q|k|v forward", 1, Q, T, H, 1, 1.0f},           {"o forward", 1, H, T, H, 1, 1.0f},
+             {"gate|up forward", 1, 2 * F, T, H, 1, 0.0f},     {"down forward", 1, H, T, F, 1, 1.0f},
+             {"q|k|v input gradient", 0, H, T, Q, 1, 1.0f},    {"o input gradient", 0, H, T, H, 0, 0.0f},
+             {"gate|up input gradient", 0, H, T, 2 * F, 1, 1.0f}, {"down input gradient", 0, F, T, H, 1, 0.0f},
+             {"LM head forward, 256 loss rows", 1, 152064, 256, H, 0, 0.0f}, {"8192³ (the card's reference)", 0, 8192, 8192, 8192, 1, 0.0f}};
+    printf("\nQwen2.5-7B shape's frozen GEMMs in a training pass of %d rows, as train.cu calls them (BF16 operands, F32 "
+           "accumulation, cuBLAS's default algorithm), best of %d:\n\n| GEMM | m × n × k | output | ms | TFLOP/s |\n"
+           "|---|---|---|---|---|\n", T, reps);
+    double layer_ms = 0, layer_flop = 0;
+    for (size_t i = 0; i < sizeof g / sizeof *g; i++) {
+        char err[512] = "";
+        double ms = 0;
+        if (api->gemm_bench(device, g[i].ta, g[i].m, g[i].n, g[i].k, g[i].cbf, g[i].beta, reps, &ms, err, sizeof err)) {
+            printf("| %s | failed: %s | | | |\n", g[i].name, err);
+            continue;
+        }
+        const double flop = 2.0 * g[i].m * g[i].n * g[i].k;
+        printf("| %s | %d × %d × %d | %s%s | %.3f | %.0f |\n", g[i].name, g[i].m, g[i].n, g[i].k, g[i].cbf ? "BF16" : "F32",
+               g[i].beta != 0.0f ? " (+=)" : "", ms, flop / (ms * 1e-3) / 1e12);
+        if (i < 8) layer_ms += ms, layer_flop += flop;
+    }
+    printf("| the 8 projections' GEMMs × %d layers, per 512-token example | | | %.2f | %.0f |\n", L,
+           layer_ms * L / EX, layer_flop / (layer_ms * 1e-3) / 1e12);
+}
+
 int main(int argc, char **argv) {
     const char *which = "all";
     int32_t device = 0, runs = 3, n_new = 128, n_prompt = 512, do_train = 1, train_seqs = 8, train_pass = 0;
@@ -211,14 +246,15 @@ int main(int argc, char **argv) {
         else if (!strcmp(argv[i], "--only") && i + 1 < argc) only = argv[++i];
         else {
             fprintf(stderr, "usage: bench_gpu [--shape 0.5b|7b|all|tiny] [--device N] [--runs R] [--new N] [--train 0|1]\n"
-                            "                 [--only prefill|decode1|decode32|train] [--train-seqs N] [--train-pass N] [--train-loss ce|kl]\n");
+                            "                 [--only prefill|decode1|decode32|train|gemm] [--train-seqs N] [--train-pass N] [--train-loss ce|kl]\n");
             return 2;
         }
     }
     const bool do_pf = !only || !strcmp(only, "prefill"), do_d1 = !only || !strcmp(only, "decode1"),
-               do_d32 = !only || !strcmp(only, "decode32");
-    if (only && !do_pf && !do_d1 && !do_d32 && strcmp(only, "train")) {
-        fprintf(stderr, "bench_gpu: --only takes prefill, decode1, decode32 or train, not '%s'\n", only);
+               do_d32 = !only || !strcmp(only, "decode32"),
+               do_gemm = (!only || !strcmp(only, "gemm")) && (!strcmp(which, "7b") || !strcmp(which, "all"));
+    if (only && !do_pf && !do_d1 && !do_d32 && strcmp(only, "train") && strcmp(only, "gemm")) {
+        fprintf(stderr, "bench_gpu: --only takes prefill, decode1, decode32, train or gemm, not '%s'\n", only);
         return 2;
     }
     if (only && strcmp(only, "train")) do_train = 0;
@@ -248,10 +284,14 @@ int main(int argc, char **argv) {
     }
     printf("device: %s\ncopy bandwidth: %.0f GB/s (device-to-device, read + write, 1 GiB, best of 10)\n", desc, bw);
     const char *shapes[3] = {"0.5b", "7b", "tiny"};
-    printf("\n| shape | prefill 512 tok/s | decode b1 tok/s | b1 roofline | decode b32 tok/s | peak GiB (inference) | LoRA train tok/s, %d x 512 (passes of %d, %s) |\n",
-           train_seqs, train_pass, kl ? "top-64 KL" : "CE");
-    printf("|---|---|---|---|---|---|---|\n");
+    const bool table = !only || strcmp(only, "gemm");
+    if (table) {
+        printf("\n| shape | prefill 512 tok/s | decode b1 tok/s | b1 roofline | decode b32 tok/s | peak GiB (inference) | LoRA train tok/s, %d x 512 (passes of %d, %s) |\n",
+               train_seqs, train_pass, kl ? "top-64 KL" : "CE");
+        printf("|---|---|---|---|---|---|---|\n");
+    }
     for (int si = 0; si < 3; si++) {
+        if (only && !strcmp(only, "gemm")) break;
         if (strcmp(which, shapes[si]) && (strcmp(which, "all") || si == 2)) continue;
         if (si == 2) n_prompt = 64;
         prism_config cfg = shape(shapes[si]);
@@ -319,5 +359,6 @@ int main(int argc, char **argv) {
         fprintf(stderr, "; peak %.2f GiB\n", peak / 1073741824.0);
         prism_model_free(m);
     }
+    if (do_gemm) gemm_table(api, device, runs < 5 ? 5 : runs);
     return 0;
 }

@@ -940,6 +940,56 @@ static int copy_bandwidth(int32_t dev, int64_t bytes, int32_t reps, double *gbps
     return 0;
 }
 
+/* Benchmarks: one cuBLAS GEMM as the trainer calls them (BF16 operands, F32 accumulation, a 32 MiB workspace):
+ * C (m × n, ld m; F32, or BF16 with cbf) = op(A)·B + beta·C, op(A) = Aᵀ with ta (A k × m) else A (m × k),
+ * B k × n. *ms: the best of reps calls, each timed with CUDA events after two warm-up calls. */
+static int gemm_bench(int32_t dev, int32_t ta, int32_t m, int32_t n, int32_t k, int32_t cbf, float beta, int32_t reps,
+                      double *ms, char *err, size_t errn) {
+    int rc = set_device(dev, err, errn);
+    if (rc) return rc;
+    if (m <= 0 || n <= 0 || k <= 0 || reps <= 0) return gpu_fail(err, errn, PRISM_GPU_E_ARG, "GEMM %d x %d x %d", m, n, k);
+    const size_t ws = (size_t)32 << 20, sa = (size_t)m * k * 2, sb = (size_t)k * n * 2, sc = (size_t)m * n * (cbf ? 2 : 4);
+    void *a = NULL, *b = NULL, *c = NULL, *w = NULL;
+    if ((rc = dalloc(&a, sa, "GEMM benchmark", err, errn)) || (rc = dalloc(&b, sb, "GEMM benchmark", err, errn)) ||
+        (rc = dalloc(&c, sc, "GEMM benchmark", err, errn)) || (rc = dalloc(&w, ws, "GEMM benchmark", err, errn))) {
+        cudaFree(a), cudaFree(b), cudaFree(c);
+        account(-(int64_t)((a ? sa : 0) + (b ? sb : 0) + (c ? sc : 0)));
+        return rc;
+    }
+    cublasHandle_t h = NULL;
+    cudaEvent_t e0 = NULL, e1 = NULL;
+    cudaError_t e = cudaMemset(a, 0x3c, sa); /* BF16 0x3c3c = 0.0115: finite, not denormal */
+    if (e == cudaSuccess) e = cudaMemset(b, 0x3c, sb);
+    if (e == cudaSuccess) e = cudaMemset(c, 0, sc);
+    if (e == cudaSuccess) e = cudaEventCreate(&e0);
+    if (e == cudaSuccess) e = cudaEventCreate(&e1);
+    cublasStatus_t bs = e == cudaSuccess ? cublasCreate(&h) : CUBLAS_STATUS_SUCCESS;
+    if (bs == CUBLAS_STATUS_SUCCESS && h) bs = cublasSetWorkspace(h, w, ws);
+    float best = 1e30f;
+    const float one = 1.0f;
+    for (int r = 0; e == cudaSuccess && bs == CUBLAS_STATUS_SUCCESS && r < reps + 2; r++) {
+        float t = 0;
+        if ((e = cudaEventRecord(e0, 0)) != cudaSuccess) break;
+        bs = cublasGemmEx(h, ta ? CUBLAS_OP_T : CUBLAS_OP_N, CUBLAS_OP_N, m, n, k, &one, a, CUDA_R_16BF, ta ? k : m, b,
+                          CUDA_R_16BF, k, &beta, c, cbf ? CUDA_R_16BF : CUDA_R_32F, m, CUBLAS_COMPUTE_32F,
+                          CUBLAS_GEMM_DEFAULT);
+        if (bs != CUBLAS_STATUS_SUCCESS) break;
+        if ((e = cudaEventRecord(e1, 0)) == cudaSuccess && (e = cudaEventSynchronize(e1)) == cudaSuccess &&
+            (e = cudaEventElapsedTime(&t, e0, e1)) == cudaSuccess && r >= 2 && t > 0 && t < best)
+            best = t;
+    }
+    if (h) cublasDestroy(h);
+    if (e0) cudaEventDestroy(e0);
+    if (e1) cudaEventDestroy(e1);
+    cudaFree(a), cudaFree(b), cudaFree(c), cudaFree(w);
+    account(-(int64_t)(sa + sb + sc + ws));
+    if (bs != CUBLAS_STATUS_SUCCESS)
+        return gpu_fail(err, errn, PRISM_GPU_E_DEVICE, "GEMM benchmark: cuBLAS %s (%d)", blas_str(bs), (int)bs);
+    if (e != cudaSuccess) return cuda_fail(err, errn, e, "GEMM benchmark");
+    *ms = best;
+    return 0;
+}
+
 /* ------------------------------------------------------------------ table */
 
 static prism_gpu_api g_api = {
@@ -963,6 +1013,7 @@ static prism_gpu_api g_api = {
     NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, /* training: train.cu */
     copy_bandwidth,
     NULL, NULL, NULL, /* the gate: gate.cu */
+    gemm_bench,
 };
 
 extern "C" __attribute__((visibility("default"))) const prism_gpu_api *prism_gpu_api_get(void) {

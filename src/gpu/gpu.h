@@ -196,6 +196,11 @@ typedef struct prism_gpu_api {
      * (routing: layer 0), into out (n, host). */
     int (*gate_logits)(gpu_ctx *c, const gpu_gate *g, const int32_t *rows, int32_t n, float *out, char *err,
                        size_t errn);
+
+    /* Benchmarks: one cuBLAS GEMM as the trainer calls them, C (m × n, F32 or cbf BF16) = op(A)·B + beta·C
+     * from BF16 operands with F32 accumulation (op(A) = Aᵀ with ta); *ms the best of reps calls. */
+    int (*gemm_bench)(int32_t device, int32_t ta, int32_t m, int32_t n, int32_t k, int32_t cbf, float beta, int32_t reps,
+                      double *ms, char *err, size_t errn);
 } prism_gpu_api;
 
 /* The module's one exported symbol. */

@@ -323,6 +323,10 @@ cudaError_t cudaMemcpyAsync(void *d, const void *s, size_t n, cudaMemcpyKind k, 
     }
     return cudaMemcpy(d, s, n, k);
 }
+cudaError_t cudaMemset(void *d, int v, size_t n) {
+    memset(d, v, n);
+    return cudaSuccess;
+}
 cudaError_t cudaMemsetAsync(void *d, int v, size_t n, cudaStream_t) {
     if (emu::capture) {
         (*emu::capture)([d, v, n]() { memset(d, v, n); });
