@@ -6,9 +6,11 @@
  *
  * On a machine with a usable GPU (scripts/gpu_check.sh sets
  * PRISM_REQUIRE_GPU=1 so that a broken setup fails instead of skipping), for
- * every fixture architecture ($PRISM_FIXTURES), at BF16 tolerances:
+ * every fixture architecture ($PRISM_FIXTURES), in F32 (exact: relative L2
+ * error per logits row < 1e-4) and in BF16 (fast: < 3e-2, and within 1.5× of
+ * what BF16 costs transformers itself on the same inputs — see TOL):
  *   - logits of a [2, 48] batch against transformers' reference and against
- *     the CPU engine (relative L2 error < 1e-2 per row), and every hidden state;
+ *     the CPU engine, and every hidden state;
  *   - the BF16 sharded checkpoint against its reference;
  *   - the 300-token sequence: prefill, then a decode step (split-K attention);
  *   - greedy continuation: GPU tokens == transformers' generate() tokens;
@@ -40,9 +42,13 @@
 static const char *ARCHS[] = {"llama3", "qwen2", "qwen3", "mistral"};
 /* Relative L2 error allowed per logits row. EXACT runs F32 end to end: CPU-level
  * agreement. FAST runs BF16 weights, activations and KV cache; on these tiny
- * random models (hidden 96, logits near zero mean, strong cancellation) that
- * measures 1.1-1.7e-2 against the F32 reference and 0.8-1.2e-2 against the BF16
- * one, so the bound is 3e-2 — and greedy tokens must still be identical. */
+ * random models (hidden 96, logits near zero mean, strong cancellation) BF16
+ * arithmetic itself moves the logits by more than 1e-2: transformers' own bf16
+ * run (reference-bf16) is 1.2-1.6e-2 from its F32 one, and prism on the GPU is
+ * 0.8-1.1e-2 from the CPU's F32 result on the same BF16 weights (emulator). So
+ * the bound is 3e-2, the error against the F32 reference must stay within 1.5×
+ * of transformers' bf16 error on the same inputs, and greedy tokens must be
+ * identical. */
 static double TOL = 1e-4;
 static prism_precision PREC = PRISM_PRECISION_EXACT;
 static const char *PNAME = "exact";
@@ -144,6 +150,24 @@ static void test_arch(const char *arch) {
         int32_t am = 0;
         for (int j = 1; j < V; j++) am = g[j] > g[am] ? j : am;
         argmax_ok &= prism_get_argmax(cg, (int32_t)i) == am;
+    }
+    if (PREC == PRISM_PRECISION_FAST) { /* against what BF16 costs transformers on the same inputs */
+        char pb[1100];
+        snprintf(pb, sizeof pb, "%s/%s/reference-bf16.safetensors", fixtures_root(), arch);
+        st_set *rb = NULL;
+        int64_t nb16 = 0;
+        float *ib16 = st_open(pb, &rb) == PRISM_OK ? fixture_f32(rb, "input_ids", &nb16) : NULL;
+        float *lb16 = ib16 && nb16 == n && !memcmp(ib16, idsf, (size_t)n * sizeof *ib16) ? fixture_f32(rb, "logits", NULL) : NULL;
+        if (lb16) {
+            double hf = 0;
+            for (int64_t i = 0; i < n; i++) hf = fmax(hf, rel_err(lb16 + i * V, ref_logits + i * V, V));
+            CHECK(worst_ref < 1.5 * hf, "%s BF16 logits vs the F32 reference: rel err %.3g, transformers' own bf16 %.3g", arch,
+                  worst_ref, hf);
+            printf("%s %s BF16 cost on the logits: %.2e for prism on the GPU, %.2e for transformers in bf16 (bound 1.5x)\n",
+                   PNAME, arch, worst_ref, hf);
+        }
+        free(ib16), free(lb16);
+        if (rb) st_close(rb);
     }
     CHECK(worst_ref < TOL, "%s logits vs transformers: rel err %.3g", arch, worst_ref);
     CHECK(worst_cpu < TOL, "%s logits vs cpu: rel err %.3g", arch, worst_cpu);
