@@ -257,6 +257,10 @@ int main(int argc, char **argv) {
         fprintf(stderr, "bench_gpu: --only takes prefill, decode1, decode32, train or gemm, not '%s'\n", only);
         return 2;
     }
+    if (only && !strcmp(only, "gemm") && !do_gemm) {
+        fprintf(stderr, "bench_gpu: --only gemm times the 7B shape's GEMMs: --shape 7b (or all)\n");
+        return 2;
+    }
     if (only && strcmp(only, "train")) do_train = 0;
     if (train_seqs < 1 || train_pass < 0 || train_pass > train_seqs) {
         fprintf(stderr, "bench_gpu: --train-seqs must be >= 1 and --train-pass 1..train-seqs\n");

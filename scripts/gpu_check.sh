@@ -47,6 +47,7 @@ in_time() {
     echo "-- skipped, past the time budget ($SECONDS s of BUDGET=$BUDGET): $1"
     return 1
 }
+capped() { local left=$((BUDGET - SECONDS)); echo $((left < $1 ? (left > 1 ? left : 1) : $1)); } # min(N, what is left)
 exec > >(tee "$OUT/check.log") 2>&1
 
 step "device"
@@ -131,7 +132,7 @@ step "where LoRA training's GPU time goes (PRISM_CUDA_PROFILE=1, 8 x 512 per ste
 for args in "--shape 7b" "--shape 7b --train-pass 1" "--shape 7b --train-loss kl" "--shape 0.5b"; do
     in_time "bench_gpu $args" || continue
     echo "== bench_gpu $args"
-    PRISM_CUDA_PROFILE=1 timeout 90 ./build/bench/bench_gpu $args --only train --runs 1 2>&1 | grep -E "^ |profile|\| Qwen"
+    PRISM_CUDA_PROFILE=1 timeout "$(capped 90)" ./build/bench/bench_gpu $args --only train --runs 1 2>&1 | grep -E "^ |profile|\| Qwen"
 done | tee -a "$OUT/bench_variants.log"
 for v in "PRISM_CUDA_LORA_FUSE=0: the MLP's LoRA by GEMMs, down's dA aside (the baseline of tk_swiglu_fwd_lora and tk_swiglu_bwd_lora)" \
     "PRISM_CUDA_FROZEN_SPLIT=2: the long-K frozen GEMMs (down forward, gate|up backward) in 2 K slices (whether splitting pays)" \
@@ -141,18 +142,18 @@ for v in "PRISM_CUDA_LORA_FUSE=0: the MLP's LoRA by GEMMs, down's dA aside (the 
     "PRISM_CUDA_FUSE=0: SwiGLU recomputed by its own kernel for down's dA GEMM, the MLP's LoRA by GEMMs"; do
     in_time "${v%%: *}" || continue
     echo "== bench_gpu --shape 7b with ${v#*: } (${v%%: *})"
-    env "${v%%: *}" PRISM_CUDA_PROFILE=1 timeout 90 ./build/bench/bench_gpu --shape 7b --only train --runs 1 2>&1 |
+    env "${v%%: *}" PRISM_CUDA_PROFILE=1 timeout "$(capped 90)" ./build/bench/bench_gpu --shape 7b --only train --runs 1 2>&1 |
         grep -E "^ |profile|\| Qwen"
 done | tee -a "$OUT/bench_variants.log"
 step "7B decode without programmatic dependent launch, without the decode fusions, without CUDA graphs, split-K per 64 keys (diagnostics)"
 for v in PRISM_CUDA_PDL=0 PRISM_CUDA_FUSE=0 PRISM_CUDA_GRAPHS=0 PRISM_CUDA_SPLIT_KEYS=64; do
     in_time "decode with $v" || continue
-    echo "$v: $(env $v timeout 60 ./build/bench/bench_gpu --shape 7b --only decode1 --runs 1 2>&1 | grep "shape:")"
+    echo "$v: $(env $v timeout "$(capped 60)" ./build/bench/bench_gpu --shape 7b --only decode1 --runs 1 2>&1 | grep "shape:")"
 done | tee -a "$OUT/bench_variants.log"
 
 if command -v nsys >/dev/null 2>&1 && in_time "Nsight Systems"; then
     step "every kernel of a 7B training step (Nsight Systems, GPU time summed per kernel name, top 30)"
-    timeout 120 nsys profile -t cuda -o /tmp/prism-train --force-overwrite true \
+    timeout "$(capped 120)" nsys profile -t cuda -o /tmp/prism-train --force-overwrite true \
         ./build/bench/bench_gpu --shape 7b --only train --runs 1 >/dev/null 2>&1 &&
         nsys stats -q -r cuda_gpu_kern_sum -f csv /tmp/prism-train.nsys-rep 2>/dev/null |
         python3 -c '
@@ -164,37 +165,39 @@ for r in rows[head + 1 : head + 31] if head is not None else []:
             tee -a "$OUT/bench_variants.log"
 fi
 
-if command -v compute-sanitizer >/dev/null 2>&1 && in_time "compute-sanitizer"; then
-    step "compute-sanitizer memcheck (llama3)"
-    PRISM_REQUIRE_GPU=1 PRISM_TEST_ARCH=llama3 timeout 120 compute-sanitizer --tool memcheck --print-limit 20 \
-        ./build/tests/test_gpu >"$OUT/memcheck.log" 2>&1
-    grep -E "ERROR SUMMARY|passed, " "$OUT/memcheck.log" | tail -3
-    grep -q "ERROR SUMMARY: 0 errors" "$OUT/memcheck.log" || { fail=1; grep -m 30 -A 12 "=========" "$OUT/memcheck.log" | head -60; }
-    step "compute-sanitizer racecheck (llama3, shared memory hazards)"
-    PRISM_REQUIRE_GPU=1 PRISM_TEST_ARCH=llama3 timeout 60 compute-sanitizer --tool racecheck --print-limit 20 \
-        ./build/tests/test_gpu >>"$OUT/memcheck.log" 2>&1
-    grep -E "RACECHECK SUMMARY|ERROR SUMMARY|passed, " "$OUT/memcheck.log" | tail -3
-    tail -3 "$OUT/memcheck.log" | grep -qE "(ERROR|RACECHECK) SUMMARY: 0 " || { fail=1; grep -m 10 -B2 -A10 "Error\|Warning\|hazard" "$OUT/memcheck.log" | tail -40; }
+# sanitize TOOL LIMIT "ENV=..." PROGRAM: one compute-sanitizer run, within the time budget (a run the budget
+# cuts short is reported as such, without a verdict); errors or hazards fail the check.
+sanitize() {
+    local tool=$1 limit=$2 envs=$3
+    shift 3
+    in_time "compute-sanitizer --tool $tool ${*##*/}" || return 0
+    limit=$(capped "$limit")
+    step "compute-sanitizer $tool: ${*##*/} ${envs:+($envs) }(at most $limit s)"
+    env $envs timeout "$limit" compute-sanitizer --tool "$tool" --print-limit 20 "$@" >"$OUT/san.tmp" 2>&1
+    local rc=$?
+    grep -E "SUMMARY|passed, " "$OUT/san.tmp" | tail -3
+    if [ "$rc" = 124 ]; then
+        echo "-- cut short at its limit ($limit s): no verdict"
+    elif ! tail -3 "$OUT/san.tmp" | grep -qE "(ERROR|RACECHECK) SUMMARY: 0 "; then
+        fail=1
+        grep -m 10 -B2 -A10 "Invalid\|Error\|Warning\|hazard" "$OUT/san.tmp" | tail -40
+    fi
+    cat "$OUT/san.tmp" >>"$OUT/memcheck.log" && rm -f "$OUT/san.tmp"
+}
+if command -v compute-sanitizer >/dev/null 2>&1; then
+    # inference (llama3), the trainer's kernels (test_lora_grad on the GPU: the fused SwiGLU LoRA ones
+    # included), flash.cu's WMMA kernels
+    sanitize memcheck 120 "PRISM_REQUIRE_GPU=1 PRISM_TEST_ARCH=llama3" ./build/tests/test_gpu
+    sanitize racecheck 60 "PRISM_REQUIRE_GPU=1 PRISM_TEST_ARCH=llama3" ./build/tests/test_gpu
     for tool in memcheck racecheck; do
-        step "compute-sanitizer $tool (test_lora_grad on the GPU, llama3: the trainer's kernels, the fused SwiGLU LoRA ones included)"
-        PRISM_DEVICE=cuda PRISM_TEST_ARCH=llama3 timeout 120 compute-sanitizer --tool $tool --print-limit 20 \
-            ./build/tests/test_lora_grad >"$OUT/train.tmp" 2>&1
-        grep -E "SUMMARY|passed, " "$OUT/train.tmp" | tail -3
-        tail -3 "$OUT/train.tmp" | grep -qE "(ERROR|RACECHECK) SUMMARY: 0 " || { fail=1; grep -m 10 -B2 -A10 "Error\|Warning\|hazard" "$OUT/train.tmp" | tail -40; }
-        cat "$OUT/train.tmp" >>"$OUT/memcheck.log" && rm "$OUT/train.tmp"
+        sanitize $tool 120 "PRISM_DEVICE=cuda PRISM_TEST_ARCH=llama3" ./build/tests/test_lora_grad
     done
-    for tool in memcheck racecheck; do
-        step "compute-sanitizer $tool (test_flash: the training attention's WMMA kernels)"
-        timeout 90 compute-sanitizer --tool $tool --print-limit 20 ./build/tests/test_flash >"$OUT/flash.tmp" 2>&1
-        grep -E "SUMMARY|passed, " "$OUT/flash.tmp" | tail -3
-        tail -3 "$OUT/flash.tmp" | grep -qE "(ERROR|RACECHECK) SUMMARY: 0 " || { fail=1; grep -m 10 -B2 -A10 "Error\|Warning\|hazard" "$OUT/flash.tmp" | tail -40; }
-        cat "$OUT/flash.tmp" >>"$OUT/memcheck.log" && rm "$OUT/flash.tmp"
-    done
+    for tool in memcheck racecheck; do sanitize $tool 90 "" ./build/tests/test_flash; done
 fi
 
 if command -v ncu >/dev/null 2>&1 && in_time "Nsight Compute"; then
     step "where the 7B batch-1 decode step goes (Nsight Compute, every kernel timed)"
-    PHASES=decode1 NCU_TIMEOUT=60 OUT=/tmp/prism-gpu-prof bash scripts/gpu_profile.sh 7b 2>&1 | tee -a "$OUT/bench_variants.log"
+    PHASES=decode1 NCU_TIMEOUT="$(capped 60)" OUT=/tmp/prism-gpu-prof bash scripts/gpu_profile.sh 7b 2>&1 | tee -a "$OUT/bench_variants.log"
 fi
 
 step "done: $([ $fail = 0 ] && echo PASS || echo FAIL)"

@@ -986,6 +986,7 @@ static int gemm_bench(int32_t dev, int32_t ta, int32_t m, int32_t n, int32_t k, 
     if (bs != CUBLAS_STATUS_SUCCESS)
         return gpu_fail(err, errn, PRISM_GPU_E_DEVICE, "GEMM benchmark: cuBLAS %s (%d)", blas_str(bs), (int)bs);
     if (e != cudaSuccess) return cuda_fail(err, errn, e, "GEMM benchmark");
+    if (best >= 1e30f) return gpu_fail(err, errn, PRISM_GPU_E_DEVICE, "GEMM benchmark: no call was timed");
     *ms = best;
     return 0;
 }

@@ -81,6 +81,9 @@ bool prism_router_decide(const prism_router *r, const float *hidden, float *prob
 prism_status prism_router_decide_rows(const prism_router *r, prism_ctx *c, const int32_t *rows, int32_t n, bool *on,
                                       float *prob) {
     if (n <= 0) return PRISM_OK;
+    if (c->m->cfg.hidden != r->gate->in)
+        return prism_error(PRISM_E_ARG, "the gate reads %d features, the context's model has hidden size %d", r->gate->in,
+                           c->m->cfg.hidden);
     float *lg = malloc((size_t)n * sizeof *lg);
     if (!lg) return prism_error(PRISM_E_NOMEM, "out of memory");
     prism_status st = PRISM_OK;

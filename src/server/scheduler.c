@@ -390,7 +390,8 @@ prism_status sched_new(srv *s, srv_sched **out) {
     prism_ctx_params cp = prism_ctx_default_params();
     cp.n_seq_max = s->cfg.max_batch;
     cp.n_ctx = s->cfg.n_ctx;
-    if (s->cfg.n_batch) cp.n_batch = s->cfg.n_batch > s->cfg.max_batch ? s->cfg.n_batch : s->cfg.max_batch;
+    if (s->cfg.n_batch) cp.n_batch = s->cfg.n_batch;
+    if (cp.n_batch < s->cfg.max_batch) cp.n_batch = s->cfg.max_batch; /* a decode step holds every slot */
     prism_status st = prism_ctx_new(s->cfg.model, cp, &q->ctx);
     if (st) { sched_free(q); return st; }
     q->n_slots = s->cfg.max_batch;
