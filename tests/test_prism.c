@@ -139,13 +139,15 @@ static void test_routing(void) {
 
     const prism_route_mode modes[3] = {PRISM_ROUTE_BASE, PRISM_ROUTE_ADAPTER, PRISM_ROUTE_AUTO};
     for (int mi = 0; mi < 3; mi++) {
-        for (int nb = 0; nb < 3; nb++) {
-            /* n_batch 512: every prompt in one batch, layers 1..L-1 straight on from layer 0; 8: prompts split
-             * across batches, whose layers 1..L-1 wait for the routes; the first prompt's length: its batch goes
-             * straight on, the next ones wait */
+        /* n_batch 512: every prompt in one batch, layers 1..L-1 straight on from layer 0; 8: prompts split
+         * across batches, whose layers 1..L-1 wait for the routes; 0 = the first prompt's length: its batch goes
+         * straight on, the next ones wait; more splits on the CPU (the emulated GPU is slow) */
+        const int32_t nbs[] = {512, 8, 0, 4, 5, 6, 7, 9, 11, 13, 17};
+        const int n_nbs = m->gpu ? 3 : (int)(sizeof nbs / sizeof *nbs);
+        for (int nb = 0; nb < n_nbs; nb++) {
             prism_ctx *cc = NULL;
             prism_ctx_params cp2 = cp;
-            cp2.n_batch = nb == 0 ? 512 : nb == 1 ? 8 : lens[0];
+            cp2.n_batch = nbs[nb] ? nbs[nb] : lens[0];
             prism_ctx_new(m, cp2, &cc);
             gp.router = r;
             gp.route = modes[mi];
@@ -166,6 +168,44 @@ static void test_routing(void) {
                    mi == 0 ? "base" : mi == 1 ? "adapter" : "auto", cp2.n_batch);
             prism_ctx_free(cc);
         }
+    }
+    /* reuse_cache: sequences that continue their cached prefix keep the route they had, fresh ones are gated,
+     * whatever the batches' split */
+    for (int nbv = m->gpu ? 5 : 4; nbv <= 13; nbv += m->gpu ? 100 : 1) {
+        prism_ctx *cc = NULL;
+        prism_ctx_params cp2 = cp;
+        cp2.n_batch = nbv;
+        prism_ctx_new(m, cp2, &cc);
+        gp.router = r;
+        gp.route = PRISM_ROUTE_AUTO;
+        int32_t half[4];
+        for (int i = 0; i < 4; i++) half[i] = lens[i] / 2 > 0 ? lens[i] / 2 : 1;
+        prism_generation g1[4];
+        gp.max_new_tokens = 2;
+        CHECK(prism_generate(cc, tok, (const int32_t *const *)ids, half, 4, &gp, NULL, NULL, g1, NULL) == PRISM_OK,
+              "first halves: %s", prism_last_error());
+        bool rt1[4];
+        for (int i = 0; i < 4; i++) rt1[i] = g1[i].routed_adapter, prism_generation_clear(&g1[i]);
+        prism_ctx_seq_clear(cc, 1);
+        prism_ctx_seq_clear(cc, 2);
+        gp.max_new_tokens = 12;
+        gp.reuse_cache = true;
+        CHECK(prism_generate(cc, tok, (const int32_t *const *)ids, lens, 4, &gp, NULL, NULL, got, NULL) == PRISM_OK,
+              "whole prompts, cache reused: %s", prism_last_error());
+        gp.reuse_cache = false;
+        int ok = 1;
+        for (int i = 0; i < 4; i++) {
+            const bool fresh = i == 1 || i == 2, want_ad = fresh ? probs[i] >= thr : rt1[i];
+            const prism_generation *ref = want_ad ? &ref_ad[i] : &ref_base[i];
+            int o = got[i].routed_adapter == want_ad && memcmp(got[i].tokens, ref->tokens, 12 * sizeof(int32_t)) == 0;
+            o &= fresh ? fabsf(got[i].gate_prob - probs[i]) < 1e-6f : got[i].gate_prob < 0;
+            ok &= o;
+            prism_generation_clear(&got[i]);
+        }
+        CHECK(ok, "reuse_cache, n_batch %d: continued sequences keep their route, fresh ones are gated", nbv);
+        printf("%s routed with the cache reused, n_batch %d: continued sequences keep their route, fresh ones gated\n",
+               ok ? "ok  " : "FAIL", nbv);
+        prism_ctx_free(cc);
     }
     /* logits through prism_decode_routed equal the forced references' */
     {
