@@ -117,6 +117,33 @@ static int publish(slot *sl, size_t upto) {
 
 /* ---------------------------------------------------------------- prefill (unlocked) */
 
+/* The first token of slot sl from row `row` of the prefill batch of n rows just headed, drawn as
+ * prism_generate draws it: a greedy slot takes the argmax, a temperature-only one draws on the device
+ * where the logits are (never copied), any other samples on the host from a copy. */
+static prism_status first_token(srv_sched *q, slot *sl, int32_t row, int32_t n, int32_t V) {
+    prism_ctx *c = q->ctx;
+    if (prism_sampler_is_greedy(sl->sampler)) {
+        sl->next = prism_get_argmax(c, row);
+        return sl->next < 0 ? prism_error(PRISM_E_ARG, "no logits for the prompt's last token: %s", prism_last_error())
+                            : PRISM_OK;
+    }
+    float inv_t;
+    if (forward_samples_on_device(c) && prism_sampler_is_softmax(sl->sampler, V, &inv_t)) {
+        for (int32_t k = 0; k < n; k++) q->dinv[k] = 0.0f;
+        q->dinv[row] = inv_t;
+        q->du[row] = prism_sampler_next_u(sl->sampler);
+        prism_status st = forward_sample_softmax(c, q->dinv, q->du, q->did);
+        if (st) return st;
+        sl->next = q->did[row];
+        return PRISM_OK;
+    }
+    const float *lg = prism_get_logits(c, row);
+    if (!lg) return prism_error(PRISM_E_ARG, "no logits for the prompt's last token: %s", prism_last_error());
+    memcpy(q->lg, lg, (size_t)V * sizeof(float));
+    sl->next = prism_sampler_sample(sl->sampler, q->lg, V, sl->hist, sl->n_hist);
+    return PRISM_OK;
+}
+
 /* A routed request's route, from row `row` of the batch that has just run layer 0 (its prompt's last token). */
 static prism_status route(srv *s, srv_req *r, prism_ctx *c, int si, int32_t row, float *prob, bool *on_adapter) {
     bool gate;
@@ -176,12 +203,7 @@ static prism_status prefill(srv *s, srv_sched *q, int si) {
                     (st = prism_decode_layers(c, &b, 1, L)) || (st = prism_decode_head(c)))
                     return st;
             }
-            if (phase == 1 && off + take == n) {
-                const float *lg = prism_get_logits(c, take - 1);
-                if (!lg) return prism_error(PRISM_E_ARG, "no logits for the prompt's last token: %s", prism_last_error());
-                memcpy(q->lg, lg, (size_t)V * sizeof(float));
-                sl->next = prism_sampler_sample(sl->sampler, q->lg, V, sl->hist, sl->n_hist);
-            }
+            if (phase == 1 && off + take == n && (st = first_token(q, sl, take - 1, take, V))) return st;
         }
     }
     r->gate_prob = prob;            /* read by others only once `started` is set under the lock */
