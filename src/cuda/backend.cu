@@ -40,7 +40,7 @@ int gpu_fail(char *err, size_t errn, int code, const char *fmt, ...) {
     return code;
 }
 
-static int cuda_fail(char *err, size_t errn, cudaError_t e, const char *what) {
+int cuda_fail(char *err, size_t errn, cudaError_t e, const char *what) {
     if (e == cudaErrorMemoryAllocation) {
         size_t fr = 0, tot = 0;
         cudaMemGetInfo(&fr, &tot);
@@ -67,12 +67,6 @@ static const char *blas_str(cublasStatus_t s) {
     default: return "error";
     }
 }
-
-#define CU(call, what)                                                    \
-    do {                                                                  \
-        cudaError_t e_ = (call);                                          \
-        if (e_ != cudaSuccess) return cuda_fail(err, errn, e_, (what));   \
-    } while (0)
 
 #define BL(call, what)                                                                                  \
     do {                                                                                                \

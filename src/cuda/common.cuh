@@ -288,6 +288,15 @@ struct gpu_ctx {
 
 /* ---- error helpers and memory accounting (backend.cu) */
 int gpu_fail(char *err, size_t errn, int code, const char *fmt, ...);
+/* A CUDA error as gpu_fail's status and message: out of memory (with what is free), a compute capability the
+ * build does not cover, or the CUDA error named. */
+int cuda_fail(char *err, size_t errn, cudaError_t e, const char *what);
+/* In a function with err and errn: return cuda_fail's status if call fails. */
+#define CU(call, what)                                                    \
+    do {                                                                  \
+        cudaError_t e_ = (call);                                          \
+        if (e_ != cudaSuccess) return cuda_fail(err, errn, e_, (what));   \
+    } while (0)
 int no_fusion(void); /* PRISM_CUDA_FUSE=0: the unfused kernels, for A/B measurements */
 void account(int64_t delta); /* device bytes allocated (+) or freed (-), for model_memory */
 

@@ -20,14 +20,6 @@ struct gpu_gate {
     int64_t bytes;
 };
 
-#define CU(call, what)                                                                          \
-    do {                                                                                        \
-        cudaError_t e_ = (call);                                                                \
-        if (e_ != cudaSuccess)                                                                  \
-            return gpu_fail(err, errn, e_ == cudaErrorMemoryAllocation ? PRISM_GPU_E_NOMEM : PRISM_GPU_E_DEVICE, \
-                            "%s: CUDA error %s", (what), cudaGetErrorString(e_));               \
-    } while (0)
-
 static int64_t gate_floats(int32_t in, int32_t h1, int32_t h2) {
     return 2 * (int64_t)in + (int64_t)h1 * in + h1 + (int64_t)h2 * h1 + h2 + h2 + 1;
 }
@@ -102,8 +94,7 @@ static int gate_new(gpu_model *m, const gpu_gate_desc *d, gpu_gate **out, char *
     if (e != cudaSuccess) {
         cudaGetLastError();
         gate_free(g);
-        return gpu_fail(err, errn, e == cudaErrorMemoryAllocation ? PRISM_GPU_E_NOMEM : PRISM_GPU_E_DEVICE,
-                        "uploading the gate (%.1f MiB): CUDA error %s", bytes / 1048576.0, cudaGetErrorString(e));
+        return cuda_fail(err, errn, e, "uploading the gate");
     }
     *out = g;
     return 0;

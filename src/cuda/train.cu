@@ -842,13 +842,6 @@ __global__ void tk_adamw(float *p, const float *g, float *m, float *v, int64_t n
 
 /* ------------------------------------------------------------------ host helpers */
 
-#define CU(call, what)                                                                          \
-    do {                                                                                        \
-        cudaError_t e_ = (call);                                                                \
-        if (e_ != cudaSuccess)                                                                  \
-            return gpu_fail(err, errn, e_ == cudaErrorMemoryAllocation ? PRISM_GPU_E_NOMEM : PRISM_GPU_E_DEVICE, \
-                            "%s: CUDA error %s", (what), cudaGetErrorString(e_));               \
-    } while (0)
 #define BL(call)                                                                                             \
     do {                                                                                                     \
         cublasStatus_t b_ = (call);                                                                          \
