@@ -585,6 +585,16 @@ __global__ void __launch_bounds__(256)
 #define LF_R 16
 #define LF_BATCH 4 /* rows whose loads a thread issues before using them */
 
+/* Rows s0..s0+ns of mid (T, rs = rg + ru: gate's columns, then up's) into shared rows of `stride` floats:
+ * gate's at [off, off + rg), up's at [off + LF_R, off + LF_R + ru). Every thread of the block. */
+static __device__ __forceinline__ void stage_mid(float *dst, int stride, int off, const float *__restrict__ mid,
+                                                 int32_t s0, int32_t ns, int32_t rs, int32_t rg) {
+    for (int e = threadIdx.x; e < ns * rs; e += blockDim.x) {
+        const int i = e / rs, k = e % rs;
+        dst[i * stride + off + (k < rg ? k : LF_R + k - rg)] = mid[(int64_t)s0 * rs + e];
+    }
+}
+
 template <class A>
 __global__ void __launch_bounds__(256)
     tk_swiglu_fwd_lora(A *gu, float *a, bf16 *ab, int32_t F, int32_t T, int32_t rows, const float *__restrict__ mid,
@@ -603,10 +613,7 @@ __global__ void __launch_bounds__(256)
     for (int32_t s0 = t0; s0 < t1; s0 += 32) {
         const int32_t ns = min(32, t1 - s0);
         __syncthreads();
-        for (int e = threadIdx.x; e < ns * rs; e += blockDim.x) {
-            const int i = e / rs, c = e % rs;
-            ms[i * 2 * LF_R + (c < rg ? c : LF_R + c - rg)] = mid[(int64_t)s0 * rs + e];
-        }
+        stage_mid(ms, 2 * LF_R, 0, mid, s0, ns, rs, rg);
         __syncthreads();
         if (j >= F) continue;
         for (int32_t i0 = 0; i0 < ns; i0 += LF_BATCH) {
@@ -657,10 +664,7 @@ __global__ void __launch_bounds__(256, 2)
         const int32_t ns = min(32, t1 - s0);
         __syncthreads();
         for (int e = threadIdx.x; e < ns * rd; e += blockDim.x) ts[(e / rd) * W + e % rd] = tmp[(int64_t)s0 * rd + e];
-        for (int e = threadIdx.x; e < ns * rs; e += blockDim.x) {
-            const int i = e / rs, k = e % rs;
-            ts[i * W + LF_R + (k < rg ? k : LF_R + k - rg)] = mid[(int64_t)s0 * rs + e];
-        }
+        stage_mid(ts, W, LF_R, mid, s0, ns, rs, rg);
         __syncthreads();
         if (j >= F) continue;
         for (int32_t i0 = 0; i0 < ns; i0 += LF_BATCH) {
