@@ -117,30 +117,37 @@ static int publish(slot *sl, size_t upto) {
 
 /* ---------------------------------------------------------------- prefill (unlocked) */
 
-/* The first token of slot sl from row `row` of the prefill batch of n rows just headed, drawn as
- * prism_generate draws it: a greedy slot takes the argmax, a temperature-only one draws on the device
- * where the logits are (never copied), any other samples on the host from a copy. */
-static prism_status first_token(srv_sched *q, slot *sl, int32_t row, int32_t n, int32_t V) {
+/* The next tokens of the slots of rows k0..n-1 of the batch of n rows just headed (q->bs[k]: each row's
+ * slot; a decode step: every row; a prefill: its last row), drawn as prism_generate draws them: greedy
+ * slots by the argmax (on the device for a CUDA context), slots that draw from the whole softmax by the
+ * device there (no logits copied), the others by their sampler on a copy of the logits. */
+static prism_status sample_rows(srv_sched *q, int32_t n, int32_t k0, int32_t V) {
     prism_ctx *c = q->ctx;
-    if (prism_sampler_is_greedy(sl->sampler)) {
-        sl->next = prism_get_argmax(c, row);
-        return sl->next < 0 ? prism_error(PRISM_E_ARG, "no logits for the prompt's last token: %s", prism_last_error())
-                            : PRISM_OK;
+    const bool on_dev = forward_samples_on_device(c);
+    int any_dev = 0;
+    for (int32_t k = 0; k < n; k++) {
+        slot *sl = &q->slots[q->bs[k]];
+        q->dinv[k] = 0.0f;
+        if (k >= k0 && on_dev && prism_sampler_is_softmax(sl->sampler, V, &q->dinv[k])) /* never a greedy one */
+            q->du[k] = prism_sampler_next_u(sl->sampler), any_dev = 1;
     }
-    float inv_t;
-    if (forward_samples_on_device(c) && prism_sampler_is_softmax(sl->sampler, V, &inv_t)) {
-        for (int32_t k = 0; k < n; k++) q->dinv[k] = 0.0f;
-        q->dinv[row] = inv_t;
-        q->du[row] = prism_sampler_next_u(sl->sampler);
+    if (any_dev) {
         prism_status st = forward_sample_softmax(c, q->dinv, q->du, q->did);
         if (st) return st;
-        sl->next = q->did[row];
-        return PRISM_OK;
     }
-    const float *lg = prism_get_logits(c, row);
-    if (!lg) return prism_error(PRISM_E_ARG, "no logits for the prompt's last token: %s", prism_last_error());
-    memcpy(q->lg, lg, (size_t)V * sizeof(float));
-    sl->next = prism_sampler_sample(sl->sampler, q->lg, V, sl->hist, sl->n_hist);
+    for (int32_t k = k0; k < n; k++) {
+        slot *sl = &q->slots[q->bs[k]];
+        if (q->dinv[k] > 0.0f) {
+            sl->next = q->did[k];
+        } else if (prism_sampler_is_greedy(sl->sampler)) {
+            if ((sl->next = prism_get_argmax(c, k)) < 0) return prism_error(PRISM_E_ARG, "no logits: %s", prism_last_error());
+        } else {
+            const float *l = prism_get_logits(c, k);
+            if (!l) return prism_error(PRISM_E_ARG, "no logits: %s", prism_last_error());
+            memcpy(q->lg, l, (size_t)V * sizeof(float));
+            sl->next = prism_sampler_sample(sl->sampler, q->lg, V, sl->hist, sl->n_hist);
+        }
+    }
     return PRISM_OK;
 }
 
@@ -203,7 +210,7 @@ static prism_status prefill(srv *s, srv_sched *q, int si) {
                     (st = prism_decode_layers(c, &b, 1, L)) || (st = prism_decode_head(c)))
                     return st;
             }
-            if (phase == 1 && off + take == n && (st = first_token(q, sl, take - 1, take, V))) return st;
+            if (phase == 1 && off + take == n && (st = sample_rows(q, take, take - 1, V))) return st;
         }
     }
     r->gate_prob = prob;            /* read by others only once `started` is set under the lock */
@@ -271,40 +278,6 @@ oom:
 }
 
 /* ---------------------------------------------------------------- the loop */
-
-/* The decode step's next tokens: greedy slots by the argmax (on the device
- * for a CUDA context), slots that draw from the whole softmax by the device
- * there (no logits copied), the others by their sampler on a copy of the
- * logits. */
-static prism_status sample_step(srv_sched *q, int32_t nb, int32_t V) {
-    prism_ctx *c = q->ctx;
-    const bool on_dev = forward_samples_on_device(c);
-    int any_dev = 0;
-    for (int32_t k = 0; k < nb; k++) {
-        slot *sl = &q->slots[q->bs[k]];
-        q->dinv[k] = 0.0f;
-        if (on_dev && prism_sampler_is_softmax(sl->sampler, V, &q->dinv[k])) /* never a greedy one */
-            q->du[k] = prism_sampler_next_u(sl->sampler), any_dev = 1;
-    }
-    if (any_dev) {
-        prism_status st = forward_sample_softmax(c, q->dinv, q->du, q->did);
-        if (st) return st;
-    }
-    for (int32_t k = 0; k < nb; k++) {
-        slot *sl = &q->slots[q->bs[k]];
-        if (q->dinv[k] > 0.0f) {
-            sl->next = q->did[k];
-        } else if (prism_sampler_is_greedy(sl->sampler)) {
-            if ((sl->next = prism_get_argmax(c, k)) < 0) return prism_error(PRISM_E_ARG, "no logits: %s", prism_last_error());
-        } else {
-            const float *l = prism_get_logits(c, k);
-            if (!l) return prism_error(PRISM_E_ARG, "no logits: %s", prism_last_error());
-            memcpy(q->lg, l, (size_t)V * sizeof(float));
-            sl->next = prism_sampler_sample(sl->sampler, q->lg, V, sl->hist, sl->n_hist);
-        }
-    }
-    return PRISM_OK;
-}
 
 static void *sched_main(void *arg) {
     srv *s = arg;
@@ -388,7 +361,7 @@ static void *sched_main(void *arg) {
         if (nb > 0) {
             prism_batch b = {.n_tokens = nb, .token = q->bt, .pos = q->bp, .seq = q->bs, .want_logits = NULL};
             st = prism_decode(q->ctx, &b);
-            if (!st) st = sample_step(q, nb, V);
+            if (!st) st = sample_rows(q, nb, 0, V);
         }
         pthread_mutex_lock(&s->mu);
         if (st) {
