@@ -303,6 +303,12 @@ bool prism_router_decide(const prism_router *r, const float *hidden, float *prob
  * router was loaded for, the gate runs on the device, where the residual stream is; else on the host. */
 prism_status prism_router_decide_rows(const prism_router *r, prism_ctx *c, const int32_t *rows, int32_t n, bool *on,
                                       float *prob);
+/* Routes rows rows[0..n) of batch b, which c has just run through layer 0 (each row a fresh sequence's last
+ * prompt token): the gate reads each row (prism_router_decide_rows) and the row's sequence gets the router's
+ * adapter when mode is PRISM_ROUTE_ADAPTER, or PRISM_ROUTE_AUTO and the gate opens; no adapter otherwise.
+ * prob[i] = the gate's probability, adapter[i] = whether the adapter was set (either may be NULL). */
+prism_status prism_router_route_rows(const prism_router *r, prism_ctx *c, const prism_batch *b, const int32_t *rows,
+                                     int32_t n, prism_route_mode mode, float *prob, bool *adapter);
 /* Parses "auto", "base", "adapter"; -1 if unknown. */
 int prism_route_mode_parse(const char *s);
 

@@ -238,6 +238,33 @@ static void test_routing(void) {
          * rounding (on the GPU, cuBLAS against the GEMV kernel: 1.5e-6 measured on an H100) */
     CHECK(worst < 1e-5, "decode_routed logits == alone with the same route (worst %.3e)", worst);
     printf("ok   decode_routed batch == each sequence alone: worst rel_err %.3e\n", worst);
+        /* prism_router_route_rows on the same batch after layer 0: each mode sets the adapters it names, the
+         * probabilities are decode_routed's; rows outside the batch and unknown modes are refused */
+        for (int i = 0; i < 4; i++) prism_ctx_seq_clear(cc, i);
+        CHECK(prism_decode_layers(cc, &b, 0, 1) == PRISM_OK, "layer 0: %s", prism_last_error());
+        int32_t last[4];
+        for (int i = 0, a2 = 0; i < 4; i++) a2 += lens[i], last[i] = a2 - 1;
+        const prism_route_mode md[3] = {PRISM_ROUTE_BASE, PRISM_ROUTE_ADAPTER, PRISM_ROUTE_AUTO};
+        for (int mi = 0; mi < 3; mi++) {
+            float p2[4];
+            bool on2[4];
+            CHECK(prism_router_route_rows(r, cc, &b, last, 4, md[mi], p2, on2) == PRISM_OK, "route_rows: %s",
+                  prism_last_error());
+            int ok = 1;
+            for (int i = 0; i < 4; i++) {
+                const bool want = md[mi] == PRISM_ROUTE_ADAPTER || (md[mi] == PRISM_ROUTE_AUTO && rt[i]);
+                ok &= on2[i] == want && (cc->seq_adapter[i] != NULL) == want && fabsf(p2[i] - pr[i]) < 1e-6f;
+            }
+            CHECK(ok, "route_rows mode %d: adapters and probabilities as decode_routed's", (int)md[mi]);
+        }
+        int32_t outside = b.n_tokens;
+        CHECK(prism_router_route_rows(r, cc, &b, &outside, 1, PRISM_ROUTE_AUTO, NULL, NULL) == PRISM_E_ARG &&
+                  strstr(prism_last_error(), "outside the batch"),
+              "route_rows: a row past the batch refused (%s)", prism_last_error());
+        CHECK(prism_router_route_rows(r, cc, &b, last, 1, (prism_route_mode)7, NULL, NULL) == PRISM_E_ARG &&
+                  strstr(prism_last_error(), "route mode"),
+              "route_rows: an unknown mode refused (%s)", prism_last_error());
+        printf("ok   route_rows: modes base / adapter / auto set the adapters they name; bad rows and modes refused\n");
         prism_ctx_free(c1);
         prism_ctx_free(cc);
     }

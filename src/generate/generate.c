@@ -1,10 +1,10 @@
 /* generate.c — batched generation: one prefill over every prompt, then one
  * decode step per iteration for all live sequences, each with its own
  * sampler, stop conditions and incremental detokenizer. */
-#include <omp.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "generate/rows.h"
 #include "generate/stop.h"
 #include "model/forward.h"
 #include "util/buf.h"
@@ -42,76 +42,20 @@ static int push_id(gen_seq *s, int32_t id) { return buf_push_i32(&s->hist, &s->n
 
 static int push_text(gen_seq *s, const char *t) { return buf_push_text(&s->text, &s->n_text, &s->cap_text, t, strlen(t)); }
 
-/* Next token of batch row k: the argmax (on the device for CUDA contexts, no
- * logits copied) when the sampler is greedy, else the sampler on a copy of the logits. */
-static prism_status sample_row(prism_ctx *c, int32_t k, prism_sampler *sm, float *lg, int32_t V, const int32_t *hist,
-                               size_t n_hist, int32_t *next) {
-    if (prism_sampler_is_greedy(sm)) {
-        *next = prism_get_argmax(c, k);
-        return *next < 0 ? prism_error(PRISM_E_ARG, "no logits for batch row %d: %s", k, prism_last_error()) : PRISM_OK;
-    }
-    const float *l = prism_get_logits(c, k);
-    if (!l) return prism_error(PRISM_E_ARG, "no logits for batch row %d: %s", k, prism_last_error());
-    memcpy(lg, l, (size_t)V * sizeof(float));
-    *next = prism_sampler_sample(sm, lg, V, hist, n_hist);
-    return PRISM_OK;
-}
-
-/* The next token of each batch row k with take[k] (take NULL: every row), for
- * sequence bs[k], into its next: greedy rows by the argmax; on a CUDA context
- * the rows that draw from the whole softmax (bootstrap's queries and answers)
- * on the device, each with its sampler's next uniform, so that their logits
- * are never copied; the rest on the host, in parallel (each sequence has its
- * own sampler and generator, and with a GPU doing the forward pass a
- * full-vocabulary softmax per row on one host core would take as long as the
- * step). dinv, du, did: scratch of nb each. */
-static prism_status sample_batch(prism_ctx *c, gen_seq *S, const int32_t *bs, const int8_t *take, int32_t nb, int32_t V,
-                                 float *lg, float *dinv, double *du, int32_t *did) {
-    int32_t first_host = -1, first_greedy = -1;
-    int any_dev = 0;
-    const bool on_dev = forward_samples_on_device(c);
+/* The rows of sequences bs[0..nb) (take NULL: all; else those with take[k]) into g's rows. */
+static void rows_of(gen_rows *g, gen_seq *S, const int32_t *bs, const int8_t *take, int32_t nb) {
     for (int32_t k = 0; k < nb; k++) {
-        prism_sampler *sm = S[bs[k]].sampler;
-        dinv[k] = 0.0f;
-        if (take && !take[k]) continue;
-        if (prism_sampler_is_greedy(sm)) {
-            if (first_greedy < 0) first_greedy = k;
-        } else if (on_dev && prism_sampler_is_softmax(sm, V, &dinv[k])) {
-            du[k] = prism_sampler_next_u(sm);
-            any_dev = 1;
-        } else if (first_host < 0) {
-            first_host = k;
-        }
-    }
-    if (any_dev) {
-        prism_status st = forward_sample_softmax(c, dinv, du, did);
-        if (st) return st;
-        for (int32_t k = 0; k < nb; k++)
-            if (dinv[k] > 0.0f) S[bs[k]].next = did[k];
-    }
-    /* a CUDA context copies logits / argmaxes on first use: do it once, before the threads */
-    if ((first_host >= 0 && !prism_get_logits(c, first_host)) || (first_greedy >= 0 && prism_get_argmax(c, first_greedy) < 0))
-        return prism_error(PRISM_E_ARG, "no logits: %s", prism_last_error());
-    prism_status sst = PRISM_OK;
-#pragma omp parallel for schedule(dynamic, 1) if (nb > 1 && (int64_t)nb * V >= (1 << 17))
-    for (int32_t k = 0; k < nb; k++) {
-        if ((take && !take[k]) || dinv[k] > 0.0f) continue;
         gen_seq *s = &S[bs[k]];
-        prism_status r = sample_row(c, k, s->sampler, lg + (size_t)omp_get_thread_num() * (size_t)V, V, s->hist,
-                                    s->n_hist, &s->next);
-        if (r) {
-#pragma omp critical
-            sst = r;
-        }
+        g->rows[k] = (take && !take[k]) ? (gen_row){0} : (gen_row){s->sampler, s->hist, s->n_hist, &s->next};
     }
-    return sst;
 }
 
 /* After a prefill batch's head: the first token of each sequence whose prompt ends in batch b. */
 static prism_status prefill_sample(prism_ctx *c, gen_seq *S, const prism_batch *b, const int32_t *prompt_lens,
-                                   int8_t *take, int32_t V, float *lg, float *dinv, double *du, int32_t *did) {
+                                   int8_t *take, gen_rows *g) {
     for (int32_t k = 0; k < b->n_tokens; k++) take[k] = b->pos[k] == prompt_lens[b->seq[k]] - 1;
-    return sample_batch(c, S, b->seq, take, b->n_tokens, V, lg, dinv, du, did);
+    rows_of(g, S, b->seq, take, b->n_tokens);
+    return gen_sample_rows(c, g, b->n_tokens);
 }
 
 prism_status prism_generate(prism_ctx *c, const prism_tokenizer *t, const int32_t *const *prompts,
@@ -138,22 +82,17 @@ prism_status prism_generate(prism_ctx *c, const prism_tokenizer *t, const int32_
     for (int32_t i = 0; i < n; i++) out[i].gate_prob = -1.0f;
     gen_seq *S = calloc((size_t)n, sizeof *S);
     int32_t *bt = malloc((size_t)c->p.n_batch * 3 * sizeof(int32_t));
-    const int n_thr = omp_get_max_threads();
-    float *lg = malloc((size_t)V * (size_t)n_thr * sizeof(float)); /* one logits copy per sampling thread */
     int32_t *start = malloc((size_t)n * sizeof(int32_t));
-    /* rows sampled on the device: 1/temperature (0: not there), uniform, drawn id */
-    float *dinv = malloc((size_t)c->p.n_batch * sizeof(float));
-    double *du = malloc((size_t)c->p.n_batch * sizeof(double));
-    int32_t *did = malloc((size_t)c->p.n_batch * sizeof(int32_t));
+    gen_rows g = {0};
     int8_t *take = malloc((size_t)c->p.n_batch);
     int32_t *grow = malloc((size_t)c->p.n_batch * sizeof *grow); /* routed: batch rows the gate reads, */
-    bool *gon = malloc((size_t)c->p.n_batch * sizeof *gon);      /* its decisions */
-    float *gprob = malloc((size_t)c->p.n_batch * sizeof *gprob); /* and probabilities */
+    float *gprob = malloc((size_t)c->p.n_batch * sizeof *gprob); /* and its probabilities */
     float *h0 = NULL;   /* routed: (cap_kept, H) layer-0 outputs whose layers 1..L-1 wait for a route */
     int32_t *kb = NULL; /* their batches: tokens, positions, sequences (cap_kept each) */
     int64_t cap_kept = 0;
     prism_status st = PRISM_OK;
-    if (!S || !bt || !lg || !start || !dinv || !du || !did || !take || !grow || !gon || !gprob) { st = prism_error(PRISM_E_NOMEM, "out of memory"); goto done; }
+    if (!S || !bt || !start || !take || !grow || !gprob) { st = prism_error(PRISM_E_NOMEM, "out of memory"); goto done; }
+    if ((st = gen_rows_init(&g, c->p.n_batch, V))) goto done;
     int32_t *bp = bt + c->p.n_batch, *bs = bp + c->p.n_batch;
     for (int32_t i = 0; i < n; i++) {
         prism_sampling_params sp = p->sampling;
@@ -209,7 +148,7 @@ prism_status prism_generate(prism_ctx *c, const prism_tokenizer *t, const int32_
             prism_batch b = {.n_tokens = nb, .token = bt, .pos = bp, .seq = bs, .want_logits = NULL};
             if (!routed) {
                 if ((st = prism_decode(c, &b))) goto done;
-                if ((st = prefill_sample(c, S, &b, prompt_lens, take, V, lg, dinv, du, did))) goto done;
+                if ((st = prefill_sample(c, S, &b, prompt_lens, take, &g))) goto done;
                 continue;
             }
             if ((st = forward_unchecked(c, &b, NULL, 0, 1))) goto done;
@@ -241,18 +180,13 @@ prism_status prism_generate(prism_ctx *c, const prism_tokenizer *t, const int32_
             int32_t ng = 0;
             for (int32_t k = 0; k < nb; k++)
                 if (bp[k] == prompt_lens[bs[k]] - 1 && start[bs[k]] == 0) grow[ng++] = k;
-            if ((st = prism_router_decide_rows(p->router, c, grow, ng, gon, gprob))) goto done;
-            for (int32_t g = 0; g < ng; g++) {
-                const int32_t s = bs[grow[g]];
-                bool ad = p->route == PRISM_ROUTE_ADAPTER || (p->route == PRISM_ROUTE_AUTO && gon[g]);
-                out[s].gate_prob = gprob[g];
-                prism_ctx_seq_set_adapter(c, s, ad ? prism_router_adapter(p->router) : NULL);
-            }
+            if ((st = prism_router_route_rows(p->router, c, &b, grow, ng, p->route, gprob, NULL))) goto done;
+            for (int32_t g = 0; g < ng; g++) out[bs[grow[g]]].gate_prob = gprob[g];
             for (int32_t k = 0; k < nb; k++)
                 if (bp[k] == prompt_lens[bs[k]] - 1) out[bs[k]].routed_adapter = c->seq_adapter[bs[k]] != NULL;
             if (!keep) { /* layers 1..L-1 straight on from layer 0's output */
                 if ((st = prism_decode_layers(c, &b, 1, cfg->n_layers)) || (st = prism_decode_head(c)) ||
-                    (st = prefill_sample(c, S, &b, prompt_lens, take, V, lg, dinv, du, did)))
+                    (st = prefill_sample(c, S, &b, prompt_lens, take, &g)))
                     goto done;
                 continue;
             }
@@ -263,7 +197,7 @@ prism_status prism_generate(prism_ctx *c, const prism_tokenizer *t, const int32_
                 prism_batch bk = {.n_tokens = m, .token = kb + i0, .pos = kb + cap_kept + i0, .seq = kb + 2 * cap_kept + i0,
                                   .want_logits = NULL};
                 if ((st = forward_unchecked(c, &bk, h0 + i0 * H, 1, cfg->n_layers)) || (st = prism_decode_head(c)) ||
-                    (st = prefill_sample(c, S, &bk, prompt_lens, take, V, lg, dinv, du, did)))
+                    (st = prefill_sample(c, S, &bk, prompt_lens, take, &g)))
                     goto done;
             }
             n_kept = 0;
@@ -335,7 +269,8 @@ prism_status prism_generate(prism_ctx *c, const prism_tokenizer *t, const int32_
         prism_batch b = {.n_tokens = nb, .token = bt, .pos = bp, .seq = bs, .want_logits = NULL};
         if ((st = prism_decode(c, &b))) goto done;
         decoded += nb;
-        if ((st = sample_batch(c, S, bs, NULL, nb, V, lg, dinv, du, did))) goto done;
+        rows_of(&g, S, bs, NULL, nb);
+        if ((st = gen_sample_rows(c, &g, nb))) goto done;
     }
     if (stats) {
         stats->decode_s = prism_now() - t1;
@@ -363,14 +298,10 @@ done:
         for (int32_t i = 0; i < n; i++) prism_generation_clear(&out[i]);
     free(S);
     free(bt);
-    free(lg);
     free(start);
-    free(dinv);
-    free(du);
-    free(did);
+    gen_rows_free(&g);
     free(take);
     free(grow);
-    free(gon);
     free(gprob);
     free(h0);
     free(kb);

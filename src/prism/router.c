@@ -104,6 +104,26 @@ prism_status prism_router_decide_rows(const prism_router *r, prism_ctx *c, const
     return st;
 }
 
+prism_status prism_router_route_rows(const prism_router *r, prism_ctx *c, const prism_batch *b, const int32_t *rows,
+                                     int32_t n, prism_route_mode mode, float *prob, bool *adapter) {
+    if (n <= 0) return PRISM_OK;
+    if (mode != PRISM_ROUTE_AUTO && mode != PRISM_ROUTE_BASE && mode != PRISM_ROUTE_ADAPTER)
+        return prism_error(PRISM_E_ARG, "unknown route mode %d", (int)mode);
+    for (int32_t i = 0; i < n; i++)
+        if (rows[i] < 0 || rows[i] >= b->n_tokens)
+            return prism_error(PRISM_E_ARG, "row %d is outside the batch of %d", rows[i], b->n_tokens);
+    bool *on = malloc((size_t)n * sizeof *on);
+    if (!on) return prism_error(PRISM_E_NOMEM, "out of memory");
+    prism_status st = prism_router_decide_rows(r, c, rows, n, on, prob);
+    for (int32_t i = 0; i < n && !st; i++) {
+        const bool ad = mode == PRISM_ROUTE_ADAPTER || (mode == PRISM_ROUTE_AUTO && on[i]);
+        st = prism_ctx_seq_set_adapter(c, b->seq[rows[i]], ad ? r->adapter : NULL);
+        if (adapter) adapter[i] = ad;
+    }
+    free(on);
+    return st;
+}
+
 prism_status prism_decode_routed(prism_ctx *c, const prism_batch *b, const prism_router *r, prism_route_mode mode,
                                  float *probs, bool *routed) {
     prism_status st = prism_decode_layers(c, b, 0, 1);
@@ -111,8 +131,7 @@ prism_status prism_decode_routed(prism_ctx *c, const prism_batch *b, const prism
     /* the gate at each fresh sequence's last token in the batch, all at once */
     int32_t *rows = malloc((size_t)b->n_tokens * sizeof *rows), n = 0;
     float *pr = malloc((size_t)b->n_tokens * sizeof *pr);
-    bool *on = malloc((size_t)b->n_tokens * sizeof *on);
-    if (!rows || !pr || !on) st = prism_error(PRISM_E_NOMEM, "out of memory");
+    if (!rows || !pr) st = prism_error(PRISM_E_NOMEM, "out of memory");
     for (int32_t i = 0; i < b->n_tokens && !st; i++) {
         int32_t s = b->seq[i];
         int last = 1, fresh = 0;
@@ -120,14 +139,9 @@ prism_status prism_decode_routed(prism_ctx *c, const prism_batch *b, const prism
         for (int32_t j = 0; last && j < b->n_tokens; j++) fresh |= b->seq[j] == s && b->pos[j] == 0;
         if (last && fresh) rows[n++] = i;
     }
-    if (!st) st = prism_router_decide_rows(r, c, rows, n, on, pr);
-    for (int32_t k = 0; k < n && !st; k++) {
-        const int32_t s = b->seq[rows[k]];
-        bool ad = mode == PRISM_ROUTE_ADAPTER || (mode == PRISM_ROUTE_AUTO && on[k]);
-        prism_ctx_seq_set_adapter(c, s, ad ? r->adapter : NULL);
-        if (probs) probs[s] = pr[k];
-    }
-    free(rows), free(pr), free(on);
+    if (!st) st = prism_router_route_rows(r, c, b, rows, n, mode, pr, NULL);
+    for (int32_t k = 0; k < n && !st && probs; k++) probs[b->seq[rows[k]]] = pr[k];
+    free(rows), free(pr);
     if (st) return st;
     if (routed)
         for (int32_t i = 0; i < b->n_tokens; i++) routed[b->seq[i]] = c->seq_adapter[b->seq[i]] != NULL;

@@ -18,6 +18,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "generate/rows.h"
 #include "generate/stop.h"
 #include "model/forward.h"
 #include "server/server.h"
@@ -49,10 +50,7 @@ struct srv_sched {
     int n_slots, n_running;
     prism_ctx *ctx;
     int32_t *bt, *bp, *bs;   /* (n_batch) batch tokens, positions, sequences */
-    float *lg;               /* (vocab) logits copy for the sampler */
-    float *dinv;             /* (n_batch) rows sampled on the device: 1/temperature (0: not there), */
-    double *du;              /* their uniforms, */
-    int32_t *did;            /* and the ids drawn */
+    gen_rows rows;           /* (n_batch) the rows a batch samples */
     float *h0;               /* (prompt tokens, H) layer-0 outputs of a routed prefill */
     size_t h0_cap;
     bool draining;
@@ -118,46 +116,22 @@ static int publish(slot *sl, size_t upto) {
 /* ---------------------------------------------------------------- prefill (unlocked) */
 
 /* The next tokens of the slots of rows k0..n-1 of the batch of n rows just headed (q->bs[k]: each row's
- * slot; a decode step: every row; a prefill: its last row), drawn as prism_generate draws them: greedy
- * slots by the argmax (on the device for a CUDA context), slots that draw from the whole softmax by the
- * device there (no logits copied), the others by their sampler on a copy of the logits. */
-static prism_status sample_rows(srv_sched *q, int32_t n, int32_t k0, int32_t V) {
-    prism_ctx *c = q->ctx;
-    const bool on_dev = forward_samples_on_device(c);
-    int any_dev = 0;
+ * slot; a decode step: every row; a prefill: its last row), drawn as prism_generate draws them. */
+static prism_status sample_rows(srv_sched *q, int32_t n, int32_t k0) {
     for (int32_t k = 0; k < n; k++) {
         slot *sl = &q->slots[q->bs[k]];
-        q->dinv[k] = 0.0f;
-        if (k >= k0 && on_dev && prism_sampler_is_softmax(sl->sampler, V, &q->dinv[k])) /* never a greedy one */
-            q->du[k] = prism_sampler_next_u(sl->sampler), any_dev = 1;
+        q->rows.rows[k] = k < k0 ? (gen_row){0} : (gen_row){sl->sampler, sl->hist, sl->n_hist, &sl->next};
     }
-    if (any_dev) {
-        prism_status st = forward_sample_softmax(c, q->dinv, q->du, q->did);
-        if (st) return st;
-    }
-    for (int32_t k = k0; k < n; k++) {
-        slot *sl = &q->slots[q->bs[k]];
-        if (q->dinv[k] > 0.0f) {
-            sl->next = q->did[k];
-        } else if (prism_sampler_is_greedy(sl->sampler)) {
-            if ((sl->next = prism_get_argmax(c, k)) < 0) return prism_error(PRISM_E_ARG, "no logits: %s", prism_last_error());
-        } else {
-            const float *l = prism_get_logits(c, k);
-            if (!l) return prism_error(PRISM_E_ARG, "no logits: %s", prism_last_error());
-            memcpy(q->lg, l, (size_t)V * sizeof(float));
-            sl->next = prism_sampler_sample(sl->sampler, q->lg, V, sl->hist, sl->n_hist);
-        }
-    }
-    return PRISM_OK;
+    return gen_sample_rows(q->ctx, &q->rows, n);
 }
 
-/* A routed request's route, from row `row` of the batch that has just run layer 0 (its prompt's last token). */
-static prism_status route(srv *s, srv_req *r, prism_ctx *c, int si, int32_t row, float *prob, bool *on_adapter) {
-    bool gate;
-    prism_status st = prism_router_decide_rows(s->cfg.router, c, &row, 1, &gate, prob);
-    if (st) return st;
-    *on_adapter = r->kind == SRV_MODEL_FORCE_ADAPTER || (r->kind == SRV_MODEL_ROUTED && gate);
-    return prism_ctx_seq_set_adapter(c, si, *on_adapter ? prism_router_adapter(s->cfg.router) : NULL);
+/* A routed request's route, from row `row` of batch b, which has just run layer 0 (its prompt's last token). */
+static prism_status route(srv *s, srv_req *r, prism_ctx *c, const prism_batch *b, int32_t row, float *prob,
+                          bool *on_adapter) {
+    const prism_route_mode mode = r->kind == SRV_MODEL_FORCE_ADAPTER ? PRISM_ROUTE_ADAPTER
+                                  : r->kind == SRV_MODEL_FORCE_BASE  ? PRISM_ROUTE_BASE
+                                                                     : PRISM_ROUTE_AUTO;
+    return prism_router_route_rows(s->cfg.router, c, b, &row, 1, mode, prob, on_adapter);
 }
 
 /* A routed prompt that fits one batch runs layer 0, the gate at its last token, then layers 1..L-1 straight on
@@ -169,7 +143,6 @@ static prism_status prefill(srv *s, srv_sched *q, int si) {
     prism_ctx *c = q->ctx;
     const int32_t nb = c->p.n_batch, n = r->n_prompt, L = c->m->cfg.n_layers;
     const int64_t H = c->m->cfg.hidden;
-    const int32_t V = c->m->cfg.vocab;
     const bool routed = r->kind == SRV_MODEL_ROUTED || r->kind == SRV_MODEL_FORCE_BASE || r->kind == SRV_MODEL_FORCE_ADAPTER;
     const bool kept = routed && n > nb;
     prism_status st;
@@ -199,18 +172,18 @@ static prism_status prefill(srv *s, srv_sched *q, int si) {
                 const float *hx = forward_hidden_rows(c, 0, take);
                 if (!hx) return PRISM_E_NOMEM;
                 memcpy(q->h0 + (int64_t)off * H, hx, (size_t)take * (size_t)H * sizeof(float));
-                if (off + take == n && (st = route(s, r, c, si, take - 1, &prob, &on_adapter)))
+                if (off + take == n && (st = route(s, r, c, &b, take - 1, &prob, &on_adapter)))
                     return st;
             } else if (kept) {
                 if ((st = forward_unchecked(c, &b, q->h0 + (int64_t)off * H, 1, L))) return st;
                 if ((st = prism_decode_head(c))) return st;
             } else { /* one batch */
                 if ((st = forward_unchecked(c, &b, NULL, 0, 1)) ||
-                    (st = route(s, r, c, si, take - 1, &prob, &on_adapter)) ||
+                    (st = route(s, r, c, &b, take - 1, &prob, &on_adapter)) ||
                     (st = prism_decode_layers(c, &b, 1, L)) || (st = prism_decode_head(c)))
                     return st;
             }
-            if (phase == 1 && off + take == n && (st = sample_rows(q, take, take - 1, V))) return st;
+            if (phase == 1 && off + take == n && (st = sample_rows(q, take, take - 1))) return st;
         }
     }
     r->gate_prob = prob;            /* read by others only once `started` is set under the lock */
@@ -282,7 +255,6 @@ oom:
 static void *sched_main(void *arg) {
     srv *s = arg;
     srv_sched *q = s->sched;
-    const int32_t V = q->ctx->m->cfg.vocab;
     int *fresh = malloc((size_t)q->n_slots * sizeof *fresh);
     pthread_mutex_lock(&s->mu);
     for (;;) {
@@ -361,7 +333,7 @@ static void *sched_main(void *arg) {
         if (nb > 0) {
             prism_batch b = {.n_tokens = nb, .token = q->bt, .pos = q->bp, .seq = q->bs, .want_logits = NULL};
             st = prism_decode(q->ctx, &b);
-            if (!st) st = sample_rows(q, nb, 0, V);
+            if (!st) st = sample_rows(q, nb, 0);
         }
         pthread_mutex_lock(&s->mu);
         if (st) {
@@ -393,11 +365,8 @@ prism_status sched_new(srv *s, srv_sched **out) {
     int32_t nb = q->ctx->p.n_batch > q->n_slots ? q->ctx->p.n_batch : q->n_slots;
     q->slots = calloc((size_t)q->n_slots, sizeof *q->slots);
     q->bt = malloc((size_t)nb * 3 * sizeof(int32_t));
-    q->lg = malloc((size_t)q->ctx->m->cfg.vocab * sizeof(float));
-    q->dinv = malloc((size_t)nb * sizeof *q->dinv);
-    q->du = malloc((size_t)nb * sizeof *q->du);
-    q->did = malloc((size_t)nb * sizeof *q->did);
-    if (!q->slots || !q->bt || !q->lg || !q->dinv || !q->du || !q->did) { sched_free(q); return prism_error(PRISM_E_NOMEM, "out of memory"); }
+    if (!q->slots || !q->bt) { sched_free(q); return prism_error(PRISM_E_NOMEM, "out of memory"); }
+    if ((st = gen_rows_init(&q->rows, nb, q->ctx->m->cfg.vocab))) { sched_free(q); return st; }
     q->bp = q->bt + nb;
     q->bs = q->bp + nb;
     s->n_ctx = q->ctx->p.n_ctx;
@@ -462,10 +431,7 @@ void sched_free(srv_sched *q) {
     pthread_cond_destroy(&q->cv);
     free(q->slots);
     free(q->bt);
-    free(q->lg);
-    free(q->dinv);
-    free(q->du);
-    free(q->did);
+    gen_rows_free(&q->rows);
     free(q->h0);
     free(q);
 }
