@@ -36,10 +36,14 @@
 #include "cuda/common.cuh"
 #include "train/topk_kl.h"
 
-/* Logit rows materialised at once (fewer when sequences are shorter): the LM
- * head's two GEMMs run at M = LOSS_ROWS, large enough for the tensor cores
- * (64 rows measured 13.5 of 74 ms per 512-token example on the 7B shape). */
-#define LOSS_ROWS 256
+/* Logit rows materialised at once (fewer when a pass is shorter): the LM
+ * head's two GEMMs run at M = loss_rows (loss_rows_for). 64 rows measured
+ * 13.5 of 74 ms per 512-token example on the 7B shape, 256 rows 4.2 ms. At
+ * 256 rows each GEMM reads the whole head (1.09 GB at 7B) for 279 GFLOP:
+ * 256 FLOP a byte, under an H100's ~300 (989 TFLOP/s over 3.35 TB/s), so
+ * the head's reads bound it; at 1,024 rows the arithmetic does. */
+#define LOSS_ROWS_MAX 1024
+#define LOSS_ROWS_MIN 256
 
 typedef struct {
     int32_t r;
@@ -73,7 +77,7 @@ struct gpu_train {
     flash_tile *h_ftiles, *d_ftiles; /* the pass's 64-position tiles (host staging, device) */
     int32_t n_ftiles;
     float *Drow;       /* (nh, T) rowsum(dO ⊙ O), head-major: the flash backward */
-    int32_t loss_rows; /* min(T_max, LOSS_ROWS) */
+    int32_t loss_rows; /* logit rows at once: loss_rows_for */
     int32_t lm_split;  /* the LM head's backward GEMM in this many vocabulary slices (partials in drows) */
     int32_t lora_split; /* LoRA's dA and dB GEMMs may split their K = T (bg_acc_t; PRISM_CUDA_LORA_SPLIT=0: never) */
     float *lpart;      /* their partial products: 8 × the largest dA or dB */
@@ -1462,6 +1466,20 @@ static int acts_alloc(gpu_train *t, tacts *A, char *err, size_t errn) {
     return 0;
 }
 
+/* Logit rows the LM head's GEMMs take at once: LOSS_ROWS_MAX, halved (down to LOSS_ROWS_MIN) while their
+ * buffers — F32 logits and dlogits and the backward GEMM's BF16 input, ~10 bytes a logit — would take more
+ * than 1/32 of the device (1,024 rows: 1.5 GB at V = 152,064); at most a pass. PRISM_CUDA_LOSS_ROWS=N: N
+ * rows (16..8,192; A/B measurements and tests). */
+static int32_t loss_rows_for(int32_t max_tokens, int32_t V) {
+    size_t fr = 0, tot = 0;
+    if (cudaMemGetInfo(&fr, &tot) != cudaSuccess) cudaGetLastError(), tot = 0;
+    int32_t r = LOSS_ROWS_MAX;
+    while (r > LOSS_ROWS_MIN && (double)r * V * 10.0 > (double)tot / 32.0) r /= 2;
+    const char *e = getenv("PRISM_CUDA_LOSS_ROWS");
+    if (e && atoi(e) >= 16 && atoi(e) <= 8192) r = atoi(e);
+    return max_tokens < r ? max_tokens : r;
+}
+
 static int train_new(gpu_model *m, const gpu_lora_desc *mods, int32_t max_tokens, int32_t max_seq, int32_t recompute,
                      gpu_train **out, char *err, size_t errn) {
     *out = NULL;
@@ -1474,7 +1492,7 @@ static int train_new(gpu_model *m, const gpu_lora_desc *mods, int32_t max_tokens
     t->m = m;
     t->T_max = max_tokens;
     t->S_max = max_seq;
-    t->loss_rows = max_tokens < LOSS_ROWS ? max_tokens : LOSS_ROWS;
+    t->loss_rows = loss_rows_for(max_tokens, m->V);
     t->h_meta = (int32_t *)malloc((size_t)max_tokens * 4 * sizeof(int32_t));
     t->seq_off = (int32_t *)malloc((size_t)max_tokens * sizeof(int32_t));
     t->seq_len = (int32_t *)malloc((size_t)max_tokens * sizeof(int32_t));
