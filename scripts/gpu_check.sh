@@ -18,8 +18,9 @@
 #   then the diagnostics: where the training step's time goes
 #      (PRISM_CUDA_PROFILE=1), also without the MLP's LoRA in the SwiGLU
 #      kernels, flash.cu, the LM head's and LoRA's splits or the fused SwiGLU
-#      backward, with the long-K frozen GEMMs split, and with the LM head's
-#      GEMMs at 256 rows instead of 1,024; then the 7B batch-1
+#      backward, with the long-K frozen GEMMs split, with gate|up's LoRA
+#      terms remade by the backward, and with the LM head's GEMMs at 256 rows
+#      instead of 1,024; then the 7B batch-1
 #      decode without PDL, without the decode fusions, without CUDA graphs and
 #      with split-K per 64 keys (the old default);
 #   6. the kernels of a 7B training step under Nsight Systems, when installed;
@@ -135,9 +136,10 @@ for args in "--shape 7b" "--shape 7b --train-pass 1" "--shape 7b --train-loss kl
     echo "== bench_gpu $args"
     PRISM_CUDA_PROFILE=1 timeout "$(capped 90)" ./build/bench/bench_gpu $args --only train --runs 1 2>&1 | grep -E "^ |profile|\| Qwen"
 done | tee -a "$OUT/bench_variants.log"
-for v in "PRISM_CUDA_LORA_FUSE=0: the MLP's LoRA by GEMMs, down's dA aside (the baseline of tk_swiglu_fwd_lora and tk_swiglu_bwd_lora)" \
-    "PRISM_CUDA_FROZEN_SPLIT=2: the long-K frozen GEMMs (down forward, gate|up backward) in 2 K slices (whether splitting pays)" \
+for v in "PRISM_CUDA_FROZEN_SPLIT=2: the long-K frozen GEMMs (down forward, gate|up backward) in 2 K slices (whether splitting pays)" \
+    "PRISM_CUDA_GU_REMAKE=1: gate|up's LoRA terms added again by the SwiGLU backward, not kept by the forward (whether it pays)" \
     "PRISM_CUDA_LOSS_ROWS=256: the LM head's GEMMs 256 rows at a time (the baseline of 1,024)" \
+    "PRISM_CUDA_LORA_FUSE=0: the MLP's LoRA by GEMMs, down's dA aside (the baseline of tk_swiglu_fwd_lora and tk_swiglu_bwd_lora)" \
     "PRISM_CUDA_FLASH=0: attention by cuBLAS (the baseline of flash.cu)" \
     "PRISM_CUDA_LM_SPLIT=1: the LM head's backward GEMM in one piece (the baseline of its vocabulary split)" \
     "PRISM_CUDA_LORA_SPLIT=0: LoRA's dA and dB GEMMs in one piece (the baseline of their row split)" \

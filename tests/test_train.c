@@ -503,18 +503,19 @@ static void test_device_trainer(void) {
            * vocabulary slices of 170, 170 and 172 (a large vocabulary splits by itself; this one's 512 would not);
            * with the long-K frozen GEMMs (down's forward, K = 172, gate|up's input gradient, K = 344, for 64
            * outputs) in 3 K slices; with the loss's logit rows 100 at a time (by default the pass's 520 are one
-           * chunk) */
+           * chunk); with gate|up's LoRA terms added again by the SwiGLU backward, not kept by the forward */
             prism_adapter *gr = NULL;
             double lr = 0;
             int64_t cr = 0;
             if (lora_alloc_like(a2, &gr)) die("reference setup");
             CHECK(train_batch_grad(w2, cpu, a2, gr, ex, 1, &lr, &cr, NULL) == PRISM_OK, "cpu: %s", prism_last_error());
-            const char *var[5][3] = {{"PRISM_CUDA_FUSE", "0", "the SwiGLU backward unfused (PRISM_CUDA_FUSE=0)"},
+            const char *var[6][3] = {{"PRISM_CUDA_FUSE", "0", "the SwiGLU backward unfused (PRISM_CUDA_FUSE=0)"},
                                      {"PRISM_CUDA_LORA_FUSE", "0", "the MLP's LoRA by GEMMs but down's dA"},
                                      {"PRISM_CUDA_LM_SPLIT", "3", "the LM head's backward in 3 vocabulary slices"},
                                      {"PRISM_CUDA_FROZEN_SPLIT", "3", "the long-K frozen GEMMs in 3 K slices"},
-                                     {"PRISM_CUDA_LOSS_ROWS", "100", "the loss in chunks of 100 rows, the last of 20"}};
-            for (int v = 0; v < 5; v++) {
+                                     {"PRISM_CUDA_LOSS_ROWS", "100", "the loss in chunks of 100 rows, the last of 20"},
+                                     {"PRISM_CUDA_GU_REMAKE", "1", "gate|up's LoRA terms remade by the backward"}};
+            for (int v = 0; v < 6; v++) {
                 double l3 = 0;
                 prism_adapter *g3 = device_pass(g_model, a1, ex, 1, L1, 0, var[v][0], var[v][1], &l3);
                 const double e3 = adapter_rel_diff(gr, g3), le3 = fabs(l3 - lr) / lr;
@@ -560,6 +561,14 @@ static void test_device_trainer(void) {
             CHECK(ek < 2e-2, "BF16 pass, long-K frozen GEMMs in 2 slices vs 1: grads rel %.2e", ek);
             printf("%s BF16 pass: long-K frozen GEMMs in 2 K slices ~ in one (PRISM_CUDA_FROZEN_SPLIT=2): rel %.2e\n",
                    ek < 2e-2 ? "ok  " : "FAIL", ek);
+            prism_adapter_free(gu);
+            /* gate|up's LoRA terms added again by the SwiGLU backward instead of kept by the forward
+             * (PRISM_CUDA_GU_REMAKE=1): the same sums in the same order, rounded to BF16 the same way */
+            gu = device_pass(fast, a1, ex2, 2, L1, L1 + L0, "PRISM_CUDA_GU_REMAKE", "1", &l);
+            const double eg = adapter_rel_diff(gu, gf[0]);
+            CHECK(eg < 1e-5, "BF16 pass, gate|up's LoRA terms remade in the backward vs kept: grads rel %.2e", eg);
+            printf("%s BF16 pass: gate|up's LoRA terms remade by the backward == kept (PRISM_CUDA_GU_REMAKE=1): rel %.2e\n",
+                   eg < 1e-5 ? "ok  " : "FAIL", eg);
             prism_adapter_free(gu);
         }
         train_ws_free(wcpu);

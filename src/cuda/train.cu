@@ -95,6 +95,7 @@ struct gpu_train {
     float *act;        /* (T, F) silu(gate)·up, F32 models only (BF16: in abuf); recomputed for the backward */
     int32_t swb;       /* the SwiGLU backward computes the down projection's LoRA dA (tk_swiglu_bwd_da) */
     int32_t lfuse;     /* the SwiGLU kernels do the MLP's LoRA work (tk_swiglu_fwd_lora, tk_swiglu_bwd_lora) */
+    int32_t gu_remake; /* lfuse: the backward adds gate|up's LoRA terms again instead of the forward keeping them */
     float *dpart;      /* their per-chunk partials: chunks × (r_down, or r_down + r_gate + r_up) × F */
     void *abuf;        /* activation-type copy of a GEMM input (T, max(H, qd, F, 2F)) */
     /* BF16 copies of LoRA's small operands, for products whose large operand is BF16 (BF16 models):
@@ -603,7 +604,7 @@ template <class A>
 __global__ void __launch_bounds__(256)
     tk_swiglu_fwd_lora(A *gu, float *a, bf16 *ab, int32_t F, int32_t T, int32_t rows, const float *__restrict__ mid,
                        int32_t rs, const float *__restrict__ Bg, int32_t rg, float sg, const float *__restrict__ Bu,
-                       int32_t ru, float su) {
+                       int32_t ru, float su, int keep) {
     __shared__ float ms[32 * 2 * LF_R]; /* a row: gate's mid at [0, rg), up's at [LF_R, LF_R + ru) */
     const int32_t j = blockIdx.x * blockDim.x + threadIdx.x;
     const int32_t t0 = blockIdx.y * rows, t1 = min(T, t0 + rows);
@@ -636,8 +637,10 @@ __global__ void __launch_bounds__(256)
 #pragma unroll
                 for (int k = 0; k < LF_R; k++)
                     dg += ms[i * 2 * LF_R + k] * bg[k], du += ms[i * 2 * LF_R + LF_R + k] * bu[k];
-                if (rg) g = rndA(row, g + sg * dg), stA(row + j, g); /* as the backward will read it */
-                if (ru) u = rndA(row, u + su * du), stA(row + F + j, u);
+                if (rg) g = rndA(row, g + sg * dg); /* rounded as the backward reads or remakes it */
+                if (ru) u = rndA(row, u + su * du);
+                if (keep && rg) stA(row + j, g);
+                if (keep && ru) stA(row + F + j, u);
                 const float v = silu_mul(g, u);
                 const int64_t o = (int64_t)(s0 + i) * F + j;
                 if (a) a[o] = v;
@@ -647,18 +650,39 @@ __global__ void __launch_bounds__(256)
     }
 }
 
-template <class A>
+/* RC: gate|up as the frozen GEMM wrote it (tk_swiglu_fwd_lora did not keep its LoRA terms), which the
+ * kernel adds again — s·mid·Bᵀ of gate and up, their B rows of the block's columns in shared memory, the
+ * same sums in the same order as the forward's — instead of reading them back. */
+template <class A, bool RC>
 __global__ void __launch_bounds__(256, 2)
     tk_swiglu_bwd_lora(float *dgu, bf16 *dgub, const A *__restrict__ da, const A *__restrict__ gu, int32_t F,
                        int32_t T, int32_t rows, const float *__restrict__ tmp, const float *__restrict__ Ad, int32_t rd,
                        const float *__restrict__ mid, int32_t rs, int32_t rg, float sg, int32_t ru, float su,
-                       float *__restrict__ part, int32_t nc) {
+                       float *__restrict__ part, int32_t nc, const float *__restrict__ Bg, const float *__restrict__ Bu) {
     enum { W = 3 * LF_R };            /* a row in shared memory: tmp | gate's mid | up's mid */
+    enum { NB = RC ? LF_BATCH / 2 : LF_BATCH }; /* rows a batch: RC's B values take the registers of 2 */
     __shared__ float ts[32 * W];
+    /* RC: [k / 4][column][k % 4] of gate's B, then up's — a thread's four values one 16-byte load, a warp's
+     * consecutive */
+    __shared__ float4 bsm[RC ? 2 * (LF_R / 4) * 256 : 1];
     const int32_t j = blockIdx.x * blockDim.x + threadIdx.x, c = blockIdx.y;
     const int32_t t0 = c * rows, t1 = min(T, t0 + rows);
     float ad[LF_R], accA[LF_R], accG[LF_R], accU[LF_R];
     for (int e = threadIdx.x; e < 32 * W; e += blockDim.x) ts[e] = 0.0f; /* the slots past rd, rg and ru stay 0 */
+    if (RC) {
+#pragma unroll
+        for (int k4 = 0; k4 < LF_R / 4; k4++) {
+            float v[2][4];
+#pragma unroll
+            for (int q = 0; q < 4; q++) {
+                const int k = 4 * k4 + q;
+                v[0][q] = k < rg && j < F ? Bg[(int64_t)j * rg + k] : 0.0f;
+                v[1][q] = k < ru && j < F ? Bu[(int64_t)j * ru + k] : 0.0f;
+            }
+            bsm[k4 * 256 + threadIdx.x] = make_float4(v[0][0], v[0][1], v[0][2], v[0][3]);
+            bsm[(LF_R / 4 + k4) * 256 + threadIdx.x] = make_float4(v[1][0], v[1][1], v[1][2], v[1][3]);
+        }
+    }
 #pragma unroll
     for (int k = 0; k < LF_R; k++) {
         ad[k] = k < rd && j < F ? Ad[(int64_t)k * F + j] : 0.0f;
@@ -671,15 +695,37 @@ __global__ void __launch_bounds__(256, 2)
         stage_mid(ts, W, LF_R, mid, s0, ns, rs, rg);
         __syncthreads();
         if (j >= F) continue;
-        for (int32_t i0 = 0; i0 < ns; i0 += LF_BATCH) {
-            float gv[LF_BATCH], uv[LF_BATCH], dv[LF_BATCH]; /* a batch's loads first: several rows' in flight */
+        for (int32_t i0 = 0; i0 < ns; i0 += NB) {
+            float gv[NB], uv[NB], dv[NB]; /* a batch's loads first: several rows' in flight */
 #pragma unroll
-            for (int q = 0; q < LF_BATCH; q++) {
+            for (int q = 0; q < NB; q++) {
                 const int64_t t = s0 + min(i0 + q, ns - 1);
                 gv[q] = ldA(gu + t * 2 * F + j), uv[q] = ldA(gu + t * 2 * F + F + j), dv[q] = ldA(da + t * F + j);
             }
+            if (RC) { /* the batch's rows at once, each B value loaded once: as tk_swiglu_fwd_lora, k ascending */
+                float lg[NB], lu[NB];
 #pragma unroll
-            for (int q = 0; q < LF_BATCH; q++) {
+                for (int q = 0; q < NB; q++) lg[q] = lu[q] = 0.0f;
+#pragma unroll
+                for (int k4 = 0; k4 < LF_R / 4; k4++) {
+                    const float4 b = bsm[k4 * 256 + threadIdx.x], e = bsm[(LF_R / 4 + k4) * 256 + threadIdx.x];
+#pragma unroll
+                    for (int q = 0; q < NB; q++) {
+                        const float *mg = ts + min(i0 + q, ns - 1) * W + LF_R + 4 * k4, *mu = mg + LF_R;
+                        lg[q] += mg[0] * b.x, lu[q] += mu[0] * e.x;
+                        lg[q] += mg[1] * b.y, lu[q] += mu[1] * e.y;
+                        lg[q] += mg[2] * b.z, lu[q] += mu[2] * e.z;
+                        lg[q] += mg[3] * b.w, lu[q] += mu[3] * e.w;
+                    }
+                }
+#pragma unroll
+                for (int q = 0; q < NB; q++) {
+                    if (rg) gv[q] = rndA(gu, gv[q] + sg * lg[q]);
+                    if (ru) uv[q] = rndA(gu, uv[q] + su * lu[q]);
+                }
+            }
+#pragma unroll
+            for (int q = 0; q < NB; q++) {
                 const int32_t i = i0 + q;
                 if (i >= ns) break;
                 const float *row = ts + i * W;
@@ -1193,7 +1239,7 @@ static void swiglu_fwd_lora(gpu_train *t, A *gu, float *a, bf16 *ab, const float
     const dim3 g((F + 255) / 256, (T + rows - 1) / rows);
     tk_swiglu_fwd_lora<A><<<g, 256, 0, t->s>>>(gu, a, ab, F, T, rows, mid, rg + ru, mg ? t->p + mg->offB : NULL, rg,
                                                 mg ? mg->scale : 0.0f, mu ? t->p + mu->offB : NULL, ru,
-                                                mu ? mu->scale : 0.0f);
+                                                mu ? mu->scale : 0.0f, !t->gu_remake);
 }
 
 static int layer_fwd(gpu_train *t, int32_t l, tacts *A, const float *x, float *y_out, int32_t T, char *err,
@@ -1303,9 +1349,11 @@ static void swiglu_bwd_lora(gpu_train *t, float *dgu, bf16 *dgub, const A *da, c
     const int32_t rows = swb_rows(t, T), nc = (T + rows - 1) / rows;
     const int32_t rd = md ? md->r : 0, rg = mg ? mg->r : 0, ru = mu ? mu->r : 0;
     const dim3 g((F + 255) / 256, nc);
-    tk_swiglu_bwd_lora<A><<<g, 256, 0, t->s>>>(dgu, dgub, da, gu, F, T, rows, t->ltmp, md ? t->p + md->offA : NULL, rd,
-                                               mid, rg + ru, rg, mg ? mg->scale : 0.0f, ru, mu ? mu->scale : 0.0f,
-                                               t->dpart, nc);
+    const float *Bg = mg ? t->p + mg->offB : NULL, *Bu = mu ? t->p + mu->offB : NULL;
+    if (t->gu_remake && (mg || mu))
+        tk_swiglu_bwd_lora<A, true><<<g, 256, 0, t->s>>>(dgu, dgub, da, gu, F, T, rows, t->ltmp, md ? t->p + md->offA : NULL, rd, mid, rg + ru, rg, mg ? mg->scale : 0.0f, ru, mu ? mu->scale : 0.0f, t->dpart, nc, Bg, Bu);
+    else
+        tk_swiglu_bwd_lora<A, false><<<g, 256, 0, t->s>>>(dgu, dgub, da, gu, F, T, rows, t->ltmp, md ? t->p + md->offA : NULL, rd, mid, rg + ru, rg, mg ? mg->scale : 0.0f, ru, mu ? mu->scale : 0.0f, t->dpart, nc, Bg, Bu);
     const int64_t nd = (int64_t)rd * F, ng = (int64_t)rg * F, nu = (int64_t)ru * F;
     if (rd) tk_sum_parts<float><<<grid_for(nd), 256, 0, t->s>>>(t->g + md->offA, t->dpart, nc, nd, 1);
     if (rg) tk_sum_parts<float><<<grid_for(ng), 256, 0, t->s>>>(t->g + mg->offB, t->dpart + nc * nd, nc, ng, 1);
@@ -1542,6 +1590,10 @@ static int train_new(gpu_model *m, const gpu_lora_desc *mods, int32_t max_tokens
         const char *e = getenv("PRISM_CUDA_FUSE"), *e2 = getenv("PRISM_CUDA_LORA_FUSE");
         t->swb = r_down > 0 && r_down <= 64 && !(e && *e == '0');
         t->lfuse = r_mlp > 0 && r_mlp <= LF_R && !(e && *e == '0') && !(e2 && *e2 == '0');
+        /* PRISM_CUDA_GU_REMAKE=1: the forward writes gate|up's LoRA terms nowhere (38.8 MB less per layer per
+         * 512 tokens at 7B), the backward adds them again (32 multiply-adds an element more); a diagnostic */
+        const char *e3 = getenv("PRISM_CUDA_GU_REMAKE");
+        t->gu_remake = t->lfuse && e3 && *e3 == '1';
     }
     cudaError_t ce = cudaStreamCreateWithFlags(&t->s, cudaStreamNonBlocking);
     if (ce != cudaSuccess) {
