@@ -209,7 +209,10 @@ static void gemm_table(const prism_gpu_api *api, int32_t device, int reps) {
              {"gate|up forward", 1, 2 * F, T, H, 1, 0.0f},     {"down forward", 1, H, T, F, 1, 1.0f},
              {"q|k|v input gradient", 0, H, T, Q, 1, 1.0f},    {"o input gradient", 0, H, T, H, 0, 0.0f},
              {"gate|up input gradient", 0, H, T, 2 * F, 1, 1.0f}, {"down input gradient", 0, F, T, H, 1, 0.0f},
-             {"LM head forward, 256 loss rows", 1, 152064, 256, H, 0, 0.0f}, {"8192³ (the card's reference)", 0, 8192, 8192, 8192, 1, 0.0f}};
+             {"LM head forward, 256 loss rows (before)", 1, 152064, 256, H, 0, 0.0f},
+             {"LM head forward, 1,024 loss rows", 1, 152064, 1024, H, 0, 0.0f},
+             {"LM head input gradient, 1,024 rows, unsplit", 0, H, 1024, 152064, 0, 0.0f},
+             {"8192³ (the card's reference)", 0, 8192, 8192, 8192, 1, 0.0f}};
     printf("\nQwen2.5-7B shape's frozen GEMMs in a training pass of %d rows, as train.cu calls them (BF16 operands, F32 "
            "accumulation, cuBLAS's default algorithm), best of %d:\n\n| GEMM | m × n × k | output | ms | TFLOP/s |\n"
            "|---|---|---|---|---|\n", T, reps);

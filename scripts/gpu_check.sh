@@ -26,7 +26,9 @@
 #   6. the kernels of a 7B training step under Nsight Systems, when installed;
 #   7. compute-sanitizer memcheck and racecheck over one architecture, when
 #      installed: inference (test_gpu), training (test_lora_grad), flash.cu;
-#   8. the 7B batch-1 decode step under Nsight Compute (scripts/gpu_profile.sh).
+#   8. the 7B batch-1 decode step under Nsight Compute (scripts/gpu_profile.sh);
+#   then the verdict (scripts/gpu_verdict.py): the targets met or
+#   missed, and each switch against the default measured beside it.
 # Steps 1-5 always run; the diagnostics only while the run is under BUDGET
 # seconds (default 470), each one skipped named: BUDGET=560 fits more of them
 # in a 600-second device command.
@@ -204,5 +206,7 @@ if command -v ncu >/dev/null 2>&1 && in_time "Nsight Compute"; then
     PHASES=decode1 NCU_TIMEOUT="$(capped 60)" OUT=/tmp/prism-gpu-prof bash scripts/gpu_profile.sh 7b 2>&1 | tee -a "$OUT/bench_variants.log"
 fi
 
+echo
+command -v python3 >/dev/null 2>&1 && python3 scripts/gpu_verdict.py "$OUT"
 step "done: $([ $fail = 0 ] && echo PASS || echo FAIL)"
 exit $fail
