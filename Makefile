@@ -67,7 +67,7 @@ $(B)/obj/%.o: %.cu src/cuda/common.cuh src/gpu/gpu.h $(CUDA_STAMP)
 	$(NVCC) $(NVCCFLAGS) -c $< -o $@
 
 $(B)/prism-cuda.so: $(CUDA_OBJ)
-	$(NVCC) -shared -cudart static -o $@ $^ -lcublas
+	$(NVCC) -shared -cudart static -o $@ $^ -lcublas -lcublasLt
 
 $(B)/obj/%_avx512.o: %_avx512.c
 	@mkdir -p $(dir $@)

@@ -200,7 +200,7 @@ static double decode_sampled(prism_ctx *c, int32_t n_seq, int32_t n_new, int on_
 /* The frozen GEMMs of a packed training pass of the 7B shape (8 × 512 rows), each as train.cu calls it, and a
  * square product as the card's reference: how fast the bulk of a training step can go on this card. */
 static void gemm_table(const prism_gpu_api *api, int32_t device, int reps) {
-    enum { T = 4096, H = 3584, F = 18944, Q = 4608, L = 28, EX = 8 };
+    enum { T = 4096, H = 3584, F = 18944, Q = 4608, L = 28, EX = 8, LT = 8 };
     const struct {
         const char *name;
         int ta, m, n, k, cbf;
@@ -214,23 +214,40 @@ static void gemm_table(const prism_gpu_api *api, int32_t device, int reps) {
              {"LM head input gradient, 1,024 rows, unsplit", 0, H, 1024, 152064, 0, 0.0f},
              {"8192³ (the card's reference)", 0, 8192, 8192, 8192, 1, 0.0f}};
     printf("\nQwen2.5-7B shape's frozen GEMMs in a training pass of %d rows, as train.cu calls them (BF16 operands, F32 "
-           "accumulation, cuBLAS's default algorithm), best of %d:\n\n| GEMM | m × n × k | output | ms | TFLOP/s |\n"
-           "|---|---|---|---|---|\n", T, reps);
-    double layer_ms = 0, layer_flop = 0;
+           "accumulation, cuBLAS's default algorithm), best of %d; then the fastest of the %d algorithms cuBLASLt's "
+           "heuristic ranks first (rank 0: its first choice), what choosing by measurement could gain:\n\n"
+           "| GEMM | m × n × k | output | ms | TFLOP/s | cuBLASLt best ms | TFLOP/s | rank |\n"
+           "|---|---|---|---|---|---|---|---|\n", T, reps, LT);
+    double layer_ms = 0, layer_flop = 0, layer_lt = 0;
+    int lt_ok = 1;
     for (size_t i = 0; i < sizeof g / sizeof *g; i++) {
         char err[512] = "";
-        double ms = 0;
-        if (api->gemm_bench(device, g[i].ta, g[i].m, g[i].n, g[i].k, g[i].cbf, g[i].beta, reps, &ms, err, sizeof err)) {
-            printf("| %s | failed: %s | | | |\n", g[i].name, err);
+        double ms = 0, lms = 0;
+        int32_t pick = -1;
+        if (api->gemm_bench(device, g[i].ta, g[i].m, g[i].n, g[i].k, g[i].cbf, g[i].beta, reps, 0, &ms, NULL, err, sizeof err)) {
+            printf("| %s | failed: %s | | | | | | |\n", g[i].name, err);
+            lt_ok = 0;
             continue;
         }
         const double flop = 2.0 * g[i].m * g[i].n * g[i].k;
-        printf("| %s | %d × %d × %d | %s%s | %.3f | %.0f |\n", g[i].name, g[i].m, g[i].n, g[i].k, g[i].cbf ? "BF16" : "F32",
-               g[i].beta != 0.0f ? " (+=)" : "", ms, flop / (ms * 1e-3) / 1e12);
-        if (i < 8) layer_ms += ms, layer_flop += flop;
+        char lcol[600];
+        if (api->gemm_bench(device, g[i].ta, g[i].m, g[i].n, g[i].k, g[i].cbf, g[i].beta, reps, LT, &lms, &pick, err,
+                            sizeof err)) {
+            snprintf(lcol, sizeof lcol, "failed: %s | | ", err);
+            lt_ok = 0;
+        } else {
+            snprintf(lcol, sizeof lcol, "%.3f | %.0f | %d", lms, flop / (lms * 1e-3) / 1e12, pick);
+        }
+        printf("| %s | %d × %d × %d | %s%s | %.3f | %.0f | %s |\n", g[i].name, g[i].m, g[i].n, g[i].k,
+               g[i].cbf ? "BF16" : "F32", g[i].beta != 0.0f ? " (+=)" : "", ms, flop / (ms * 1e-3) / 1e12, lcol);
+        if (i < 8) layer_ms += ms, layer_flop += flop, layer_lt += lms < ms ? lms : ms;
     }
-    printf("| the 8 projections' GEMMs × %d layers, per 512-token example | | | %.2f | %.0f |\n", L,
-           layer_ms * L / EX, layer_flop / (layer_ms * 1e-3) / 1e12);
+    printf("| the 8 projections' GEMMs × %d layers, per 512-token example | | | %.2f | %.0f | %s |\n", L,
+           layer_ms * L / EX, layer_flop / (layer_ms * 1e-3) / 1e12,
+           lt_ok ? "" : "(cuBLASLt incomplete)");
+    if (lt_ok)
+        printf("| the same with each GEMM's faster choice | | | | | %.2f | %.0f | |\n", layer_lt * L / EX,
+               layer_flop / (layer_lt * 1e-3) / 1e12);
 }
 
 int main(int argc, char **argv) {

@@ -21,6 +21,9 @@
 #include <string.h>
 
 #include "cuda/common.cuh"
+#ifndef PRISM_CUDA_EMU
+#include <cublasLt.h>
+#endif
 
 #ifndef PRISM_CUDA_ARCHS
 #define PRISM_CUDA_ARCHS "?"
@@ -934,14 +937,79 @@ static int copy_bandwidth(int32_t dev, int64_t bytes, int32_t reps, double *gbps
     return 0;
 }
 
+#ifndef PRISM_CUDA_EMU
+/* The best of reps calls of each of the first lt algorithms cuBLASLt's heuristic proposes for the product
+ * gemm_bench times (a, b, c, w on the device, ws bytes of workspace): *ms, and the winner's rank in *pick. */
+static int gemm_bench_lt(int32_t ta, int32_t m, int32_t n, int32_t k, int32_t cbf, float beta, int32_t reps, int32_t lt,
+                         const void *a, const void *b, void *c, void *w, size_t ws, double *ms, int32_t *pick,
+                         char *err, size_t errn) {
+    enum { LT_MAX = 16 };
+    cublasLtHandle_t h = NULL;
+    cublasLtMatmulDesc_t op = NULL;
+    cublasLtMatrixLayout_t la = NULL, lb = NULL, lc = NULL;
+    cublasLtMatmulPreference_t pref = NULL;
+    cublasLtMatmulHeuristicResult_t res[LT_MAX];
+    cudaEvent_t e0 = NULL, e1 = NULL;
+    const cublasOperation_t oa = ta ? CUBLAS_OP_T : CUBLAS_OP_N, ob = CUBLAS_OP_N;
+    const float one = 1.0f;
+    int nres = 0;
+    float best = 1e30f;
+    int32_t win = -1;
+    cublasStatus_t bs = cublasLtCreate(&h);
+    if (!bs) bs = cublasLtMatmulDescCreate(&op, CUBLAS_COMPUTE_32F, CUDA_R_32F);
+    if (!bs) bs = cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_TRANSA, &oa, sizeof oa);
+    if (!bs) bs = cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_TRANSB, &ob, sizeof ob);
+    if (!bs) bs = cublasLtMatrixLayoutCreate(&la, CUDA_R_16BF, ta ? k : m, ta ? m : k, ta ? k : m);
+    if (!bs) bs = cublasLtMatrixLayoutCreate(&lb, CUDA_R_16BF, k, n, k);
+    if (!bs) bs = cublasLtMatrixLayoutCreate(&lc, cbf ? CUDA_R_16BF : CUDA_R_32F, m, n, m);
+    if (!bs) bs = cublasLtMatmulPreferenceCreate(&pref);
+    if (!bs) bs = cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws, sizeof ws);
+    if (!bs) bs = cublasLtMatmulAlgoGetHeuristic(h, op, la, lb, lc, lc, pref, lt < LT_MAX ? lt : LT_MAX, res, &nres);
+    cudaError_t e = cudaSuccess;
+    if (!bs && (e = cudaEventCreate(&e0)) == cudaSuccess) e = cudaEventCreate(&e1);
+    for (int i = 0; !bs && e == cudaSuccess && i < nres; i++) {
+        if (res[i].state != CUBLAS_STATUS_SUCCESS) continue;
+        for (int r = 0; r < reps + 2; r++) {
+            float t = 0;
+            if ((e = cudaEventRecord(e0, 0)) != cudaSuccess) break;
+            cublasStatus_t s = cublasLtMatmul(h, op, &one, a, la, b, lb, &beta, c, lc, c, lc, &res[i].algo, w, ws, 0);
+            if (s != CUBLAS_STATUS_SUCCESS) break; /* this algorithm cannot run it after all: the next one */
+            if ((e = cudaEventRecord(e1, 0)) != cudaSuccess || (e = cudaEventSynchronize(e1)) != cudaSuccess ||
+                (e = cudaEventElapsedTime(&t, e0, e1)) != cudaSuccess)
+                break;
+            if (r >= 2 && t > 0 && t < best) best = t, win = i;
+        }
+    }
+    if (e0) cudaEventDestroy(e0);
+    if (e1) cudaEventDestroy(e1);
+    if (pref) cublasLtMatmulPreferenceDestroy(pref);
+    if (lc) cublasLtMatrixLayoutDestroy(lc);
+    if (lb) cublasLtMatrixLayoutDestroy(lb);
+    if (la) cublasLtMatrixLayoutDestroy(la);
+    if (op) cublasLtMatmulDescDestroy(op);
+    if (h) cublasLtDestroy(h);
+    if (bs) return gpu_fail(err, errn, PRISM_GPU_E_DEVICE, "cuBLASLt GEMM benchmark: %s (%d)", blas_str(bs), (int)bs);
+    if (e != cudaSuccess) return cuda_fail(err, errn, e, "cuBLASLt GEMM benchmark");
+    if (win < 0) return gpu_fail(err, errn, PRISM_GPU_E_DEVICE, "cuBLASLt proposed %d algorithms, none ran", nres);
+    *ms = best, *pick = win;
+    return 0;
+}
+#endif
+
 /* Benchmarks: one cuBLAS GEMM as the trainer calls them (BF16 operands, F32 accumulation, a 32 MiB workspace):
  * C (m × n, ld m; F32, or BF16 with cbf) = op(A)·B + beta·C, op(A) = Aᵀ with ta (A k × m) else A (m × k),
- * B k × n. *ms: the best of reps calls, each timed with CUDA events after two warm-up calls. */
+ * B k × n. *ms: the best of reps calls, each timed with CUDA events after two warm-up calls. lt > 0: the
+ * fastest of cuBLASLt's first lt heuristic algorithms instead (gemm_bench_lt), its rank in *pick. */
 static int gemm_bench(int32_t dev, int32_t ta, int32_t m, int32_t n, int32_t k, int32_t cbf, float beta, int32_t reps,
-                      double *ms, char *err, size_t errn) {
+                      int32_t lt, double *ms, int32_t *pick, char *err, size_t errn) {
     int rc = set_device(dev, err, errn);
     if (rc) return rc;
-    if (m <= 0 || n <= 0 || k <= 0 || reps <= 0) return gpu_fail(err, errn, PRISM_GPU_E_ARG, "GEMM %d x %d x %d", m, n, k);
+    if (m <= 0 || n <= 0 || k <= 0 || reps <= 0 || lt < 0)
+        return gpu_fail(err, errn, PRISM_GPU_E_ARG, "GEMM %d x %d x %d (%d algorithms)", m, n, k, lt);
+#ifdef PRISM_CUDA_EMU
+    if (lt) return gpu_fail(err, errn, PRISM_GPU_E_ARG, "cuBLASLt is not emulated");
+#endif
+    if (pick) *pick = 0;
     const size_t ws = (size_t)32 << 20, sa = (size_t)m * k * 2, sb = (size_t)k * n * 2, sc = (size_t)m * n * (cbf ? 2 : 4);
     void *a = NULL, *b = NULL, *c = NULL, *w = NULL;
     if ((rc = dalloc(&a, sa, "GEMM benchmark", err, errn)) || (rc = dalloc(&b, sb, "GEMM benchmark", err, errn)) ||
@@ -955,6 +1023,16 @@ static int gemm_bench(int32_t dev, int32_t ta, int32_t m, int32_t n, int32_t k, 
     cudaError_t e = cudaMemset(a, 0x3c, sa); /* BF16 0x3c3c = 0.0115: finite, not denormal */
     if (e == cudaSuccess) e = cudaMemset(b, 0x3c, sb);
     if (e == cudaSuccess) e = cudaMemset(c, 0, sc);
+#ifndef PRISM_CUDA_EMU
+    if (lt && e == cudaSuccess) {
+        int32_t pk = 0;
+        rc = gemm_bench_lt(ta, m, n, k, cbf, beta, reps, lt, a, b, c, w, ws, ms, &pk, err, errn);
+        cudaFree(a), cudaFree(b), cudaFree(c), cudaFree(w);
+        account(-(int64_t)(sa + sb + sc + ws));
+        if (!rc && pick) *pick = pk;
+        return rc;
+    }
+#endif
     if (e == cudaSuccess) e = cudaEventCreate(&e0);
     if (e == cudaSuccess) e = cudaEventCreate(&e1);
     cublasStatus_t bs = e == cudaSuccess ? cublasCreate(&h) : CUBLAS_STATUS_SUCCESS;

@@ -19,7 +19,7 @@
 extern "C" {
 #endif
 
-#define PRISM_GPU_ABI 5
+#define PRISM_GPU_ABI 6
 
 /* Status codes: the values of prism_status (checked in device.c). */
 enum { PRISM_GPU_OK = 0, PRISM_GPU_E_UNSUPPORTED = 3, PRISM_GPU_E_ARG = 4, PRISM_GPU_E_NOMEM = 5, PRISM_GPU_E_RANGE = 6,
@@ -198,9 +198,12 @@ typedef struct prism_gpu_api {
                        size_t errn);
 
     /* Benchmarks: one cuBLAS GEMM as the trainer calls them, C (m × n, F32 or cbf BF16) = op(A)·B + beta·C
-     * from BF16 operands with F32 accumulation (op(A) = Aᵀ with ta); *ms the best of reps calls. */
+     * from BF16 operands with F32 accumulation (op(A) = Aᵀ with ta); *ms the best of reps calls. lt > 0:
+     * instead the same product by each of the first lt algorithms cuBLASLt's heuristic proposes, *ms the
+     * fastest one's best, *pick its rank (0: the heuristic's first choice) — what choosing by measurement
+     * could gain over cuBLAS's default. */
     int (*gemm_bench)(int32_t device, int32_t ta, int32_t m, int32_t n, int32_t k, int32_t cbf, float beta, int32_t reps,
-                      double *ms, char *err, size_t errn);
+                      int32_t lt, double *ms, int32_t *pick, char *err, size_t errn);
 } prism_gpu_api;
 
 /* The module's one exported symbol. */
