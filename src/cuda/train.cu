@@ -1515,14 +1515,15 @@ static int acts_alloc(gpu_train *t, tacts *A, char *err, size_t errn) {
 }
 
 /* Logit rows the LM head's GEMMs take at once: LOSS_ROWS_MAX, halved (down to LOSS_ROWS_MIN) while their
- * buffers — F32 logits and dlogits and the backward GEMM's BF16 input, ~10 bytes a logit — would take more
- * than 1/32 of the device (1,024 rows: 1.5 GB at V = 152,064); at most a pass. PRISM_CUDA_LOSS_ROWS=N: N
- * rows (16..8,192; A/B measurements and tests). */
-static int32_t loss_rows_for(int32_t max_tokens, int32_t V) {
+ * buffers — F32 logits and dlogits and the backward GEMM's input, 10 bytes a logit (12 on F32 models) —
+ * would take more than 1/32 of the device or 1/8 of its free memory (1,024 rows: 1.5 GB at V = 152,064);
+ * at most a pass. PRISM_CUDA_LOSS_ROWS=N: N rows (16..8,192; A/B measurements and tests). */
+static int32_t loss_rows_for(int32_t max_tokens, int32_t V, int f32) {
     size_t fr = 0, tot = 0;
-    if (cudaMemGetInfo(&fr, &tot) != cudaSuccess) cudaGetLastError(), tot = 0;
+    if (cudaMemGetInfo(&fr, &tot) != cudaSuccess) cudaGetLastError(), fr = tot = 0;
+    const double room = (double)tot / 32.0 < (double)fr / 8.0 ? (double)tot / 32.0 : (double)fr / 8.0;
     int32_t r = LOSS_ROWS_MAX;
-    while (r > LOSS_ROWS_MIN && (double)r * V * 10.0 > (double)tot / 32.0) r /= 2;
+    while (r > LOSS_ROWS_MIN && (double)r * V * (f32 ? 12.0 : 10.0) > room) r /= 2;
     const char *e = getenv("PRISM_CUDA_LOSS_ROWS");
     if (e && atoi(e) >= 16 && atoi(e) <= 8192) r = atoi(e);
     return max_tokens < r ? max_tokens : r;
@@ -1540,7 +1541,7 @@ static int train_new(gpu_model *m, const gpu_lora_desc *mods, int32_t max_tokens
     t->m = m;
     t->T_max = max_tokens;
     t->S_max = max_seq;
-    t->loss_rows = loss_rows_for(max_tokens, m->V);
+    t->loss_rows = loss_rows_for(max_tokens, m->V, m->f32);
     t->h_meta = (int32_t *)malloc((size_t)max_tokens * 4 * sizeof(int32_t));
     t->seq_off = (int32_t *)malloc((size_t)max_tokens * sizeof(int32_t));
     t->seq_len = (int32_t *)malloc((size_t)max_tokens * sizeof(int32_t));

@@ -181,7 +181,7 @@ prism_status prism_generate(prism_ctx *c, const prism_tokenizer *t, const int32_
             for (int32_t k = 0; k < nb; k++)
                 if (bp[k] == prompt_lens[bs[k]] - 1 && start[bs[k]] == 0) grow[ng++] = k;
             if ((st = prism_router_route_rows(p->router, c, &b, grow, ng, p->route, gprob, NULL))) goto done;
-            for (int32_t g = 0; g < ng; g++) out[bs[grow[g]]].gate_prob = gprob[g];
+            for (int32_t i = 0; i < ng; i++) out[bs[grow[i]]].gate_prob = gprob[i];
             for (int32_t k = 0; k < nb; k++)
                 if (bp[k] == prompt_lens[bs[k]] - 1) out[bs[k]].routed_adapter = c->seq_adapter[bs[k]] != NULL;
             if (!keep) { /* layers 1..L-1 straight on from layer 0's output */

@@ -2,6 +2,7 @@
 #include "generate/rows.h"
 
 #include <omp.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -77,15 +78,17 @@ prism_status gen_sample_rows(prism_ctx *c, gen_rows *g, int32_t n) {
     /* a CUDA context copies the logits / argmaxes on first use: do it once, before the threads */
     if ((first_host >= 0 && !prism_get_logits(c, first_host)) || (first_greedy >= 0 && prism_get_argmax(c, first_greedy) < 0))
         return prism_error(PRISM_E_ARG, "no logits: %s", prism_last_error());
-    prism_status sst = PRISM_OK;
-#pragma omp parallel for schedule(dynamic, 1) num_threads(g->threads) if (n > 1 && (int64_t)n * V >= (1 << 17))
+    /* the first failing row; its message is rebuilt here (a worker thread's stays in that thread) */
+    int32_t bad = n;
+    char msg[512] = "";
+#pragma omp parallel for schedule(dynamic, 1) num_threads(g->threads) \
+    if (first_host >= 0 && n > 1 && (int64_t)n * V >= (1 << 17))
     for (int32_t k = 0; k < n; k++) {
         if (!g->rows[k].sampler || g->dinv[k] > 0.0f) continue;
-        prism_status r = host_row(c, k, &g->rows[k], g->lg + (size_t)omp_get_thread_num() * (size_t)V, V);
-        if (r) {
+        if (host_row(c, k, &g->rows[k], g->lg + (size_t)omp_get_thread_num() * (size_t)V, V)) {
 #pragma omp critical
-            sst = r;
+            if (k < bad) bad = k, snprintf(msg, sizeof msg, "%s", prism_last_error());
         }
     }
-    return sst;
+    return bad < n ? prism_error(PRISM_E_ARG, "%s", msg) : PRISM_OK;
 }

@@ -106,9 +106,9 @@ prism_status prism_router_decide_rows(const prism_router *r, prism_ctx *c, const
 
 prism_status prism_router_route_rows(const prism_router *r, prism_ctx *c, const prism_batch *b, const int32_t *rows,
                                      int32_t n, prism_route_mode mode, float *prob, bool *adapter) {
-    if (n <= 0) return PRISM_OK;
     if (mode != PRISM_ROUTE_AUTO && mode != PRISM_ROUTE_BASE && mode != PRISM_ROUTE_ADAPTER)
         return prism_error(PRISM_E_ARG, "unknown route mode %d", (int)mode);
+    if (n <= 0) return PRISM_OK;
     for (int32_t i = 0; i < n; i++)
         if (rows[i] < 0 || rows[i] >= b->n_tokens)
             return prism_error(PRISM_E_ARG, "row %d is outside the batch of %d", rows[i], b->n_tokens);
