@@ -19,10 +19,10 @@
 #      (PRISM_CUDA_PROFILE=1), also without the MLP's LoRA in the SwiGLU
 #      kernels, flash.cu, the LM head's and LoRA's splits or the fused SwiGLU
 #      backward, with the long-K frozen GEMMs split, with gate|up's LoRA
-#      terms remade by the backward, and with the LM head's GEMMs at 256 rows
-#      instead of 1,024; then the 7B batch-1
-#      decode without PDL, without the decode fusions, without CUDA graphs and
-#      with split-K per 64 keys (the old default);
+#      terms remade by the backward, with the frozen GEMMs' algorithms tuned,
+#      and with the LM head's GEMMs at 256 rows instead of 1,024; then the 7B
+#      batch-1 decode without PDL, without the decode fusions, without CUDA
+#      graphs and with split-K per 64 keys (the old default);
 #   6. the kernels of a 7B training step under Nsight Systems, when installed;
 #   7. compute-sanitizer memcheck and racecheck over one architecture, when
 #      installed: inference (test_gpu), training (test_lora_grad), flash.cu;
@@ -140,6 +140,7 @@ for args in "--shape 7b" "--shape 7b --train-pass 1" "--shape 7b --train-loss kl
 done | tee -a "$OUT/bench_variants.log"
 for v in "PRISM_CUDA_FROZEN_SPLIT=2: the long-K frozen GEMMs (down forward, gate|up backward) in 2 K slices (whether splitting pays)" \
     "PRISM_CUDA_GU_REMAKE=1: gate|up's LoRA terms added again by the SwiGLU backward, not kept by the forward (whether it pays)" \
+    "PRISM_CUDA_GEMM_TUNE=1: the frozen GEMMs by the cuBLASLt algorithm measured fastest for each shape (whether tuning pays)" \
     "PRISM_CUDA_LOSS_ROWS=256: the LM head's GEMMs 256 rows at a time (the baseline of 1,024)" \
     "PRISM_CUDA_LORA_FUSE=0: the MLP's LoRA by GEMMs, down's dA aside (the baseline of tk_swiglu_fwd_lora and tk_swiglu_bwd_lora)" \
     "PRISM_CUDA_FLASH=0: attention by cuBLAS (the baseline of flash.cu)" \
@@ -149,7 +150,7 @@ for v in "PRISM_CUDA_FROZEN_SPLIT=2: the long-K frozen GEMMs (down forward, gate
     in_time "${v%%: *}" || continue
     echo "== bench_gpu --shape 7b with ${v#*: } (${v%%: *})"
     env "${v%%: *}" PRISM_CUDA_PROFILE=1 timeout "$(capped 90)" ./build/bench/bench_gpu --shape 7b --only train --runs 1 2>&1 |
-        grep -E "^ |profile|\| Qwen"
+        grep -E "^ |profile|\| Qwen|GEMM tuning"
 done | tee -a "$OUT/bench_variants.log"
 step "7B decode without programmatic dependent launch, without the decode fusions, without CUDA graphs, split-K per 64 keys (diagnostics)"
 for v in PRISM_CUDA_PDL=0 PRISM_CUDA_FUSE=0 PRISM_CUDA_GRAPHS=0 PRISM_CUDA_SPLIT_KEYS=64; do

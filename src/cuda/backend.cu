@@ -21,9 +21,6 @@
 #include <string.h>
 
 #include "cuda/common.cuh"
-#ifndef PRISM_CUDA_EMU
-#include <cublasLt.h>
-#endif
 
 #ifndef PRISM_CUDA_ARCHS
 #define PRISM_CUDA_ARCHS "?"
@@ -937,7 +934,6 @@ static int copy_bandwidth(int32_t dev, int64_t bytes, int32_t reps, double *gbps
     return 0;
 }
 
-#ifndef PRISM_CUDA_EMU
 /* The best of reps calls of each of the first lt algorithms cuBLASLt's heuristic proposes for the product
  * gemm_bench times (a, b, c, w on the device, ws bytes of workspace): *ms, and the winner's rank in *pick. */
 static int gemm_bench_lt(int32_t ta, int32_t m, int32_t n, int32_t k, int32_t cbf, float beta, int32_t reps, int32_t lt,
@@ -994,7 +990,6 @@ static int gemm_bench_lt(int32_t ta, int32_t m, int32_t n, int32_t k, int32_t cb
     *ms = best, *pick = win;
     return 0;
 }
-#endif
 
 /* Benchmarks: one cuBLAS GEMM as the trainer calls them (BF16 operands, F32 accumulation, a 32 MiB workspace):
  * C (m × n, ld m; F32, or BF16 with cbf) = op(A)·B + beta·C, op(A) = Aᵀ with ta (A k × m) else A (m × k),
@@ -1006,9 +1001,6 @@ static int gemm_bench(int32_t dev, int32_t ta, int32_t m, int32_t n, int32_t k, 
     if (rc) return rc;
     if (m <= 0 || n <= 0 || k <= 0 || reps <= 0 || lt < 0)
         return gpu_fail(err, errn, PRISM_GPU_E_ARG, "GEMM %d x %d x %d (%d algorithms)", m, n, k, lt);
-#ifdef PRISM_CUDA_EMU
-    if (lt) return gpu_fail(err, errn, PRISM_GPU_E_ARG, "cuBLASLt is not emulated");
-#endif
     if (pick) *pick = 0;
     const size_t ws = (size_t)32 << 20, sa = (size_t)m * k * 2, sb = (size_t)k * n * 2, sc = (size_t)m * n * (cbf ? 2 : 4);
     void *a = NULL, *b = NULL, *c = NULL, *w = NULL;
@@ -1023,7 +1015,6 @@ static int gemm_bench(int32_t dev, int32_t ta, int32_t m, int32_t n, int32_t k, 
     cudaError_t e = cudaMemset(a, 0x3c, sa); /* BF16 0x3c3c = 0.0115: finite, not denormal */
     if (e == cudaSuccess) e = cudaMemset(b, 0x3c, sb);
     if (e == cudaSuccess) e = cudaMemset(c, 0, sc);
-#ifndef PRISM_CUDA_EMU
     if (lt && e == cudaSuccess) {
         int32_t pk = 0;
         rc = gemm_bench_lt(ta, m, n, k, cbf, beta, reps, lt, a, b, c, w, ws, ms, &pk, err, errn);
@@ -1032,7 +1023,6 @@ static int gemm_bench(int32_t dev, int32_t ta, int32_t m, int32_t n, int32_t k, 
         if (!rc && pick) *pick = pk;
         return rc;
     }
-#endif
     if (e == cudaSuccess) e = cudaEventCreate(&e0);
     if (e == cudaSuccess) e = cudaEventCreate(&e1);
     cublasStatus_t bs = e == cudaSuccess ? cublasCreate(&h) : CUBLAS_STATUS_SUCCESS;

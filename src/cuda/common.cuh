@@ -19,6 +19,7 @@
 #ifdef PRISM_CUDA_EMU /* tests/cuda_emu: the same code on the CPU */
 #include "cuda_emu.h"
 #else
+#include <cublasLt.h>
 #include <cublas_v2.h>
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>

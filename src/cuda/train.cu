@@ -70,6 +70,10 @@ struct gpu_train {
     cudaStream_t s;
     cublasHandle_t blas;
     void *blas_ws;     /* its workspace: 32 MiB, the size cuBLAS recommends for Hopper (a larger one does no harm) */
+    int32_t tune;      /* PRISM_CUDA_GEMM_TUNE: the frozen GEMMs by cuBLASLt's measured fastest algorithm (frozen_gemm) */
+    cublasLtHandle_t lt;
+    struct gtune *tunes; /* the shape classes measured so far */
+    int32_t n_tunes, cap_tunes;
     int32_t T_max;     /* rows of a pass: the tokens of all its sequences */
     int32_t S_max;     /* tokens of one sequence at most */
     int32_t recompute, n_mods, max_r, first_adapted;
@@ -1043,18 +1047,177 @@ static int frozen_k(gpu_train *t, cublasOperation_t oa, int m, int T, int K, con
     return 0;
 }
 
+/* PRISM_CUDA_GEMM_TUNE=1 (a diagnostic, off by default; BF16 models): each frozen GEMM (w_fwd, w_bwd) by
+ * the algorithm measured fastest for its shape class — its operation, m, k, leading dimensions, output type,
+ * beta, and its rows n rounded up to a power of two. A class's first GEMM times cuBLAS's default and the
+ * first GEMM_TUNE_ALGOS algorithms cuBLASLt's heuristic proposes, each into a scratch output (best of 3
+ * after a warm-up), and keeps a cuBLASLt one if it beats the default by 1%. A later GEMM of the class whose
+ * rows differ uses it where cuBLASLt accepts it for them (cublasLtMatmulAlgoCheck), else the default. Each
+ * choice is printed to stderr. =2 (tests): always the fastest cuBLASLt algorithm, so that the path runs. */
+#define GEMM_TUNE_ALGOS 8
+#define GEMM_TUNE_WS ((size_t)32 << 20) /* t->blas_ws, shared: both run on t->s */
+
+struct gtune {
+    int32_t oa, m, k, nb, ldb, ldc, cbf, beta1; /* the class */
+    int32_t n;                                  /* the rows it was measured at */
+    int32_t lt;                                 /* 1: by algo (cuBLASLt), 0: cuBLAS's default */
+    cublasLtMatmulAlgo_t algo;
+};
+
+typedef struct {
+    cublasLtMatmulDesc_t op;
+    cublasLtMatrixLayout_t la, lb, lc;
+} lt_prob;
+
+static void lt_prob_free(lt_prob *p) {
+    if (p->lc) cublasLtMatrixLayoutDestroy(p->lc);
+    if (p->lb) cublasLtMatrixLayoutDestroy(p->lb);
+    if (p->la) cublasLtMatrixLayoutDestroy(p->la);
+    if (p->op) cublasLtMatmulDescDestroy(p->op);
+    memset(p, 0, sizeof *p);
+}
+
+/* C (m × n, ld ldc, ct) = op(A) (m × k; A stored m × k at lda, or k × m with oa) · B (k × n, ld ldb): the
+ * problem's descriptors. */
+static cublasStatus_t lt_prob_make(lt_prob *p, cublasOperation_t oa, int m, int n, int k, int lda, int ldb, int ldc,
+                                   cudaDataType at, cudaDataType ct) {
+    memset(p, 0, sizeof *p);
+    const cublasOperation_t ob = CUBLAS_OP_N;
+    cublasStatus_t s = cublasLtMatmulDescCreate(&p->op, CUBLAS_COMPUTE_32F, CUDA_R_32F);
+    if (!s) s = cublasLtMatmulDescSetAttribute(p->op, CUBLASLT_MATMUL_DESC_TRANSA, &oa, sizeof oa);
+    if (!s) s = cublasLtMatmulDescSetAttribute(p->op, CUBLASLT_MATMUL_DESC_TRANSB, &ob, sizeof ob);
+    if (!s) s = cublasLtMatrixLayoutCreate(&p->la, at, oa == CUBLAS_OP_N ? m : k, oa == CUBLAS_OP_N ? k : m, lda);
+    if (!s) s = cublasLtMatrixLayoutCreate(&p->lb, at, k, n, ldb);
+    if (!s) s = cublasLtMatrixLayoutCreate(&p->lc, ct, m, n, ldc);
+    if (s) lt_prob_free(p);
+    return s;
+}
+
+/* Best of 3 timed calls (after one warm-up) of cuBLAS's default (algo NULL) or a cuBLASLt algorithm, into
+ * the scratch output c; < 0 if it cannot run. */
+static float tune_time(gpu_train *t, const lt_prob *p, const cublasLtMatmulAlgo_t *algo, cublasOperation_t oa, int m,
+                       int n, int k, const void *A, int lda, const void *B, int ldb, float beta, void *c, int cbf,
+                       int ldc, cudaEvent_t e0, cudaEvent_t e1) {
+    const cudaDataType at = CUDA_R_16BF, ct = cbf ? CUDA_R_16BF : CUDA_R_32F;
+    float best = -1.0f;
+    for (int r = 0; r < 4; r++) {
+        float ms = 0;
+        if (cudaEventRecord(e0, t->s) != cudaSuccess) return -1.0f;
+        cublasStatus_t s =
+            algo ? cublasLtMatmul(t->lt, p->op, &ONE, A, p->la, B, p->lb, &beta, c, p->lc, c, p->lc, algo, t->blas_ws,
+                                  GEMM_TUNE_WS, t->s)
+                 : cublasGemmEx(t->blas, oa, CUBLAS_OP_N, m, n, k, &ONE, A, at, lda, B, at, ldb, &beta, c, ct, ldc,
+                                CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT);
+        if (s != CUBLAS_STATUS_SUCCESS || cudaEventRecord(e1, t->s) != cudaSuccess ||
+            cudaEventSynchronize(e1) != cudaSuccess || cudaEventElapsedTime(&ms, e0, e1) != cudaSuccess)
+            return -1.0f;
+        if (r > 0 && (best < 0 || ms < best)) best = ms;
+    }
+    return best;
+}
+
+/* The class of this GEMM: found, or measured now (NULL: out of host memory). */
+static struct gtune *tune_class(gpu_train *t, const lt_prob *p, cublasOperation_t oa, int m, int n, int k,
+                                const void *A, int lda, const void *B, int ldb, float beta, int cbf, int ldc) {
+    int32_t nb = 256;
+    while (nb < n && nb < (1 << 30)) nb *= 2;
+    const struct gtune key = {(int32_t)oa, m, k, nb, ldb, ldc, cbf, beta != 0.0f, n, 0, {{0}}};
+    for (int32_t i = 0; i < t->n_tunes; i++) {
+        const struct gtune *g = &t->tunes[i];
+        if (g->oa == key.oa && g->m == m && g->k == k && g->nb == nb && g->ldb == ldb && g->ldc == ldc &&
+            g->cbf == cbf && g->beta1 == key.beta1)
+            return &t->tunes[i];
+    }
+    if (t->n_tunes == t->cap_tunes) {
+        const int32_t cap = t->cap_tunes ? 2 * t->cap_tunes : 16;
+        struct gtune *g = (struct gtune *)realloc(t->tunes, (size_t)cap * sizeof *g);
+        if (!g) return NULL;
+        t->tunes = g, t->cap_tunes = cap;
+    }
+    struct gtune *g = &t->tunes[t->n_tunes++];
+    *g = key;
+    /* measured into a scratch output (zeroed: beta = 1 reads it), so that C keeps its value */
+    const size_t cb = (size_t)ldc * n * (cbf ? 2 : 4);
+    void *c = NULL;
+    cudaEvent_t e0 = NULL, e1 = NULL;
+    cublasLtMatmulPreference_t pref = NULL;
+    cublasLtMatmulHeuristicResult_t res[GEMM_TUNE_ALGOS];
+    int nres = 0, win = -1;
+    float tdef = -1.0f, tbest = -1.0f;
+    size_t ws = GEMM_TUNE_WS;
+    if (cudaMalloc(&c, cb) == cudaSuccess && cudaMemsetAsync(c, 0, cb, t->s) == cudaSuccess &&
+        cudaEventCreate(&e0) == cudaSuccess && cudaEventCreate(&e1) == cudaSuccess &&
+        cublasLtMatmulPreferenceCreate(&pref) == CUBLAS_STATUS_SUCCESS &&
+        cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws, sizeof ws) ==
+            CUBLAS_STATUS_SUCCESS &&
+        cublasLtMatmulAlgoGetHeuristic(t->lt, p->op, p->la, p->lb, p->lc, p->lc, pref, GEMM_TUNE_ALGOS, res, &nres) ==
+            CUBLAS_STATUS_SUCCESS) {
+        account((int64_t)cb);
+        tdef = tune_time(t, p, NULL, oa, m, n, k, A, lda, B, ldb, beta, c, cbf, ldc, e0, e1);
+        for (int i = 0; i < nres; i++) {
+            if (res[i].state != CUBLAS_STATUS_SUCCESS) continue;
+            const float ms = tune_time(t, p, &res[i].algo, oa, m, n, k, A, lda, B, ldb, beta, c, cbf, ldc, e0, e1);
+            if (ms >= 0 && (tbest < 0 || ms < tbest)) tbest = ms, win = i;
+        }
+        account(-(int64_t)cb);
+    }
+    cudaGetLastError(); /* a failed scratch allocation: the default, reported below */
+    if (win >= 0 && (t->tune == 2 || tdef < 0 || tbest < 0.99f * tdef)) g->lt = 1, g->algo = res[win].algo;
+    fprintf(stderr,
+            "prism-cuda: GEMM tuning, %s %d x %d x %d (%s out%s, rows class %d): cuBLAS default %.3f ms, best of %d "
+            "cuBLASLt algorithms %.3f ms (rank %d): %s\n",
+            oa == CUBLAS_OP_T ? "W^T x" : "W x", m, n, k, cbf ? "BF16" : "F32", beta != 0.0f ? ", +=" : "", nb, tdef,
+            nres, tbest, win, g->lt ? "cuBLASLt" : "cuBLAS's default");
+    if (pref) cublasLtMatmulPreferenceDestroy(pref);
+    if (e0) cudaEventDestroy(e0);
+    if (e1) cudaEventDestroy(e1);
+    if (c) cudaFree(c);
+    return g;
+}
+
+/* C (m × n, ld ldc; BF16 with cbf, else F32) = op(A)·B + beta·C for a frozen weight A (lda) and B (k × n,
+ * ld ldb) in the activation type: cuBLAS's default, or with t->tune (BF16 models) the measured algorithm. */
+static int frozen_gemm(gpu_train *t, cublasOperation_t oa, int m, int n, int k, const void *A, int lda, const void *B,
+                       int ldb, float beta, void *C, int cbf, int ldc, char *err, size_t errn) {
+    const cudaDataType at = t->m->f32 ? CUDA_R_32F : CUDA_R_16BF, ct = cbf ? CUDA_R_16BF : CUDA_R_32F;
+    if (t->tune && !t->m->f32) {
+        lt_prob p;
+        cublasStatus_t s = lt_prob_make(&p, oa, m, n, k, lda, ldb, ldc, at, ct);
+        int use = 0;
+        if (s == CUBLAS_STATUS_SUCCESS) {
+            const struct gtune *g = tune_class(t, &p, oa, m, n, k, A, lda, B, ldb, beta, cbf, ldc);
+            cublasLtMatmulHeuristicResult_t chk;
+            use = g && g->lt &&
+                  (g->n == n || (cublasLtMatmulAlgoCheck(t->lt, p.op, p.la, p.lb, p.lc, p.lc, &g->algo, &chk) ==
+                                     CUBLAS_STATUS_SUCCESS &&
+                                 chk.workspaceSize <= GEMM_TUNE_WS));
+            if (use)
+                s = cublasLtMatmul(t->lt, p.op, &ONE, A, p.la, B, p.lb, &beta, C, p.lc, C, p.lc, &g->algo, t->blas_ws,
+                                   GEMM_TUNE_WS, t->s);
+            lt_prob_free(&p);
+        }
+        if (s != CUBLAS_STATUS_SUCCESS)
+            return gpu_fail(err, errn, PRISM_GPU_E_DEVICE, "training GEMM %d x %d x %d (cuBLASLt): cuBLAS status %d", m,
+                            n, k, (int)s);
+        if (use) return 0;
+        if (t->tune == 2) /* tests: cuBLASLt must have run it */
+            return gpu_fail(err, errn, PRISM_GPU_E_DEVICE,
+                            "training GEMM %d x %d x %d: no cuBLASLt algorithm (PRISM_CUDA_GEMM_TUNE=2)", m, n, k);
+    }
+    BL(cublasGemmEx(t->blas, oa, CUBLAS_OP_N, m, n, k, &ONE, A, at, lda, B, at, ldb, &beta, C, ct, ldc,
+                    CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+    return 0;
+}
+
 /* y (T, out; ldy) = x (T, in) · Wᵀ (+ beta·y), y F32 or (ybf) BF16; xa: x
  * already in the activation type (written so by its producer), else NULL. */
 static int w_fwd(gpu_train *t, void *y, int ybf, int ldy, const float *x, const void *xa, const dlin *W, int32_t T,
                  float beta, char *err, size_t errn) {
     const int in = (int)W->in, out = (int)W->out;
     if (!xa) xa = as_act(t, x, (int64_t)T * in);
-    const cudaDataType at = t->m->f32 ? CUDA_R_32F : CUDA_R_16BF;
     if (frozen_split(t, out, in, ldy))
         return frozen_k(t, CUBLAS_OP_T, out, T, in, W->w, in, 1, xa, in, beta, y, ybf, err, errn);
-    BL(cublasGemmEx(t->blas, CUBLAS_OP_T, CUBLAS_OP_N, out, T, in, &ONE, W->w, at, in, xa, at, in, &beta, y,
-                    ybf ? CUDA_R_16BF : CUDA_R_32F, ldy, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
-    return 0;
+    return frozen_gemm(t, CUBLAS_OP_T, out, T, in, W->w, in, xa, in, beta, y, ybf, ldy, err, errn);
 }
 
 /* dx (T, in; F32 or, dxbf, BF16) (+)= dy (T, out; ldy) · W; dya: dy already in the activation type, else NULL. */
@@ -1069,12 +1232,9 @@ static int w_bwd(gpu_train *t, void *dx, int dxbf, const float *dy, const void *
         if (ldy != out) return gpu_fail(err, errn, PRISM_GPU_E_ARG, "internal: strided BF16 backward input");
         da = as_act(t, dy, (int64_t)T * out);
     }
-    const cudaDataType at = t->m->f32 ? CUDA_R_32F : CUDA_R_16BF;
     if (frozen_split(t, in, out, in))
         return frozen_k(t, CUBLAS_OP_N, in, T, out, W->w, in, in, da, ld, beta, dx, dxbf, err, errn);
-    BL(cublasGemmEx(t->blas, CUBLAS_OP_N, CUBLAS_OP_N, in, T, out, &ONE, W->w, at, in, da, at, ld, &beta, dx,
-                    dxbf ? CUDA_R_16BF : CUDA_R_32F, in, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
-    return 0;
+    return frozen_gemm(t, CUBLAS_OP_N, in, T, out, W->w, in, da, ld, beta, dx, dxbf, in, err, errn);
 }
 
 static const tmod *mod_of(const gpu_train *t, int32_t l, int target) {
@@ -1470,6 +1630,8 @@ static void train_free(gpu_train *t) {
     if (t->s) cudaStreamSynchronize(t->s);
     prof_free(t);
     if (t->blas) cublasDestroy(t->blas); /* before its workspace goes */
+    if (t->lt) cublasLtDestroy(t->lt);
+    free(t->tunes);
     for (int i = 0; i < t->n_allocs; i++) cudaFree(t->allocs[i]);
     account(-t->bytes);
     if (t->d_teach) {
@@ -1604,6 +1766,14 @@ static int train_new(gpu_model *m, const gpu_lora_desc *mods, int32_t max_tokens
     if (cublasCreate(&t->blas) != CUBLAS_STATUS_SUCCESS || cublasSetStream(t->blas, t->s) != CUBLAS_STATUS_SUCCESS) {
         train_free(t);
         return gpu_fail(err, errn, PRISM_GPU_E_DEVICE, "cublasCreate failed");
+    }
+    { /* read when the session starts */
+        const char *e = getenv("PRISM_CUDA_GEMM_TUNE");
+        t->tune = e && (*e == '1' || *e == '2') && !m->f32 ? *e - '0' : 0;
+        if (t->tune && cublasLtCreate(&t->lt) != CUBLAS_STATUS_SUCCESS) {
+            train_free(t);
+            return gpu_fail(err, errn, PRISM_GPU_E_DEVICE, "cublasLtCreate failed");
+        }
     }
     prof_new(t);
 #define TA2(ptr, n)                                                      \

@@ -463,6 +463,124 @@ cublasStatus_t cublasGemmStridedBatchedEx(cublasHandle_t, cublasOperation_t ta, 
     return run();
 }
 
+/* ------------------------------------------------------------ cuBLASLt: the same reference GEMM. Its
+ * heuristic proposes EMU_LT_ALGOS "algorithms" (their index in data[0]) that compute the same thing; an
+ * algorithm index past them is refused, as a real one that does not fit the problem is. Layouts: the stored
+ * matrix, column-major, rows × cols at ld; op(A) is m × k. C and D must be the same matrix. */
+enum { EMU_LT_ALGOS = 3 };
+struct emu_lt {
+    int unused;
+};
+struct emu_lt_desc {
+    cublasOperation_t ta, tb;
+};
+struct emu_lt_layout {
+    cudaDataType t;
+    uint64_t rows, cols;
+    int64_t ld;
+};
+struct emu_lt_pref {
+    size_t ws;
+};
+cublasStatus_t cublasLtCreate(cublasLtHandle_t *h) {
+    *h = new emu_lt{0};
+    return CUBLAS_STATUS_SUCCESS;
+}
+cublasStatus_t cublasLtDestroy(cublasLtHandle_t h) {
+    delete h;
+    return CUBLAS_STATUS_SUCCESS;
+}
+cublasStatus_t cublasLtMatmulDescCreate(cublasLtMatmulDesc_t *d, cublasComputeType_t comp, cudaDataType scale) {
+    if (comp != CUBLAS_COMPUTE_32F || scale != CUDA_R_32F) return CUBLAS_STATUS_NOT_SUPPORTED;
+    *d = new emu_lt_desc{CUBLAS_OP_N, CUBLAS_OP_N};
+    return CUBLAS_STATUS_SUCCESS;
+}
+cublasStatus_t cublasLtMatmulDescDestroy(cublasLtMatmulDesc_t d) {
+    delete d;
+    return CUBLAS_STATUS_SUCCESS;
+}
+cublasStatus_t cublasLtMatmulDescSetAttribute(cublasLtMatmulDesc_t d, cublasLtMatmulDescAttributes_t a, const void *v,
+                                              size_t n) {
+    if (n != sizeof(cublasOperation_t)) return CUBLAS_STATUS_INVALID_VALUE;
+    if (a == CUBLASLT_MATMUL_DESC_TRANSA) d->ta = *(const cublasOperation_t *)v;
+    else if (a == CUBLASLT_MATMUL_DESC_TRANSB) d->tb = *(const cublasOperation_t *)v;
+    else return CUBLAS_STATUS_INVALID_VALUE;
+    return CUBLAS_STATUS_SUCCESS;
+}
+cublasStatus_t cublasLtMatrixLayoutCreate(cublasLtMatrixLayout_t *l, cudaDataType t, uint64_t rows, uint64_t cols,
+                                          int64_t ld) {
+    if (ld < (int64_t)rows) return CUBLAS_STATUS_INVALID_VALUE;
+    *l = new emu_lt_layout{t, rows, cols, ld};
+    return CUBLAS_STATUS_SUCCESS;
+}
+cublasStatus_t cublasLtMatrixLayoutDestroy(cublasLtMatrixLayout_t l) {
+    delete l;
+    return CUBLAS_STATUS_SUCCESS;
+}
+cublasStatus_t cublasLtMatmulPreferenceCreate(cublasLtMatmulPreference_t *p) {
+    *p = new emu_lt_pref{0};
+    return CUBLAS_STATUS_SUCCESS;
+}
+cublasStatus_t cublasLtMatmulPreferenceDestroy(cublasLtMatmulPreference_t p) {
+    delete p;
+    return CUBLAS_STATUS_SUCCESS;
+}
+cublasStatus_t cublasLtMatmulPreferenceSetAttribute(cublasLtMatmulPreference_t p, cublasLtMatmulPreferenceAttributes_t a,
+                                                    const void *v, size_t n) {
+    if (a != CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES || n != sizeof(size_t)) return CUBLAS_STATUS_INVALID_VALUE;
+    p->ws = *(const size_t *)v;
+    return CUBLAS_STATUS_SUCCESS;
+}
+/* op(A) (m × k) · op(B) (k × n) into D (m × n): the shapes agree */
+static bool lt_shapes(cublasLtMatmulDesc_t d, cublasLtMatrixLayout_t a, cublasLtMatrixLayout_t b,
+                      cublasLtMatrixLayout_t c, cublasLtMatrixLayout_t dl) {
+    const uint64_t m = dl->rows, n = dl->cols, ka = d->ta == CUBLAS_OP_N ? a->cols : a->rows,
+                   kb = d->tb == CUBLAS_OP_N ? b->rows : b->cols;
+    return (d->ta == CUBLAS_OP_N ? a->rows : a->cols) == m && (d->tb == CUBLAS_OP_N ? b->cols : b->rows) == n &&
+           ka == kb && c->rows == m && c->cols == n && c->t == dl->t && c->ld == dl->ld;
+}
+cublasStatus_t cublasLtMatmulAlgoGetHeuristic(cublasLtHandle_t, cublasLtMatmulDesc_t d, cublasLtMatrixLayout_t a,
+                                              cublasLtMatrixLayout_t b, cublasLtMatrixLayout_t c,
+                                              cublasLtMatrixLayout_t dl, cublasLtMatmulPreference_t,
+                                              int requested, cublasLtMatmulHeuristicResult_t *res, int *returned) {
+    if (requested <= 0) return CUBLAS_STATUS_INVALID_VALUE;
+    if (!lt_shapes(d, a, b, c, dl)) return CUBLAS_STATUS_INVALID_VALUE;
+    int n = requested < EMU_LT_ALGOS ? requested : EMU_LT_ALGOS;
+    for (int i = 0; i < n; i++) {
+        memset(&res[i], 0, sizeof res[i]);
+        res[i].algo.data[0] = (uint64_t)i;
+        res[i].state = CUBLAS_STATUS_SUCCESS;
+        res[i].wavesCount = 1.0f;
+    }
+    *returned = n;
+    return CUBLAS_STATUS_SUCCESS;
+}
+cublasStatus_t cublasLtMatmulAlgoCheck(cublasLtHandle_t, cublasLtMatmulDesc_t d, cublasLtMatrixLayout_t a,
+                                       cublasLtMatrixLayout_t b, cublasLtMatrixLayout_t c, cublasLtMatrixLayout_t dl,
+                                       const cublasLtMatmulAlgo_t *algo, cublasLtMatmulHeuristicResult_t *res) {
+    if (!lt_shapes(d, a, b, c, dl) || algo->data[0] >= EMU_LT_ALGOS) return CUBLAS_STATUS_INVALID_VALUE;
+    if (res) memset(res, 0, sizeof *res), res->algo = *algo, res->state = CUBLAS_STATUS_SUCCESS;
+    return CUBLAS_STATUS_SUCCESS;
+}
+cublasStatus_t cublasLtMatmul(cublasLtHandle_t, cublasLtMatmulDesc_t d, const void *alpha, const void *A,
+                              cublasLtMatrixLayout_t a, const void *B, cublasLtMatrixLayout_t b, const void *beta,
+                              const void *C, cublasLtMatrixLayout_t c, void *D, cublasLtMatrixLayout_t dl,
+                              const cublasLtMatmulAlgo_t *algo, void *, size_t, cudaStream_t) {
+    if (!lt_shapes(d, a, b, c, dl) || C != D || a->t != b->t || (algo && algo->data[0] >= EMU_LT_ALGOS))
+        return CUBLAS_STATUS_INVALID_VALUE;
+    const float al = *(const float *)alpha, be = *(const float *)beta;
+    const cublasOperation_t ta = d->ta, tb = d->tb;
+    const int m = (int)dl->rows, n = (int)dl->cols, k = (int)(ta == CUBLAS_OP_N ? a->cols : a->rows);
+    const int lda = (int)a->ld, ldb = (int)b->ld, ldc = (int)dl->ld;
+    const cudaDataType at = a->t, bt = b->t, ct = dl->t;
+    auto run = [=]() { return gemm_now(ta, tb, m, n, k, al, A, at, lda, B, bt, ldb, be, D, ct, ldc); };
+    if (emu::capture) {
+        (*emu::capture)([=]() { run(); });
+        return CUBLAS_STATUS_SUCCESS;
+    }
+    return run();
+}
+
 static cublasStatus_t gemm_now(cublasOperation_t ta, cublasOperation_t tb, int m, int n, int k, float al,
                                const void *A, cudaDataType at, int lda, const void *B, cudaDataType bt, int ldb,
                                float be, void *C, cudaDataType ct, int ldc) {
