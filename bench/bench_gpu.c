@@ -214,7 +214,7 @@ static void gemm_table(const prism_gpu_api *api, int32_t device, int reps) {
              {"LM head input gradient, 1,024 rows, unsplit", 0, H, 1024, 152064, 0, 0.0f},
              {"8192³ (the card's reference)", 0, 8192, 8192, 8192, 1, 0.0f}};
     printf("\nQwen2.5-7B shape's frozen GEMMs in a training pass of %d rows, as train.cu calls them (BF16 operands, F32 "
-           "accumulation, cuBLAS's default algorithm), best of %d; then the fastest of the %d algorithms cuBLASLt's "
+           "accumulation, cuBLAS's default algorithm), mean of %d calls back to back; then the fastest of the %d algorithms cuBLASLt's "
            "heuristic ranks first (rank 0: its first choice), what choosing by measurement could gain:\n\n"
            "| GEMM | m × n × k | output | ms | TFLOP/s | cuBLASLt best ms | TFLOP/s | rank |\n"
            "|---|---|---|---|---|---|---|---|\n", T, reps, LT);

@@ -934,8 +934,9 @@ static int copy_bandwidth(int32_t dev, int64_t bytes, int32_t reps, double *gbps
     return 0;
 }
 
-/* The best of reps calls of each of the first lt algorithms cuBLASLt's heuristic proposes for the product
- * gemm_bench times (a, b, c, w on the device, ws bytes of workspace): *ms, and the winner's rank in *pick. */
+/* The mean time of reps back-to-back calls of each of the first lt algorithms cuBLASLt's heuristic proposes
+ * for the product gemm_bench times (a, b, c, w on the device, ws bytes of workspace): the fastest one's in
+ * *ms, its rank in *pick. */
 static int gemm_bench_lt(int32_t ta, int32_t m, int32_t n, int32_t k, int32_t cbf, float beta, int32_t reps, int32_t lt,
                          const void *a, const void *b, void *c, void *w, size_t ws, double *ms, int32_t *pick,
                          char *err, size_t errn) {
@@ -965,16 +966,19 @@ static int gemm_bench_lt(int32_t ta, int32_t m, int32_t n, int32_t k, int32_t cb
     if (!bs && (e = cudaEventCreate(&e0)) == cudaSuccess) e = cudaEventCreate(&e1);
     for (int i = 0; !bs && e == cudaSuccess && i < nres; i++) {
         if (res[i].state != CUBLAS_STATUS_SUCCESS) continue;
-        for (int r = 0; r < reps + 2; r++) {
-            float t = 0;
-            if ((e = cudaEventRecord(e0, 0)) != cudaSuccess) break;
-            cublasStatus_t s = cublasLtMatmul(h, op, &one, a, la, b, lb, &beta, c, lc, c, lc, &res[i].algo, w, ws, 0);
-            if (s != CUBLAS_STATUS_SUCCESS) break; /* this algorithm cannot run it after all: the next one */
-            if ((e = cudaEventRecord(e1, 0)) != cudaSuccess || (e = cudaEventSynchronize(e1)) != cudaSuccess ||
-                (e = cudaEventElapsedTime(&t, e0, e1)) != cudaSuccess)
-                break;
-            if (r >= 2 && t > 0 && t < best) best = t, win = i;
+        /* a warm-up call still queued when e0 is recorded, then reps back to back: the mean of their times */
+        float t = 0;
+        cublasStatus_t s = cublasLtMatmul(h, op, &one, a, la, b, lb, &beta, c, lc, c, lc, &res[i].algo, w, ws, 0);
+        if (s == CUBLAS_STATUS_SUCCESS) e = cudaEventRecord(e0, 0);
+        for (int r = 0; s == CUBLAS_STATUS_SUCCESS && e == cudaSuccess && r < reps; r++)
+            s = cublasLtMatmul(h, op, &one, a, la, b, lb, &beta, c, lc, c, lc, &res[i].algo, w, ws, 0);
+        if (s != CUBLAS_STATUS_SUCCESS) { /* this algorithm cannot run it after all: the next one */
+            cudaDeviceSynchronize();
+            continue;
         }
+        if (e == cudaSuccess && (e = cudaEventRecord(e1, 0)) == cudaSuccess && (e = cudaEventSynchronize(e1)) == cudaSuccess &&
+            (e = cudaEventElapsedTime(&t, e0, e1)) == cudaSuccess && t > 0 && t / reps < best)
+            best = t / reps, win = i;
     }
     if (e0) cudaEventDestroy(e0);
     if (e1) cudaEventDestroy(e1);
@@ -993,8 +997,8 @@ static int gemm_bench_lt(int32_t ta, int32_t m, int32_t n, int32_t k, int32_t cb
 
 /* Benchmarks: one cuBLAS GEMM as the trainer calls them (BF16 operands, F32 accumulation, a 32 MiB workspace):
  * C (m × n, ld m; F32, or BF16 with cbf) = op(A)·B + beta·C, op(A) = Aᵀ with ta (A k × m) else A (m × k),
- * B k × n. *ms: the best of reps calls, each timed with CUDA events after two warm-up calls. lt > 0: the
- * fastest of cuBLASLt's first lt heuristic algorithms instead (gemm_bench_lt), its rank in *pick. */
+ * B k × n. *ms: the mean of reps calls issued back to back after a warm-up one, timed with CUDA events.
+ * lt > 0: the fastest of cuBLASLt's first lt heuristic algorithms instead (gemm_bench_lt), its rank in *pick. */
 static int gemm_bench(int32_t dev, int32_t ta, int32_t m, int32_t n, int32_t k, int32_t cbf, float beta, int32_t reps,
                       int32_t lt, double *ms, int32_t *pick, char *err, size_t errn) {
     int rc = set_device(dev, err, errn);
@@ -1029,17 +1033,18 @@ static int gemm_bench(int32_t dev, int32_t ta, int32_t m, int32_t n, int32_t k, 
     if (bs == CUBLAS_STATUS_SUCCESS && h) bs = cublasSetWorkspace(h, w, ws);
     float best = 1e30f;
     const float one = 1.0f;
-    for (int r = 0; e == cudaSuccess && bs == CUBLAS_STATUS_SUCCESS && r < reps + 2; r++) {
-        float t = 0;
-        if ((e = cudaEventRecord(e0, 0)) != cudaSuccess) break;
+    /* a warm-up call still queued when e0 is recorded, then reps back to back: the mean of their times (a
+     * synchronised call each would count the host's cost of issuing it) */
+    for (int r = 0; e == cudaSuccess && bs == CUBLAS_STATUS_SUCCESS && r < reps + 1; r++) {
+        if (r == 1 && (e = cudaEventRecord(e0, 0)) != cudaSuccess) break;
         bs = cublasGemmEx(h, ta ? CUBLAS_OP_T : CUBLAS_OP_N, CUBLAS_OP_N, m, n, k, &one, a, CUDA_R_16BF, ta ? k : m, b,
                           CUDA_R_16BF, k, &beta, c, cbf ? CUDA_R_16BF : CUDA_R_32F, m, CUBLAS_COMPUTE_32F,
                           CUBLAS_GEMM_DEFAULT);
-        if (bs != CUBLAS_STATUS_SUCCESS) break;
-        if ((e = cudaEventRecord(e1, 0)) == cudaSuccess && (e = cudaEventSynchronize(e1)) == cudaSuccess &&
-            (e = cudaEventElapsedTime(&t, e0, e1)) == cudaSuccess && r >= 2 && t > 0 && t < best)
-            best = t;
     }
+    float tt = 0;
+    if (e == cudaSuccess && bs == CUBLAS_STATUS_SUCCESS && (e = cudaEventRecord(e1, 0)) == cudaSuccess &&
+        (e = cudaEventSynchronize(e1)) == cudaSuccess && (e = cudaEventElapsedTime(&tt, e0, e1)) == cudaSuccess && tt > 0)
+        best = tt / reps;
     if (h) cublasDestroy(h);
     if (e0) cudaEventDestroy(e0);
     if (e1) cudaEventDestroy(e1);

@@ -1050,10 +1050,12 @@ static int frozen_k(gpu_train *t, cublasOperation_t oa, int m, int T, int K, con
 /* PRISM_CUDA_GEMM_TUNE=1 (a diagnostic, off by default; BF16 models): each frozen GEMM (w_fwd, w_bwd) by
  * the algorithm measured fastest for its shape class — its operation, m, k, leading dimensions, output type,
  * beta, and its rows n rounded up to a power of two. A class's first GEMM times cuBLAS's default and the
- * first GEMM_TUNE_ALGOS algorithms cuBLASLt's heuristic proposes, each into a scratch output (best of 3
- * after a warm-up), and keeps a cuBLASLt one if it beats the default by 1%. A later GEMM of the class whose
- * rows differ uses it where cuBLASLt accepts it for them (cublasLtMatmulAlgoCheck), else the default. Each
- * choice is printed to stderr. =2 (tests): always the fastest cuBLASLt algorithm, so that the path runs. */
+ * first GEMM_TUNE_ALGOS algorithms cuBLASLt's heuristic proposes (tune_time; into C itself when beta = 0,
+ * else into a zeroed scratch output), and keeps a cuBLASLt one if it beats the default by 1%. A later GEMM
+ * of the class whose rows differ uses it where cuBLASLt accepts it for them (cublasLtMatmulAlgoCheck),
+ * else the default; an algorithm that fails to run is dropped for the default. Each choice is printed to
+ * stderr. =2 (tests): the heuristic's last proposal whatever the timings, and a class without one or a
+ * failure to run it is an error — so that the path runs, the same one each time. */
 #define GEMM_TUNE_ALGOS 8
 #define GEMM_TUNE_WS ((size_t)32 << 20) /* t->blas_ws, shared: both run on t->s */
 
@@ -1093,32 +1095,41 @@ static cublasStatus_t lt_prob_make(lt_prob *p, cublasOperation_t oa, int m, int 
     return s;
 }
 
-/* Best of 3 timed calls (after one warm-up) of cuBLAS's default (algo NULL) or a cuBLASLt algorithm, into
- * the scratch output c; < 0 if it cannot run. */
+/* One call of cuBLAS's default (algo NULL) or of a cuBLASLt algorithm, into c. */
+static cublasStatus_t tune_call(gpu_train *t, const lt_prob *p, const cublasLtMatmulAlgo_t *algo, cublasOperation_t oa,
+                                int m, int n, int k, const void *A, int lda, const void *B, int ldb, float beta, void *c,
+                                int cbf, int ldc) {
+    const cudaDataType at = CUDA_R_16BF, ct = cbf ? CUDA_R_16BF : CUDA_R_32F;
+    return algo ? cublasLtMatmul(t->lt, p->op, &ONE, A, p->la, B, p->lb, &beta, c, p->lc, c, p->lc, algo, t->blas_ws,
+                                 GEMM_TUNE_WS, t->s)
+                : cublasGemmEx(t->blas, oa, CUBLAS_OP_N, m, n, k, &ONE, A, at, lda, B, at, ldb, &beta, c, ct, ldc,
+                               CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT);
+}
+
+/* Milliseconds a call, the mean of TUNE_REPS calls issued back to back after a warm-up one that is still
+ * queued when the first event is recorded — so that neither the host's cost of a call nor an idle stream
+ * counts; < 0 if it cannot run. */
+#define TUNE_REPS 5
 static float tune_time(gpu_train *t, const lt_prob *p, const cublasLtMatmulAlgo_t *algo, cublasOperation_t oa, int m,
                        int n, int k, const void *A, int lda, const void *B, int ldb, float beta, void *c, int cbf,
                        int ldc, cudaEvent_t e0, cudaEvent_t e1) {
-    const cudaDataType at = CUDA_R_16BF, ct = cbf ? CUDA_R_16BF : CUDA_R_32F;
-    float best = -1.0f;
-    for (int r = 0; r < 4; r++) {
-        float ms = 0;
-        if (cudaEventRecord(e0, t->s) != cudaSuccess) return -1.0f;
-        cublasStatus_t s =
-            algo ? cublasLtMatmul(t->lt, p->op, &ONE, A, p->la, B, p->lb, &beta, c, p->lc, c, p->lc, algo, t->blas_ws,
-                                  GEMM_TUNE_WS, t->s)
-                 : cublasGemmEx(t->blas, oa, CUBLAS_OP_N, m, n, k, &ONE, A, at, lda, B, at, ldb, &beta, c, ct, ldc,
-                                CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT);
-        if (s != CUBLAS_STATUS_SUCCESS || cudaEventRecord(e1, t->s) != cudaSuccess ||
-            cudaEventSynchronize(e1) != cudaSuccess || cudaEventElapsedTime(&ms, e0, e1) != cudaSuccess)
-            return -1.0f;
-        if (r > 0 && (best < 0 || ms < best)) best = ms;
-    }
-    return best;
+    float ms = 0;
+    if (tune_call(t, p, algo, oa, m, n, k, A, lda, B, ldb, beta, c, cbf, ldc) != CUBLAS_STATUS_SUCCESS ||
+        cudaEventRecord(e0, t->s) != cudaSuccess)
+        return -1.0f;
+    for (int r = 0; r < TUNE_REPS; r++)
+        if (tune_call(t, p, algo, oa, m, n, k, A, lda, B, ldb, beta, c, cbf, ldc) != CUBLAS_STATUS_SUCCESS) return -1.0f;
+    if (cudaEventRecord(e1, t->s) != cudaSuccess || cudaEventSynchronize(e1) != cudaSuccess ||
+        cudaEventElapsedTime(&ms, e0, e1) != cudaSuccess)
+        return -1.0f;
+    return ms / TUNE_REPS;
 }
 
-/* The class of this GEMM: found, or measured now (NULL: out of host memory). */
+/* The class of this GEMM: found, or measured now (NULL: out of host memory, or a kernel launch of the
+ * pass has failed and not been reported yet — not to be cleared here). */
 static struct gtune *tune_class(gpu_train *t, const lt_prob *p, cublasOperation_t oa, int m, int n, int k,
-                                const void *A, int lda, const void *B, int ldb, float beta, int cbf, int ldc) {
+                                const void *A, int lda, const void *B, int ldb, float beta, void *C, int cbf,
+                                int ldc) {
     int32_t nb = 256;
     while (nb < n && nb < (1 << 30)) nb *= 2;
     const struct gtune key = {(int32_t)oa, m, k, nb, ldb, ldc, cbf, beta != 0.0f, n, 0, {{0}}};
@@ -1128,6 +1139,7 @@ static struct gtune *tune_class(gpu_train *t, const lt_prob *p, cublasOperation_
             g->cbf == cbf && g->beta1 == key.beta1)
             return &t->tunes[i];
     }
+    if (cudaPeekAtLastError() != cudaSuccess) return NULL;
     if (t->n_tunes == t->cap_tunes) {
         const int32_t cap = t->cap_tunes ? 2 * t->cap_tunes : 16;
         struct gtune *g = (struct gtune *)realloc(t->tunes, (size_t)cap * sizeof *g);
@@ -1136,18 +1148,18 @@ static struct gtune *tune_class(gpu_train *t, const lt_prob *p, cublasOperation_
     }
     struct gtune *g = &t->tunes[t->n_tunes++];
     *g = key;
-    /* measured into a scratch output (zeroed: beta = 1 reads it), so that C keeps its value */
-    const size_t cb = (size_t)ldc * n * (cbf ? 2 : 4);
-    void *c = NULL;
+    /* beta = 0: timed into C, which the real call then writes; beta = 1 reads C, so a zeroed scratch output */
+    const size_t cb = beta != 0.0f ? (size_t)ldc * n * (cbf ? 2 : 4) : 0;
+    void *c = cb ? NULL : C;
     cudaEvent_t e0 = NULL, e1 = NULL;
     cublasLtMatmulPreference_t pref = NULL;
     cublasLtMatmulHeuristicResult_t res[GEMM_TUNE_ALGOS];
     int nres = 0, win = -1;
     float tdef = -1.0f, tbest = -1.0f;
     size_t ws = GEMM_TUNE_WS;
-    if (cudaMalloc(&c, cb) == cudaSuccess && cudaMemsetAsync(c, 0, cb, t->s) == cudaSuccess &&
-        cudaEventCreate(&e0) == cudaSuccess && cudaEventCreate(&e1) == cudaSuccess &&
-        cublasLtMatmulPreferenceCreate(&pref) == CUBLAS_STATUS_SUCCESS &&
+    if (cb && cudaMalloc(&c, cb) != cudaSuccess) c = NULL;
+    if (c && (!cb || cudaMemsetAsync(c, 0, cb, t->s) == cudaSuccess) && cudaEventCreate(&e0) == cudaSuccess &&
+        cudaEventCreate(&e1) == cudaSuccess && cublasLtMatmulPreferenceCreate(&pref) == CUBLAS_STATUS_SUCCESS &&
         cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws, sizeof ws) ==
             CUBLAS_STATUS_SUCCESS &&
         cublasLtMatmulAlgoGetHeuristic(t->lt, p->op, p->la, p->lb, p->lc, p->lc, pref, GEMM_TUNE_ALGOS, res, &nres) ==
@@ -1157,11 +1169,12 @@ static struct gtune *tune_class(gpu_train *t, const lt_prob *p, cublasOperation_
         for (int i = 0; i < nres; i++) {
             if (res[i].state != CUBLAS_STATUS_SUCCESS) continue;
             const float ms = tune_time(t, p, &res[i].algo, oa, m, n, k, A, lda, B, ldb, beta, c, cbf, ldc, e0, e1);
-            if (ms >= 0 && (tbest < 0 || ms < tbest)) tbest = ms, win = i;
+            if (ms >= 0 && t->tune == 2) tbest = ms, win = i; /* tests: the last proposal that ran */
+            else if (ms >= 0 && (tbest < 0 || ms < tbest)) tbest = ms, win = i;
         }
         account(-(int64_t)cb);
     }
-    cudaGetLastError(); /* a failed scratch allocation: the default, reported below */
+    cudaGetLastError(); /* tuning's own failures (none was pending): the default, reported below */
     if (win >= 0 && (t->tune == 2 || tdef < 0 || tbest < 0.99f * tdef)) g->lt = 1, g->algo = res[win].algo;
     fprintf(stderr,
             "prism-cuda: GEMM tuning, %s %d x %d x %d (%s out%s, rows class %d): cuBLAS default %.3f ms, best of %d "
@@ -1171,7 +1184,7 @@ static struct gtune *tune_class(gpu_train *t, const lt_prob *p, cublasOperation_
     if (pref) cublasLtMatmulPreferenceDestroy(pref);
     if (e0) cudaEventDestroy(e0);
     if (e1) cudaEventDestroy(e1);
-    if (c) cudaFree(c);
+    if (cb && c) cudaFree(c);
     return g;
 }
 
@@ -1183,10 +1196,12 @@ static int frozen_gemm(gpu_train *t, cublasOperation_t oa, int m, int n, int k, 
     if (t->tune && !t->m->f32) {
         lt_prob p;
         cublasStatus_t s = lt_prob_make(&p, oa, m, n, k, lda, ldb, ldc, at, ct);
-        int use = 0;
+        int use = 0, has = 0;
         if (s == CUBLAS_STATUS_SUCCESS) {
-            const struct gtune *g = tune_class(t, &p, oa, m, n, k, A, lda, B, ldb, beta, cbf, ldc);
+            struct gtune *g = tune_class(t, &p, oa, m, n, k, A, lda, B, ldb, beta, C, cbf, ldc);
+            has = g && g->lt;
             cublasLtMatmulHeuristicResult_t chk;
+            /* another row count of the class: where cuBLASLt accepts the algorithm for it, else the default */
             use = g && g->lt &&
                   (g->n == n || (cublasLtMatmulAlgoCheck(t->lt, p.op, p.la, p.lb, p.lc, p.lc, &g->algo, &chk) ==
                                      CUBLAS_STATUS_SUCCESS &&
@@ -1195,12 +1210,17 @@ static int frozen_gemm(gpu_train *t, cublasOperation_t oa, int m, int n, int k, 
                 s = cublasLtMatmul(t->lt, p.op, &ONE, A, p.la, B, p.lb, &beta, C, p.lc, C, p.lc, &g->algo, t->blas_ws,
                                    GEMM_TUNE_WS, t->s);
             lt_prob_free(&p);
+            if (s != CUBLAS_STATUS_SUCCESS && t->tune == 1 && use) { /* it would not run after all: the default */
+                fprintf(stderr, "prism-cuda: GEMM %d x %d x %d: cuBLASLt status %d, cuBLAS's default from now on\n", m,
+                        n, k, (int)s);
+                g->lt = 0, use = 0, s = CUBLAS_STATUS_SUCCESS;
+            }
         }
         if (s != CUBLAS_STATUS_SUCCESS)
             return gpu_fail(err, errn, PRISM_GPU_E_DEVICE, "training GEMM %d x %d x %d (cuBLASLt): cuBLAS status %d", m,
                             n, k, (int)s);
         if (use) return 0;
-        if (t->tune == 2) /* tests: cuBLASLt must have run it */
+        if (t->tune == 2 && !has) /* tests: the class must have a cuBLASLt algorithm */
             return gpu_fail(err, errn, PRISM_GPU_E_DEVICE,
                             "training GEMM %d x %d x %d: no cuBLASLt algorithm (PRISM_CUDA_GEMM_TUNE=2)", m, n, k);
     }
@@ -1780,8 +1800,8 @@ static int train_new(gpu_model *m, const gpu_lora_desc *mods, int32_t max_tokens
     do {                                                                 \
         if ((rc = talloc(t, (void **)&(ptr), (size_t)(n), err, errn))) goto fail; \
     } while (0)
-    TA2(t->blas_ws, (int64_t)32 << 20);
-    if (cublasSetWorkspace(t->blas, t->blas_ws, (size_t)32 << 20) != CUBLAS_STATUS_SUCCESS) {
+    TA2(t->blas_ws, (int64_t)GEMM_TUNE_WS);
+    if (cublasSetWorkspace(t->blas, t->blas_ws, GEMM_TUNE_WS) != CUBLAS_STATUS_SUCCESS) {
         rc = gpu_fail(err, errn, PRISM_GPU_E_DEVICE, "cublasSetWorkspace failed");
         goto fail;
     }

@@ -198,7 +198,8 @@ typedef struct prism_gpu_api {
                        size_t errn);
 
     /* Benchmarks: one cuBLAS GEMM as the trainer calls them, C (m × n, F32 or cbf BF16) = op(A)·B + beta·C
-     * from BF16 operands with F32 accumulation (op(A) = Aᵀ with ta); *ms the best of reps calls. lt > 0:
+     * from BF16 operands with F32 accumulation (op(A) = Aᵀ with ta); *ms the mean of reps calls issued back
+     * to back. lt > 0:
      * instead the same product by each of the first lt algorithms cuBLASLt's heuristic proposes, *ms the
      * fastest one's best, *pick its rank (0: the heuristic's first choice) — what choosing by measurement
      * could gain over cuBLAS's default. */

@@ -386,6 +386,7 @@ cudaError_t cudaGetLastError(void) {
     g_last = cudaSuccess;
     return e;
 }
+cudaError_t cudaPeekAtLastError(void) { return g_last; }
 const char *cudaGetErrorString(cudaError_t e) { return e == cudaSuccess ? "no error" : "emulated CUDA error"; }
 const char *cudaGetErrorName(cudaError_t e) { return e == cudaSuccess ? "cudaSuccess" : "cudaErrorEmulated"; }
 
@@ -465,8 +466,10 @@ cublasStatus_t cublasGemmStridedBatchedEx(cublasHandle_t, cublasOperation_t ta, 
 
 /* ------------------------------------------------------------ cuBLASLt: the same reference GEMM. Its
  * heuristic proposes EMU_LT_ALGOS "algorithms" (their index in data[0]) that compute the same thing; an
- * algorithm index past them is refused, as a real one that does not fit the problem is. Layouts: the stored
- * matrix, column-major, rows × cols at ld; op(A) is m × k. C and D must be the same matrix. */
+ * algorithm index past them is refused, as a real one that does not fit the problem is, and so is the last
+ * one for a problem of another n than the heuristic was asked about (data[1]) — so that callers must check
+ * (cublasLtMatmulAlgoCheck) before they reuse one. Layouts: the stored matrix, column-major, rows × cols at
+ * ld; op(A) is m × k. C and D must be the same matrix. */
 enum { EMU_LT_ALGOS = 3 };
 struct emu_lt {
     int unused;
@@ -539,6 +542,10 @@ static bool lt_shapes(cublasLtMatmulDesc_t d, cublasLtMatrixLayout_t a, cublasLt
     return (d->ta == CUBLAS_OP_N ? a->rows : a->cols) == m && (d->tb == CUBLAS_OP_N ? b->cols : b->rows) == n &&
            ka == kb && c->rows == m && c->cols == n && c->t == dl->t && c->ld == dl->ld;
 }
+/* the algorithm exists, and the last one only for the n it was proposed for */
+static bool lt_fits(const cublasLtMatmulAlgo_t *algo, cublasLtMatrixLayout_t dl) {
+    return algo->data[0] < EMU_LT_ALGOS && (algo->data[0] != EMU_LT_ALGOS - 1 || algo->data[1] == dl->cols);
+}
 cublasStatus_t cublasLtMatmulAlgoGetHeuristic(cublasLtHandle_t, cublasLtMatmulDesc_t d, cublasLtMatrixLayout_t a,
                                               cublasLtMatrixLayout_t b, cublasLtMatrixLayout_t c,
                                               cublasLtMatrixLayout_t dl, cublasLtMatmulPreference_t,
@@ -549,6 +556,7 @@ cublasStatus_t cublasLtMatmulAlgoGetHeuristic(cublasLtHandle_t, cublasLtMatmulDe
     for (int i = 0; i < n; i++) {
         memset(&res[i], 0, sizeof res[i]);
         res[i].algo.data[0] = (uint64_t)i;
+        res[i].algo.data[1] = dl->cols;
         res[i].state = CUBLAS_STATUS_SUCCESS;
         res[i].wavesCount = 1.0f;
     }
@@ -558,7 +566,7 @@ cublasStatus_t cublasLtMatmulAlgoGetHeuristic(cublasLtHandle_t, cublasLtMatmulDe
 cublasStatus_t cublasLtMatmulAlgoCheck(cublasLtHandle_t, cublasLtMatmulDesc_t d, cublasLtMatrixLayout_t a,
                                        cublasLtMatrixLayout_t b, cublasLtMatrixLayout_t c, cublasLtMatrixLayout_t dl,
                                        const cublasLtMatmulAlgo_t *algo, cublasLtMatmulHeuristicResult_t *res) {
-    if (!lt_shapes(d, a, b, c, dl) || algo->data[0] >= EMU_LT_ALGOS) return CUBLAS_STATUS_INVALID_VALUE;
+    if (!lt_shapes(d, a, b, c, dl) || !lt_fits(algo, dl)) return CUBLAS_STATUS_INVALID_VALUE;
     if (res) memset(res, 0, sizeof *res), res->algo = *algo, res->state = CUBLAS_STATUS_SUCCESS;
     return CUBLAS_STATUS_SUCCESS;
 }
@@ -566,7 +574,7 @@ cublasStatus_t cublasLtMatmul(cublasLtHandle_t, cublasLtMatmulDesc_t d, const vo
                               cublasLtMatrixLayout_t a, const void *B, cublasLtMatrixLayout_t b, const void *beta,
                               const void *C, cublasLtMatrixLayout_t c, void *D, cublasLtMatrixLayout_t dl,
                               const cublasLtMatmulAlgo_t *algo, void *, size_t, cudaStream_t) {
-    if (!lt_shapes(d, a, b, c, dl) || C != D || a->t != b->t || (algo && algo->data[0] >= EMU_LT_ALGOS))
+    if (!lt_shapes(d, a, b, c, dl) || C != D || a->t != b->t || (algo && !lt_fits(algo, dl)))
         return CUBLAS_STATUS_INVALID_VALUE;
     const float al = *(const float *)alpha, be = *(const float *)beta;
     const cublasOperation_t ta = d->ta, tb = d->tb;
