@@ -88,6 +88,10 @@ def main():
         if line.startswith("| the 8 projections' GEMMs"):
             c = [x.strip() for x in line.strip("|").split("|")]
             print(f"frozen GEMMs of a 7B example, timed alone: {c[3]} ms at {c[4]} TFLOP/s")
+        elif line.startswith("| the same with each GEMM's faster choice"):
+            c = [x.strip() for x in line.strip("|").split("|")]
+            print(f"  the same, each GEMM by the faster of cuBLAS's default and cuBLASLt's best: {c[5]} ms at {c[6]} TFLOP/s"
+                  " (what PRISM_CUDA_GEMM_TUNE can gain)")
         elif line.startswith("| 8192"):
             c = [x.strip() for x in line.strip("|").split("|")]
             print(f"8192^3 BF16 GEMM on this card: {c[4]} TFLOP/s")
