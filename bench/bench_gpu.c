@@ -315,7 +315,7 @@ int main(int argc, char **argv) {
         printf("|---|---|---|---|---|---|---|\n");
     }
     for (int si = 0; si < 3; si++) {
-        if (only && !strcmp(only, "gemm")) break;
+        if (!table) break; /* --only gemm */
         if (strcmp(which, shapes[si]) && (strcmp(which, "all") || si == 2)) continue;
         if (si == 2) n_prompt = 64;
         prism_config cfg = shape(shapes[si]);

@@ -546,34 +546,34 @@ static void test_device_trainer(void) {
             gf[v] = device_pass(fast, a1, ex2, 2, L1, L1 + L0, v ? "PRISM_CUDA_FLASH" : NULL, "0", &l);
             ef[v] = adapter_rel_diff(gcpu, gf[v]), lf[v] = fabs(l - lcpu) / lcpu;
         }
-        { /* LoRA's dA and dB GEMMs split over the pass's rows (two slices of 360 here) against unsplit
-           * (PRISM_CUDA_LORA_SPLIT=0): the same sums in another order. Then the long-K frozen GEMMs in 2 K
-           * slices (PRISM_CUDA_FROZEN_SPLIT=2), their BF16 outputs rounded once either way */
+        { /* switches against the default BF16 pass gf[0]:
+           * - LoRA's dA and dB GEMMs split over the pass's rows (two slices of 360 here) against unsplit
+           *   (PRISM_CUDA_LORA_SPLIT=0): the same sums in another order;
+           * - the long-K frozen GEMMs in 2 K slices (PRISM_CUDA_FROZEN_SPLIT=2), their BF16 outputs rounded once
+           *   either way;
+           * - gate|up's LoRA terms added again by the SwiGLU backward instead of kept by the forward
+           *   (PRISM_CUDA_GU_REMAKE=1): the same sums in the same order, rounded to BF16 the same way */
+            const struct {
+                const char *name, *value, *what;
+                double tol;
+            } sw[3] = {{"PRISM_CUDA_LORA_SPLIT", "0", "LoRA's dA and dB split over the rows == unsplit", 1e-4},
+                       {"PRISM_CUDA_FROZEN_SPLIT", "2", "long-K frozen GEMMs in 2 K slices ~ in one", 2e-2},
+                       {"PRISM_CUDA_GU_REMAKE", "1", "gate|up's LoRA terms remade by the backward == kept", 1e-5}};
             double l = 0;
-            prism_adapter *gu = device_pass(fast, a1, ex2, 2, L1, L1 + L0, "PRISM_CUDA_LORA_SPLIT", "0", &l);
-            const double es = adapter_rel_diff(gu, gf[0]);
-            CHECK(es < 1e-4, "BF16 pass, LoRA's dA/dB split over rows vs not: grads rel %.2e", es);
-            printf("%s BF16 pass: LoRA's dA and dB split over the rows == unsplit (PRISM_CUDA_LORA_SPLIT=0): rel %.2e\n",
-                   es < 1e-4 ? "ok  " : "FAIL", es);
-            prism_adapter_free(gu);
-            gu = device_pass(fast, a1, ex2, 2, L1, L1 + L0, "PRISM_CUDA_FROZEN_SPLIT", "2", &l);
-            const double ek = adapter_rel_diff(gu, gf[0]);
-            CHECK(ek < 2e-2, "BF16 pass, long-K frozen GEMMs in 2 slices vs 1: grads rel %.2e", ek);
-            printf("%s BF16 pass: long-K frozen GEMMs in 2 K slices ~ in one (PRISM_CUDA_FROZEN_SPLIT=2): rel %.2e\n",
-                   ek < 2e-2 ? "ok  " : "FAIL", ek);
-            prism_adapter_free(gu);
-            /* gate|up's LoRA terms added again by the SwiGLU backward instead of kept by the forward
-             * (PRISM_CUDA_GU_REMAKE=1): the same sums in the same order, rounded to BF16 the same way */
-            gu = device_pass(fast, a1, ex2, 2, L1, L1 + L0, "PRISM_CUDA_GU_REMAKE", "1", &l);
-            const double eg = adapter_rel_diff(gu, gf[0]);
-            CHECK(eg < 1e-5, "BF16 pass, gate|up's LoRA terms remade in the backward vs kept: grads rel %.2e", eg);
-            printf("%s BF16 pass: gate|up's LoRA terms remade by the backward == kept (PRISM_CUDA_GU_REMAKE=1): rel %.2e\n",
-                   eg < 1e-5 ? "ok  " : "FAIL", eg);
-            prism_adapter_free(gu);
-            /* the frozen GEMMs by cuBLASLt with the measured fastest algorithm (PRISM_CUDA_GEMM_TUNE=2: cuBLASLt
-             * even where the default is faster), over passes of 720 and 520 rows: the second pass's GEMMs reuse
-             * the classes the first measured (rows rounded up to 1,024) after cublasLtMatmulAlgoCheck. The
-             * emulator's cuBLASLt checks every layout against the problem and runs the same reference GEMM */
+            prism_adapter *gu = NULL;
+            for (int v = 0; v < 3; v++) {
+                gu = device_pass(fast, a1, ex2, 2, L1, L1 + L0, sw[v].name, sw[v].value, &l);
+                const double e = adapter_rel_diff(gu, gf[0]);
+                CHECK(e < sw[v].tol, "BF16 pass, %s (%s=%s): grads rel %.2e", sw[v].what, sw[v].name, sw[v].value, e);
+                printf("%s BF16 pass: %s (%s=%s): rel %.2e\n", e < sw[v].tol ? "ok  " : "FAIL", sw[v].what, sw[v].name,
+                       sw[v].value, e);
+                prism_adapter_free(gu);
+            }
+            /* the frozen GEMMs by tuned cuBLASLt (PRISM_CUDA_GEMM_TUNE=2: the heuristic's last proposal whatever
+             * the timings), over passes of 720 and 520 rows: the second pass's GEMMs reuse the classes the first
+             * measured (rows rounded up to 1,024) where cublasLtMatmulAlgoCheck accepts them. The emulator's
+             * cuBLASLt checks every layout against the problem, refuses its last algorithm for another row count
+             * (so the check's fallback runs), and runs the same reference GEMM */
             const train_example ex3[3] = {ex[0], ex[2], ex[0]};
             double l0 = 0, l1 = 0;
             prism_adapter *gd = device_pass(fast, a1, ex3, 3, L1, L1 + L0, NULL, NULL, &l0);

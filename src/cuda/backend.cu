@@ -934,73 +934,48 @@ static int copy_bandwidth(int32_t dev, int64_t bytes, int32_t reps, double *gbps
     return 0;
 }
 
-/* The mean time of reps back-to-back calls of each of the first lt algorithms cuBLASLt's heuristic proposes
- * for the product gemm_bench times (a, b, c, w on the device, ws bytes of workspace): the fastest one's in
- * *ms, its rank in *pick. */
-static int gemm_bench_lt(int32_t ta, int32_t m, int32_t n, int32_t k, int32_t cbf, float beta, int32_t reps, int32_t lt,
-                         const void *a, const void *b, void *c, void *w, size_t ws, double *ms, int32_t *pick,
-                         char *err, size_t errn) {
-    enum { LT_MAX = 16 };
-    cublasLtHandle_t h = NULL;
-    cublasLtMatmulDesc_t op = NULL;
-    cublasLtMatrixLayout_t la = NULL, lb = NULL, lc = NULL;
+/* ------------------------------------------------------------------ cuBLASLt (common.cuh) */
+
+void lt_prob_free(lt_prob *p) {
+    if (p->lc) cublasLtMatrixLayoutDestroy(p->lc);
+    if (p->lb) cublasLtMatrixLayoutDestroy(p->lb);
+    if (p->la) cublasLtMatrixLayoutDestroy(p->la);
+    if (p->op) cublasLtMatmulDescDestroy(p->op);
+    memset(p, 0, sizeof *p);
+}
+
+cublasStatus_t lt_prob_make(lt_prob *p, cublasOperation_t oa, int m, int n, int k, int lda, int ldb, int ldc,
+                            cudaDataType at, cudaDataType ct) {
+    memset(p, 0, sizeof *p);
+    const cublasOperation_t ob = CUBLAS_OP_N;
+    cublasStatus_t s = cublasLtMatmulDescCreate(&p->op, CUBLAS_COMPUTE_32F, CUDA_R_32F);
+    if (!s) s = cublasLtMatmulDescSetAttribute(p->op, CUBLASLT_MATMUL_DESC_TRANSA, &oa, sizeof oa);
+    if (!s) s = cublasLtMatmulDescSetAttribute(p->op, CUBLASLT_MATMUL_DESC_TRANSB, &ob, sizeof ob);
+    if (!s) s = cublasLtMatrixLayoutCreate(&p->la, at, oa == CUBLAS_OP_N ? m : k, oa == CUBLAS_OP_N ? k : m, lda);
+    if (!s) s = cublasLtMatrixLayoutCreate(&p->lb, at, k, n, ldb);
+    if (!s) s = cublasLtMatrixLayoutCreate(&p->lc, ct, m, n, ldc);
+    if (s) lt_prob_free(p);
+    return s;
+}
+
+cublasStatus_t lt_heuristic(cublasLtHandle_t h, const lt_prob *p, size_t ws, int n,
+                            cublasLtMatmulHeuristicResult_t *res, int *got) {
     cublasLtMatmulPreference_t pref = NULL;
-    cublasLtMatmulHeuristicResult_t res[LT_MAX];
-    cudaEvent_t e0 = NULL, e1 = NULL;
-    const cublasOperation_t oa = ta ? CUBLAS_OP_T : CUBLAS_OP_N, ob = CUBLAS_OP_N;
-    const float one = 1.0f;
-    int nres = 0;
-    float best = 1e30f;
-    int32_t win = -1;
-    cublasStatus_t bs = cublasLtCreate(&h);
-    if (!bs) bs = cublasLtMatmulDescCreate(&op, CUBLAS_COMPUTE_32F, CUDA_R_32F);
-    if (!bs) bs = cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_TRANSA, &oa, sizeof oa);
-    if (!bs) bs = cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_TRANSB, &ob, sizeof ob);
-    if (!bs) bs = cublasLtMatrixLayoutCreate(&la, CUDA_R_16BF, ta ? k : m, ta ? m : k, ta ? k : m);
-    if (!bs) bs = cublasLtMatrixLayoutCreate(&lb, CUDA_R_16BF, k, n, k);
-    if (!bs) bs = cublasLtMatrixLayoutCreate(&lc, cbf ? CUDA_R_16BF : CUDA_R_32F, m, n, m);
-    if (!bs) bs = cublasLtMatmulPreferenceCreate(&pref);
-    if (!bs) bs = cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws, sizeof ws);
-    if (!bs) bs = cublasLtMatmulAlgoGetHeuristic(h, op, la, lb, lc, lc, pref, lt < LT_MAX ? lt : LT_MAX, res, &nres);
-    cudaError_t e = cudaSuccess;
-    if (!bs && (e = cudaEventCreate(&e0)) == cudaSuccess) e = cudaEventCreate(&e1);
-    for (int i = 0; !bs && e == cudaSuccess && i < nres; i++) {
-        if (res[i].state != CUBLAS_STATUS_SUCCESS) continue;
-        /* a warm-up call still queued when e0 is recorded, then reps back to back: the mean of their times */
-        float t = 0;
-        cublasStatus_t s = cublasLtMatmul(h, op, &one, a, la, b, lb, &beta, c, lc, c, lc, &res[i].algo, w, ws, 0);
-        if (s == CUBLAS_STATUS_SUCCESS) e = cudaEventRecord(e0, 0);
-        for (int r = 0; s == CUBLAS_STATUS_SUCCESS && e == cudaSuccess && r < reps; r++)
-            s = cublasLtMatmul(h, op, &one, a, la, b, lb, &beta, c, lc, c, lc, &res[i].algo, w, ws, 0);
-        if (s != CUBLAS_STATUS_SUCCESS) { /* this algorithm cannot run it after all: the next one */
-            cudaDeviceSynchronize();
-            continue;
-        }
-        if (e == cudaSuccess && (e = cudaEventRecord(e1, 0)) == cudaSuccess && (e = cudaEventSynchronize(e1)) == cudaSuccess &&
-            (e = cudaEventElapsedTime(&t, e0, e1)) == cudaSuccess && t > 0 && t / reps < best)
-            best = t / reps, win = i;
-    }
-    if (e0) cudaEventDestroy(e0);
-    if (e1) cudaEventDestroy(e1);
+    *got = 0;
+    cublasStatus_t s = cublasLtMatmulPreferenceCreate(&pref);
+    if (!s) s = cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws, sizeof ws);
+    if (!s) s = cublasLtMatmulAlgoGetHeuristic(h, p->op, p->la, p->lb, p->lc, p->lc, pref, n, res, got);
     if (pref) cublasLtMatmulPreferenceDestroy(pref);
-    if (lc) cublasLtMatrixLayoutDestroy(lc);
-    if (lb) cublasLtMatrixLayoutDestroy(lb);
-    if (la) cublasLtMatrixLayoutDestroy(la);
-    if (op) cublasLtMatmulDescDestroy(op);
-    if (h) cublasLtDestroy(h);
-    if (bs) return gpu_fail(err, errn, PRISM_GPU_E_DEVICE, "cuBLASLt GEMM benchmark: %s (%d)", blas_str(bs), (int)bs);
-    if (e != cudaSuccess) return cuda_fail(err, errn, e, "cuBLASLt GEMM benchmark");
-    if (win < 0) return gpu_fail(err, errn, PRISM_GPU_E_DEVICE, "cuBLASLt proposed %d algorithms, none ran", nres);
-    *ms = best, *pick = win;
-    return 0;
+    return s;
 }
 
 /* Benchmarks: one cuBLAS GEMM as the trainer calls them (BF16 operands, F32 accumulation, a 32 MiB workspace):
  * C (m × n, ld m; F32, or BF16 with cbf) = op(A)·B + beta·C, op(A) = Aᵀ with ta (A k × m) else A (m × k),
- * B k × n. *ms: the mean of reps calls issued back to back after a warm-up one, timed with CUDA events.
- * lt > 0: the fastest of cuBLASLt's first lt heuristic algorithms instead (gemm_bench_lt), its rank in *pick. */
+ * B k × n. *ms: time_calls' mean of reps calls. lt > 0: the fastest of the first lt (at most 16) algorithms
+ * cuBLASLt's heuristic proposes instead, its rank in *pick. */
 static int gemm_bench(int32_t dev, int32_t ta, int32_t m, int32_t n, int32_t k, int32_t cbf, float beta, int32_t reps,
                       int32_t lt, double *ms, int32_t *pick, char *err, size_t errn) {
+    enum { LT_MAX = 16 };
     int rc = set_device(dev, err, errn);
     if (rc) return rc;
     if (m <= 0 || n <= 0 || k <= 0 || reps <= 0 || lt < 0)
@@ -1014,37 +989,52 @@ static int gemm_bench(int32_t dev, int32_t ta, int32_t m, int32_t n, int32_t k, 
         account(-(int64_t)((a ? sa : 0) + (b ? sb : 0) + (c ? sc : 0)));
         return rc;
     }
+    const cublasOperation_t oa = ta ? CUBLAS_OP_T : CUBLAS_OP_N;
+    const cudaDataType ct = cbf ? CUDA_R_16BF : CUDA_R_32F;
+    const float one = 1.0f;
     cublasHandle_t h = NULL;
+    cublasLtHandle_t lh = NULL;
+    lt_prob p;
+    memset(&p, 0, sizeof p);
+    cublasLtMatmulHeuristicResult_t res[LT_MAX];
+    int nres = 0;
+    int32_t win = -1;
+    float best = -1.0f;
     cudaEvent_t e0 = NULL, e1 = NULL;
     cudaError_t e = cudaMemset(a, 0x3c, sa); /* BF16 0x3c3c = 0.0115: finite, not denormal */
     if (e == cudaSuccess) e = cudaMemset(b, 0x3c, sb);
     if (e == cudaSuccess) e = cudaMemset(c, 0, sc);
-    if (lt && e == cudaSuccess) {
-        int32_t pk = 0;
-        rc = gemm_bench_lt(ta, m, n, k, cbf, beta, reps, lt, a, b, c, w, ws, ms, &pk, err, errn);
-        cudaFree(a), cudaFree(b), cudaFree(c), cudaFree(w);
-        account(-(int64_t)(sa + sb + sc + ws));
-        if (!rc && pick) *pick = pk;
-        return rc;
-    }
     if (e == cudaSuccess) e = cudaEventCreate(&e0);
     if (e == cudaSuccess) e = cudaEventCreate(&e1);
-    cublasStatus_t bs = e == cudaSuccess ? cublasCreate(&h) : CUBLAS_STATUS_SUCCESS;
-    if (bs == CUBLAS_STATUS_SUCCESS && h) bs = cublasSetWorkspace(h, w, ws);
-    float best = 1e30f;
-    const float one = 1.0f;
-    /* a warm-up call still queued when e0 is recorded, then reps back to back: the mean of their times (a
-     * synchronised call each would count the host's cost of issuing it) */
-    for (int r = 0; e == cudaSuccess && bs == CUBLAS_STATUS_SUCCESS && r < reps + 1; r++) {
-        if (r == 1 && (e = cudaEventRecord(e0, 0)) != cudaSuccess) break;
-        bs = cublasGemmEx(h, ta ? CUBLAS_OP_T : CUBLAS_OP_N, CUBLAS_OP_N, m, n, k, &one, a, CUDA_R_16BF, ta ? k : m, b,
-                          CUDA_R_16BF, k, &beta, c, cbf ? CUDA_R_16BF : CUDA_R_32F, m, CUBLAS_COMPUTE_32F,
-                          CUBLAS_GEMM_DEFAULT);
+    cublasStatus_t bs = CUBLAS_STATUS_SUCCESS;
+    if (e == cudaSuccess && !lt) {
+        bs = cublasCreate(&h);
+        if (!bs) bs = cublasSetWorkspace(h, w, ws);
+        if (!bs)
+            best = time_calls(0, e0, e1, reps, [&] {
+                return bs = cublasGemmEx(h, oa, CUBLAS_OP_N, m, n, k, &one, a, CUDA_R_16BF, ta ? k : m, b, CUDA_R_16BF,
+                                         k, &beta, c, ct, m, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT);
+            });
+        e = best < 0 && !bs ? cudaGetLastError() : cudaSuccess;
+    } else if (e == cudaSuccess) {
+        bs = cublasLtCreate(&lh);
+        if (!bs) bs = lt_prob_make(&p, oa, m, n, k, ta ? k : m, k, m, CUDA_R_16BF, ct);
+        if (!bs) bs = lt_heuristic(lh, &p, ws, lt < LT_MAX ? lt : LT_MAX, res, &nres);
+        for (int i = 0; !bs && i < nres; i++) {
+            if (res[i].state != CUBLAS_STATUS_SUCCESS) continue;
+            const float t = time_calls(0, e0, e1, reps, [&] {
+                return cublasLtMatmul(lh, p.op, &one, a, p.la, b, p.lb, &beta, c, p.lc, c, p.lc, &res[i].algo, w, ws, 0);
+            });
+            if (t < 0) { /* this algorithm cannot run it after all: the next one */
+                cudaDeviceSynchronize();
+                cudaGetLastError();
+                continue;
+            }
+            if (best < 0 || t < best) best = t, win = i;
+        }
     }
-    float tt = 0;
-    if (e == cudaSuccess && bs == CUBLAS_STATUS_SUCCESS && (e = cudaEventRecord(e1, 0)) == cudaSuccess &&
-        (e = cudaEventSynchronize(e1)) == cudaSuccess && (e = cudaEventElapsedTime(&tt, e0, e1)) == cudaSuccess && tt > 0)
-        best = tt / reps;
+    lt_prob_free(&p);
+    if (lh) cublasLtDestroy(lh);
     if (h) cublasDestroy(h);
     if (e0) cudaEventDestroy(e0);
     if (e1) cudaEventDestroy(e1);
@@ -1053,8 +1043,10 @@ static int gemm_bench(int32_t dev, int32_t ta, int32_t m, int32_t n, int32_t k, 
     if (bs != CUBLAS_STATUS_SUCCESS)
         return gpu_fail(err, errn, PRISM_GPU_E_DEVICE, "GEMM benchmark: cuBLAS %s (%d)", blas_str(bs), (int)bs);
     if (e != cudaSuccess) return cuda_fail(err, errn, e, "GEMM benchmark");
-    if (best >= 1e30f) return gpu_fail(err, errn, PRISM_GPU_E_DEVICE, "GEMM benchmark: no call was timed");
+    if (best < 0) return lt ? gpu_fail(err, errn, PRISM_GPU_E_DEVICE, "cuBLASLt proposed %d algorithms, none ran", nres)
+                            : gpu_fail(err, errn, PRISM_GPU_E_DEVICE, "GEMM benchmark: no call was timed");
     *ms = best;
+    if (lt && pick) *pick = win;
     return 0;
 }
 

@@ -301,6 +301,34 @@ int cuda_fail(char *err, size_t errn, cudaError_t e, const char *what);
 int no_fusion(void); /* PRISM_CUDA_FUSE=0: the unfused kernels, for A/B measurements */
 void account(int64_t delta); /* device bytes allocated (+) or freed (-), for model_memory */
 
+/* ---- cuBLASLt (backend.cu): the GEMM benchmark and the trainer's GEMM tuning */
+/* The problem C (m × n at ldc, type ct) = op(A)·B: A (type at) stored m × k at lda, or k × m with oa = T;
+ * B k × n at ldb; F32 compute and scale. */
+typedef struct {
+    cublasLtMatmulDesc_t op;
+    cublasLtMatrixLayout_t la, lb, lc;
+} lt_prob;
+cublasStatus_t lt_prob_make(lt_prob *p, cublasOperation_t oa, int m, int n, int k, int lda, int ldb, int ldc,
+                            cudaDataType at, cudaDataType ct);
+void lt_prob_free(lt_prob *p);
+/* The first (at most) n algorithms cuBLASLt's heuristic proposes for p within ws bytes of workspace: res,
+ * their count in *got. */
+cublasStatus_t lt_heuristic(cublasLtHandle_t h, const lt_prob *p, size_t ws, int n,
+                            cublasLtMatmulHeuristicResult_t *res, int *got);
+/* Milliseconds a call() (returning a cublasStatus_t) takes on stream s: the mean of reps calls issued back
+ * to back after a warm-up one still queued when e0 is recorded, so that neither the host's cost of a call
+ * nor an idle stream counts; < 0 if a call or an event fails. */
+template <class F> static inline float time_calls(cudaStream_t s, cudaEvent_t e0, cudaEvent_t e1, int reps, F call) {
+    float ms = 0;
+    if (call() != CUBLAS_STATUS_SUCCESS || cudaEventRecord(e0, s) != cudaSuccess) return -1.0f;
+    for (int r = 0; r < reps; r++)
+        if (call() != CUBLAS_STATUS_SUCCESS) return -1.0f;
+    if (cudaEventRecord(e1, s) != cudaSuccess || cudaEventSynchronize(e1) != cudaSuccess ||
+        cudaEventElapsedTime(&ms, e0, e1) != cudaSuccess)
+        return -1.0f;
+    return ms / reps;
+}
+
 /* ---- kernels.cu (A = float when f32, else bf16; pointers to A are void *) */
 void k_embed(cudaStream_t s, int f32, float *x, const void *emb, const int32_t *tok, int32_t T, int32_t H);
 /* xb = A(rmsnorm(x) * w) per row */

@@ -1050,7 +1050,7 @@ static int frozen_k(gpu_train *t, cublasOperation_t oa, int m, int T, int K, con
 /* PRISM_CUDA_GEMM_TUNE=1 (a diagnostic, off by default; BF16 models): each frozen GEMM (w_fwd, w_bwd) by
  * the algorithm measured fastest for its shape class — its operation, m, k, leading dimensions, output type,
  * beta, and its rows n rounded up to a power of two. A class's first GEMM times cuBLAS's default and the
- * first GEMM_TUNE_ALGOS algorithms cuBLASLt's heuristic proposes (tune_time; into C itself when beta = 0,
+ * first GEMM_TUNE_ALGOS algorithms cuBLASLt's heuristic proposes (time_calls; into C itself when beta = 0,
  * else into a zeroed scratch output), and keeps a cuBLASLt one if it beats the default by 1%. A later GEMM
  * of the class whose rows differ uses it where cuBLASLt accepts it for them (cublasLtMatmulAlgoCheck),
  * else the default; an algorithm that fails to run is dropped for the default. Each choice is printed to
@@ -1066,64 +1066,7 @@ struct gtune {
     cublasLtMatmulAlgo_t algo;
 };
 
-typedef struct {
-    cublasLtMatmulDesc_t op;
-    cublasLtMatrixLayout_t la, lb, lc;
-} lt_prob;
-
-static void lt_prob_free(lt_prob *p) {
-    if (p->lc) cublasLtMatrixLayoutDestroy(p->lc);
-    if (p->lb) cublasLtMatrixLayoutDestroy(p->lb);
-    if (p->la) cublasLtMatrixLayoutDestroy(p->la);
-    if (p->op) cublasLtMatmulDescDestroy(p->op);
-    memset(p, 0, sizeof *p);
-}
-
-/* C (m × n, ld ldc, ct) = op(A) (m × k; A stored m × k at lda, or k × m with oa) · B (k × n, ld ldb): the
- * problem's descriptors. */
-static cublasStatus_t lt_prob_make(lt_prob *p, cublasOperation_t oa, int m, int n, int k, int lda, int ldb, int ldc,
-                                   cudaDataType at, cudaDataType ct) {
-    memset(p, 0, sizeof *p);
-    const cublasOperation_t ob = CUBLAS_OP_N;
-    cublasStatus_t s = cublasLtMatmulDescCreate(&p->op, CUBLAS_COMPUTE_32F, CUDA_R_32F);
-    if (!s) s = cublasLtMatmulDescSetAttribute(p->op, CUBLASLT_MATMUL_DESC_TRANSA, &oa, sizeof oa);
-    if (!s) s = cublasLtMatmulDescSetAttribute(p->op, CUBLASLT_MATMUL_DESC_TRANSB, &ob, sizeof ob);
-    if (!s) s = cublasLtMatrixLayoutCreate(&p->la, at, oa == CUBLAS_OP_N ? m : k, oa == CUBLAS_OP_N ? k : m, lda);
-    if (!s) s = cublasLtMatrixLayoutCreate(&p->lb, at, k, n, ldb);
-    if (!s) s = cublasLtMatrixLayoutCreate(&p->lc, ct, m, n, ldc);
-    if (s) lt_prob_free(p);
-    return s;
-}
-
-/* One call of cuBLAS's default (algo NULL) or of a cuBLASLt algorithm, into c. */
-static cublasStatus_t tune_call(gpu_train *t, const lt_prob *p, const cublasLtMatmulAlgo_t *algo, cublasOperation_t oa,
-                                int m, int n, int k, const void *A, int lda, const void *B, int ldb, float beta, void *c,
-                                int cbf, int ldc) {
-    const cudaDataType at = CUDA_R_16BF, ct = cbf ? CUDA_R_16BF : CUDA_R_32F;
-    return algo ? cublasLtMatmul(t->lt, p->op, &ONE, A, p->la, B, p->lb, &beta, c, p->lc, c, p->lc, algo, t->blas_ws,
-                                 GEMM_TUNE_WS, t->s)
-                : cublasGemmEx(t->blas, oa, CUBLAS_OP_N, m, n, k, &ONE, A, at, lda, B, at, ldb, &beta, c, ct, ldc,
-                               CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT);
-}
-
-/* Milliseconds a call, the mean of TUNE_REPS calls issued back to back after a warm-up one that is still
- * queued when the first event is recorded — so that neither the host's cost of a call nor an idle stream
- * counts; < 0 if it cannot run. */
-#define TUNE_REPS 5
-static float tune_time(gpu_train *t, const lt_prob *p, const cublasLtMatmulAlgo_t *algo, cublasOperation_t oa, int m,
-                       int n, int k, const void *A, int lda, const void *B, int ldb, float beta, void *c, int cbf,
-                       int ldc, cudaEvent_t e0, cudaEvent_t e1) {
-    float ms = 0;
-    if (tune_call(t, p, algo, oa, m, n, k, A, lda, B, ldb, beta, c, cbf, ldc) != CUBLAS_STATUS_SUCCESS ||
-        cudaEventRecord(e0, t->s) != cudaSuccess)
-        return -1.0f;
-    for (int r = 0; r < TUNE_REPS; r++)
-        if (tune_call(t, p, algo, oa, m, n, k, A, lda, B, ldb, beta, c, cbf, ldc) != CUBLAS_STATUS_SUCCESS) return -1.0f;
-    if (cudaEventRecord(e1, t->s) != cudaSuccess || cudaEventSynchronize(e1) != cudaSuccess ||
-        cudaEventElapsedTime(&ms, e0, e1) != cudaSuccess)
-        return -1.0f;
-    return ms / TUNE_REPS;
-}
+#define TUNE_REPS 5 /* calls timed a candidate (time_calls) */
 
 /* The class of this GEMM: found, or measured now (NULL: out of host memory, or a kernel launch of the
  * pass has failed and not been reported yet — not to be cleared here). */
@@ -1152,23 +1095,28 @@ static struct gtune *tune_class(gpu_train *t, const lt_prob *p, cublasOperation_
     const size_t cb = beta != 0.0f ? (size_t)ldc * n * (cbf ? 2 : 4) : 0;
     void *c = cb ? NULL : C;
     cudaEvent_t e0 = NULL, e1 = NULL;
-    cublasLtMatmulPreference_t pref = NULL;
     cublasLtMatmulHeuristicResult_t res[GEMM_TUNE_ALGOS];
     int nres = 0, win = -1;
     float tdef = -1.0f, tbest = -1.0f;
-    size_t ws = GEMM_TUNE_WS;
+    /* the default (algo NULL) or a cuBLASLt algorithm, timed into c */
+    auto timed = [&](const cublasLtMatmulAlgo_t *algo) {
+        return time_calls(t->s, e0, e1, TUNE_REPS, [&] {
+            return algo ? cublasLtMatmul(t->lt, p->op, &ONE, A, p->la, B, p->lb, &beta, c, p->lc, c, p->lc, algo,
+                                         t->blas_ws, GEMM_TUNE_WS, t->s)
+                        : cublasGemmEx(t->blas, oa, CUBLAS_OP_N, m, n, k, &ONE, A, CUDA_R_16BF, lda, B, CUDA_R_16BF, ldb,
+                                       &beta, c, cbf ? CUDA_R_16BF : CUDA_R_32F, ldc, CUBLAS_COMPUTE_32F,
+                                       CUBLAS_GEMM_DEFAULT);
+        });
+    };
     if (cb && cudaMalloc(&c, cb) != cudaSuccess) c = NULL;
     if (c && (!cb || cudaMemsetAsync(c, 0, cb, t->s) == cudaSuccess) && cudaEventCreate(&e0) == cudaSuccess &&
-        cudaEventCreate(&e1) == cudaSuccess && cublasLtMatmulPreferenceCreate(&pref) == CUBLAS_STATUS_SUCCESS &&
-        cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws, sizeof ws) ==
-            CUBLAS_STATUS_SUCCESS &&
-        cublasLtMatmulAlgoGetHeuristic(t->lt, p->op, p->la, p->lb, p->lc, p->lc, pref, GEMM_TUNE_ALGOS, res, &nres) ==
-            CUBLAS_STATUS_SUCCESS) {
+        cudaEventCreate(&e1) == cudaSuccess &&
+        lt_heuristic(t->lt, p, GEMM_TUNE_WS, GEMM_TUNE_ALGOS, res, &nres) == CUBLAS_STATUS_SUCCESS) {
         account((int64_t)cb);
-        tdef = tune_time(t, p, NULL, oa, m, n, k, A, lda, B, ldb, beta, c, cbf, ldc, e0, e1);
+        tdef = timed(NULL);
         for (int i = 0; i < nres; i++) {
             if (res[i].state != CUBLAS_STATUS_SUCCESS) continue;
-            const float ms = tune_time(t, p, &res[i].algo, oa, m, n, k, A, lda, B, ldb, beta, c, cbf, ldc, e0, e1);
+            const float ms = timed(&res[i].algo);
             if (ms >= 0 && t->tune == 2) tbest = ms, win = i; /* tests: the last proposal that ran */
             else if (ms >= 0 && (tbest < 0 || ms < tbest)) tbest = ms, win = i;
         }
@@ -1181,7 +1129,6 @@ static struct gtune *tune_class(gpu_train *t, const lt_prob *p, cublasOperation_
             "cuBLASLt algorithms %.3f ms (rank %d): %s\n",
             oa == CUBLAS_OP_T ? "W^T x" : "W x", m, n, k, cbf ? "BF16" : "F32", beta != 0.0f ? ", +=" : "", nb, tdef,
             nres, tbest, win, g->lt ? "cuBLASLt" : "cuBLAS's default");
-    if (pref) cublasLtMatmulPreferenceDestroy(pref);
     if (e0) cudaEventDestroy(e0);
     if (e1) cudaEventDestroy(e1);
     if (cb && c) cudaFree(c);
@@ -1530,10 +1477,8 @@ static void swiglu_bwd_lora(gpu_train *t, float *dgu, bf16 *dgub, const A *da, c
     const int32_t rd = md ? md->r : 0, rg = mg ? mg->r : 0, ru = mu ? mu->r : 0;
     const dim3 g((F + 255) / 256, nc);
     const float *Bg = mg ? t->p + mg->offB : NULL, *Bu = mu ? t->p + mu->offB : NULL;
-    if (t->gu_remake && (mg || mu))
-        tk_swiglu_bwd_lora<A, true><<<g, 256, 0, t->s>>>(dgu, dgub, da, gu, F, T, rows, t->ltmp, md ? t->p + md->offA : NULL, rd, mid, rg + ru, rg, mg ? mg->scale : 0.0f, ru, mu ? mu->scale : 0.0f, t->dpart, nc, Bg, Bu);
-    else
-        tk_swiglu_bwd_lora<A, false><<<g, 256, 0, t->s>>>(dgu, dgub, da, gu, F, T, rows, t->ltmp, md ? t->p + md->offA : NULL, rd, mid, rg + ru, rg, mg ? mg->scale : 0.0f, ru, mu ? mu->scale : 0.0f, t->dpart, nc, Bg, Bu);
+    auto *kern = t->gu_remake && (mg || mu) ? tk_swiglu_bwd_lora<A, true> : tk_swiglu_bwd_lora<A, false>;
+    kern<<<g, 256, 0, t->s>>>(dgu, dgub, da, gu, F, T, rows, t->ltmp, md ? t->p + md->offA : NULL, rd, mid, rg + ru, rg, mg ? mg->scale : 0.0f, ru, mu ? mu->scale : 0.0f, t->dpart, nc, Bg, Bu);
     const int64_t nd = (int64_t)rd * F, ng = (int64_t)rg * F, nu = (int64_t)ru * F;
     if (rd) tk_sum_parts<float><<<grid_for(nd), 256, 0, t->s>>>(t->g + md->offA, t->dpart, nc, nd, 1);
     if (rg) tk_sum_parts<float><<<grid_for(ng), 256, 0, t->s>>>(t->g + mg->offB, t->dpart + nc * nd, nc, ng, 1);

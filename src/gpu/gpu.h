@@ -199,10 +199,9 @@ typedef struct prism_gpu_api {
 
     /* Benchmarks: one cuBLAS GEMM as the trainer calls them, C (m × n, F32 or cbf BF16) = op(A)·B + beta·C
      * from BF16 operands with F32 accumulation (op(A) = Aᵀ with ta); *ms the mean of reps calls issued back
-     * to back. lt > 0:
-     * instead the same product by each of the first lt algorithms cuBLASLt's heuristic proposes, *ms the
-     * fastest one's best, *pick its rank (0: the heuristic's first choice) — what choosing by measurement
-     * could gain over cuBLAS's default. */
+     * to back. lt > 0: instead the same product by each of the first lt algorithms cuBLASLt's heuristic
+     * proposes, *ms the fastest one's mean, *pick its rank (0: the heuristic's first choice) — what choosing
+     * by measurement could gain over cuBLAS's default. */
     int (*gemm_bench)(int32_t device, int32_t ta, int32_t m, int32_t n, int32_t k, int32_t cbf, float beta, int32_t reps,
                       int32_t lt, double *ms, int32_t *pick, char *err, size_t errn);
 } prism_gpu_api;
