@@ -15,6 +15,8 @@
 #      model on the GPU;
 #   5. PRISM end to end on the GPU: bootstrap of the embedded model, then a
 #      routed generation;
+#   6. transformers + peft's LoRA training on the same card, when installed
+#      (scripts/peft_bench.py): the training target's peer;
 #   then the diagnostics: where the training step's time goes
 #      (PRISM_CUDA_PROFILE=1), also without the MLP's LoRA in the SwiGLU
 #      kernels, flash.cu, the LM head's and LoRA's splits or the fused SwiGLU
@@ -23,13 +25,13 @@
 #      and with the LM head's GEMMs at 256 rows instead of 1,024; then the 7B
 #      batch-1 decode without PDL, without the decode fusions, without CUDA
 #      graphs and with split-K per 64 keys (the old default);
-#   6. the kernels of a 7B training step under Nsight Systems, when installed;
-#   7. compute-sanitizer memcheck and racecheck over one architecture, when
+#   7. the kernels of a 7B training step under Nsight Systems, when installed;
+#   8. compute-sanitizer memcheck and racecheck over one architecture, when
 #      installed: inference (test_gpu), training (test_lora_grad), flash.cu;
-#   8. the 7B batch-1 decode step under Nsight Compute (scripts/gpu_profile.sh);
+#   9. the 7B batch-1 decode step under Nsight Compute (scripts/gpu_profile.sh);
 #   then the verdict (scripts/gpu_verdict.py): the targets met or
 #   missed, and each switch against the default measured beside it.
-# Steps 1-5 always run; the diagnostics only while the run is under BUDGET
+# Steps 1-6 always run; the diagnostics only while the run is under BUDGET
 # seconds (default 470), each one skipped named: BUDGET=560 fits more of them
 # in a 600-second device command.
 # Machines without a package mirror: run scripts/gpu_prepare.sh first where
@@ -131,6 +133,14 @@ tail -6 "$OUT/e2e.log"
     --chat "Tell me a story about a brave cat" -n 48 --stats >>"$OUT/e2e.log" 2>&1
 tail -6 "$OUT/e2e.log"
 grep -q "route:" "$OUT/e2e.log" || fail=1
+
+step "transformers + peft on this card: the training target's peer, measured in the same run (scripts/peft_bench.py)"
+if python3 -c "import torch, transformers, peft" >/dev/null 2>&1; then
+    echo "== transformers + peft on this card (scripts/peft_bench.py)" >>"$OUT/bench.md"
+    PYTHONUNBUFFERED=1 timeout 240 python3 scripts/peft_bench.py 2>&1 | grep -E "^peft|Error|error:" | tail -6 | tee -a "$OUT/bench.md"
+else
+    echo "-- no torch + transformers + peft here: the verdict takes the issue's H100 figures"
+fi
 
 step "where LoRA training's GPU time goes (PRISM_CUDA_PROFILE=1, 8 x 512 per step; one packed pass, a pass per sequence, top-64 KL)"
 for args in "--shape 7b" "--shape 7b --train-pass 1" "--shape 7b --train-loss kl" "--shape 0.5b"; do
