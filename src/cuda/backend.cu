@@ -299,7 +299,8 @@ static int model_new(const gpu_model_desc *d, int32_t dev, gpu_model **out, char
                         d->head_dim, d->n_heads, d->n_kv_heads);
     int optin = 0;
     CU(cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev), "cudaDeviceGetAttribute");
-    if ((rc = attention_setup(optin, err, errn))) return rc;
+    int att_smem = 0;
+    if ((rc = attention_setup(optin, &att_smem, err, errn))) return rc;
     /* weights fit? */
     const int64_t H = d->hidden, hd = d->head_dim, qd = (int64_t)d->n_heads * hd, kvd = (int64_t)d->n_kv_heads * hd,
                   F = d->ffn, V = d->vocab;
@@ -317,6 +318,7 @@ static int model_new(const gpu_model_desc *d, int32_t dev, gpu_model **out, char
     m->n_layers = d->n_layers, m->H = d->hidden, m->nh = d->n_heads, m->nkv = d->n_kv_heads, m->hd = d->head_dim;
     m->F = d->ffn, m->V = d->vocab, m->window = d->sliding_window, m->eps = d->rms_eps;
     m->smem_optin = optin;
+    m->att_smem = att_smem;
     m->f32 = d->f32 != 0;
     m->asz = m->f32 ? 4 : 2;
     m->n_sm = p.multiProcessorCount;
@@ -512,12 +514,12 @@ static int ctx_new(gpu_model *m, int32_t n_seq, int32_t n_ctx, int32_t B, gpu_ct
                         group, m->hd, ATT_MAX_ROWS, ATT_MAX_HD);
     }
     int32_t rows = ATT_MAX_ROWS / group * group;
-    while (rows > group && attention_smem(rows, m->hd, rows / group) > m->smem_optin) rows -= group;
-    if (attention_smem(rows, m->hd, rows / group) > m->smem_optin) {
+    while (rows > group && attention_smem(rows, m->hd, rows / group) > m->att_smem) rows -= group;
+    if (attention_smem(rows, m->hd, rows / group) > m->att_smem) {
         free(c);
         return gpu_fail(err, errn, PRISM_GPU_E_UNSUPPORTED,
                         "attention for %d heads per KV head of dim %d needs %d bytes of shared memory; this GPU offers %d",
-                        group, m->hd, attention_smem(rows, m->hd, rows / group), m->smem_optin);
+                        group, m->hd, attention_smem(rows, m->hd, rows / group), m->att_smem);
     }
     c->att_rows = rows;
     c->tq = rows / group;

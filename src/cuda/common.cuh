@@ -195,6 +195,7 @@ struct gpu_model {
     int n_allocs, cap_allocs;
     int64_t bytes;
     int smem_optin; /* max dynamic shared memory per block */
+    int att_smem;   /* max dynamic shared memory of attention_kernel: smem_optin less its static shared memory */
     int n_sm;
     int cc_major;   /* compute capability */
 };
@@ -361,7 +362,7 @@ void k_gemv_glu(cudaStream_t s, int f32, void *act, const void *x, const void *w
 
 /* ---- attention.cu */
 int attention_smem(int32_t rows, int32_t hd, int32_t new_tokens);
-int attention_setup(int smem_optin, char *err, size_t errn);
+int attention_setup(int smem_optin, int *dyn_max, char *err, size_t errn); /* dyn_max: attention's dynamic smem */
 void k_attention(const gpu_ctx *c, int32_t layer, void *out);
 
 /* ---- flash.cu: the trainer's attention on tensor cores (BF16 WMMA, sm_80+).

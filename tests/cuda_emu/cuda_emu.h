@@ -239,7 +239,21 @@ cudaError_t cudaEventDestroy(cudaEvent_t e);
 cudaError_t cudaEventRecord(cudaEvent_t e, cudaStream_t s);
 cudaError_t cudaEventSynchronize(cudaEvent_t e);
 cudaError_t cudaEventElapsedTime(float *ms, cudaEvent_t a, cudaEvent_t b);
-template <class F> cudaError_t cudaFuncSetAttribute(F, cudaFuncAttribute, int) { return cudaSuccess; }
+/* A kernel's static shared memory and its dynamic shared memory share the device's opt-in limit: a kernel may not
+ * be given max(dynamic) = the whole limit when it has static shared memory too. The emulator cannot see a kernel's
+ * statics, so it assumes EMU_STATIC_SMEM bytes of them in every kernel (a GPU answers cudaErrorInvalidValue). */
+#define EMU_STATIC_SMEM 16
+struct cudaFuncAttributes {
+    size_t sharedSizeBytes;
+    int maxThreadsPerBlock, numRegs;
+};
+template <class F> cudaError_t cudaFuncGetAttributes(cudaFuncAttributes *a, F) {
+    *a = cudaFuncAttributes{EMU_STATIC_SMEM, 1024, 32};
+    return cudaSuccess;
+}
+template <class F> cudaError_t cudaFuncSetAttribute(F, cudaFuncAttribute, int v) {
+    return v < 0 || v > 227 * 1024 - EMU_STATIC_SMEM ? cudaErrorInvalidValue : cudaSuccess;
+}
 
 /* Graphs: a capture records every launch, copy and GEMM with its arguments
  * by value; a replay runs the records in order — so a graph reused for a
