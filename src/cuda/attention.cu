@@ -250,20 +250,28 @@ __global__ void __launch_bounds__(ATT_THREADS)
     __syncthreads();
     if (!last) return;
     __threadfence();
+    /* a warp per row: lane s < n_split (<= ATT_MAX_SPLIT <= ATT_KC) reads split s's (max, sum) once; the row's
+     * weights e^{m_s - M} / L go to S. Then each output element is one pass of independent loads over the splits
+     * (before: every element re-read every split's (max, sum) twice, a chain of L2 round trips) */
+    static_assert(ATT_MAX_SPLIT <= ATT_KC && ATT_MAX_SPLIT <= 32, "a split per lane, the weights in S's rows");
+    for (int r = w; r < R; r += ATT_THREADS / 32) {
+        const int t = r / group, h = kh * group + r - t * group;
+        const int64_t ti = tile.i0 + t;
+        const float2 ml = lane < n_split ? __ldcg(&part_ml[((int64_t)lane * T + ti) * nh + h]) : make_float2(-INFINITY, 0.0f);
+        const float M = warp_max(ml.x);
+        const float wgt = ml.x == -INFINITY ? 0.0f : expf(ml.x - M), L = warp_sum(ml.y * wgt);
+        if (lane < n_split) S[r * ATT_KC + lane] = L > 0.0f ? wgt / L : 0.0f;
+    }
+    __syncthreads();
     for (int e = tid; e < R * hd; e += ATT_THREADS) {
         const int r = e / hd, d = e - r * hd, t = r / group, h = kh * group + r - t * group;
         const int64_t ti = tile.i0 + t;
-        float M = -INFINITY;
-        for (int s = 0; s < n_split; s++) M = fmaxf(M, __ldcg(&part_ml[((int64_t)s * T + ti) * nh + h]).x);
-        float L = 0.0f, acc = 0.0f;
-        for (int s = 0; s < n_split; s++) {
-            const float2 ml = __ldcg(&part_ml[((int64_t)s * T + ti) * nh + h]);
-            if (ml.x == -INFINITY) continue;
-            const float wgt = expf(ml.x - M);
-            L += ml.y * wgt;
-            acc += __ldcg(&part_o[((int64_t)s * T + ti) * qd + (int64_t)h * hd + d]) * wgt;
-        }
-        stA(out + ti * qd + (int64_t)h * hd + d, L > 0.0f ? acc / L : 0.0f);
+        const float *po = part_o + ti * qd + (int64_t)h * hd + d, *wr = S + r * ATT_KC;
+        const int64_t step = (int64_t)T * qd;
+        float acc = 0.0f;
+#pragma unroll 8
+        for (int s2 = 0; s2 < n_split; s2++) acc += __ldcg(po + s2 * step) * wr[s2];
+        stA(out + ti * qd + (int64_t)h * hd + d, acc);
     }
 }
 

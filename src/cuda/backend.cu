@@ -965,7 +965,12 @@ cublasStatus_t lt_heuristic(cublasLtHandle_t h, const lt_prob *p, size_t ws, int
     cublasLtMatmulPreference_t pref = NULL;
     *got = 0;
     cublasStatus_t s = cublasLtMatmulPreferenceCreate(&pref);
+    /* split-K partial sums kept in F32 (COMPUTE_TYPE), never reduced in a BF16 output (INPLACE, OUTPUT_TYPE): on
+     * an H200 the heuristic's 8th proposal for the small test model's GEMMs rounded each part to BF16, and the
+     * gradients moved 7.5e-2 from cuBLAS's default's (1e-2 is BF16's own cost) */
+    const uint32_t red = CUBLASLT_REDUCTION_SCHEME_COMPUTE_TYPE;
     if (!s) s = cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws, sizeof ws);
+    if (!s) s = cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_REDUCTION_SCHEME_MASK, &red, sizeof red);
     if (!s) s = cublasLtMatmulAlgoGetHeuristic(h, p->op, p->la, p->lb, p->lc, p->lc, pref, n, res, got);
     if (pref) cublasLtMatmulPreferenceDestroy(pref);
     return s;

@@ -431,7 +431,7 @@ cublasStatus_t cublasSetWorkspace(cublasHandle_t, void *, size_t) { return CUBLA
 
 static cublasStatus_t gemm_now(cublasOperation_t ta, cublasOperation_t tb, int m, int n, int k, float al,
                                const void *A, cudaDataType at, int lda, const void *B, cudaDataType bt, int ldb,
-                               float be, void *C, cudaDataType ct, int ldc);
+                               float be, void *C, cudaDataType ct, int ldc, bool split_out = false);
 
 cublasStatus_t cublasGemmEx(cublasHandle_t h, cublasOperation_t ta, cublasOperation_t tb, int m, int n, int k,
                             const void *alpha, const void *A, cudaDataType at, int lda, const void *B, cudaDataType bt,
@@ -469,7 +469,10 @@ cublasStatus_t cublasGemmStridedBatchedEx(cublasHandle_t, cublasOperation_t ta, 
  * algorithm index past them is refused, as a real one that does not fit the problem is, and so is the last
  * one for a problem of another n than the heuristic was asked about (data[1]) — so that callers must check
  * (cublasLtMatmulAlgoCheck) before they reuse one. Layouts: the stored matrix, column-major, rows × cols at
- * ld; op(A) is m × k. C and D must be the same matrix. */
+ * ld; op(A) is m × k. C and D must be the same matrix. The last algorithm is a split-K one, as a real heuristic
+ * proposes for some shapes: where the preference's reduction-scheme mask allows it (by default it does), its two
+ * K halves are reduced in the output type, each rounded to BF16 before they are added, as cuBLASLt's OUTPUT_TYPE
+ * and INPLACE schemes do; with the mask limited to COMPUTE_TYPE, in F32 (data[2]: the scheme). */
 enum { EMU_LT_ALGOS = 3 };
 struct emu_lt {
     int unused;
@@ -484,6 +487,7 @@ struct emu_lt_layout {
 };
 struct emu_lt_pref {
     size_t ws;
+    uint32_t mask;
 };
 cublasStatus_t cublasLtCreate(cublasLtHandle_t *h) {
     *h = new emu_lt{0};
@@ -521,7 +525,7 @@ cublasStatus_t cublasLtMatrixLayoutDestroy(cublasLtMatrixLayout_t l) {
     return CUBLAS_STATUS_SUCCESS;
 }
 cublasStatus_t cublasLtMatmulPreferenceCreate(cublasLtMatmulPreference_t *p) {
-    *p = new emu_lt_pref{0};
+    *p = new emu_lt_pref{0, CUBLASLT_REDUCTION_SCHEME_MASK};
     return CUBLAS_STATUS_SUCCESS;
 }
 cublasStatus_t cublasLtMatmulPreferenceDestroy(cublasLtMatmulPreference_t p) {
@@ -530,8 +534,9 @@ cublasStatus_t cublasLtMatmulPreferenceDestroy(cublasLtMatmulPreference_t p) {
 }
 cublasStatus_t cublasLtMatmulPreferenceSetAttribute(cublasLtMatmulPreference_t p, cublasLtMatmulPreferenceAttributes_t a,
                                                     const void *v, size_t n) {
-    if (a != CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES || n != sizeof(size_t)) return CUBLAS_STATUS_INVALID_VALUE;
-    p->ws = *(const size_t *)v;
+    if (a == CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES && n == sizeof(size_t)) p->ws = *(const size_t *)v;
+    else if (a == CUBLASLT_MATMUL_PREF_REDUCTION_SCHEME_MASK && n == sizeof(uint32_t)) p->mask = *(const uint32_t *)v;
+    else return CUBLAS_STATUS_INVALID_VALUE;
     return CUBLAS_STATUS_SUCCESS;
 }
 /* op(A) (m × k) · op(B) (k × n) into D (m × n): the shapes agree */
@@ -548,7 +553,7 @@ static bool lt_fits(const cublasLtMatmulAlgo_t *algo, cublasLtMatrixLayout_t dl)
 }
 cublasStatus_t cublasLtMatmulAlgoGetHeuristic(cublasLtHandle_t, cublasLtMatmulDesc_t d, cublasLtMatrixLayout_t a,
                                               cublasLtMatrixLayout_t b, cublasLtMatrixLayout_t c,
-                                              cublasLtMatrixLayout_t dl, cublasLtMatmulPreference_t,
+                                              cublasLtMatrixLayout_t dl, cublasLtMatmulPreference_t pref,
                                               int requested, cublasLtMatmulHeuristicResult_t *res, int *returned) {
     if (requested <= 0) return CUBLAS_STATUS_INVALID_VALUE;
     if (!lt_shapes(d, a, b, c, dl)) return CUBLAS_STATUS_INVALID_VALUE;
@@ -557,6 +562,13 @@ cublasStatus_t cublasLtMatmulAlgoGetHeuristic(cublasLtHandle_t, cublasLtMatmulDe
         memset(&res[i], 0, sizeof res[i]);
         res[i].algo.data[0] = (uint64_t)i;
         res[i].algo.data[1] = dl->cols;
+        if (i == EMU_LT_ALGOS - 1) { /* split-K: the first reduction scheme the mask allows, cheapest first */
+            const uint32_t mk = pref ? pref->mask : (uint32_t)CUBLASLT_REDUCTION_SCHEME_MASK;
+            res[i].algo.data[2] = mk & CUBLASLT_REDUCTION_SCHEME_INPLACE       ? CUBLASLT_REDUCTION_SCHEME_INPLACE
+                                  : mk & CUBLASLT_REDUCTION_SCHEME_OUTPUT_TYPE ? CUBLASLT_REDUCTION_SCHEME_OUTPUT_TYPE
+                                  : mk & CUBLASLT_REDUCTION_SCHEME_COMPUTE_TYPE ? CUBLASLT_REDUCTION_SCHEME_COMPUTE_TYPE
+                                                                                : CUBLASLT_REDUCTION_SCHEME_NONE;
+        }
         res[i].state = CUBLAS_STATUS_SUCCESS;
         res[i].wavesCount = 1.0f;
     }
@@ -581,7 +593,9 @@ cublasStatus_t cublasLtMatmul(cublasLtHandle_t, cublasLtMatmulDesc_t d, const vo
     const int m = (int)dl->rows, n = (int)dl->cols, k = (int)(ta == CUBLAS_OP_N ? a->cols : a->rows);
     const int lda = (int)a->ld, ldb = (int)b->ld, ldc = (int)dl->ld;
     const cudaDataType at = a->t, bt = b->t, ct = dl->t;
-    auto run = [=]() { return gemm_now(ta, tb, m, n, k, al, A, at, lda, B, bt, ldb, be, D, ct, ldc); };
+    const bool split_out = algo && (algo->data[2] == CUBLASLT_REDUCTION_SCHEME_INPLACE ||
+                                    algo->data[2] == CUBLASLT_REDUCTION_SCHEME_OUTPUT_TYPE);
+    auto run = [=]() { return gemm_now(ta, tb, m, n, k, al, A, at, lda, B, bt, ldb, be, D, ct, ldc, split_out); };
     if (emu::capture) {
         (*emu::capture)([=]() { run(); });
         return CUBLAS_STATUS_SUCCESS;
@@ -591,7 +605,7 @@ cublasStatus_t cublasLtMatmul(cublasLtHandle_t, cublasLtMatmulDesc_t d, const vo
 
 static cublasStatus_t gemm_now(cublasOperation_t ta, cublasOperation_t tb, int m, int n, int k, float al,
                                const void *A, cudaDataType at, int lda, const void *B, cudaDataType bt, int ldb,
-                               float be, void *C, cudaDataType ct, int ldc) {
+                               float be, void *C, cudaDataType ct, int ldc, bool split_out) {
     /* C (m, n) = alpha · op(A) · op(B) + beta · C, column-major, BF16 or F32 in, F32 out (or BF16 out from BF16
      * in, as cuBLAS allows: F32 accumulation, beta·C read and the result rounded to BF16) */
     if (at != bt || (at != CUDA_R_16BF && at != CUDA_R_32F) ||
@@ -606,16 +620,20 @@ static cublasStatus_t gemm_now(cublasOperation_t ta, cublasOperation_t tb, int m
     float *c = (float *)C;
     for (int j = 0; j < n; j++)
         for (int i = 0; i < m; i++) {
-            float s = 0.0f;
+            float s = 0.0f, s1 = 0.0f; /* s1: the second K half's sum, split_out only */
             for (int p = 0; p < k; p++)
-                s += ld(A, ta == CUBLAS_OP_N ? i + (int64_t)p * lda : p + (int64_t)i * lda) *
-                     ld(B, tb == CUBLAS_OP_N ? p + (int64_t)j * ldb : j + (int64_t)p * ldb);
+                (split_out && p >= k / 2 ? s1 : s) += ld(A, ta == CUBLAS_OP_N ? i + (int64_t)p * lda : p + (int64_t)i * lda) *
+                                                      ld(B, tb == CUBLAS_OP_N ? p + (int64_t)j * ldb : j + (int64_t)p * ldb);
             const int64_t o = i + (int64_t)j * ldc;
-            if (ct == CUDA_R_16BF) {
+            if (ct == CUDA_R_16BF && split_out) { /* each half rounded to the output type, then reduced */
                 __nv_bfloat16 *cb = (__nv_bfloat16 *)C;
-                cb[o] = __float2bfloat16(al * s + (be != 0.0f ? be * __bfloat162float(cb[o]) : 0.0f));
+                const float h0 = __bfloat162float(__float2bfloat16(al * s)), h1 = __bfloat162float(__float2bfloat16(al * s1));
+                cb[o] = __float2bfloat16(h0 + h1 + (be != 0.0f ? be * __bfloat162float(cb[o]) : 0.0f));
+            } else if (ct == CUDA_R_16BF) {
+                __nv_bfloat16 *cb = (__nv_bfloat16 *)C;
+                cb[o] = __float2bfloat16(al * (s + s1) + (be != 0.0f ? be * __bfloat162float(cb[o]) : 0.0f));
             } else {
-                c[o] = al * s + (be != 0.0f ? be * c[o] : 0.0f);
+                c[o] = al * (s + s1) + (be != 0.0f ? be * c[o] : 0.0f);
             }
         }
     return CUBLAS_STATUS_SUCCESS;
