@@ -23,7 +23,8 @@
 #      backward, with the long-K frozen GEMMs split, with gate|up's LoRA
 #      terms remade by the backward, with the frozen GEMMs' algorithms tuned,
 #      and with the LM head's GEMMs at 256 rows instead of 1,024; then the 7B
-#      batch-1 decode without PDL, without the decode fusions, without CUDA
+#      batch-1 decode without PDL, without the decode fusions (all three, then
+#      each alone: PRISM_CUDA_UNFUSE=post|combine|glu), without CUDA
 #      graphs and with split-K per 64 keys (the old default);
 #   7. the kernels of a 7B training step under Nsight Systems, when installed;
 #   8. compute-sanitizer memcheck and racecheck over one architecture, when
@@ -162,8 +163,9 @@ for v in "PRISM_CUDA_FROZEN_SPLIT=2: the long-K frozen GEMMs (down forward, gate
     env "${v%%: *}" PRISM_CUDA_PROFILE=1 timeout "$(capped 90)" ./build/bench/bench_gpu --shape 7b --only train --runs 1 2>&1 |
         grep -E "^ |profile|\| Qwen|GEMM tuning"
 done | tee -a "$OUT/bench_variants.log"
-step "7B decode without programmatic dependent launch, without the decode fusions, without CUDA graphs, split-K per 64 keys (diagnostics)"
-for v in PRISM_CUDA_PDL=0 PRISM_CUDA_FUSE=0 PRISM_CUDA_GRAPHS=0 PRISM_CUDA_SPLIT_KEYS=64; do
+step "7B decode without programmatic dependent launch, without the decode fusions (all, then each alone), without CUDA graphs, split-K per 64 keys (diagnostics)"
+for v in PRISM_CUDA_PDL=0 PRISM_CUDA_FUSE=0 PRISM_CUDA_UNFUSE=post PRISM_CUDA_UNFUSE=combine PRISM_CUDA_UNFUSE=glu \
+    PRISM_CUDA_GRAPHS=0 PRISM_CUDA_SPLIT_KEYS=64; do
     in_time "decode with $v" || continue
     echo "$v: $(env $v timeout "$(capped 60)" ./build/bench/bench_gpu --shape 7b --only decode1 --runs 1 2>&1 | grep "shape:")"
 done | tee -a "$OUT/bench_variants.log"

@@ -143,6 +143,8 @@ def main():
         for e, m in decs:
             v, roof = float(m.group(1)), float(m.group(2))
             d = f", {100 * (v / b1 - 1):+.1f}% time vs the table" if b1 else ""
+            if b1 and 100 * (v / b1 - 1) < -NOISE:
+                d += " -> faster than the default: look at it"
             b32 = f", b32 {float(m.group(4)):.2f} ms/step" if m.group(4) else ""
             print(f"  {e:<28} {v:.2f} ms/token ({100 * roof / v:.1f}% of roofline){b32}{d}")
     return 0

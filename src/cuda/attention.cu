@@ -9,7 +9,7 @@
  * (few tiles, long contexts: decode) the key range is cut into n_split parts
  * whose partial (max, sum, unnormalised output) the last of them to finish
  * combines (a ticket per tile and KV head), or a second kernel with
- * PRISM_CUDA_FUSE=0.
+ * PRISM_CUDA_FUSE=0 or PRISM_CUDA_UNFUSE=combine.
  *
  * Masks: row (token at position p) sees keys [first(p), p] where first(p) =
  * p - window + 1 for sliding-window models (Mistral), else 0. */
@@ -349,7 +349,7 @@ template <class A> static void attention_t(const gpu_ctx *c, int32_t layer, A *o
     const att_post pp = {c->att_fused, c->y, L->bqkv, L->q_norm, L->k_norm, m->inv_freq, c->qkv_n, m->eps};
     const A *kc = (const A *)c->kc + lay, *vc = (const A *)c->vc + lay;
     const float scale = 1.0f / sqrtf((float)m->hd);
-    int32_t *tickets = c->n_split > 1 && !no_fusion() ? c->att_tickets : NULL;
+    int32_t *tickets = c->n_split > 1 && !unfused(UF_COMBINE) ? c->att_tickets : NULL;
     switch (m->hd <= 32 ? 1 : m->hd <= 64 ? 2 : m->hd <= 128 ? 4 : 8) { /* hd <= ATT_MAX_HD, checked by ctx_new */
 #define CASE(n) \
     case n: PDL_LAUNCH((attention_kernel<A, n>), grid, ATT_THREADS, smem, c->s, (const float *)c->q, kc, vc, (const att_tile *)c->d_tiles, out, c->part_o, c->part_ml, tickets, c->T, m->nh, m->nkv, m->hd, c->n_ctx, m->window, scale, pp); break;

@@ -613,6 +613,26 @@ int no_fusion(void) {
     return v;
 }
 
+/* The decode fusions one by one, to find which one a card does not like: PRISM_CUDA_UNFUSE=post,combine,glu
+ * (any of them) turns off attention's own q|k|v post-processing, its split-K combine by the last block, and the
+ * SwiGLU epilogue of the gate|up GEMV; PRISM_CUDA_FUSE=0 turns off all three (and the trainer's fusions). */
+int unfused(int part) {
+    static int mask = -1;
+    if (mask < 0) {
+        mask = no_fusion() ? UF_POST | UF_COMBINE | UF_GLU : 0;
+        const char *u = getenv("PRISM_CUDA_UNFUSE");
+        while (u && *u) {
+            const size_t n = strcspn(u, ",");
+            if (n == 4 && !strncmp(u, "post", 4)) mask |= UF_POST;
+            else if (n == 7 && !strncmp(u, "combine", 7)) mask |= UF_COMBINE;
+            else if (n == 3 && !strncmp(u, "glu", 3)) mask |= UF_GLU;
+            else if (n) fprintf(stderr, "prism-cuda: PRISM_CUDA_UNFUSE: '%.*s' is none of post, combine, glu: ignored\n", (int)n, u);
+            u += n + (u[n] == ',');
+        }
+    }
+    return mask & part;
+}
+
 /* Keys per split-K block at least (PRISM_CUDA_SPLIT_KEYS, a multiple of
  * ATT_KC; default one chunk): fewer keys per block are fewer serial chunks in
  * the latency-bound batch-1 step, at the price of more partials to combine. */
@@ -681,7 +701,7 @@ static int batch_meta(gpu_ctx *c, const gpu_batch *b, char *err, size_t errn) {
                 c->att_fused = 0;
                 break;
             }
-    if (no_fusion() || nt > 64) c->att_fused = 0;
+    if (unfused(UF_POST) || nt > 64) c->att_fused = 0;
     c->n_split = 1;
     if (T <= ATT_SPLIT_TOKENS) {
         const int32_t sk = split_keys();
@@ -721,7 +741,7 @@ static int enqueue_layers(gpu_ctx *c, int32_t T, int32_t lb, int32_t le, int emb
     if (embed) k_embed(c->s, m->f32, c->x, m->embed, c->d_tok, T, H);
     const int lora = c->n_ltiles > 0;
     const int32_t qd = (int32_t)c->qd, kvd = (int32_t)c->kvd, qn = (int32_t)c->qkv_n;
-    const int glu = !lora && !no_fusion() && use_gemv(T, H) && use_gemv(T, F);
+    const int glu = !lora && !unfused(UF_GLU) && use_gemv(T, H) && use_gemv(T, F);
     for (int32_t l = lb; l < le; l++) {
         const dlayer *L = &m->layers[l];
         const int f = m->f32;

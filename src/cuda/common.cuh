@@ -300,6 +300,8 @@ int cuda_fail(char *err, size_t errn, cudaError_t e, const char *what);
         if (e_ != cudaSuccess) return cuda_fail(err, errn, e_, (what));   \
     } while (0)
 int no_fusion(void); /* PRISM_CUDA_FUSE=0: the unfused kernels, for A/B measurements */
+enum { UF_POST = 1, UF_COMBINE = 2, UF_GLU = 4 };
+int unfused(int part); /* PRISM_CUDA_UNFUSE=post,combine,glu (or PRISM_CUDA_FUSE=0): that decode fusion off */
 void account(int64_t delta); /* device bytes allocated (+) or freed (-), for model_memory */
 
 /* ---- cuBLASLt (backend.cu): the GEMM benchmark and the trainer's GEMM tuning */
