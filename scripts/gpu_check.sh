@@ -27,9 +27,10 @@
 #      each alone: PRISM_CUDA_UNFUSE=post|combine|glu), without CUDA
 #      graphs and with split-K per 64 keys (the old default);
 #   7. the kernels of a 7B training step under Nsight Systems, when installed;
-#   8. compute-sanitizer memcheck and racecheck over one architecture, when
+#   8. the 7B batch-1 decode step and a 0.5B training pass under Nsight
+#      Compute (scripts/gpu_profile.sh), when installed;
+#   9. compute-sanitizer memcheck and racecheck over one architecture, when
 #      installed: inference (test_gpu), training (test_lora_grad), flash.cu;
-#   9. the 7B batch-1 decode step under Nsight Compute (scripts/gpu_profile.sh);
 #   then the verdict (scripts/gpu_verdict.py): the targets met or
 #   missed, and each switch against the default measured beside it.
 # Steps 1-6 always run; the diagnostics only while the run is under BUDGET
@@ -184,6 +185,16 @@ for r in rows[head + 1 : head + 31] if head is not None else []:
             tee -a "$OUT/bench_variants.log"
 fi
 
+if command -v ncu >/dev/null 2>&1 && in_time "Nsight Compute"; then
+    step "where the 7B batch-1 decode step goes (Nsight Compute, every kernel timed)"
+    PHASES=decode1 NCU_TIMEOUT="$(capped 60)" OUT=/tmp/prism-gpu-prof bash scripts/gpu_profile.sh 7b 2>&1 | tee -a "$OUT/bench_variants.log"
+fi
+if command -v ncu >/dev/null 2>&1 && in_time "Nsight Compute, training"; then
+    step "the kernels of 0.5B training passes of 8 x 512 tokens (Nsight Compute, the first 3,000 kernels timed; 7B's outlast it)"
+    TRAIN_SEQS=8 TOP=30 NCU_ARGS="--launch-count 3000" PHASES=train NCU_TIMEOUT="$(capped 120)" OUT=/tmp/prism-gpu-prof bash scripts/gpu_profile.sh 0.5b 2>&1 |
+        tee -a "$OUT/bench_variants.log"
+fi
+
 # sanitize TOOL LIMIT "ENV=..." PROGRAM: one compute-sanitizer run, within the time budget (a run the budget
 # cuts short is reported as such, without a verdict); errors or hazards fail the check.
 sanitize() {
@@ -212,11 +223,6 @@ if command -v compute-sanitizer >/dev/null 2>&1; then
         sanitize $tool 120 "PRISM_DEVICE=cuda PRISM_TEST_ARCH=llama3" ./build/tests/test_lora_grad
     done
     for tool in memcheck racecheck; do sanitize $tool 90 "" ./build/tests/test_flash; done
-fi
-
-if command -v ncu >/dev/null 2>&1 && in_time "Nsight Compute"; then
-    step "where the 7B batch-1 decode step goes (Nsight Compute, every kernel timed)"
-    PHASES=decode1 NCU_TIMEOUT="$(capped 60)" OUT=/tmp/prism-gpu-prof bash scripts/gpu_profile.sh 7b 2>&1 | tee -a "$OUT/bench_variants.log"
 fi
 
 echo
