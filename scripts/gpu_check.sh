@@ -24,7 +24,8 @@
 #      terms remade by the backward, with the frozen GEMMs' algorithms tuned,
 #      and with the LM head's GEMMs at 256 rows instead of 1,024; then the 7B
 #      batch-1 decode without PDL, without the decode fusions (all three, then
-#      each alone: PRISM_CUDA_UNFUSE=post|combine|glu), without CUDA
+#      each alone: PRISM_CUDA_UNFUSE=post|combine|glu), with the GEMV in K
+#      slices (PRISM_CUDA_GEMV_SLICES=2, 4), without CUDA
 #      graphs and with split-K per 64 keys (the old default);
 #   7. the kernels of a 7B training step under Nsight Systems, when installed;
 #   8. the 7B batch-1 decode step and a 0.5B training pass under Nsight
@@ -105,6 +106,7 @@ grep -E "^(exact|fast)" "$OUT/test_gpu.log" | head -60
 tail -1 "$OUT/test_gpu.log" | grep -q " 0 failed" || fail=1
 echo "-- again with plain launches (PRISM_CUDA_PDL=0): $(PRISM_CUDA_PDL=0 PRISM_REQUIRE_GPU=1 timeout 120 ./build/tests/test_gpu 2>&1 | tail -1)"
 echo "-- again with separate q|k|v post-processing and SwiGLU kernels (PRISM_CUDA_FUSE=0): $(PRISM_CUDA_FUSE=0 PRISM_REQUIRE_GPU=1 timeout 120 ./build/tests/test_gpu 2>&1 | tail -1)"
+echo "-- again with the GEMV in 4 K slices (PRISM_CUDA_GEMV_SLICES=4): $(PRISM_CUDA_GEMV_SLICES=4 PRISM_REQUIRE_GPU=1 timeout 120 ./build/tests/test_gpu 2>&1 | tail -1)"
 
 step "the trainer's tensor-core attention against a double-precision reference (test_flash)"
 PRISM_REQUIRE_GPU=1 timeout 60 ./build/tests/test_flash >"$OUT/flash.tmp" 2>&1
@@ -164,9 +166,9 @@ for v in "PRISM_CUDA_FROZEN_SPLIT=2: the long-K frozen GEMMs (down forward, gate
     env "${v%%: *}" PRISM_CUDA_PROFILE=1 timeout "$(capped 90)" ./build/bench/bench_gpu --shape 7b --only train --runs 1 2>&1 |
         grep -E "^ |profile|\| Qwen|GEMM tuning"
 done | tee -a "$OUT/bench_variants.log"
-step "7B decode without programmatic dependent launch, without the decode fusions (all, then each alone), without CUDA graphs, split-K per 64 keys (diagnostics)"
+step "7B decode without programmatic dependent launch, without the decode fusions (all, then each alone), the GEMV in 2 and 4 K slices, without CUDA graphs, split-K per 64 keys (diagnostics)"
 for v in PRISM_CUDA_PDL=0 PRISM_CUDA_FUSE=0 PRISM_CUDA_UNFUSE=post PRISM_CUDA_UNFUSE=combine PRISM_CUDA_UNFUSE=glu \
-    PRISM_CUDA_GRAPHS=0 PRISM_CUDA_SPLIT_KEYS=64; do
+    PRISM_CUDA_GEMV_SLICES=2 PRISM_CUDA_GEMV_SLICES=4 PRISM_CUDA_GRAPHS=0 PRISM_CUDA_SPLIT_KEYS=64; do
     in_time "decode with $v" || continue
     echo "$v: $(env $v timeout "$(capped 60)" ./build/bench/bench_gpu --shape 7b --only decode1 --runs 1 2>&1 | grep "shape:")"
 done | tee -a "$OUT/bench_variants.log"

@@ -59,6 +59,10 @@ if [ -f "$B/emu/prism-cuda.so" ] && [ -x "$B/tests/test_gpu" ]; then
          echo $? >"$emu_tmp/rc") &
     fi
     run_one "test_gpu (CUDA module on the CPU emulator)" env PRISM_CUDA_MODULE="$B/emu/prism-cuda.so" "$B/tests/test_gpu"
+    # the decode switches' other kernels, on one architecture: the GEMV in K slices, the split-K combine
+    # and the q|k|v post-processing as kernels of their own
+    run_one "test_gpu, qwen2, GEMV in 4 K slices, decode fusions off (CPU emulator)" env PRISM_TEST_ARCH=qwen2 \
+        PRISM_CUDA_GEMV_SLICES=4 PRISM_CUDA_UNFUSE=post,combine PRISM_CUDA_MODULE="$B/emu/prism-cuda.so" "$B/tests/test_gpu"
     [ -x "$B/emu/test_flash" ] && run_one "test_flash (the trainer's tensor-core attention, CPU emulator)" "$B/emu/test_flash"
     for t in test_lora_grad test_prism test_cli; do
         [ -x "$B/tests/$t" ] && run_one "$t (PRISM_DEVICE=cuda, CPU emulator)" \

@@ -3,7 +3,9 @@
  * steps use instead of cuBLAS. Numerics follow src/model (F32 statistics,
  * accurate sin/cos/exp). */
 #include "cuda/common.cuh"
+#include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 
 template <class A> __global__ void embed_kernel(float *x, const A *emb, const int32_t *tok, int32_t H) {
     pdl_wait();
@@ -278,6 +280,38 @@ __global__ void __launch_bounds__(256) gemv_mlp_kernel(float *__restrict__ y, co
     }
 }
 
+/* The same GEMV with each row's K cut into S slices, a warp per slice and 8 / S rows per block: S times the
+ * blocks, each warp's stream S times shorter. For the 7B shape's few-row projections (q|k|v 4,608 rows, o and
+ * down 3,584) one warp per row is ~3.4 blocks per SM in one wave, and the o GEMV's 7 KB rows are two round
+ * trips per warp: on an H200 this kernel streamed at 72% of the copy bandwidth where gemv_glu_kernel (twice the
+ * bytes in flight per warp) reached 99%. The slices' sums are added in slice order (deterministic). */
+template <class A, int T, int U, int S>
+__global__ void __launch_bounds__(256) gemv_sliced_kernel(float *__restrict__ y, const A *__restrict__ x,
+                                                          const A *__restrict__ w, int32_t N, int32_t K) {
+    constexpr int EPV = 16 / sizeof(A), RPB = GV_WARPS / S;
+    static_assert(GV_WARPS % S == 0 && T <= 32, "slices of a block's warps; a lane per token");
+    __shared__ float part[GV_WARPS][T];
+    const int32_t wi = threadIdx.x >> 5, lane = threadIdx.x & 31, sl = wi % S;
+    const int32_t n = blockIdx.x * RPB + wi / S;
+    const bool valid = n < N;
+    const int32_t kv = K / EPV, per = (kv + S - 1) / S, v0 = min(kv, sl * per), v1 = min(kv, v0 + per);
+    const uint4 *const wr[1] = {(const uint4 *)(w + (int64_t)(valid ? n : 0) * K) + v0};
+    float acc[1][T];
+    gemv_rows<A, T, U, 1>(acc, wr, valid ? v1 - v0 : 0, x + (int64_t)v0 * EPV, K, lane);
+#pragma unroll
+    for (int t = 0; t < T; t++) {
+        const float v = warp_sum(acc[0][t]);
+        if (lane == 0) part[wi][t] = v;
+    }
+    __syncthreads();
+    if (sl == 0 && valid && lane < T) {
+        float v = 0.0f;
+#pragma unroll
+        for (int j = 0; j < S; j++) v += part[wi + j][lane];
+        y[(int64_t)lane * N + n] = v;
+    }
+}
+
 /* Gate and up projections with SwiGLU in the epilogue: warp n computes rows n
  * (gate) and F + n (up) of the fused [2F, K] weight and writes
  * act[t][n] = silu(g + bg) * (u + bu), rounded to A as k_swiglu does. */
@@ -304,11 +338,25 @@ __global__ void __launch_bounds__(256) gemv_glu_kernel(A *__restrict__ act, cons
 /* U: 16-byte loads in flight per lane (fewer with more tokens: registers). */
 #define GEMV_CASES(M) M(1, 8) M(2, 8) M(3, 4) M(4, 4) M(5, 4) M(6, 4) M(7, 4) M(8, 4)
 
+/* K slices per row of the plain GEMV (PRISM_CUDA_GEMV_SLICES=1, 2 or 4; default 1: a warp per row) */
+static int gemv_slices(void) {
+    static int v = 0;
+    if (!v) {
+        const char *e = getenv("PRISM_CUDA_GEMV_SLICES");
+        v = e && (!strcmp(e, "2") || !strcmp(e, "4")) ? atoi(e) : 1;
+        if (e && v == 1 && strcmp(e, "1"))
+            fprintf(stderr, "prism-cuda: PRISM_CUDA_GEMV_SLICES=%s: takes 1, 2 or 4; using 1\n", e);
+    }
+    return v;
+}
+
 template <class A> static void gemv_t(cudaStream_t s, float *y, const A *x, const A *w, int32_t T, int32_t N, int32_t K) {
-    const int blocks = (N + GV_WARPS - 1) / GV_WARPS;
-    switch (T) {
+    const int sl = gemv_slices(), blocks = (N + GV_WARPS / sl - 1) / (GV_WARPS / sl);
+    switch (T * 8 + sl) {
 #define CASE(t, u) \
-    case t: PDL_LAUNCH((gemv_mlp_kernel<A, t, u>), blocks, 32 * GV_WARPS, 0, s, y, x, w, N, K); break;
+    case t * 8 + 1: PDL_LAUNCH((gemv_mlp_kernel<A, t, u>), blocks, 32 * GV_WARPS, 0, s, y, x, w, N, K); break; \
+    case t * 8 + 2: PDL_LAUNCH((gemv_sliced_kernel<A, t, u, 2>), blocks, 32 * GV_WARPS, 0, s, y, x, w, N, K); break; \
+    case t * 8 + 4: PDL_LAUNCH((gemv_sliced_kernel<A, t, u, 4>), blocks, 32 * GV_WARPS, 0, s, y, x, w, N, K); break;
         GEMV_CASES(CASE)
 #undef CASE
     default: break;
