@@ -6,11 +6,13 @@
  *
  *   bench_gpu [--shape 0.5b|7b|all|tiny] [--device N] [--runs R] [--new N] [--train 0|1]
  *             [--only prefill|decode1|decode32|train|gemm] [--train-seqs N] [--train-pass N] [--train-loss ce|kl]
+ *             [--train-targets q,k,v,o,gate,up,down|all]
  *
  * --only runs one phase (and its setup) alone, for a profiler
  * (scripts/gpu_profile.sh); --train-seqs sets the sequences per training step,
  * --train-pass the sequences per packed pass (default: all of a step's),
- * --train-loss kl top-64 KL at every position instead of CE. With the 7B shape
+ * --train-loss kl top-64 KL at every position instead of CE, --train-targets
+ * the adapted projections (default all seven: fewer say what LoRA costs). With the 7B shape
  * it ends with the frozen GEMMs of a training pass timed one by one (--only gemm:
  * those alone), the rate the bulk of a training step can reach on the card.
  *
@@ -92,10 +94,10 @@ static double prefill(prism_ctx *c, int32_t n_seq, int32_t n_prompt, int32_t voc
  * against random teacher logits) in packed passes of `pass` tokens; tokens/s
  * of the best of `steps` steps after one warm-up step. */
 static double train_tps(prism_model *m, int32_t n_seq, int32_t T, int32_t pass, int steps, bool recompute, bool kl,
-                        uint64_t *rng) {
+                        uint32_t targets, uint64_t *rng) {
     prism_lora_params lp = prism_lora_default_params();
     lp.r = 16;
-    lp.targets = PRISM_LORA_ALL;
+    lp.targets = targets;
     prism_adapter *a = NULL, *mo = NULL, *vo = NULL;
     train_ws *w = NULL;
     if (prism_adapter_new(m, lp, &a) || lora_alloc_like(a, &mo) || lora_alloc_like(a, &vo) ||
@@ -250,10 +252,33 @@ static void gemm_table(const prism_gpu_api *api, int32_t device, int reps) {
                layer_flop / (layer_lt * 1e-3) / 1e12);
 }
 
+/* "q,k,v,o,gate,up,down" (also the *_proj names) or "all": the LoRA targets of the training benchmark; 0 if a
+ * name is unknown */
+static uint32_t parse_targets(const char *s) {
+    uint32_t bits = 0;
+    for (const char *p = s; *p;) {
+        const size_t n = strcspn(p, ",");
+        int t = 0;
+        if (n == 3 && !strncmp(p, "all", 3)) {
+            bits |= PRISM_LORA_ALL;
+        } else {
+            static const char *const short_names[LORA_N_TARGETS] = {"q", "k", "v", "o", "gate", "up", "down"};
+            for (; t < LORA_N_TARGETS; t++)
+                if ((strlen(short_names[t]) == n && !strncmp(p, short_names[t], n)) ||
+                    (strlen(lora_target_names[t]) == n && !strncmp(p, lora_target_names[t], n)))
+                    break;
+            if (t == LORA_N_TARGETS) return 0;
+            bits |= 1u << t;
+        }
+        p += n + (p[n] == ',');
+    }
+    return bits;
+}
+
 int main(int argc, char **argv) {
     const char *which = "all";
     int32_t device = 0, runs = 3, n_new = 128, n_prompt = 512, do_train = 1, train_seqs = 8, train_pass = 0;
-    const char *only = NULL, *train_loss = "ce";
+    const char *only = NULL, *train_loss = "ce", *train_targets = "all";
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "--shape") && i + 1 < argc) which = argv[++i];
         else if (!strcmp(argv[i], "--device") && i + 1 < argc) device = atoi(argv[++i]);
@@ -263,10 +288,12 @@ int main(int argc, char **argv) {
         else if (!strcmp(argv[i], "--train-seqs") && i + 1 < argc) train_seqs = atoi(argv[++i]);
         else if (!strcmp(argv[i], "--train-pass") && i + 1 < argc) train_pass = atoi(argv[++i]);
         else if (!strcmp(argv[i], "--train-loss") && i + 1 < argc) train_loss = argv[++i];
+        else if (!strcmp(argv[i], "--train-targets") && i + 1 < argc) train_targets = argv[++i];
         else if (!strcmp(argv[i], "--only") && i + 1 < argc) only = argv[++i];
         else {
             fprintf(stderr, "usage: bench_gpu [--shape 0.5b|7b|all|tiny] [--device N] [--runs R] [--new N] [--train 0|1]\n"
-                            "                 [--only prefill|decode1|decode32|train|gemm] [--train-seqs N] [--train-pass N] [--train-loss ce|kl]\n");
+                            "                 [--only prefill|decode1|decode32|train|gemm] [--train-seqs N] [--train-pass N] [--train-loss ce|kl]\n"
+                            "                 [--train-targets q,k,v,o,gate,up,down|all]\n");
             return 2;
         }
     }
@@ -292,6 +319,12 @@ int main(int argc, char **argv) {
         return 2;
     }
     const bool kl = !strcmp(train_loss, "kl");
+    const uint32_t targets = parse_targets(train_targets);
+    if (!targets) {
+        fprintf(stderr, "bench_gpu: --train-targets takes a list of q, k, v, o, gate, up, down, or all, not '%s'\n",
+                train_targets);
+        return 2;
+    }
     if (runs < 1 || n_new < 1 || n_new > 600) {
         fprintf(stderr, "bench_gpu: --runs must be >= 1 and --new 1..600 (decode follows a 16-token prompt in a 640-position context)\n");
         return 2;
@@ -361,7 +394,7 @@ int main(int argc, char **argv) {
         double scratch_bw;
         api->copy_bandwidth(device, 1 << 20, 1, &scratch_bw, err, sizeof err); /* resets the peak counter */
         const int32_t tT = si == 2 ? 64 : 512;
-        const double tr = do_train ? train_tps(m, train_seqs, tT, train_pass * tT, 2, false, kl, &rng) : 0;
+        const double tr = do_train ? train_tps(m, train_seqs, tT, train_pass * tT, 2, false, kl, targets, &rng) : 0;
         int64_t tnow = 0, tpeak = 0;
         api->model_memory(m->gpu, &tnow, &tpeak);
         const double pf = n_prompt / best_pf, d1 = n_new / best_d1, d32 = 32.0 * n_new / best_d32;

@@ -146,8 +146,8 @@ else
     echo "-- no torch + transformers + peft here: the verdict takes the issue's H100 figures"
 fi
 
-step "where LoRA training's GPU time goes (PRISM_CUDA_PROFILE=1, 8 x 512 per step; one packed pass, a pass per sequence, top-64 KL)"
-for args in "--shape 7b" "--shape 7b --train-pass 1" "--shape 7b --train-loss kl" "--shape 0.5b"; do
+step "where LoRA training's GPU time goes (PRISM_CUDA_PROFILE=1, 8 x 512 per step; one packed pass, a pass per sequence, top-64 KL, LoRA on q alone: what the other six cost)"
+for args in "--shape 7b" "--shape 7b --train-pass 1" "--shape 7b --train-loss kl" "--shape 7b --train-targets q" "--shape 0.5b"; do
     in_time "bench_gpu $args" || continue
     echo "== bench_gpu $args"
     PRISM_CUDA_PROFILE=1 timeout "$(capped 90)" ./build/bench/bench_gpu $args --only train --runs 1 2>&1 | grep -E "^ |profile|\| Qwen"
