@@ -128,6 +128,20 @@ void wmma_check(const void *p, unsigned ldm, int elem) {
     }
 }
 
+static std::unordered_map<const void *, int> g_smem_optin;
+void set_smem_optin(const void *k, int bytes) { g_smem_optin[k] = bytes; }
+void check_smem(const void *k, size_t smem) {
+    if (smem <= 48 * 1024) return;
+    const auto it = g_smem_optin.find(k);
+    if (it != g_smem_optin.end() && smem <= (size_t)it->second) return;
+    Dl_info di;
+    fprintf(stderr, "cuda_emu: a launch of %s asks for %zu bytes of dynamic shared memory, over 48 KiB, but its opt-in "
+                    "(cudaFuncSetAttribute) is %d bytes: a GPU refuses it\n",
+            dladdr(k, &di) && di.dli_sname ? di.dli_sname : "a kernel", smem,
+            it == g_smem_optin.end() ? 0 : it->second);
+    abort();
+}
+
 void run(const cfg &c, const std::function<void()> &fn) {
     /* Each block's thread order comes from (seed, launch number, block), so
      * CUDA_EMU_SEED picks another set of orders and CUDA_EMU_ONLY=a:b confines

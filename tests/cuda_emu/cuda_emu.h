@@ -251,8 +251,13 @@ template <class F> cudaError_t cudaFuncGetAttributes(cudaFuncAttributes *a, F) {
     *a = cudaFuncAttributes{EMU_STATIC_SMEM, 1024, 32};
     return cudaSuccess;
 }
-template <class F> cudaError_t cudaFuncSetAttribute(F, cudaFuncAttribute, int v) {
-    return v < 0 || v > 227 * 1024 - EMU_STATIC_SMEM ? cudaErrorInvalidValue : cudaSuccess;
+namespace emu {
+void set_smem_optin(const void *k, int bytes); /* what cudaFuncSetAttribute allowed the kernel */
+}
+template <class F> cudaError_t cudaFuncSetAttribute(F f, cudaFuncAttribute, int v) {
+    if (v < 0 || v > 227 * 1024 - EMU_STATIC_SMEM) return cudaErrorInvalidValue;
+    emu::set_smem_optin((const void *)f, v);
+    return cudaSuccess;
 }
 
 /* Graphs: a capture records every launch, copy and GEMM with its arguments
@@ -277,10 +282,14 @@ struct cfg {
     cfg(dim3 g, dim3 b, size_t s = 0, cudaStream_t = nullptr) : grid(g), block(b), smem(s) {}
 };
 void run(const cfg &c, const std::function<void()> &body);
+/* more than 48 KiB of dynamic shared memory needs the kernel's opt-in (cudaFuncSetAttribute) of at least as
+ * much: a GPU refuses the launch otherwise, so the emulator aborts */
+void check_smem(const void *k, size_t smem);
 template <class T> struct same { typedef T type; };
 /* arguments convert to the kernel's parameter types at the call, as with <<<>>> */
 extern const void *running_kernel; /* for CUDA_EMU_NAME: which kernel a launch number is */
 template <class... P> void launch(const cfg &c, void (*k)(P...), typename same<P>::type... a) {
+    check_smem((const void *)k, c.smem);
     std::function<void()> job = [c, k, a...]() {
         running_kernel = (const void *)k;
         run(c, [&]() { k(a...); });
