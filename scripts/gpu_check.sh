@@ -106,7 +106,9 @@ grep -E "^(exact|fast)" "$OUT/test_gpu.log" | head -60
 tail -1 "$OUT/test_gpu.log" | grep -q " 0 failed" || fail=1
 echo "-- again with plain launches (PRISM_CUDA_PDL=0): $(PRISM_CUDA_PDL=0 PRISM_REQUIRE_GPU=1 timeout 120 ./build/tests/test_gpu 2>&1 | tail -1)"
 echo "-- again with separate q|k|v post-processing and SwiGLU kernels (PRISM_CUDA_FUSE=0): $(PRISM_CUDA_FUSE=0 PRISM_REQUIRE_GPU=1 timeout 120 ./build/tests/test_gpu 2>&1 | tail -1)"
-echo "-- again with the GEMV in 4 K slices (PRISM_CUDA_GEMV_SLICES=4): $(PRISM_CUDA_GEMV_SLICES=4 PRISM_REQUIRE_GPU=1 timeout 120 ./build/tests/test_gpu 2>&1 | tail -1)"
+r=$(PRISM_CUDA_GEMV_SLICES=4 PRISM_REQUIRE_GPU=1 timeout 120 ./build/tests/test_gpu 2>&1 | tail -1)
+echo "-- again with the GEMV in 4 K slices (PRISM_CUDA_GEMV_SLICES=4): $r"
+case "$r" in *" 0 failed") ;; *) fail=1 ;; esac
 
 step "the trainer's tensor-core attention against a double-precision reference (test_flash)"
 PRISM_REQUIRE_GPU=1 timeout 60 ./build/tests/test_flash >"$OUT/flash.tmp" 2>&1
@@ -141,7 +143,7 @@ grep -q "route:" "$OUT/e2e.log" || fail=1
 step "transformers + peft on this card: the training target's peer, measured in the same run (scripts/peft_bench.py)"
 if python3 -c "import torch, transformers, peft" >/dev/null 2>&1; then
     echo "== transformers + peft on this card (scripts/peft_bench.py)" >>"$OUT/bench.md"
-    PYTHONUNBUFFERED=1 timeout 240 python3 scripts/peft_bench.py 2>&1 | grep -E "^peft|Error|error:" | tail -6 | tee -a "$OUT/bench.md"
+    PYTHONUNBUFFERED=1 timeout "$(capped 240)" python3 scripts/peft_bench.py 2>&1 | grep -E "^peft|Error|error:" | tail -6 | tee -a "$OUT/bench.md"
 else
     echo "-- no torch + transformers + peft here: the verdict takes the issue's H100 figures"
 fi

@@ -57,7 +57,8 @@ def main():
     for shape, (tps, peak, card) in peer.items():
         PEFT[shape]["train"] = tps
     print("== verdict: issue 5's targets (this run's card; peft's training numbers "
-          + ("measured in this run on " + next(iter(peer.values()))[2] if peer else "are the issue's, H100 80GB")
+          + (f"for {', '.join(peer)} measured in this run on " + next(iter(peer.values()))[2] if peer
+             else "are the issue's, H100 80GB")
           + "; its decode and prefill numbers are the issue's, H100 80GB)")
     table, dec = {}, {}
     for line in bench:

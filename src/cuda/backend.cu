@@ -617,18 +617,19 @@ int no_fusion(void) {
  * (any of them) turns off attention's own q|k|v post-processing, its split-K combine by the last block, and the
  * SwiGLU epilogue of the gate|up GEMV; PRISM_CUDA_FUSE=0 turns off all three (and the trainer's fusions). */
 int unfused(int part) {
-    static int mask = -1;
+    static int mask = -1; /* published once, whole: a thread that reads it early parses again, the same */
     if (mask < 0) {
-        mask = no_fusion() ? UF_POST | UF_COMBINE | UF_GLU : 0;
+        int m = no_fusion() ? UF_POST | UF_COMBINE | UF_GLU : 0;
         const char *u = getenv("PRISM_CUDA_UNFUSE");
         while (u && *u) {
             const size_t n = strcspn(u, ",");
-            if (n == 4 && !strncmp(u, "post", 4)) mask |= UF_POST;
-            else if (n == 7 && !strncmp(u, "combine", 7)) mask |= UF_COMBINE;
-            else if (n == 3 && !strncmp(u, "glu", 3)) mask |= UF_GLU;
+            if (n == 4 && !strncmp(u, "post", 4)) m |= UF_POST;
+            else if (n == 7 && !strncmp(u, "combine", 7)) m |= UF_COMBINE;
+            else if (n == 3 && !strncmp(u, "glu", 3)) m |= UF_GLU;
             else if (n) fprintf(stderr, "prism-cuda: PRISM_CUDA_UNFUSE: '%.*s' is none of post, combine, glu: ignored\n", (int)n, u);
             u += n + (u[n] == ',');
         }
+        mask = m;
     }
     return mask & part;
 }

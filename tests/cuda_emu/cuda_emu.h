@@ -241,7 +241,9 @@ cudaError_t cudaEventSynchronize(cudaEvent_t e);
 cudaError_t cudaEventElapsedTime(float *ms, cudaEvent_t a, cudaEvent_t b);
 /* A kernel's static shared memory and its dynamic shared memory share the device's opt-in limit: a kernel may not
  * be given max(dynamic) = the whole limit when it has static shared memory too. The emulator cannot see a kernel's
- * statics, so it assumes EMU_STATIC_SMEM bytes of them in every kernel (a GPU answers cudaErrorInvalidValue). */
+ * statics, so it assumes EMU_STATIC_SMEM bytes of them in every kernel (a GPU answers cudaErrorInvalidValue). That
+ * is stricter than a GPU for a kernel without statics given the whole limit (gate.cu could ask for that much):
+ * none of prism's does today. */
 #define EMU_STATIC_SMEM 16
 struct cudaFuncAttributes {
     size_t sharedSizeBytes;
@@ -254,7 +256,8 @@ template <class F> cudaError_t cudaFuncGetAttributes(cudaFuncAttributes *a, F) {
 namespace emu {
 void set_smem_optin(const void *k, int bytes); /* what cudaFuncSetAttribute allowed the kernel */
 }
-template <class F> cudaError_t cudaFuncSetAttribute(F f, cudaFuncAttribute, int v) {
+template <class F> cudaError_t cudaFuncSetAttribute(F f, cudaFuncAttribute a, int v) {
+    if (a != cudaFuncAttributeMaxDynamicSharedMemorySize) return cudaErrorInvalidValue;
     if (v < 0 || v > 227 * 1024 - EMU_STATIC_SMEM) return cudaErrorInvalidValue;
     emu::set_smem_optin((const void *)f, v);
     return cudaSuccess;
