@@ -6,7 +6,7 @@
  *
  *   bench_gpu [--shape 0.5b|7b|all|tiny] [--device N] [--runs R] [--new N] [--train 0|1]
  *             [--only prefill|decode1|decode32|train|gemm] [--train-seqs N] [--train-pass N] [--train-loss ce|kl]
- *             [--train-targets q,k,v,o,gate,up,down|all]
+ *             [--train-targets q,k,v,o,gate,up,down|attn|mlp|all]
  *
  * --only runs one phase (and its setup) alone, for a profiler
  * (scripts/gpu_profile.sh); --train-seqs sets the sequences per training step,
@@ -252,28 +252,6 @@ static void gemm_table(const prism_gpu_api *api, int32_t device, int reps) {
                layer_flop / (layer_lt * 1e-3) / 1e12);
 }
 
-/* "q,k,v,o,gate,up,down" (also the *_proj names) or "all": the LoRA targets of the training benchmark; 0 if a
- * name is unknown */
-static uint32_t parse_targets(const char *s) {
-    uint32_t bits = 0;
-    for (const char *p = s; *p;) {
-        const size_t n = strcspn(p, ",");
-        int t = 0;
-        if (n == 3 && !strncmp(p, "all", 3)) {
-            bits |= PRISM_LORA_ALL;
-        } else {
-            static const char *const short_names[LORA_N_TARGETS] = {"q", "k", "v", "o", "gate", "up", "down"};
-            for (; t < LORA_N_TARGETS; t++)
-                if ((strlen(short_names[t]) == n && !strncmp(p, short_names[t], n)) ||
-                    (strlen(lora_target_names[t]) == n && !strncmp(p, lora_target_names[t], n)))
-                    break;
-            if (t == LORA_N_TARGETS) return 0;
-            bits |= 1u << t;
-        }
-        p += n + (p[n] == ',');
-    }
-    return bits;
-}
 
 int main(int argc, char **argv) {
     const char *which = "all";
@@ -293,7 +271,7 @@ int main(int argc, char **argv) {
         else {
             fprintf(stderr, "usage: bench_gpu [--shape 0.5b|7b|all|tiny] [--device N] [--runs R] [--new N] [--train 0|1]\n"
                             "                 [--only prefill|decode1|decode32|train|gemm] [--train-seqs N] [--train-pass N] [--train-loss ce|kl]\n"
-                            "                 [--train-targets q,k,v,o,gate,up,down|all]\n");
+                            "                 [--train-targets q,k,v,o,gate,up,down|attn|mlp|all]\n");
             return 2;
         }
     }
@@ -319,9 +297,9 @@ int main(int argc, char **argv) {
         return 2;
     }
     const bool kl = !strcmp(train_loss, "kl");
-    const uint32_t targets = parse_targets(train_targets);
-    if (!targets) {
-        fprintf(stderr, "bench_gpu: --train-targets takes a list of q, k, v, o, gate, up, down, or all, not '%s'\n",
+    uint32_t targets = 0;
+    if (lora_parse_targets(train_targets, &targets, NULL, 0)) {
+        fprintf(stderr, "bench_gpu: --train-targets takes a list of q, k, v, o, gate, up, down, attn, mlp or all, not '%s'\n",
                 train_targets);
         return 2;
     }

@@ -40,24 +40,14 @@ static bool on_progress(void *user, const train_progress *p) {
     return !g_interrupted;
 }
 
-/* "q,k,v,o,gate,up,down", "attn", "mlp", "all"; also the *_proj names. */
+/* "q,k,v,o,gate,up,down", "attn", "mlp", "all"; also the *_proj names (lora_parse_targets). */
 static uint32_t parse_targets(const char *s) {
     uint32_t bits = 0;
-    char *dup = strdup(s), *save = NULL;
-    for (char *tok = strtok_r(dup, ",", &save); tok; tok = strtok_r(NULL, ",", &save)) {
-        static const char *short_names[LORA_N_TARGETS] = {"q", "k", "v", "o", "gate", "up", "down"};
-        if (!strcmp(tok, "all")) { bits |= PRISM_LORA_ALL; continue; }
-        if (!strcmp(tok, "attn")) { bits |= PRISM_LORA_Q | PRISM_LORA_K | PRISM_LORA_V | PRISM_LORA_O; continue; }
-        if (!strcmp(tok, "mlp")) { bits |= PRISM_LORA_GATE | PRISM_LORA_UP | PRISM_LORA_DOWN; continue; }
-        int t = 0;
-        for (; t < LORA_N_TARGETS; t++)
-            if (!strcmp(tok, short_names[t]) || !strcmp(tok, lora_target_names[t])) break;
-        if (t == LORA_N_TARGETS)
-            cli_usage_error("--targets: unknown module \"%s\" (use q,k,v,o,gate,up,down, attn, mlp or all)", tok);
-        bits |= 1u << t;
+    char bad[64];
+    if (lora_parse_targets(s, &bits, bad, sizeof bad)) {
+        if (!bad[0]) cli_usage_error("--targets: empty list");
+        cli_usage_error("--targets: unknown module \"%s\" (use q,k,v,o,gate,up,down, attn, mlp or all)", bad);
     }
-    free(dup);
-    if (!bits) cli_usage_error("--targets: empty list");
     return bits;
 }
 

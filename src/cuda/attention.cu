@@ -301,37 +301,34 @@ __global__ void attention_combine(const float *__restrict__ part_o, const float2
     }
 }
 
-/* The largest dynamic shared memory a launch of attention_kernel<A, DPL> can take: the device's opt-in limit less
- * the kernel's static shared memory (the split-K ticket's flag), which the two share. */
-template <class A, int DPL> static cudaError_t attention_room(int smem_optin, int *room) {
-    cudaFuncAttributes fa;
-    cudaError_t e = cudaFuncGetAttributes(&fa, attention_kernel<A, DPL>);
-    if (e == cudaSuccess && smem_optin - (int)fa.sharedSizeBytes < *room) *room = smem_optin - (int)fa.sharedSizeBytes;
+/* f(k) for each instantiation k of attention_kernel, until one fails */
+template <class F> static cudaError_t each_attention_kernel(F f) {
+    cudaError_t e = f(attention_kernel<bf16, 1>);
+    if (e == cudaSuccess) e = f(attention_kernel<bf16, 2>);
+    if (e == cudaSuccess) e = f(attention_kernel<bf16, 4>);
+    if (e == cudaSuccess) e = f(attention_kernel<bf16, 8>);
+    if (e == cudaSuccess) e = f(attention_kernel<float, 1>);
+    if (e == cudaSuccess) e = f(attention_kernel<float, 2>);
+    if (e == cudaSuccess) e = f(attention_kernel<float, 4>);
+    if (e == cudaSuccess) e = f(attention_kernel<float, 8>);
     return e;
 }
 
-template <class A, int DPL> static cudaError_t attention_optin(int dyn) {
-    return cudaFuncSetAttribute(attention_kernel<A, DPL>, cudaFuncAttributeMaxDynamicSharedMemorySize, dyn);
-}
-
+/* *dyn_max: the largest dynamic shared memory every attention_kernel launch can take — the device's opt-in
+ * limit less the kernel's static shared memory (the split-K ticket's flag), which the two share — set as
+ * each instantiation's opt-in. */
 int attention_setup(int smem_optin, int *dyn_max, char *err, size_t errn) {
     int room = smem_optin;
-    cudaError_t e = attention_room<bf16, 1>(smem_optin, &room);
-    if (e == cudaSuccess) e = attention_room<bf16, 2>(smem_optin, &room);
-    if (e == cudaSuccess) e = attention_room<bf16, 4>(smem_optin, &room);
-    if (e == cudaSuccess) e = attention_room<bf16, 8>(smem_optin, &room);
-    if (e == cudaSuccess) e = attention_room<float, 1>(smem_optin, &room);
-    if (e == cudaSuccess) e = attention_room<float, 2>(smem_optin, &room);
-    if (e == cudaSuccess) e = attention_room<float, 4>(smem_optin, &room);
-    if (e == cudaSuccess) e = attention_room<float, 8>(smem_optin, &room);
-    if (e == cudaSuccess) e = attention_optin<bf16, 1>(room);
-    if (e == cudaSuccess) e = attention_optin<bf16, 2>(room);
-    if (e == cudaSuccess) e = attention_optin<bf16, 4>(room);
-    if (e == cudaSuccess) e = attention_optin<bf16, 8>(room);
-    if (e == cudaSuccess) e = attention_optin<float, 1>(room);
-    if (e == cudaSuccess) e = attention_optin<float, 2>(room);
-    if (e == cudaSuccess) e = attention_optin<float, 4>(room);
-    if (e == cudaSuccess) e = attention_optin<float, 8>(room);
+    cudaError_t e = each_attention_kernel([&](auto k) {
+        cudaFuncAttributes fa;
+        const cudaError_t r = cudaFuncGetAttributes(&fa, k);
+        if (r == cudaSuccess && smem_optin - (int)fa.sharedSizeBytes < room) room = smem_optin - (int)fa.sharedSizeBytes;
+        return r;
+    });
+    if (e == cudaSuccess)
+        e = each_attention_kernel([&](auto k) {
+            return cudaFuncSetAttribute(k, cudaFuncAttributeMaxDynamicSharedMemorySize, room);
+        });
     if (e != cudaSuccess)
         return gpu_fail(err, errn, PRISM_GPU_E_UNSUPPORTED,
                         "attention kernel (%d bytes of dynamic shared memory): %s (is this GPU covered by the build?)", room,

@@ -265,32 +265,17 @@ static __device__ __forceinline__ void gemv_rows(float (&acc)[R][T], const uint4
     }
 }
 
-template <class A, int T, int U>
+/* The plain GEMV, y = x·Wᵀ in F32. With S > 1 each row's K is cut into S slices, a warp per slice and 8 / S
+ * rows per block: S times the blocks, each warp's stream S times shorter (PRISM_CUDA_GEMV_SLICES). For the 7B
+ * shape's few-row projections (q|k|v 4,608 rows, o and down 3,584) one warp per row is ~3.4 blocks per SM in one
+ * wave, and the o GEMV's 7 KB rows are two round trips per warp: on an H200 this kernel (S = 1) streamed at 72%
+ * of the copy bandwidth where gemv_glu_kernel (twice the bytes in flight per warp) reached 99%. The slices'
+ * sums are added in slice order (deterministic). */
+template <class A, int T, int U, int S>
 __global__ void __launch_bounds__(256) gemv_mlp_kernel(float *__restrict__ y, const A *__restrict__ x,
                                                        const A *__restrict__ w, int32_t N, int32_t K) {
-    const int32_t n = blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5), lane = threadIdx.x & 31;
-    const bool valid = n < N;
-    const uint4 *const wr[1] = {(const uint4 *)(w + (int64_t)(valid ? n : 0) * K)};
-    float acc[1][T];
-    gemv_rows<A, T, U, 1>(acc, wr, valid ? K / (16 / (int)sizeof(A)) : 0, x, K, lane);
-#pragma unroll
-    for (int t = 0; t < T; t++) {
-        const float v = warp_sum(acc[0][t]);
-        if (lane == 0 && valid) y[(int64_t)t * N + n] = v;
-    }
-}
-
-/* The same GEMV with each row's K cut into S slices, a warp per slice and 8 / S rows per block: S times the
- * blocks, each warp's stream S times shorter. For the 7B shape's few-row projections (q|k|v 4,608 rows, o and
- * down 3,584) one warp per row is ~3.4 blocks per SM in one wave, and the o GEMV's 7 KB rows are two round
- * trips per warp: on an H200 this kernel streamed at 72% of the copy bandwidth where gemv_glu_kernel (twice the
- * bytes in flight per warp) reached 99%. The slices' sums are added in slice order (deterministic). */
-template <class A, int T, int U, int S>
-__global__ void __launch_bounds__(256) gemv_sliced_kernel(float *__restrict__ y, const A *__restrict__ x,
-                                                          const A *__restrict__ w, int32_t N, int32_t K) {
     constexpr int EPV = 16 / sizeof(A), RPB = GV_WARPS / S;
     static_assert(GV_WARPS % S == 0 && T <= 32, "slices of a block's warps; a lane per token");
-    __shared__ float part[GV_WARPS][T];
     const int32_t wi = threadIdx.x >> 5, lane = threadIdx.x & 31, sl = wi % S;
     const int32_t n = blockIdx.x * RPB + wi / S;
     const bool valid = n < N;
@@ -298,17 +283,26 @@ __global__ void __launch_bounds__(256) gemv_sliced_kernel(float *__restrict__ y,
     const uint4 *const wr[1] = {(const uint4 *)(w + (int64_t)(valid ? n : 0) * K) + v0};
     float acc[1][T];
     gemv_rows<A, T, U, 1>(acc, wr, valid ? v1 - v0 : 0, x + (int64_t)v0 * EPV, K, lane);
+    if constexpr (S == 1) { /* the row's whole sum is this warp's */
 #pragma unroll
-    for (int t = 0; t < T; t++) {
-        const float v = warp_sum(acc[0][t]);
-        if (lane == 0) part[wi][t] = v;
-    }
-    __syncthreads();
-    if (sl == 0 && valid && lane < T) {
-        float v = 0.0f;
+        for (int t = 0; t < T; t++) {
+            const float v = warp_sum(acc[0][t]);
+            if (lane == 0 && valid) y[(int64_t)t * N + n] = v;
+        }
+    } else {
+        __shared__ float part[GV_WARPS][T];
 #pragma unroll
-        for (int j = 0; j < S; j++) v += part[wi + j][lane];
-        y[(int64_t)lane * N + n] = v;
+        for (int t = 0; t < T; t++) {
+            const float v = warp_sum(acc[0][t]);
+            if (lane == 0) part[wi][t] = v;
+        }
+        __syncthreads();
+        if (sl == 0 && valid && lane < T) {
+            float v = 0.0f;
+#pragma unroll
+            for (int j = 0; j < S; j++) v += part[wi + j][lane];
+            y[(int64_t)lane * N + n] = v;
+        }
     }
 }
 
@@ -354,9 +348,9 @@ template <class A> static void gemv_t(cudaStream_t s, float *y, const A *x, cons
     const int sl = gemv_slices(), blocks = (N + GV_WARPS / sl - 1) / (GV_WARPS / sl);
     switch (T * 8 + sl) {
 #define CASE(t, u) \
-    case t * 8 + 1: PDL_LAUNCH((gemv_mlp_kernel<A, t, u>), blocks, 32 * GV_WARPS, 0, s, y, x, w, N, K); break; \
-    case t * 8 + 2: PDL_LAUNCH((gemv_sliced_kernel<A, t, u, 2>), blocks, 32 * GV_WARPS, 0, s, y, x, w, N, K); break; \
-    case t * 8 + 4: PDL_LAUNCH((gemv_sliced_kernel<A, t, u, 4>), blocks, 32 * GV_WARPS, 0, s, y, x, w, N, K); break;
+    case t * 8 + 1: PDL_LAUNCH((gemv_mlp_kernel<A, t, u, 1>), blocks, 32 * GV_WARPS, 0, s, y, x, w, N, K); break; \
+    case t * 8 + 2: PDL_LAUNCH((gemv_mlp_kernel<A, t, u, 2>), blocks, 32 * GV_WARPS, 0, s, y, x, w, N, K); break; \
+    case t * 8 + 4: PDL_LAUNCH((gemv_mlp_kernel<A, t, u, 4>), blocks, 32 * GV_WARPS, 0, s, y, x, w, N, K); break;
         GEMV_CASES(CASE)
 #undef CASE
     default: break;

@@ -40,6 +40,35 @@ const char *const lora_target_names[LORA_N_TARGETS] = {"q_proj", "k_proj",    "v
 const char *const lora_target_parent[LORA_N_TARGETS] = {"self_attn", "self_attn", "self_attn", "self_attn",
                                                         "mlp",       "mlp",       "mlp"};
 
+int lora_parse_targets(const char *s, uint32_t *bits, char *bad, size_t badn) {
+    static const char *const short_names[LORA_N_TARGETS] = {"q", "k", "v", "o", "gate", "up", "down"};
+    uint32_t b = 0;
+    if (badn) bad[0] = 0;
+    for (const char *p = s; *p;) {
+        const size_t n = strcspn(p, ",");
+#define TOKEN_IS(name) (strlen(name) == n && !strncmp(p, (name), n))
+        if (TOKEN_IS("all")) {
+            b |= PRISM_LORA_ALL;
+        } else if (TOKEN_IS("attn")) {
+            b |= PRISM_LORA_Q | PRISM_LORA_K | PRISM_LORA_V | PRISM_LORA_O;
+        } else if (TOKEN_IS("mlp")) {
+            b |= PRISM_LORA_GATE | PRISM_LORA_UP | PRISM_LORA_DOWN;
+        } else if (n) {
+            int t = 0;
+            while (t < LORA_N_TARGETS && !TOKEN_IS(short_names[t]) && !TOKEN_IS(lora_target_names[t])) t++;
+            if (t == LORA_N_TARGETS) {
+                if (badn) snprintf(bad, badn, "%.*s", (int)n, p);
+                return -1;
+            }
+            b |= 1u << t;
+        }
+#undef TOKEN_IS
+        p += n + (p[n] == ',');
+    }
+    *bits = b;
+    return b ? 0 : -1;
+}
+
 const linear_w *lora_base_linear(const prism_model *m, int32_t layer, lora_target t) {
     const layer_w *L = &m->layers[layer];
     switch (t) {

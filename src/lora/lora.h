@@ -19,6 +19,11 @@ extern const char *const lora_target_names[LORA_N_TARGETS];
 /* "self_attn" for q/k/v/o, "mlp" for gate/up/down */
 extern const char *const lora_target_parent[LORA_N_TARGETS];
 
+/* A comma-separated list of targets — q, k, v, o, gate, up, down (or their *_proj names), attn, mlp, all — as
+ * target bits in *bits. 0 on success; -1 with an unknown name (copied, truncated, into bad) or an empty list
+ * (bad ""). */
+int lora_parse_targets(const char *s, uint32_t *bits, char *bad, size_t badn);
+
 typedef struct {
     int32_t r;       /* rank; 0 = this module is not adapted */
     float alpha;     /* lora_alpha (after alpha_pattern) */
