@@ -18,7 +18,8 @@
 #   6. transformers + peft's LoRA training on the same card, when installed
 #      (scripts/peft_bench.py): the training target's peer;
 #   then the diagnostics: where the training step's time goes
-#      (PRISM_CUDA_PROFILE=1), also without the MLP's LoRA in the SwiGLU
+#      (PRISM_CUDA_PROFILE=1; then =2, by span: each frozen GEMM, LoRA
+#      product and kernel named by its role), also without the MLP's LoRA in the SwiGLU
 #      kernels, flash.cu, the LM head's and LoRA's splits or the fused SwiGLU
 #      backward, with the long-K frozen GEMMs split, with gate|up's LoRA
 #      terms remade by the backward, with the frozen GEMMs' algorithms tuned,
@@ -153,6 +154,12 @@ for args in "--shape 7b" "--shape 7b --train-pass 1" "--shape 7b --train-loss kl
     in_time "bench_gpu $args" || continue
     echo "== bench_gpu $args"
     PRISM_CUDA_PROFILE=1 timeout "$(capped 90)" ./build/bench/bench_gpu $args --only train --runs 1 2>&1 | grep -E "^ |profile|\| Qwen"
+done | tee -a "$OUT/bench_variants.log"
+for shape in 7b 0.5b; do
+    in_time "the span profile of $shape training" || continue
+    echo "== span profile of $shape training (PRISM_CUDA_PROFILE=2: every GEMM, LoRA product and kernel by its role)"
+    PRISM_CUDA_PROFILE=2 timeout "$(capped 90)" ./build/bench/bench_gpu --shape $shape --only train --runs 1 2>&1 |
+        sed -n '/by span/,$p' | grep -E "^ |by span" | head -48
 done | tee -a "$OUT/bench_variants.log"
 for v in "PRISM_CUDA_FROZEN_SPLIT=2: the long-K frozen GEMMs (down forward, gate|up backward) in 2 K slices (whether splitting pays)" \
     "PRISM_CUDA_GU_REMAKE=1: gate|up's LoRA terms added again by the SwiGLU backward, not kept by the forward (whether it pays)" \

@@ -120,14 +120,18 @@ struct gpu_train {
     void **allocs;
     int n_allocs, cap_allocs;
     int64_t bytes;
-    struct tprof *prof; /* PRISM_CUDA_PROFILE=1 */
+    struct tprof *prof; /* PRISM_CUDA_PROFILE=1 or 2 */
 };
 
 /* ------------------------------------------------------------------ profile */
 
 /* PRISM_CUDA_PROFILE=1: where a training run's GPU time goes. Events on the
  * stream mark the end of each span; the time since the previous mark is
- * charged to the span's category; printed to stderr when the session ends. */
+ * charged to the span's category; printed to stderr when the session ends.
+ * PRISM_CUDA_PROFILE=2 also names each span (prof_op: a frozen GEMM, one of
+ * LoRA's products, a kernel) and prints the time per name and example, the
+ * largest first: the breakdown Nsight tools give by kernel name, but at the
+ * 7B shape, in the real step, and with cuBLAS's calls named by their role. */
 enum { TP_OTHER, TP_EMBED_NORM, TP_GEMM_F, TP_LORA_F, TP_ATT_F, TP_ELT_F, TP_LOSS, TP_GEMM_B, TP_LORA_B, TP_ATT_B,
        TP_ELT_B, TP_OPT, TP_N };
 static const char *const TP_NAME[TP_N] = {"host gaps, uploads",        "embedding, final norm",
@@ -137,35 +141,61 @@ static const char *const TP_NAME[TP_N] = {"host gaps, uploads",        "embeddin
                                           "LoRA, backward",            "attention, backward",
                                           "norms, SwiGLU, adds, backward", "gradient norm, AdamW"};
 #define TP_MAX 1024
+#define TP_OPS 128 /* span names at most (PRISM_CUDA_PROFILE=2); more are charged to their category's row */
 struct tprof {
     cudaEvent_t ev[TP_MAX];
     int cat[TP_MAX], n, examples;
+    const char *lab[TP_MAX]; /* the span's name (NULL: its category's) */
     double ms[TP_N];
+    int ops; /* PRISM_CUDA_PROFILE=2 */
+    const char *op[TP_OPS];
+    int op_cat[TP_OPS], n_ops;
+    double op_ms[TP_OPS];
+    int64_t op_calls[TP_OPS];
 };
 
-static void prof_flush(gpu_train *t) {
+/* The spans' times into their categories (and names). restart: a flush in the middle of a pass (the event
+ * ring is full): the GPU is idle once the last event has completed, so the next span starts now, not at
+ * that event — the host's gap while flushing is not charged to whatever follows. */
+static void prof_flush(gpu_train *t, int restart) {
     struct tprof *P = t->prof;
     if (!P || P->n < 2) return;
     cudaEventSynchronize(P->ev[P->n - 1]);
     for (int i = 1; i < P->n; i++) {
         float ms = 0;
-        if (cudaEventElapsedTime(&ms, P->ev[i - 1], P->ev[i]) == cudaSuccess) P->ms[P->cat[i]] += ms;
+        if (cudaEventElapsedTime(&ms, P->ev[i - 1], P->ev[i]) != cudaSuccess) continue;
+        P->ms[P->cat[i]] += ms;
+        if (!P->ops) continue;
+        const char *name = P->lab[i] ? P->lab[i] : TP_NAME[P->cat[i]];
+        int k = 0;
+        while (k < P->n_ops && (P->op[k] != name || P->op_cat[k] != P->cat[i])) k++;
+        if (k == P->n_ops && P->n_ops == TP_OPS) { /* out of rows: the category's own */
+            name = TP_NAME[P->cat[i]];
+            for (k = 0; k < P->n_ops && (P->op[k] != name || P->op_cat[k] != P->cat[i]);) k++;
+            if (k == P->n_ops) k = TP_OPS - 1;
+        }
+        if (k == P->n_ops) P->op[k] = name, P->op_cat[k] = P->cat[i], P->op_ms[k] = 0, P->op_calls[k] = 0, P->n_ops++;
+        P->op_ms[k] += ms, P->op_calls[k]++;
     }
     cudaEvent_t last = P->ev[P->n - 1];
     P->ev[P->n - 1] = P->ev[0], P->ev[0] = last, P->n = 1;
+    if (restart) cudaEventRecord(P->ev[0], t->s);
 }
 
-/* The work enqueued since the previous mark was of category cat. */
-static void prof_mark(gpu_train *t, int cat) {
+/* The work enqueued since the previous mark was of category cat; with PRISM_CUDA_PROFILE=2 named name (a
+ * string that lives as long as the program: the same pointer each time it is charged). */
+static void prof_op(gpu_train *t, int cat, const char *name) {
     struct tprof *P = t->prof;
     if (!P) return;
-    if (P->n == TP_MAX) prof_flush(t);
-    if (cudaEventRecord(P->ev[P->n], t->s) == cudaSuccess) P->cat[P->n++] = cat;
+    if (P->n == TP_MAX) prof_flush(t, 1);
+    if (cudaEventRecord(P->ev[P->n], t->s) == cudaSuccess) P->cat[P->n] = cat, P->lab[P->n++] = name;
 }
+
+static void prof_mark(gpu_train *t, int cat) { prof_op(t, cat, NULL); }
 
 static void prof_new(gpu_train *t) {
     const char *e = getenv("PRISM_CUDA_PROFILE");
-    if (!e || *e != '1') return;
+    if (!e || (*e != '1' && *e != '2')) return;
     struct tprof *P = (struct tprof *)calloc(1, sizeof *P);
     if (!P) return;
     for (int i = 0; i < TP_MAX; i++)
@@ -174,19 +204,37 @@ static void prof_new(gpu_train *t) {
             free(P);
             return;
         }
+    P->ops = *e == '2';
     t->prof = P;
 }
 
 static void prof_free(gpu_train *t) {
     struct tprof *P = t->prof;
     if (!P) return;
-    prof_flush(t);
+    prof_flush(t, 0);
     double tot = 0;
     for (int c = 0; c < TP_N; c++) tot += P->ms[c];
     fprintf(stderr, "prism-cuda training profile: %d examples, %.1f ms of GPU time\n", P->examples, tot);
     for (int c = 0; c < TP_N; c++)
         if (P->ms[c] > 0)
             fprintf(stderr, "  %5.1f%%  %9.2f ms  %s\n", tot > 0 ? 100 * P->ms[c] / tot : 0.0, P->ms[c], TP_NAME[c]);
+    if (P->ops && P->n_ops) {
+        const double ex = P->examples > 0 ? P->examples : 1;
+        fprintf(stderr, "prism-cuda training profile by span (PRISM_CUDA_PROFILE=2), per example of the %d, the "
+                        "largest first:\n   share   ms/ex   calls/ex  span  [category]\n", P->examples);
+        int order[TP_OPS];
+        for (int k = 0; k < P->n_ops; k++) order[k] = k;
+        for (int a = 1; a < P->n_ops; a++) /* insertion sort, by time descending */
+            for (int b = a; b > 0 && P->op_ms[order[b]] > P->op_ms[order[b - 1]]; b--) {
+                const int x = order[b];
+                order[b] = order[b - 1], order[b - 1] = x;
+            }
+        for (int a = 0; a < P->n_ops; a++) {
+            const int k = order[a];
+            fprintf(stderr, "  %5.1f%%  %7.3f  %8.1f  %s  [%s]\n", tot > 0 ? 100 * P->op_ms[k] / tot : 0.0,
+                    P->op_ms[k] / ex, (double)P->op_calls[k] / ex, P->op[k], TP_NAME[P->op_cat[k]]);
+        }
+    }
     for (int i = 0; i < TP_MAX; i++) cudaEventDestroy(P->ev[i]);
     free(P);
     t->prof = NULL;
@@ -1221,6 +1269,18 @@ static int group_of(const gpu_train *t, int32_t l, const int *tg, int n, const t
     return k;
 }
 
+/* Span names of a projection's work (PRISM_CUDA_PROFILE=2), by projection: its first target. */
+enum { PO_FWD, PO_XA, PO_CVT, PO_MB, PO_BWD, PO_TMP, PO_DB, PO_DA, PO_DX, PO_N };
+#define PO_ROW(g)                                                                                                  \
+    {g ": frozen GEMM, forward",  g ": LoRA mid = x.A^T",  g ": LoRA operands to BF16", g ": LoRA y += s.mid.B^T", \
+     g ": frozen GEMM, backward", g ": LoRA tmp = s.dy.B", g ": LoRA dB += s.mid^T.dy", g ": LoRA dA += tmp^T.x",  \
+     g ": LoRA dx = tmp.A"}
+static const char *const PO_NAME[4][PO_N] = {PO_ROW("q|k|v"), PO_ROW("o"), PO_ROW("gate|up"), PO_ROW("down")};
+#undef PO_ROW
+static const char *po(const int *tg, int op) {
+    return PO_NAME[tg[0] == LT_Q ? 0 : tg[0] == LT_O ? 1 : tg[0] == LT_GATE ? 2 : 3][op];
+}
+
 /* What a projection's forward or backward leaves to the kernel that follows
  * it (the MLP's, with t->lfuse): the B-products (forward), dA, dB, and LoRA's
  * term of dx (backward). */
@@ -1241,40 +1301,46 @@ static int proj_fwd(gpu_train *t, int32_t l, const int *tg, const int64_t *col, 
     const int k = group_of(t, l, tg, n, md, &rs), bl = (left & PF_B) != 0;
     if (k < n || bl) {
         TRY(w_fwd(t, y, ybf, ldy, x, xa, W, T, 0.0f, err, errn));
-        prof_mark(t, TP_GEMM_F);
+        prof_op(t, TP_GEMM_F, po(tg, PO_FWD));
     }
     if (k) {
         const tmod *m0 = NULL;
         for (int j = 0; j < n && !m0; j++) m0 = md[j];
         if (xa && !t->m->f32) { /* x is in BF16 already: read that (half the bytes), with the As in BF16 */
             to_bf(t, t->lb_A, t->p + m0->offA, (int64_t)rs * m0->in);
+            prof_op(t, TP_LORA_F, po(tg, PO_CVT));
             TRY(bg(t, CUBLAS_OP_T, CUBLAS_OP_N, rs, T, m0->in, 1.0f, t->lb_A, m0->in, (const bf16 *)xa, ldx, 0.0f, mid, 0,
                    rs, err, errn));
         } else {
             TRY(sg(t, CUBLAS_OP_T, CUBLAS_OP_N, rs, T, m0->in, 1.0f, t->p + m0->offA, m0->in, x, ldx, 0.0f, mid, rs,
                    err, errn));
         }
+        prof_op(t, TP_LORA_F, po(tg, PO_XA));
         bf16 *midb = t->lb_mid, *Bb = t->lb_B;
-        if (ybf && !bl) to_bf(t, midb, mid, (int64_t)T * rs);
+        if (ybf && !bl) {
+            to_bf(t, midb, mid, (int64_t)T * rs);
+            prof_op(t, TP_LORA_F, po(tg, PO_CVT));
+        }
         for (int j = 0, c = 0; j < n && !bl; j++) {
             if (!md[j]) continue;
             const float beta = k == n ? 0.0f : 1.0f;
             if (ybf) { /* BF16 output: BF16 operands (B_j converted; stream order keeps one B buffer safe) */
                 const int64_t nb = (int64_t)md[j]->r * md[j]->out;
                 to_bf(t, Bb, t->p + md[j]->offB, nb);
+                prof_op(t, TP_LORA_F, po(tg, PO_CVT));
                 TRY(bg(t, CUBLAS_OP_T, CUBLAS_OP_N, md[j]->out, T, md[j]->r, md[j]->scale, Bb, md[j]->r, midb + c, rs,
                        beta, (bf16 *)y + col[j], 1, ldy, err, errn));
             } else {
                 TRY(sg(t, CUBLAS_OP_T, CUBLAS_OP_N, md[j]->out, T, md[j]->r, md[j]->scale, t->p + md[j]->offB,
                        md[j]->r, mid + c, rs, beta, (float *)y + col[j], ldy, err, errn));
             }
+            prof_op(t, TP_LORA_F, po(tg, PO_MB));
             c += md[j]->r;
         }
-        prof_mark(t, TP_LORA_F);
     }
     if (k == n && !bl) {
         TRY(w_fwd(t, y, ybf, ldy, x, xa, W, T, 1.0f, err, errn));
-        prof_mark(t, TP_GEMM_F);
+        prof_op(t, TP_GEMM_F, po(tg, PO_FWD));
     }
     return 0;
 }
@@ -1297,47 +1363,64 @@ static int proj_bwd(gpu_train *t, int32_t l, const int *tg, const int64_t *col, 
         /* dy and x in BF16 when their producers wrote them so: LoRA reads those, its small operands converted */
         const bf16 *dyb = t->m->f32 ? NULL : (const bf16 *)dya, *xb = t->m->f32 ? NULL : (const bf16 *)xa;
         const int db = !(left & PB_DB);
-        if (dyb && db) to_bf(t, t->lb_mid, mid, (int64_t)T * rs);
+        if (dyb && db) {
+            to_bf(t, t->lb_mid, mid, (int64_t)T * rs);
+            prof_op(t, TP_LORA_B, po(tg, PO_CVT));
+        }
         for (int j = 0, c = 0; j < n; j++) {
             if (!md[j]) continue;
             if (!m0) m0 = md[j];
             const float *B = t->p + md[j]->offB;
             if (dyb) {
                 to_bf(t, t->lb_B, B, (int64_t)md[j]->r * md[j]->out);
+                prof_op(t, TP_LORA_B, po(tg, PO_CVT));
                 TRY(bg(t, CUBLAS_OP_N, CUBLAS_OP_N, md[j]->r, T, md[j]->out, md[j]->scale, t->lb_B, md[j]->r,
                        dyb + col[j], ldy, 0.0f, tmp + c, 0, rs, err, errn));
-                if (db)
+                prof_op(t, TP_LORA_B, po(tg, PO_TMP));
+                if (db) {
                     TRY(bg_acc_t(t, md[j]->r, md[j]->out, T, md[j]->scale, t->lb_mid + c, rs, dyb + col[j], ldy,
                                  t->g + md[j]->offB, err, errn));
+                    prof_op(t, TP_LORA_B, po(tg, PO_DB));
+                }
             } else {
                 const float *dyj = dy + col[j];
                 TRY(sg(t, CUBLAS_OP_N, CUBLAS_OP_N, md[j]->r, T, md[j]->out, md[j]->scale, B, md[j]->r, dyj, ldy, 0.0f,
                        tmp + c, rs, err, errn));
-                if (db)
+                prof_op(t, TP_LORA_B, po(tg, PO_TMP));
+                if (db) {
                     TRY(sg(t, CUBLAS_OP_N, CUBLAS_OP_T, md[j]->r, md[j]->out, T, md[j]->scale, mid + c, rs, dyj, ldy,
                            1.0f, t->g + md[j]->offB, md[j]->r, err, errn));
+                    prof_op(t, TP_LORA_B, po(tg, PO_DB));
+                }
             }
             c += md[j]->r;
         }
         const int in = m0->in, dA = !(left & PB_DA), dX = !(left & PB_DX);
-        if ((xb && dA) || (dxbf && dX)) to_bf(t, t->lb_tmp, tmp, (int64_t)T * rs);
+        if ((xb && dA) || (dxbf && dX)) {
+            to_bf(t, t->lb_tmp, tmp, (int64_t)T * rs);
+            prof_op(t, TP_LORA_B, po(tg, PO_CVT));
+        }
         if (dA && xb) {
             TRY(bg_acc_t(t, in, rs, T, 1.0f, xb, ldx, t->lb_tmp, rs, t->g + m0->offA, err, errn));
+            prof_op(t, TP_LORA_B, po(tg, PO_DA));
         } else if (dA) {
             TRY(sg(t, CUBLAS_OP_N, CUBLAS_OP_T, in, rs, T, 1.0f, x, ldx, tmp, rs, 1.0f, t->g + m0->offA, in, err, errn));
+            prof_op(t, TP_LORA_B, po(tg, PO_DA));
         }
         if (dX && dxbf) { /* dx in BF16: from BF16 tmp and As; the frozen GEMM then adds onto it in BF16 */
             to_bf(t, t->lb_A, t->p + m0->offA, (int64_t)rs * in);
+            prof_op(t, TP_LORA_B, po(tg, PO_CVT));
             TRY(bg(t, CUBLAS_OP_N, CUBLAS_OP_N, in, T, rs, 1.0f, t->lb_A, in, t->lb_tmp, rs, 0.0f, dx, 1, (int)W->in, err,
                    errn));
+            prof_op(t, TP_LORA_B, po(tg, PO_DX));
         } else if (dX) {
             TRY(sg(t, CUBLAS_OP_N, CUBLAS_OP_N, in, T, rs, 1.0f, t->p + m0->offA, in, tmp, rs, 0.0f, (float *)dx,
                    (int)W->in, err, errn));
+            prof_op(t, TP_LORA_B, po(tg, PO_DX));
         }
-        prof_mark(t, TP_LORA_B);
     }
     TRY(w_bwd(t, dx, dxbf, dy, dya, ldy, W, T, k && !(left & PB_DX) ? 1.0f : 0.0f, err, errn));
-    prof_mark(t, TP_GEMM_B);
+    prof_op(t, TP_GEMM_B, po(tg, PO_BWD));
     return 0;
 }
 
@@ -1384,7 +1467,7 @@ static int layer_fwd(gpu_train *t, int32_t l, tacts *A, const float *x, float *y
     const bf16 *yb = (const bf16 *)t->y;
     if (m->f32) tk_norm_fwd<float><<<T, 256, 0, t->s>>>((float *)A->h1, A->r1, x, L->attn_norm, H, m->eps);
     else tk_norm_fwd<bf16><<<T, 256, 0, t->s>>>((bf16 *)A->h1, A->r1, x, L->attn_norm, H, m->eps);
-    prof_mark(t, TP_ELT_F);
+    prof_op(t, TP_ELT_F, "RMSNorm (attention), forward");
     TRY(proj_fwd(t, l, TQKV, CQKV, 3, A->mid[0], f32_of(t, A->h1), A->h1, H, &L->wqkv, t->y, ybf, (int)qn, 0, T,
                  err, errn));
     dim3 gq(T, (nh + 2 * nkv + 3) / 4);
@@ -1401,6 +1484,7 @@ static int layer_fwd(gpu_train *t, int32_t l, tacts *A, const float *x, float *y
         tk_qkv_fwd<float, float><<<gq, 128, qsm, t->s>>>(yf, L->bqkv, L->q_norm, L->k_norm, m->inv_freq, A->qraw,
                                                          A->kraw, A->rq, A->rk, (float *)A->qh, (float *)A->kh,
                                                          (float *)A->vh, t->d_sofs, t->d_slen, nh, nkv, hd, qn, m->eps);
+    prof_op(t, TP_ATT_F, "q|k|v post (norms, RoPE, heads), forward");
     const float scale = 1.0f / sqrtf((float)hd);
     float *P = A->P;
     if (t->flash)
@@ -1421,14 +1505,14 @@ static int layer_fwd(gpu_train *t, int32_t l, tacts *A, const float *x, float *y
         tk_heads<float><<<T, 256, 0, t->s>>>((float *)A->att, t->oh, t->d_sofs, t->d_slen, nh, hd, qd, 0, 0);
     else if (!t->flash)
         tk_heads<bf16><<<T, 256, 0, t->s>>>((bf16 *)A->att, t->oh, t->d_sofs, t->d_slen, nh, hd, qd, 0, 0);
-    prof_mark(t, TP_ATT_F);
+    prof_op(t, TP_ATT_F, t->flash ? "flash attention, forward" : "attention by cuBLAS, forward");
     TRY(proj_fwd(t, l, TO, C0, 1, A->mid[0] + (int64_t)3 * t->max_r * T, f32_of(t, A->att), A->att, (int)qd, &L->wo,
                  t->y, ybf, H, 0, T, err, errn));
     if (m->f32)
         tk_add_norm<float><<<T, 256, 0, t->s>>>(A->xmid, (float *)A->h2, A->r2, x, yf, L->bo, L->ffn_norm, H, m->eps);
     else
         tk_add_norm<bf16><<<T, 256, 0, t->s>>>(A->xmid, (bf16 *)A->h2, A->r2, x, yb, L->bo, L->ffn_norm, H, m->eps);
-    prof_mark(t, TP_ELT_F);
+    prof_op(t, TP_ELT_F, "residual add + RMSNorm (MLP), forward");
     /* gate | up in the activation type: BF16 halves the traffic of the layer's widest tensor (written, read back
      * by the GEMM epilogue, by SwiGLU, its recomputation and its backward) */
     const tmod *mg = mod_of(t, l, LT_GATE), *mu = mod_of(t, l, LT_UP);
@@ -1438,6 +1522,7 @@ static int layer_fwd(gpu_train *t, int32_t l, tacts *A, const float *x, float *y
     const int64_t ngu = (int64_t)T * 2 * F;
     if (L->bgu && ybf) tk_bias<bf16><<<grid_for(ngu), 256, 0, t->s>>>((bf16 *)A->gu, L->bgu, ngu, 2 * F);
     else if (L->bgu) tk_bias<float><<<grid_for(ngu), 256, 0, t->s>>>((float *)A->gu, L->bgu, ngu, 2 * F);
+    if (L->bgu) prof_op(t, TP_ELT_F, "gate|up bias, forward");
     const dim3 gs = swiglu_grid(T, F);
     /* silu(gate)·up: F32 for LoRA's down A-product (or the F32 GEMM), BF16 straight into the down GEMM's input */
     bf16 *actb = m->f32 ? NULL : (bf16 *)t->abuf;
@@ -1446,11 +1531,11 @@ static int layer_fwd(gpu_train *t, int32_t l, tacts *A, const float *x, float *y
     else if (lfw) swiglu_fwd_lora<float>(t, (float *)A->gu, actf, actb, A->mid[1], mg, mu, F, T);
     else if (ybf) tk_swiglu_fwd<bf16><<<gs, 256, 0, t->s>>>(actf, actb, (const bf16 *)A->gu, F);
     else tk_swiglu_fwd<float><<<gs, 256, 0, t->s>>>(actf, actb, (const float *)A->gu, F);
-    prof_mark(t, TP_ELT_F);
+    prof_op(t, TP_ELT_F, lfw ? "SwiGLU + gate|up LoRA B-products, forward" : "SwiGLU, forward");
     TRY(proj_fwd(t, l, TD, C0, 1, A->mid[2], t->act, actb, F, &L->wd, t->y, ybf, H, 0, T, err, errn));
     if (ybf) tk_add<bf16><<<grid_for((int64_t)T * H), 256, 0, t->s>>>(y_out, A->xmid, yb, L->bd, (int64_t)T * H, H);
     else tk_add<float><<<grid_for((int64_t)T * H), 256, 0, t->s>>>(y_out, A->xmid, yf, L->bd, (int64_t)T * H, H);
-    prof_mark(t, TP_ELT_F);
+    prof_op(t, TP_ELT_F, "residual add, forward");
     return 0;
 }
 
@@ -1513,7 +1598,7 @@ static int layer_bwd(gpu_train *t, int32_t l, const tacts *A, const float *x, in
     if (mdn && !swb && !lf) { /* its input, silu(gate)·up, again */
         if (m->f32) tk_swiglu_fwd<float><<<gs, 256, 0, t->s>>>(t->act, (bf16 *)NULL, (const float *)A->gu, F);
         else tk_swiglu_fwd<bf16><<<gs, 256, 0, t->s>>>((float *)NULL, actb, (const bf16 *)A->gu, F);
-        prof_mark(t, TP_ELT_B);
+        prof_op(t, TP_ELT_B, "SwiGLU again (down's LoRA input)");
     }
     /* da = d silu(gate)·up: BF16 on BF16 models, as is dgu, which only GEMMs read there */
     TRY(proj_bwd(t, l, TD, C0, 1, A->mid[2], t->act, actb, F, &L->wd, dx, t->dxb, H, da, !m->f32,
@@ -1533,12 +1618,12 @@ static int layer_bwd(gpu_train *t, int32_t l, const tacts *A, const float *x, in
     } else {
         tk_swiglu_bwd<bf16><<<gs, 256, 0, t->s>>>((float *)NULL, dgub, (const bf16 *)da, (const bf16 *)A->gu, F);
     }
-    prof_mark(t, TP_ELT_B);
+    prof_op(t, TP_ELT_B, lf ? "SwiGLU backward + MLP LoRA terms" : swb ? "SwiGLU backward + down's dA" : "SwiGLU backward");
     /* dh: the gradient at the norm's output, in the activation type (BF16 on BF16 models, as peft's) */
     TRY(proj_bwd(t, l, TGU, CGU, 2, A->mid[1], f32_of(t, A->h2), A->h2, H, &L->wgu, t->dgu, dgub, 2 * F, t->dh, !m->f32,
                  lf ? PB_DB : 0, T, err, errn));
     norm_bwd(t, dx, t->dh, A->xmid, L->ffn_norm, A->r2, T);
-    prof_mark(t, TP_ELT_B);
+    prof_op(t, TP_ELT_B, "RMSNorm backward");
     /* attention */
     TRY(proj_bwd(t, l, TO, C0, 1, A->mid[0] + (int64_t)3 * t->max_r * T, f32_of(t, A->att), A->att, (int)qd, &L->wo,
                  dx, t->dxb, H, t->datt, 0, 0, T, err, errn));
@@ -1549,6 +1634,7 @@ static int layer_bwd(gpu_train *t, int32_t l, const tacts *A, const float *x, in
     const float *P = A->P;
     if (t->flash) { /* dO straight from datt's rows */
         k_flash_dot(t->s, t->Drow, t->datt, (const bf16 *)A->att, so, sl, T, nh, hd);
+        prof_op(t, TP_ATT_B, "flash attention, rowsum(dO.O)");
         k_flash_bwd(t->s, (const bf16 *)A->qh, (const bf16 *)A->kh, (const bf16 *)A->vh, t->datt, A->lse, t->Drow,
                     dqh, dkh, dvh, t->d_ftiles, t->n_ftiles, nh, nkv, hd, m->window, scale);
     } else {
@@ -1571,6 +1657,7 @@ static int layer_bwd(gpu_train *t, int32_t l, const tacts *A, const float *x, in
                 err, errn));
         P += (int64_t)nh * n * n;
     }
+    prof_op(t, TP_ATT_B, t->flash ? "flash attention, backward" : "attention by cuBLAS, backward");
     dim3 gq(T, (nh + 2 * nkv + 3) / 4);
     const int qsm = 4 * hd * (int)sizeof(float);
     if (m->f32)
@@ -1579,11 +1666,11 @@ static int layer_bwd(gpu_train *t, int32_t l, const tacts *A, const float *x, in
     else
         tk_qkv_bwd<bf16><<<gq, 128, qsm, t->s>>>((bf16 *)t->dqkv, dqh, dkh, dvh, L->q_norm, L->k_norm, A->qraw, A->kraw,
                                                  A->rq, A->rk, m->inv_freq, so, sl, nh, nkv, hd, qn);
-    prof_mark(t, TP_ATT_B);
+    prof_op(t, TP_ATT_B, "q|k|v post (norms, RoPE), backward");
     TRY(proj_bwd(t, l, TQKV, CQKV, 3, A->mid[0], f32_of(t, A->h1), A->h1, H, &L->wqkv, f32_of(t, t->dqkv), t->dqkv,
                  (int)qn, t->dh, !m->f32, 0, T, err, errn));
     norm_bwd(t, dx, t->dh, x, L->attn_norm, A->r1, T);
-    prof_mark(t, TP_ELT_B);
+    prof_op(t, TP_ELT_B, "RMSNorm backward");
     return 0;
 }
 
@@ -1897,6 +1984,7 @@ static int loss_chunk(gpu_train *t, int32_t r0, int32_t n, int32_t kind, int32_t
     const int32_t H = m->H, V = m->V;
     const int32_t *rows = t->d_rows + r0;
     TRY(head_rows(t, rows, n, err, errn));
+    prof_op(t, TP_LOSS, "loss: LM head GEMM (rows gathered), forward");
     const cudaDataType at = m->f32 ? CUDA_R_32F : CUDA_R_16BF;
     bf16 *dlb = !m->f32 && kind == 0 ? (bf16 *)t->hrows : NULL; /* CE writes the GEMM's BF16 input itself */
     tk_loss<<<n, 256, 0, t->s>>>(t->logits, t->dlogits, dlb, t->row_loss + r0, rows, t->d_terms + r0, t->d_labels,
@@ -1906,10 +1994,12 @@ static int loss_chunk(gpu_train *t, int32_t r0, int32_t n, int32_t kind, int32_t
         tk_to<bf16><<<1024, 256, 0, t->s>>>((bf16 *)t->hrows, t->dlogits, (int64_t)n * V);
         dl = t->hrows;
     }
+    prof_op(t, TP_LOSS, "loss: softmax, CE/KL and dlogits");
     /* drows_b (H, n) = W_lm[V_b]ᵀ·dlogits[V_b] for vocabulary slices b of V / lm_split (the last one longer) */
     TRY(gemm_k_parts(t, CUBLAS_OP_N, CUBLAS_OP_N, H, n, V, t->lm_split, 1.0f, m->lm_head, H, H, dl, V, 1, at,
                      m->f32 ? 4 : 2, t->drows, err, errn));
     tk_scatter_add<<<n, 256, 0, t->s>>>(dhf, t->drows, rows, H, n, t->lm_split);
+    prof_op(t, TP_LOSS, "loss: LM head GEMM, backward (+ scatter)");
     return 0;
 }
 
@@ -1925,6 +2015,7 @@ static int loss_kl_sparse(gpu_train *t, int32_t r0, int32_t n, int32_t k, float 
         tk_kl_sparse<bf16><<<n, 256, smem, t->s>>>(t->hf, (const bf16 *)m->lm_head, dhf, t->row_loss + r0,
                                                   t->d_rows + r0, t->d_terms + r0, t->d_tval, t->d_tidx, m->H, k, temp);
     CU(cudaGetLastError(), "top-k KL loss");
+    prof_op(t, TP_LOSS, "loss: sparse top-k KL");
     return 0;
 }
 
@@ -2088,7 +2179,7 @@ static int train_batch(gpu_train *t, const gpu_train_example *exs, int32_t n_ex,
     for (int32_t i = 0; i < nr; i++) loss += t->h_loss[i];
     *loss_sum = loss;
     *count = nr;
-    prof_flush(t);
+    prof_flush(t, 0);
     return 0;
 }
 
