@@ -103,8 +103,11 @@ struct gpu_train {
     float *dpart;      /* their per-chunk partials: chunks × (r_down, or r_down + r_gate + r_up) × F */
     void *abuf;        /* activation-type copy of a GEMM input (T, max(H, qd, F, 2F)) */
     /* BF16 copies of LoRA's small operands, for products whose large operand is BF16 (BF16 models):
-     * mid (T, 3 max_r), one B (max_r, max out), the As of a projection (3 max_r, max in), tmp (T, 3 max_r) */
-    bf16 *lb_mid, *lb_B, *lb_A, *lb_tmp;
+     * mid (T, 3 max_r), tmp (T, 3 max_r); and pb, all the parameters (the As and Bs), remade by one launch at
+     * the start of a pass after they changed (pb_stale: uploaded, or stepped by AdamW) rather than each A and B
+     * converted where a product reads it (~28 launches per layer per pass) */
+    bf16 *lb_mid, *lb_tmp, *pb;
+    int32_t pb_stale;
     float *logits, *dlogits, *drows;
     void *hrows;       /* (loss_rows, max(H, V)) activation type: gathered rows / dlogits */
     double *row_loss, *norm_part;
@@ -1307,16 +1310,14 @@ static int proj_fwd(gpu_train *t, int32_t l, const int *tg, const int64_t *col, 
         const tmod *m0 = NULL;
         for (int j = 0; j < n && !m0; j++) m0 = md[j];
         if (xa && !t->m->f32) { /* x is in BF16 already: read that (half the bytes), with the As in BF16 */
-            to_bf(t, t->lb_A, t->p + m0->offA, (int64_t)rs * m0->in);
-            prof_op(t, TP_LORA_F, po(tg, PO_CVT));
-            TRY(bg(t, CUBLAS_OP_T, CUBLAS_OP_N, rs, T, m0->in, 1.0f, t->lb_A, m0->in, (const bf16 *)xa, ldx, 0.0f, mid, 0,
-                   rs, err, errn));
+            TRY(bg(t, CUBLAS_OP_T, CUBLAS_OP_N, rs, T, m0->in, 1.0f, t->pb + m0->offA, m0->in, (const bf16 *)xa, ldx,
+                   0.0f, mid, 0, rs, err, errn));
         } else {
             TRY(sg(t, CUBLAS_OP_T, CUBLAS_OP_N, rs, T, m0->in, 1.0f, t->p + m0->offA, m0->in, x, ldx, 0.0f, mid, rs,
                    err, errn));
         }
         prof_op(t, TP_LORA_F, po(tg, PO_XA));
-        bf16 *midb = t->lb_mid, *Bb = t->lb_B;
+        bf16 *midb = t->lb_mid;
         if (ybf && !bl) {
             to_bf(t, midb, mid, (int64_t)T * rs);
             prof_op(t, TP_LORA_F, po(tg, PO_CVT));
@@ -1324,12 +1325,9 @@ static int proj_fwd(gpu_train *t, int32_t l, const int *tg, const int64_t *col, 
         for (int j = 0, c = 0; j < n && !bl; j++) {
             if (!md[j]) continue;
             const float beta = k == n ? 0.0f : 1.0f;
-            if (ybf) { /* BF16 output: BF16 operands (B_j converted; stream order keeps one B buffer safe) */
-                const int64_t nb = (int64_t)md[j]->r * md[j]->out;
-                to_bf(t, Bb, t->p + md[j]->offB, nb);
-                prof_op(t, TP_LORA_F, po(tg, PO_CVT));
-                TRY(bg(t, CUBLAS_OP_T, CUBLAS_OP_N, md[j]->out, T, md[j]->r, md[j]->scale, Bb, md[j]->r, midb + c, rs,
-                       beta, (bf16 *)y + col[j], 1, ldy, err, errn));
+            if (ybf) { /* BF16 output: BF16 operands (B_j from pb) */
+                TRY(bg(t, CUBLAS_OP_T, CUBLAS_OP_N, md[j]->out, T, md[j]->r, md[j]->scale, t->pb + md[j]->offB,
+                       md[j]->r, midb + c, rs, beta, (bf16 *)y + col[j], 1, ldy, err, errn));
             } else {
                 TRY(sg(t, CUBLAS_OP_T, CUBLAS_OP_N, md[j]->out, T, md[j]->r, md[j]->scale, t->p + md[j]->offB,
                        md[j]->r, mid + c, rs, beta, (float *)y + col[j], ldy, err, errn));
@@ -1372,10 +1370,8 @@ static int proj_bwd(gpu_train *t, int32_t l, const int *tg, const int64_t *col, 
             if (!m0) m0 = md[j];
             const float *B = t->p + md[j]->offB;
             if (dyb) {
-                to_bf(t, t->lb_B, B, (int64_t)md[j]->r * md[j]->out);
-                prof_op(t, TP_LORA_B, po(tg, PO_CVT));
-                TRY(bg(t, CUBLAS_OP_N, CUBLAS_OP_N, md[j]->r, T, md[j]->out, md[j]->scale, t->lb_B, md[j]->r,
-                       dyb + col[j], ldy, 0.0f, tmp + c, 0, rs, err, errn));
+                TRY(bg(t, CUBLAS_OP_N, CUBLAS_OP_N, md[j]->r, T, md[j]->out, md[j]->scale, t->pb + md[j]->offB,
+                       md[j]->r, dyb + col[j], ldy, 0.0f, tmp + c, 0, rs, err, errn));
                 prof_op(t, TP_LORA_B, po(tg, PO_TMP));
                 if (db) {
                     TRY(bg_acc_t(t, md[j]->r, md[j]->out, T, md[j]->scale, t->lb_mid + c, rs, dyb + col[j], ldy,
@@ -1408,10 +1404,8 @@ static int proj_bwd(gpu_train *t, int32_t l, const int *tg, const int64_t *col, 
             prof_op(t, TP_LORA_B, po(tg, PO_DA));
         }
         if (dX && dxbf) { /* dx in BF16: from BF16 tmp and As; the frozen GEMM then adds onto it in BF16 */
-            to_bf(t, t->lb_A, t->p + m0->offA, (int64_t)rs * in);
-            prof_op(t, TP_LORA_B, po(tg, PO_CVT));
-            TRY(bg(t, CUBLAS_OP_N, CUBLAS_OP_N, in, T, rs, 1.0f, t->lb_A, in, t->lb_tmp, rs, 0.0f, dx, 1, (int)W->in, err,
-                   errn));
+            TRY(bg(t, CUBLAS_OP_N, CUBLAS_OP_N, in, T, rs, 1.0f, t->pb + m0->offA, in, t->lb_tmp, rs, 0.0f, dx, 1,
+                   (int)W->in, err, errn));
             prof_op(t, TP_LORA_B, po(tg, PO_DX));
         } else if (dX) {
             TRY(sg(t, CUBLAS_OP_N, CUBLAS_OP_N, in, T, rs, 1.0f, t->p + m0->offA, in, tmp, rs, 0.0f, (float *)dx,
@@ -1882,8 +1876,10 @@ static int train_new(gpu_model *m, const gpu_lora_desc *mods, int32_t max_tokens
             mo = mo > H ? mo : H;
             mo = mo > F ? mo : F;
             const int64_t r3 = 3 * (int64_t)t->max_r;
-            TA2(t->lb_mid, (T * r3 * 2 + t->max_r * mo + r3 * mo) * 2);
-            t->lb_B = t->lb_mid + T * r3, t->lb_A = t->lb_B + t->max_r * mo, t->lb_tmp = t->lb_A + r3 * mo;
+            TA2(t->lb_mid, T * r3 * 2 * 2);
+            t->lb_tmp = t->lb_mid + T * r3;
+            TA2(t->pb, t->n_params * 2);
+            t->pb_stale = 1;
             const char *e = getenv("PRISM_CUDA_LORA_SPLIT"); /* read when the session starts */
             t->lora_split = !(e && *e == '0');
             if (t->lora_split) TA2(t->lpart, 8 * r3 * mo * f); /* dB: r × out, dA: in × Σr; mo bounds both */
@@ -1934,6 +1930,7 @@ static int train_set(gpu_train *t, int32_t which, const gpu_lora_desc *mods, cha
     CU(cudaSetDevice(t->m->dev), "cudaSetDevice");
     CU(cudaStreamSynchronize(t->s), "training");
     float *b = which_buf(t, which);
+    if (which == GPU_TRAIN_PARAMS) t->pb_stale = 1; /* before any copy: a failure half-way leaves it stale too */
     for (int i = 0; i < t->n_mods; i++) {
         const tmod *d = &t->mods[i];
         if (!d->r) continue;
@@ -2116,6 +2113,11 @@ static int train_batch(gpu_train *t, const gpu_train_example *exs, int32_t n_ex,
     }
     /* forward */
     prof_mark(t, TP_OTHER);
+    if (t->pb && t->pb_stale) { /* LoRA's parameters changed since the last pass: their BF16 copy */
+        to_bf(t, t->pb, t->p, t->n_params);
+        t->pb_stale = 0;
+        prof_op(t, TP_OTHER, "LoRA parameters to BF16 (after a change)");
+    }
     k_embed(t->s, m->f32, t->xs, m->embed, t->d_tok, T, H);
     prof_mark(t, TP_EMBED_NORM);
     const int64_t stride = (int64_t)t->T_max * H;
@@ -2206,6 +2208,7 @@ static int train_adamw(gpu_train *t, double gscale, double lr, double beta1, dou
                                                       (float)beta2, (float)(1.0 - beta2), (float)(lr / bc1),
                                                       (float)sqrt(bc2), (float)eps);
     prof_mark(t, TP_OPT);
+    t->pb_stale = 1;
     CU(cudaGetLastError(), "AdamW");
     return 0;
 }
