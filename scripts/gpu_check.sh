@@ -21,7 +21,7 @@
 #      (PRISM_CUDA_PROFILE=1; then =2, by span: each frozen GEMM, LoRA
 #      product and kernel named by its role), also without the MLP's LoRA in the SwiGLU
 #      kernels, flash.cu, the LM head's and LoRA's splits or the fused SwiGLU
-#      backward, with the long-K frozen GEMMs split, with gate|up's LoRA
+#      backward, with LoRA's skinny products split too, with the long-K frozen GEMMs split, with gate|up's LoRA
 #      terms remade by the backward, with the frozen GEMMs' algorithms tuned,
 #      and with the LM head's GEMMs at 256 rows instead of 1,024; then the 7B
 #      batch-1 decode without PDL, without the decode fusions (all three, then
@@ -169,6 +169,7 @@ for v in "PRISM_CUDA_FROZEN_SPLIT=2: the long-K frozen GEMMs (down forward, gate
     "PRISM_CUDA_FLASH=0: attention by cuBLAS (the baseline of flash.cu)" \
     "PRISM_CUDA_LM_SPLIT=1: the LM head's backward GEMM in one piece (the baseline of its vocabulary split)" \
     "PRISM_CUDA_LORA_SPLIT=0: LoRA's dA and dB GEMMs in one piece (the baseline of their row split)" \
+    "PRISM_CUDA_LORA_SPLIT=2: LoRA's skinny products (x.A^T, dy.B) in K slices too (whether splitting them pays)" \
     "PRISM_CUDA_FUSE=0: SwiGLU recomputed by its own kernel for down's dA GEMM, the MLP's LoRA by GEMMs"; do
     in_time "${v%%: *}" || continue
     echo "== bench_gpu --shape 7b with ${v#*: } (${v%%: *})"

@@ -63,6 +63,9 @@ if [ -f "$B/emu/prism-cuda.so" ] && [ -x "$B/tests/test_gpu" ]; then
     # and the q|k|v post-processing as kernels of their own
     run_one "test_gpu, qwen2, GEMV in 4 K slices, decode fusions off (CPU emulator)" env PRISM_TEST_ARCH=qwen2 \
         PRISM_CUDA_GEMV_SLICES=4 PRISM_CUDA_UNFUSE=post,combine PRISM_CUDA_MODULE="$B/emu/prism-cuda.so" "$B/tests/test_gpu"
+    [ -x "$B/tests/test_lora_grad" ] && run_one "test_lora_grad, llama3, LoRA's skinny products in K slices (CPU emulator)" \
+        env PRISM_TEST_ARCH=llama3 PRISM_CUDA_LORA_SPLIT=2 PRISM_CUDA_LORA_SPLIT_MIN_K=16 PRISM_DEVICE=cuda \
+        PRISM_CUDA_MODULE="$B/emu/prism-cuda.so" "$B/tests/test_lora_grad"
     [ -x "$B/emu/test_flash" ] && run_one "test_flash (the trainer's tensor-core attention, CPU emulator)" "$B/emu/test_flash"
     for t in test_lora_grad test_prism test_cli; do
         [ -x "$B/tests/$t" ] && run_one "$t (PRISM_DEVICE=cuda, CPU emulator)" \

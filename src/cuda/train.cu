@@ -83,8 +83,10 @@ struct gpu_train {
     float *Drow;       /* (nh, T) rowsum(dO ⊙ O), head-major: the flash backward */
     int32_t loss_rows; /* logit rows at once: loss_rows_for */
     int32_t lm_split;  /* the LM head's backward GEMM in this many vocabulary slices (partials in drows) */
-    int32_t lora_split; /* LoRA's dA and dB GEMMs may split their K = T (bg_acc_t; PRISM_CUDA_LORA_SPLIT=0: never) */
-    float *lpart;      /* their partial products: 8 × the largest dA or dB */
+    int32_t lora_split; /* LoRA's dA and dB GEMMs may split their K = T (bg_acc_t; PRISM_CUDA_LORA_SPLIT=0: never);
+                         * 2: also the skinny products x·Aᵀ and dy·B, K = a projection's width (bg_skinny) */
+    float *lpart;      /* their partial products: 8 × the largest dA or dB (or, with 2, T × Σr) */
+    int32_t lora_min_k; /* their slices' least K: 256 (PRISM_CUDA_LORA_SPLIT_MIN_K, for tests: the fixtures' K are small) */
     int32_t frozen_split; /* PRISM_CUDA_FROZEN_SPLIT: long-K frozen GEMMs in this many K slices (frozen_k) */
     float *fpart;      /* their partial products: frozen_split × (T, H) */
     tmod *mods;
@@ -810,11 +812,13 @@ __global__ void __launch_bounds__(256, 2)
 }
 
 /* dst[i] = (acc ? dst[i] : 0) + Σ_c part[c·n + i], the chunks in order; dst F32 or BF16. */
-template <class D> __global__ void tk_sum_parts(D *dst, const float *part, int32_t nc, int64_t n, int acc) {
+template <class D>
+__global__ void tk_sum_parts(D *dst, const float *part, int32_t nc, int64_t n, int acc, int32_t m, int32_t ld) {
     for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x) {
         float s = 0.0f;
         for (int32_t c = 0; c < nc; c++) s += part[c * n + i];
-        stA(dst + i, acc ? ldA(dst + i) + s : s);
+        const int64_t d = m == ld ? i : i / m * ld + i % m; /* column i / m of m rows, into a column of ld */
+        stA(dst + d, acc ? ldA(dst + d) + s : s);
     }
 }
 
@@ -1055,11 +1059,26 @@ static int gemm_k_parts(gpu_train *t, cublasOperation_t oa, cublasOperation_t ob
  * rows — split over slices of at least 256 rows (k_slices) into t->lpart, summed in order into C. */
 static int bg_acc_t(gpu_train *t, int m, int n, int T, float alpha, const bf16 *A, int lda, const bf16 *B, int ldb,
                     float *C, char *err, size_t errn) {
-    const int s = t->lora_split ? k_slices(t, m, n, T, 256) : 1;
+    const int s = t->lora_split ? k_slices(t, m, n, T, t->lora_min_k) : 1;
     if (s == 1) return bg(t, CUBLAS_OP_N, CUBLAS_OP_T, m, n, T, alpha, A, lda, B, ldb, 1.0f, C, 0, m, err, errn);
     TRY(gemm_k_parts(t, CUBLAS_OP_N, CUBLAS_OP_T, m, n, T, s, alpha, A, lda, lda, B, ldb, ldb, CUDA_R_16BF, 2, t->lpart,
                      err, errn));
-    tk_sum_parts<float><<<grid_for((int64_t)m * n), 256, 0, t->s>>>(C, t->lpart, s, (int64_t)m * n, 1);
+    tk_sum_parts<float><<<grid_for((int64_t)m * n), 256, 0, t->s>>>(C, t->lpart, s, (int64_t)m * n, 1, 1, 1);
+    return 0;
+}
+
+/* C (m × n, F32, ld ldc) = alpha·op(A)·B from BF16 A and B: LoRA's skinny products, whose output is the pass's
+ * T rows of r or Σr columns and whose K is a projection's width — mid = x·[A]ᵀ (oa = T) and tmp_j = s·dy_j·B_j
+ * (oa = N). With PRISM_CUDA_LORA_SPLIT=2 (a diagnostic, off by default) K goes in slices of at least 256
+ * (k_slices: 32 output tiles at 4,096 rows fill a quarter of an H100) summed in order into C; else one GEMM,
+ * split or not as cuBLAS chooses. */
+static int bg_skinny(gpu_train *t, cublasOperation_t oa, int m, int n, int k, float alpha, const bf16 *A, int lda,
+                     const bf16 *B, int ldb, float *C, int ldc, char *err, size_t errn) {
+    const int s = t->lora_split == 2 ? k_slices(t, m, n, k, t->lora_min_k) : 1;
+    if (s == 1) return bg(t, oa, CUBLAS_OP_N, m, n, k, alpha, A, lda, B, ldb, 0.0f, C, 0, ldc, err, errn);
+    TRY(gemm_k_parts(t, oa, CUBLAS_OP_N, m, n, k, s, alpha, A, lda, oa == CUBLAS_OP_N ? lda : 1, B, ldb, 1, CUDA_R_16BF,
+                     2, t->lpart, err, errn));
+    tk_sum_parts<float><<<grid_for((int64_t)m * n), 256, 0, t->s>>>(C, t->lpart, s, (int64_t)m * n, 0, m, ldc);
     return 0;
 }
 
@@ -1093,8 +1112,8 @@ static int frozen_k(gpu_train *t, cublasOperation_t oa, int m, int T, int K, con
     TRY(gemm_k_parts(t, oa, CUBLAS_OP_N, m, T, K, s, 1.0f, A, lda, ka, B, ldb, 1, f32 ? CUDA_R_32F : CUDA_R_16BF,
                      f32 ? 4 : 2, t->fpart, err, errn));
     const int64_t n = (int64_t)m * T;
-    if (cbf) tk_sum_parts<bf16><<<grid_for(n), 256, 0, t->s>>>((bf16 *)C, t->fpart, s, n, beta != 0.0f);
-    else tk_sum_parts<float><<<grid_for(n), 256, 0, t->s>>>((float *)C, t->fpart, s, n, beta != 0.0f);
+    if (cbf) tk_sum_parts<bf16><<<grid_for(n), 256, 0, t->s>>>((bf16 *)C, t->fpart, s, n, beta != 0.0f, 1, 1);
+    else tk_sum_parts<float><<<grid_for(n), 256, 0, t->s>>>((float *)C, t->fpart, s, n, beta != 0.0f, 1, 1);
     return 0;
 }
 
@@ -1310,8 +1329,8 @@ static int proj_fwd(gpu_train *t, int32_t l, const int *tg, const int64_t *col, 
         const tmod *m0 = NULL;
         for (int j = 0; j < n && !m0; j++) m0 = md[j];
         if (xa && !t->m->f32) { /* x is in BF16 already: read that (half the bytes), with the As in BF16 */
-            TRY(bg(t, CUBLAS_OP_T, CUBLAS_OP_N, rs, T, m0->in, 1.0f, t->pb + m0->offA, m0->in, (const bf16 *)xa, ldx,
-                   0.0f, mid, 0, rs, err, errn));
+            TRY(bg_skinny(t, CUBLAS_OP_T, rs, T, m0->in, 1.0f, t->pb + m0->offA, m0->in, (const bf16 *)xa, ldx, mid, rs,
+                          err, errn));
         } else {
             TRY(sg(t, CUBLAS_OP_T, CUBLAS_OP_N, rs, T, m0->in, 1.0f, t->p + m0->offA, m0->in, x, ldx, 0.0f, mid, rs,
                    err, errn));
@@ -1370,8 +1389,8 @@ static int proj_bwd(gpu_train *t, int32_t l, const int *tg, const int64_t *col, 
             if (!m0) m0 = md[j];
             const float *B = t->p + md[j]->offB;
             if (dyb) {
-                TRY(bg(t, CUBLAS_OP_N, CUBLAS_OP_N, md[j]->r, T, md[j]->out, md[j]->scale, t->pb + md[j]->offB,
-                       md[j]->r, dyb + col[j], ldy, 0.0f, tmp + c, 0, rs, err, errn));
+                TRY(bg_skinny(t, CUBLAS_OP_N, md[j]->r, T, md[j]->out, md[j]->scale, t->pb + md[j]->offB, md[j]->r,
+                              dyb + col[j], ldy, tmp + c, rs, err, errn));
                 prof_op(t, TP_LORA_B, po(tg, PO_TMP));
                 if (db) {
                     TRY(bg_acc_t(t, md[j]->r, md[j]->out, T, md[j]->scale, t->lb_mid + c, rs, dyb + col[j], ldy,
@@ -1544,7 +1563,7 @@ static void swiglu_bwd_da(gpu_train *t, float *dgu, bf16 *dgub, const A *da, con
     if (r <= 16) tk_swiglu_bwd_da<A, 16><<<g, 256, 0, t->s>>>(dgu, dgub, da, gu, F, T, rows, t->ltmp, r, t->dpart);
     else if (r <= 32) tk_swiglu_bwd_da<A, 32><<<g, 256, 0, t->s>>>(dgu, dgub, da, gu, F, T, rows, t->ltmp, r, t->dpart);
     else tk_swiglu_bwd_da<A, 64><<<g, 256, 0, t->s>>>(dgu, dgub, da, gu, F, T, rows, t->ltmp, r, t->dpart);
-    tk_sum_parts<float><<<grid_for(n), 256, 0, t->s>>>(t->g + md->offA, t->dpart, nc, n, 1);
+    tk_sum_parts<float><<<grid_for(n), 256, 0, t->s>>>(t->g + md->offA, t->dpart, nc, n, 1, 1, 1);
 }
 
 /* tk_swiglu_bwd_lora over a pass of T rows (down md, gate mg, up mu: each adapted or NULL; tmp = s·dy·B_down
@@ -1559,9 +1578,9 @@ static void swiglu_bwd_lora(gpu_train *t, float *dgu, bf16 *dgub, const A *da, c
     auto *kern = t->gu_remake && (mg || mu) ? tk_swiglu_bwd_lora<A, true> : tk_swiglu_bwd_lora<A, false>;
     kern<<<g, 256, 0, t->s>>>(dgu, dgub, da, gu, F, T, rows, t->ltmp, md ? t->p + md->offA : NULL, rd, mid, rg + ru, rg, mg ? mg->scale : 0.0f, ru, mu ? mu->scale : 0.0f, t->dpart, nc, Bg, Bu);
     const int64_t nd = (int64_t)rd * F, ng = (int64_t)rg * F, nu = (int64_t)ru * F;
-    if (rd) tk_sum_parts<float><<<grid_for(nd), 256, 0, t->s>>>(t->g + md->offA, t->dpart, nc, nd, 1);
-    if (rg) tk_sum_parts<float><<<grid_for(ng), 256, 0, t->s>>>(t->g + mg->offB, t->dpart + nc * nd, nc, ng, 1);
-    if (ru) tk_sum_parts<float><<<grid_for(nu), 256, 0, t->s>>>(t->g + mu->offB, t->dpart + nc * (nd + ng), nc, nu, 1);
+    if (rd) tk_sum_parts<float><<<grid_for(nd), 256, 0, t->s>>>(t->g + md->offA, t->dpart, nc, nd, 1, 1, 1);
+    if (rg) tk_sum_parts<float><<<grid_for(ng), 256, 0, t->s>>>(t->g + mg->offB, t->dpart + nc * nd, nc, ng, 1, 1, 1);
+    if (ru) tk_sum_parts<float><<<grid_for(nu), 256, 0, t->s>>>(t->g + mu->offB, t->dpart + nc * (nd + ng), nc, nu, 1, 1, 1);
 }
 
 /* dx += a layer RMSNorm's backward from dh, the gradient at its output as a projection backward wrote it
@@ -1881,8 +1900,11 @@ static int train_new(gpu_model *m, const gpu_lora_desc *mods, int32_t max_tokens
             TA2(t->pb, t->n_params * 2);
             t->pb_stale = 1;
             const char *e = getenv("PRISM_CUDA_LORA_SPLIT"); /* read when the session starts */
-            t->lora_split = !(e && *e == '0');
-            if (t->lora_split) TA2(t->lpart, 8 * r3 * mo * f); /* dB: r × out, dA: in × Σr; mo bounds both */
+            t->lora_split = e && *e == '0' ? 0 : e && *e == '2' ? 2 : 1;
+            e = getenv("PRISM_CUDA_LORA_SPLIT_MIN_K");
+            t->lora_min_k = e && atoi(e) >= 1 ? atoi(e) : 256;
+            /* dB: r × out, dA: in × Σr (mo bounds both); with 2, also mid and tmp: T × Σr */
+            if (t->lora_split) TA2(t->lpart, 8 * r3 * (t->lora_split == 2 && T > mo ? T : mo) * f);
         }
         { /* read when the session starts */
             const char *e = getenv("PRISM_CUDA_FROZEN_SPLIT");
