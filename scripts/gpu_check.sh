@@ -17,17 +17,17 @@
 #      routed generation;
 #   6. transformers + peft's LoRA training on the same card, when installed
 #      (scripts/peft_bench.py): the training target's peer;
-#   then the diagnostics: where the training step's time goes
-#      (PRISM_CUDA_PROFILE=1; then =2, by span: each frozen GEMM, LoRA
-#      product and kernel named by its role), also without the MLP's LoRA in the SwiGLU
-#      kernels, flash.cu, the LM head's and LoRA's splits or the fused SwiGLU
-#      backward, with LoRA's skinny products split too, with the long-K frozen GEMMs split, with gate|up's LoRA
-#      terms remade by the backward, with the frozen GEMMs' algorithms tuned,
-#      and with the LM head's GEMMs at 256 rows instead of 1,024; then the 7B
-#      batch-1 decode without PDL, without the decode fusions (all three, then
-#      each alone: PRISM_CUDA_UNFUSE=post|combine|glu), with the GEMV in K
-#      slices (PRISM_CUDA_GEMV_SLICES=2, 4), without CUDA
-#      graphs and with split-K per 64 keys (the old default);
+#   then the diagnostics, those that decide a default first: the 7B training
+#      step by span (PRISM_CUDA_PROFILE=2: each frozen GEMM, LoRA product and
+#      kernel named by its role); the 7B batch-1 decode without the decode
+#      fusions (all three, then each alone: PRISM_CUDA_UNFUSE=post|combine|glu),
+#      with the GEMV in K slices (PRISM_CUDA_GEMV_SLICES=2, 4), without PDL,
+#      without CUDA graphs and with split-K per 64 keys; 7B training
+#      (PRISM_CUDA_PROFILE=1) with each switch against the default beside it,
+#      the open questions first (the MLP's LoRA by GEMMs, LoRA's skinny
+#      products split, the frozen GEMMs tuned), then the baselines run 5
+#      confirmed; LoRA on q alone, a pass per sequence, top-64 KL, 0.5B; 0.5B
+#      by span;
 #   7. the kernels of a 7B training step under Nsight Systems, when installed;
 #   8. the 7B batch-1 decode step and a 0.5B training pass under Nsight
 #      Compute (scripts/gpu_profile.sh), when installed;
@@ -149,39 +149,53 @@ else
     echo "-- no torch + transformers + peft here: the verdict takes the issue's H100 figures"
 fi
 
-step "where LoRA training's GPU time goes (PRISM_CUDA_PROFILE=1, 8 x 512 per step; one packed pass, a pass per sequence, top-64 KL, LoRA on q alone: what the other six cost)"
-for args in "--shape 7b" "--shape 7b --train-pass 1" "--shape 7b --train-loss kl" "--shape 7b --train-targets q" "--shape 0.5b"; do
-    in_time "bench_gpu $args" || continue
-    echo "== bench_gpu $args"
-    PRISM_CUDA_PROFILE=1 timeout "$(capped 90)" ./build/bench/bench_gpu $args --only train --runs 1 2>&1 | grep -E "^ |profile|\| Qwen"
+# The diagnostics, the ones that decide a default first (a device lease rarely fits them all): where the 7B
+# step's time goes by span; the decode variants (the batch-1 target); the 7B training switches, the open
+# questions first; the other training shapes; the 0.5B span profile.
+step "where the 7B training step's time goes, by span (PRISM_CUDA_PROFILE=2: every GEMM, LoRA product and kernel by its role)"
+span_profile() {
+    in_time "the span profile of $1 training" || return 0
+    echo "== span profile of $1 training (PRISM_CUDA_PROFILE=2)"
+    PRISM_CUDA_PROFILE=2 timeout "$(capped 90)" ./build/bench/bench_gpu --shape "$1" --only train --runs 1 2>&1 |
+        sed -n '/training profile:/,$p' | grep -E "^ |profile" | head -64
+}
+span_profile 7b | tee -a "$OUT/bench_variants.log"
+
+step "7B decode without programmatic dependent launch, without the decode fusions (all, then each alone), the GEMV in 2 and 4 K slices, without CUDA graphs, split-K per 64 keys (diagnostics)"
+for v in PRISM_CUDA_FUSE=0 PRISM_CUDA_UNFUSE=post PRISM_CUDA_UNFUSE=combine PRISM_CUDA_UNFUSE=glu \
+    PRISM_CUDA_GEMV_SLICES=2 PRISM_CUDA_GEMV_SLICES=4 PRISM_CUDA_PDL=0 PRISM_CUDA_GRAPHS=0 PRISM_CUDA_SPLIT_KEYS=64; do
+    in_time "decode with $v" || continue
+    echo "$v: $(env $v timeout "$(capped 60)" ./build/bench/bench_gpu --shape 7b --only decode1 --runs 1 2>&1 | grep "shape:")"
 done | tee -a "$OUT/bench_variants.log"
-for shape in 7b 0.5b; do
-    in_time "the span profile of $shape training" || continue
-    echo "== span profile of $shape training (PRISM_CUDA_PROFILE=2: every GEMM, LoRA product and kernel by its role)"
-    PRISM_CUDA_PROFILE=2 timeout "$(capped 90)" ./build/bench/bench_gpu --shape $shape --only train --runs 1 2>&1 |
-        sed -n '/by span/,$p' | grep -E "^ |by span" | head -48
-done | tee -a "$OUT/bench_variants.log"
-for v in "PRISM_CUDA_FROZEN_SPLIT=2: the long-K frozen GEMMs (down forward, gate|up backward) in 2 K slices (whether splitting pays)" \
-    "PRISM_CUDA_GU_REMAKE=1: gate|up's LoRA terms added again by the SwiGLU backward, not kept by the forward (whether it pays)" \
-    "PRISM_CUDA_GEMM_TUNE=1: the frozen GEMMs by the cuBLASLt algorithm measured fastest for each shape (whether tuning pays)" \
-    "PRISM_CUDA_LOSS_ROWS=256: the LM head's GEMMs 256 rows at a time (the baseline of 1,024)" \
-    "PRISM_CUDA_LORA_FUSE=0: the MLP's LoRA by GEMMs, down's dA aside (the baseline of tk_swiglu_fwd_lora and tk_swiglu_bwd_lora)" \
-    "PRISM_CUDA_FLASH=0: attention by cuBLAS (the baseline of flash.cu)" \
-    "PRISM_CUDA_LM_SPLIT=1: the LM head's backward GEMM in one piece (the baseline of its vocabulary split)" \
-    "PRISM_CUDA_LORA_SPLIT=0: LoRA's dA and dB GEMMs in one piece (the baseline of their row split)" \
+
+step "7B LoRA training: each switch against the default beside it (PRISM_CUDA_PROFILE=1, 8 x 512 per step)"
+train_run() { # ARGS: one profiled 7B (or other) training run, its category profile and table row
+    echo "== bench_gpu $*"
+    PRISM_CUDA_PROFILE=1 timeout "$(capped 90)" ./build/bench/bench_gpu "$@" --only train --runs 1 2>&1 | grep -E "^ |profile|\| Qwen|GEMM tuning"
+}
+{ in_time "bench_gpu --shape 7b" && train_run --shape 7b; } | tee -a "$OUT/bench_variants.log"
+for v in "PRISM_CUDA_LORA_FUSE=0: the MLP's LoRA by GEMMs, down's dA aside (the baseline of tk_swiglu_fwd_lora and tk_swiglu_bwd_lora)" \
     "PRISM_CUDA_LORA_SPLIT=2: LoRA's skinny products (x.A^T, dy.B) in K slices too (whether splitting them pays)" \
-    "PRISM_CUDA_FUSE=0: SwiGLU recomputed by its own kernel for down's dA GEMM, the MLP's LoRA by GEMMs"; do
+    "PRISM_CUDA_GEMM_TUNE=1: the frozen GEMMs by the cuBLASLt algorithm measured fastest for each shape (whether tuning pays)" \
+    "PRISM_CUDA_FUSE=0: SwiGLU recomputed by its own kernel for down's dA GEMM, the MLP's LoRA by GEMMs" \
+    "PRISM_CUDA_LORA_SPLIT=0: LoRA's dA and dB GEMMs in one piece (the baseline of their row split)" \
+    "PRISM_CUDA_LM_SPLIT=1: the LM head's backward GEMM in one piece (the baseline of its vocabulary split)" \
+    "PRISM_CUDA_FROZEN_SPLIT=2: the long-K frozen GEMMs (down forward, gate|up backward) in 2 K slices (whether splitting pays)" \
+    "PRISM_CUDA_GU_REMAKE=1: gate|up's LoRA terms added again by the SwiGLU backward, not kept by the forward (whether it pays)" \
+    "PRISM_CUDA_LOSS_ROWS=256: the LM head's GEMMs 256 rows at a time (the baseline of 1,024)" \
+    "PRISM_CUDA_FLASH=0: attention by cuBLAS (the baseline of flash.cu)"; do
     in_time "${v%%: *}" || continue
     echo "== bench_gpu --shape 7b with ${v#*: } (${v%%: *})"
     env "${v%%: *}" PRISM_CUDA_PROFILE=1 timeout "$(capped 90)" ./build/bench/bench_gpu --shape 7b --only train --runs 1 2>&1 |
         grep -E "^ |profile|\| Qwen|GEMM tuning"
 done | tee -a "$OUT/bench_variants.log"
-step "7B decode without programmatic dependent launch, without the decode fusions (all, then each alone), the GEMV in 2 and 4 K slices, without CUDA graphs, split-K per 64 keys (diagnostics)"
-for v in PRISM_CUDA_PDL=0 PRISM_CUDA_FUSE=0 PRISM_CUDA_UNFUSE=post PRISM_CUDA_UNFUSE=combine PRISM_CUDA_UNFUSE=glu \
-    PRISM_CUDA_GEMV_SLICES=2 PRISM_CUDA_GEMV_SLICES=4 PRISM_CUDA_GRAPHS=0 PRISM_CUDA_SPLIT_KEYS=64; do
-    in_time "decode with $v" || continue
-    echo "$v: $(env $v timeout "$(capped 60)" ./build/bench/bench_gpu --shape 7b --only decode1 --runs 1 2>&1 | grep "shape:")"
+
+step "LoRA training's other shapes (PRISM_CUDA_PROFILE=1): LoRA on q alone (what the other six cost), a pass per sequence, top-64 KL, 0.5B; then 0.5B by span"
+for args in "--shape 7b --train-targets q" "--shape 7b --train-pass 1" "--shape 7b --train-loss kl" "--shape 0.5b"; do
+    in_time "bench_gpu $args" || continue
+    train_run $args
 done | tee -a "$OUT/bench_variants.log"
+span_profile 0.5b | tee -a "$OUT/bench_variants.log"
 
 if command -v nsys >/dev/null 2>&1 && in_time "Nsight Systems"; then
     step "every kernel of a 7B training step (Nsight Systems, GPU time summed per kernel name, top 30)"
