@@ -6,7 +6,7 @@
  *
  *   bench_gpu [--shape 0.5b|7b|all|tiny] [--device N] [--runs R] [--new N] [--train 0|1]
  *             [--only prefill|decode1|decode32|train|gemm] [--train-seqs N] [--train-pass N] [--train-loss ce|kl]
- *             [--train-targets q,k,v,o,gate,up,down|attn|mlp|all]
+ *             [--train-targets q,k,v,o,gate,up,down|attn|mlp|all] [--lora-decode 0|1]
  *
  * --only runs one phase (and its setup) alone, for a profiler
  * (scripts/gpu_profile.sh); --train-seqs sets the sequences per training step,
@@ -15,6 +15,10 @@
  * the adapted projections (default all seven: fewer say what LoRA costs). With the 7B shape
  * it ends with the frozen GEMMs of a training pass timed one by one (--only gemm:
  * those alone), the rate the bulk of a training step can reach on the card.
+ *
+ * --lora-decode 1 (the default without --only) also times decode with a LoRA adapter (r = 16, all seven
+ * projections; PRISM's routed generation) on the batch-1 sequence and on half of the batch-32 ones, against the
+ * base model's step in the same run.
  *
  * Prints a Markdown table (BENCHMARKS.md) and one line per measurement; the
  * batch-32 line also gives sampled decode (temperature 0.7, bootstrap's kind
@@ -255,7 +259,8 @@ static void gemm_table(const prism_gpu_api *api, int32_t device, int reps) {
 
 int main(int argc, char **argv) {
     const char *which = "all";
-    int32_t device = 0, runs = 3, n_new = 128, n_prompt = 512, do_train = 1, train_seqs = 8, train_pass = 0;
+    int32_t device = 0, runs = 3, n_new = 128, n_prompt = 512, do_train = 1, train_seqs = 8, train_pass = 0,
+            do_lora = -1;
     const char *only = NULL, *train_loss = "ce", *train_targets = "all";
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "--shape") && i + 1 < argc) which = argv[++i];
@@ -268,10 +273,11 @@ int main(int argc, char **argv) {
         else if (!strcmp(argv[i], "--train-loss") && i + 1 < argc) train_loss = argv[++i];
         else if (!strcmp(argv[i], "--train-targets") && i + 1 < argc) train_targets = argv[++i];
         else if (!strcmp(argv[i], "--only") && i + 1 < argc) only = argv[++i];
+        else if (!strcmp(argv[i], "--lora-decode") && i + 1 < argc) do_lora = atoi(argv[++i]);
         else {
             fprintf(stderr, "usage: bench_gpu [--shape 0.5b|7b|all|tiny] [--device N] [--runs R] [--new N] [--train 0|1]\n"
                             "                 [--only prefill|decode1|decode32|train|gemm] [--train-seqs N] [--train-pass N] [--train-loss ce|kl]\n"
-                            "                 [--train-targets q,k,v,o,gate,up,down|attn|mlp|all]\n");
+                            "                 [--train-targets q,k,v,o,gate,up,down|attn|mlp|all] [--lora-decode 0|1]\n");
             return 2;
         }
     }
@@ -287,6 +293,7 @@ int main(int argc, char **argv) {
         return 2;
     }
     if (only && strcmp(only, "train")) do_train = 0;
+    if (do_lora < 0) do_lora = !only; /* --only decode1 / decode32 time the base model alone unless asked */
     if (train_seqs < 1 || train_pass < 0 || train_pass > train_seqs) {
         fprintf(stderr, "bench_gpu: --train-seqs must be >= 1 and --train-pass 1..train-seqs\n");
         return 2;
@@ -341,7 +348,17 @@ int main(int argc, char **argv) {
         uint64_t rng = 7;
         /* weights read per decode step: every matrix once (embedding rows are negligible; tied = one matrix) */
         const double wbytes = (double)m->weight_bytes - (cfg.tie_embeddings ? 0 : 2.0 * cfg.vocab * cfg.hidden);
-        double best_pf = 1e30, best_d1 = 1e30, best_d32 = 1e30, best_s32[2] = {1e30, 1e30};
+        double best_pf = 1e30, best_d1 = 1e30, best_d32 = 1e30, best_s32[2] = {1e30, 1e30}, best_l1 = 1e30,
+               best_l32 = 1e30;
+        /* PRISM's routed decode: a LoRA adapter (r = 16 on all seven projections) on the batch-1 sequence, and on
+         * half of the batch-32 ones (a mixed batch: base and adapter rows in one step) */
+        prism_adapter *ad = NULL;
+        if (do_lora && (do_d1 || do_d32)) {
+            prism_lora_params lp = prism_lora_default_params();
+            lp.r = 16;
+            lp.targets = PRISM_LORA_ALL;
+            if (prism_adapter_new(m, lp, &ad)) die("adapter");
+        }
         if (do_pf) prefill(c, 1, n_prompt, cfg.vocab, &rng); /* warm-up: cuBLAS heuristics, first-touch */
         for (int r = 0; r < runs; r++) {
             double t;
@@ -354,6 +371,14 @@ int main(int argc, char **argv) {
                 t = decode(c, 1, n_new);
                 best_d1 = t < best_d1 ? t : best_d1;
             }
+            if (do_d1 && ad) {
+                if (prism_ctx_seq_set_adapter(c, 0, ad)) die("adapter");
+                prefill(c, 1, 16, cfg.vocab, &rng);
+                if (r == 0) decode(c, 1, 4); /* the adapter's upload, the graph of its batch shape */
+                t = decode(c, 1, n_new);
+                best_l1 = t < best_l1 ? t : best_l1;
+                prism_ctx_seq_set_adapter(c, 0, NULL);
+            }
             if (do_d32) {
                 prefill(c, 32, 16, cfg.vocab, &rng);
                 t = decode(c, 32, n_new);
@@ -364,11 +389,21 @@ int main(int argc, char **argv) {
                     best_s32[dev] = t < best_s32[dev] ? t : best_s32[dev];
                 }
             }
+            if (do_d32 && ad) {
+                for (int32_t s = 0; s < 32; s += 2)
+                    if (prism_ctx_seq_set_adapter(c, s, ad)) die("adapter");
+                prefill(c, 32, 16, cfg.vocab, &rng);
+                if (r == 0) decode(c, 32, 4);
+                t = decode(c, 32, n_new);
+                best_l32 = t < best_l32 ? t : best_l32;
+                for (int32_t s = 0; s < 32; s += 2) prism_ctx_seq_set_adapter(c, s, NULL);
+            }
         }
         int64_t now = 0, peak = 0;
         api->model_memory(m->gpu, &now, &peak);
         prism_ctx_free(c);
         c = NULL;
+        prism_adapter_free(ad); /* after the context that used it */
         double scratch_bw;
         api->copy_bandwidth(device, 1 << 20, 1, &scratch_bw, err, sizeof err); /* resets the peak counter */
         const int32_t tT = si == 2 ? 64 : 512;
@@ -391,6 +426,12 @@ int main(int argc, char **argv) {
         if (do_d32)
             fprintf(stderr, "; decode b32 %.2f ms/step greedy, %.2f sampled at T = 0.7 on the device, %.2f with the host's draw",
                     best_d32 / n_new * 1e3, best_s32[1] / n_new * 1e3, best_s32[0] / n_new * 1e3);
+        if (do_d1 && ad)
+            fprintf(stderr, "; with a LoRA adapter (r 16, all seven projections): decode b1 %.2f ms/token (%+.1f%%)",
+                    best_l1 / n_new * 1e3, 100.0 * (best_l1 / best_d1 - 1.0));
+        if (do_d32 && ad)
+            fprintf(stderr, "%s b32 with 16 of the 32 sequences on it %.2f ms/step (%+.1f%%)", do_d1 ? "," : "; with a LoRA adapter:",
+                    best_l32 / n_new * 1e3, 100.0 * (best_l32 / best_d32 - 1.0));
         fprintf(stderr, "; peak %.2f GiB\n", peak / 1073741824.0);
         prism_model_free(m);
     }

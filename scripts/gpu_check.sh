@@ -22,7 +22,8 @@
 #      kernel named by its role); the 7B batch-1 decode without the decode
 #      fusions (all three, then each alone: PRISM_CUDA_UNFUSE=post|combine|glu),
 #      with the GEMV in K slices (PRISM_CUDA_GEMV_SLICES=2, 4), without PDL,
-#      without CUDA graphs and with split-K per 64 keys; 7B training
+#      without CUDA graphs and with split-K per 64 keys; 7B batch-1 decode
+#      with a LoRA adapter, its shrink sliced (the default) or not; 7B training
 #      (PRISM_CUDA_PROFILE=1) with each switch against the default beside it,
 #      the open questions first (the MLP's LoRA by GEMMs, LoRA's skinny
 #      products split, the frozen GEMMs tuned), then the baselines run 5
@@ -166,6 +167,12 @@ for v in PRISM_CUDA_FUSE=0 PRISM_CUDA_UNFUSE=post PRISM_CUDA_UNFUSE=combine PRIS
     PRISM_CUDA_GEMV_SLICES=2 PRISM_CUDA_GEMV_SLICES=4 PRISM_CUDA_PDL=0 PRISM_CUDA_GRAPHS=0 PRISM_CUDA_SPLIT_KEYS=64; do
     in_time "decode with $v" || continue
     echo "$v: $(env $v timeout "$(capped 60)" ./build/bench/bench_gpu --shape 7b --only decode1 --runs 1 2>&1 | grep "shape:")"
+done | tee -a "$OUT/bench_variants.log"
+# PRISM's routed decode: a LoRA adapter on the batch-1 sequence, with the shrink's input columns in slices (the
+# default) and in one block per tile (PRISM_CUDA_LORA_SLICES=0, the kernels before)
+for v in PRISM_CUDA_LORA_SLICES=1 PRISM_CUDA_LORA_SLICES=0; do
+    in_time "LoRA decode with $v" || continue
+    echo "lora-decode $v: $(env $v timeout "$(capped 60)" ./build/bench/bench_gpu --shape 7b --only decode1 --lora-decode 1 --runs 1 2>&1 | grep "shape:")"
 done | tee -a "$OUT/bench_variants.log"
 
 step "7B LoRA training: each switch against the default beside it (PRISM_CUDA_PROFILE=1, 8 x 512 per step)"

@@ -20,6 +20,8 @@ PEFT = {"7B": {"train": 8800.0, "b1": 11.7, "b32": 467.0, "prefill": 16800.0},
 ROW = re.compile(r"^\| Qwen2\.5-(0\.5B|7B) shape \|(.*)\|\s*$")
 TRAIN = re.compile(r"(\d+(?:\.\d+)?) \(peak ([\d.]+) GiB\)")
 PEER = re.compile(r"^peft (0\.5B|7B): train (\d+) tok/s .*peak ([\d.]+) GiB.* on (.+)$")
+LORA = re.compile(r"with a LoRA adapter \(r 16, all seven projections\): decode b1 ([\d.]+) ms/token \(([+-][\d.]+)%\)"
+                  r"(?:, b32 with 16 of the 32 sequences on it ([\d.]+) ms/step \(([+-][\d.]+)%\))?")
 DECODE = re.compile(r"decode b1 ([\d.]+) ms/token \(roofline ([\d.]+) ms at (\d+) GB/s\)(?:; decode b32 ([\d.]+) ms/step)?")
 NOISE = 2.0  # percent: one profiled step per run, so smaller differences say little
 
@@ -68,6 +70,13 @@ def main():
         m = DECODE.search(line)
         if m and line.startswith("Qwen2.5-"):
             dec[line.split(" shape")[0].replace("Qwen2.5-", "")] = tuple(float(x) for x in m.groups())
+    for line in bench:
+        m = LORA.search(line)
+        if m and line.startswith("Qwen2.5-"):
+            shape = line.split(" shape")[0].replace("Qwen2.5-", "")
+            b32 = f"; batch 32 with 16 sequences on it {m.group(3)} ms/step ({m.group(4)}%)" if m.group(3) else ""
+            print(f"{shape} decode with a LoRA adapter (PRISM's routed generation): batch 1 {m.group(1)} ms/token "
+                  f"({m.group(2)}% over the base model's step){b32}")
     if "7B" in dec:
         b1, roof, bw, b32 = dec["7B"]
         print(f"7B batch-1 decode: {b1:.2f} ms/token, roofline {roof:.2f} ms at {bw:.0f} GB/s: {100 * roof / b1:.1f}% "
@@ -149,6 +158,12 @@ def main():
                 d += " -> faster than the default: look at it"
             b32 = f", b32 {float(m.group(4)):.2f} ms/step" if m.group(4) else ""
             print(f"  {e:<28} {v:.2f} ms/token ({100 * roof / v:.1f}% of roofline){b32}{d}")
+    lds = [(l.split(":")[0].replace("lora-decode ", ""), LORA.search(l)) for l in var if l.startswith("lora-decode ")]
+    if any(m for _, m in lds):
+        print("7B batch-1 decode with a LoRA adapter (each run against its own base step):")
+        for e, m in lds:
+            if m:
+                print(f"  {e:<28} {float(m.group(1)):.2f} ms/token ({m.group(2)}% over the base model)")
     return 0
 
 

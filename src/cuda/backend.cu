@@ -535,6 +535,8 @@ static int ctx_new(gpu_model *m, int32_t n_seq, int32_t n_ctx, int32_t B, gpu_ct
     int64_t yw = c->qkv_n > 2 * F ? c->qkv_n : 2 * F;
     if (H > yw) yw = H;
     const int64_t ts = B < ATT_SPLIT_TOKENS ? B : ATT_SPLIT_TOKENS;
+    /* LoRA's shrink output: a row per adapted token, or its slices' partials (lora.cu: 2 · n_sm tiles at most) */
+    const int64_t lora_rows = B > 2 * (int64_t)m->n_sm * LORA_ROWS ? B : 2 * (int64_t)m->n_sm * LORA_ROWS;
     CU(cudaStreamCreateWithFlags(&c->s, cudaStreamNonBlocking), "cudaStreamCreate");
     if ((rc = calloc_dev(c, (void **)&c->kc, kv, "the K cache", err, errn)) ||
         (rc = calloc_dev(c, (void **)&c->vc, kv, "the V cache", err, errn)) ||
@@ -545,7 +547,7 @@ static int ctx_new(gpu_model *m, int32_t n_seq, int32_t n_ctx, int32_t B, gpu_ct
         (rc = calloc_dev(c, (void **)&c->part_o, (size_t)(ATT_MAX_SPLIT * ts * c->qd) * 4, "attention", err, errn)) ||
         (rc = calloc_dev(c, (void **)&c->part_ml, (size_t)(ATT_MAX_SPLIT * ts * m->nh) * 8, "attention", err, errn)) ||
         (rc = calloc_dev(c, (void **)&c->att_tickets, (size_t)(ts * m->nkv) * 4, "attention", err, errn)) ||
-        (rc = calloc_dev(c, (void **)&c->lora_t, (size_t)(B * LORA_RMAX) * 4, "LoRA", err, errn)) ||
+        (rc = calloc_dev(c, (void **)&c->lora_t, (size_t)lora_rows * LORA_RMAX * 4, "LoRA", err, errn)) ||
         (rc = calloc_dev(c, (void **)&c->gath, (size_t)(B * H) * m->asz, "activations", err, errn)) ||
         (rc = calloc_dev(c, (void **)&c->act, (size_t)(GEMV_MAX_T * F) * m->asz, "activations", err, errn)) ||
         (rc = calloc_dev(c, (void **)&c->amax, (size_t)B * 4, "argmax", err, errn)) ||

@@ -257,7 +257,7 @@ struct gpu_ctx {
     float *part_o;      /* (ATT_MAX_SPLIT, min(B, ATT_SPLIT_TOKENS), qd) split-K partials */
     float2 *part_ml;    /* (ATT_MAX_SPLIT, min(B, ATT_SPLIT_TOKENS), nh) running max, sum */
     int32_t *att_tickets; /* (min(B, ATT_SPLIT_TOKENS), nkv) split-K blocks done, 0 between launches */
-    float *lora_t;      /* (B, LORA_RMAX) x·Aᵀ for one target */
+    float *lora_t;      /* (max(B, 2 n_sm LORA_ROWS), LORA_RMAX) x·Aᵀ for one target, or its slices' partials */
     void *gath;         /* A (B, H) head rows */
     float *logits;      /* (cap_logits rows, V) device */
     float *logits_h;    /* (cap_logits rows, V) pinned host copy */
