@@ -537,6 +537,7 @@ static int ctx_new(gpu_model *m, int32_t n_seq, int32_t n_ctx, int32_t B, gpu_ct
     const int64_t ts = B < ATT_SPLIT_TOKENS ? B : ATT_SPLIT_TOKENS;
     /* LoRA's shrink output: a row per adapted token, or its slices' partials (lora.cu: 2 · n_sm tiles at most) */
     const int64_t lora_rows = B > 2 * (int64_t)m->n_sm * LORA_ROWS ? B : 2 * (int64_t)m->n_sm * LORA_ROWS;
+    c->lora_tz = lora_rows * LORA_RMAX;
     CU(cudaStreamCreateWithFlags(&c->s, cudaStreamNonBlocking), "cudaStreamCreate");
     if ((rc = calloc_dev(c, (void **)&c->kc, kv, "the K cache", err, errn)) ||
         (rc = calloc_dev(c, (void **)&c->vc, kv, "the V cache", err, errn)) ||
@@ -547,7 +548,7 @@ static int ctx_new(gpu_model *m, int32_t n_seq, int32_t n_ctx, int32_t B, gpu_ct
         (rc = calloc_dev(c, (void **)&c->part_o, (size_t)(ATT_MAX_SPLIT * ts * c->qd) * 4, "attention", err, errn)) ||
         (rc = calloc_dev(c, (void **)&c->part_ml, (size_t)(ATT_MAX_SPLIT * ts * m->nh) * 8, "attention", err, errn)) ||
         (rc = calloc_dev(c, (void **)&c->att_tickets, (size_t)(ts * m->nkv) * 4, "attention", err, errn)) ||
-        (rc = calloc_dev(c, (void **)&c->lora_t, (size_t)lora_rows * LORA_RMAX * 4, "LoRA", err, errn)) ||
+        (rc = calloc_dev(c, (void **)&c->lora_t, (size_t)(3 * lora_rows * LORA_RMAX) * 4, "LoRA", err, errn)) ||
         (rc = calloc_dev(c, (void **)&c->gath, (size_t)(B * H) * m->asz, "activations", err, errn)) ||
         (rc = calloc_dev(c, (void **)&c->act, (size_t)(GEMV_MAX_T * F) * m->asz, "activations", err, errn)) ||
         (rc = calloc_dev(c, (void **)&c->amax, (size_t)B * 4, "argmax", err, errn)) ||
@@ -745,34 +746,29 @@ static int enqueue_layers(gpu_ctx *c, int32_t T, int32_t lb, int32_t le, int emb
     const int lora = c->n_ltiles > 0;
     const int32_t qd = (int32_t)c->qd, kvd = (int32_t)c->kvd, qn = (int32_t)c->qkv_n;
     const int glu = !lora && !unfused(UF_GLU) && use_gemv(T, H) && use_gemv(T, F);
+    static const int32_t LQKV[3] = {LT_Q, LT_K, LT_V}, LO[1] = {LT_O}, LGU[2] = {LT_GATE, LT_UP}, LD[1] = {LT_DOWN};
+    const int32_t CQKV[3] = {0, qd, qd + kvd}, CGU[2] = {0, F}, C0[1] = {0}; /* their columns in y */
     for (int32_t l = lb; l < le; l++) {
         const dlayer *L = &m->layers[l];
         const int f = m->f32;
         if (l == lb) k_rmsnorm(c->s, f, c->xb, c->x, L->attn_norm, T, H, m->eps);
         if ((rc = gemm(c, c->y, c->xb, &L->wqkv, T, err, errn))) return rc;
-        if (lora) {
-            k_lora(c, l, LT_Q, c->xb, H, c->y, qn, 0);
-            k_lora(c, l, LT_K, c->xb, H, c->y, qn, qd);
-            k_lora(c, l, LT_V, c->xb, H, c->y, qn, qd + kvd);
-        }
+        if (lora) k_lora(c, l, LQKV, CQKV, 3, c->xb, H, c->y, qn);
         if (!c->att_fused) k_qkv_post(c->s, c, l, T);
         k_attention(c, l, c->xb);
         if ((rc = gemm(c, c->y, c->xb, &L->wo, T, err, errn))) return rc;
-        if (lora) k_lora(c, l, LT_O, c->xb, qd, c->y, H, 0);
+        if (lora) k_lora(c, l, LO, C0, 1, c->xb, qd, c->y, H);
         k_add_rmsnorm(c->s, f, c->x, c->y, L->bo, c->xb, L->ffn_norm, T, H, m->eps);
         if (glu) {
             k_gemv_glu(c->s, f, c->act, c->xb, L->wgu.w, L->bgu, T, F, H);
             if ((rc = gemm(c, c->y, c->act, &L->wd, T, err, errn))) return rc;
         } else {
             if ((rc = gemm(c, c->y, c->xb, &L->wgu, T, err, errn))) return rc;
-            if (lora) {
-                k_lora(c, l, LT_GATE, c->xb, H, c->y, 2 * F, 0);
-                k_lora(c, l, LT_UP, c->xb, H, c->y, 2 * F, F);
-            }
+            if (lora) k_lora(c, l, LGU, CGU, 2, c->xb, H, c->y, 2 * F);
             k_swiglu(c->s, f, c->xb, c->y, L->bgu, T, F);
             if ((rc = gemm(c, c->y, c->xb, &L->wd, T, err, errn))) return rc;
         }
-        if (lora) k_lora(c, l, LT_DOWN, c->xb, F, c->y, H, 0);
+        if (lora) k_lora(c, l, LD, C0, 1, c->xb, F, c->y, H);
         k_add_rmsnorm(c->s, f, c->x, c->y, L->bd, c->xb, l + 1 < le ? m->layers[l + 1].attn_norm : NULL, T, H, m->eps);
     }
     return 0;

@@ -257,7 +257,9 @@ struct gpu_ctx {
     float *part_o;      /* (ATT_MAX_SPLIT, min(B, ATT_SPLIT_TOKENS), qd) split-K partials */
     float2 *part_ml;    /* (ATT_MAX_SPLIT, min(B, ATT_SPLIT_TOKENS), nh) running max, sum */
     int32_t *att_tickets; /* (min(B, ATT_SPLIT_TOKENS), nkv) split-K blocks done, 0 between launches */
-    float *lora_t;      /* (max(B, 2 n_sm LORA_ROWS), LORA_RMAX) x·Aᵀ for one target, or its slices' partials */
+    float *lora_t;      /* 3 × (max(B, 2 n_sm LORA_ROWS), LORA_RMAX) x·Aᵀ for up to three targets of one input, or
+                         * their slices' partials (lora.cu) */
+    int64_t lora_tz;    /* floats of lora_t per target */
     void *gath;         /* A (B, H) head rows */
     float *logits;      /* (cap_logits rows, V) device */
     float *logits_h;    /* (cap_logits rows, V) pinned host copy */
@@ -395,7 +397,7 @@ void gpu_train_api(prism_gpu_api *api);
 void gpu_gate_api(prism_gpu_api *api);
 
 /* ---- lora.cu: y[rows, col_off..] += scale · (x[rows]·Aᵀ)·Bᵀ for every segment's adapter */
-void k_lora(const gpu_ctx *c, int32_t layer, int32_t target, const void *x, int32_t ldx, float *y, int32_t ldy,
-            int32_t col_off);
+void k_lora(const gpu_ctx *c, int32_t layer, const int32_t *targets, const int32_t *cols, int32_t n, const void *x,
+            int32_t ldx, float *y, int32_t ldy);
 
 #endif

@@ -15,21 +15,33 @@
  * and the expand sums the S partials of each (row, rank) in slice order before
  * using them (a group of threads per value, a fixed shuffle tree: the result
  * does not depend on the schedule). PRISM_CUDA_LORA_SLICES=0: one slice, the
- * old kernels' path, as the baseline. */
+ * old kernels' path, as the baseline.
+ *
+ * The projections that share an input go as one launch pair: q, k and v, then
+ * gate and up (blockIdx.z: which of them; 8 launches a layer, not 14). */
 #include "cuda/common.cuh"
 
 #define LORA_KCH 64 /* input columns staged per step of the shrink */
 
-/* Slice blockIdx.y (input columns [y·ks, y·ks + ks)) of tile blockIdx.x: with S == 1, t[row][j] (row = the
- * tile's rows in segment order, LORA_RMAX a row); else the partial part[((y·n_tiles + tile)·LORA_ROWS + r)][j]. */
+/* Up to three projections of one input, launched together: module index (layer · LT_N + target), output
+ * columns and the column they start at in y, for blockIdx.z = 0, 1, 2; tz: floats of lora_t per projection. */
+typedef struct {
+    int32_t mi[3], out[3], col[3];
+    int64_t tz;
+} lora_grp;
+
+/* Projection blockIdx.z, slice blockIdx.y (input columns [y·ks, y·ks + ks)) of tile blockIdx.x, into
+ * t + z·tz: with S == 1, t[row][j] (row = the tile's rows in segment order, LORA_RMAX a row); else the partial
+ * part[((y·n_tiles + tile)·LORA_ROWS + r)][j]. */
 template <class A>
 __global__ void lora_shrink(const lora_tile *__restrict__ tiles, const dmod *const *__restrict__ segtab,
-                            const int32_t *__restrict__ rows, int32_t mod_index, const A *__restrict__ x,
-                            int32_t ldx, float *__restrict__ t, int32_t ks, int32_t S) {
+                            const int32_t *__restrict__ rows, lora_grp gp, const A *__restrict__ x, int32_t ldx,
+                            float *__restrict__ t, int32_t ks, int32_t S) {
     __shared__ float Xs[LORA_ROWS][LORA_KCH];
     __shared__ float As[LORA_RMAX][LORA_KCH + 1];
     const lora_tile tl = tiles[blockIdx.x];
-    const dmod md = segtab[tl.seg][mod_index];
+    const dmod md = segtab[tl.seg][gp.mi[blockIdx.z]];
+    t += blockIdx.z * gp.tz;
     if (md.r == 0) return;
     const int tid = threadIdx.x, nt = blockDim.x;
     const int n_out = tl.n * md.r;
@@ -72,11 +84,13 @@ __global__ void lora_shrink(const lora_tile *__restrict__ tiles, const dmod *con
 
 /* blockDim.x == 256 (the shrink's S partials summed by groups of G threads: G | 32) */
 __global__ void lora_expand(const lora_tile *__restrict__ tiles, const dmod *const *__restrict__ segtab,
-                            const int32_t *__restrict__ rows, int32_t mod_index, const float *__restrict__ t,
-                            float *__restrict__ y, int32_t ldy, int32_t col_off, int32_t S) {
+                            const int32_t *__restrict__ rows, lora_grp gp, const float *__restrict__ t,
+                            float *__restrict__ y, int32_t ldy, int32_t S) {
     __shared__ float Ts[LORA_ROWS][LORA_RMAX];
     const lora_tile tl = tiles[blockIdx.x];
-    const dmod md = segtab[tl.seg][mod_index];
+    const dmod md = segtab[tl.seg][gp.mi[blockIdx.z]];
+    const int32_t col_off = gp.col[blockIdx.z];
+    t += blockIdx.z * gp.tz;
     if (md.r == 0) return;
     if (S == 1) {
         for (int e = threadIdx.x; e < LORA_ROWS * LORA_RMAX; e += blockDim.x) {
@@ -128,21 +142,28 @@ static int32_t lora_slices(const gpu_ctx *c, int32_t in, int32_t n_tiles, int32_
     return S > 1 ? (steps + per - 1) / per : 1; /* no empty slice */
 }
 
-void k_lora(const gpu_ctx *c, int32_t layer, int32_t target, const void *x, int32_t ldx, float *y, int32_t ldy,
-            int32_t col_off) {
+void k_lora(const gpu_ctx *c, int32_t layer, const int32_t *targets, const int32_t *cols, int32_t n, const void *x,
+            int32_t ldx, float *y, int32_t ldy) {
     if (c->n_ltiles == 0) return;
     const gpu_model *m = c->m;
-    const int32_t out = target == LT_Q ? (int32_t)c->qd
-                        : target == LT_K || target == LT_V ? (int32_t)c->kvd
-                        : target == LT_GATE || target == LT_UP ? m->F
-                                                              : m->H;
-    const int32_t in = target == LT_O ? (int32_t)c->qd : target == LT_DOWN ? m->F : m->H;
-    const int32_t mi = layer * LT_N + target;
+    lora_grp gp;
+    int32_t max_out = 0;
+    for (int32_t z = 0; z < n; z++) {
+        const int32_t tg = targets[z];
+        gp.out[z] = tg == LT_Q ? (int32_t)c->qd
+                    : tg == LT_K || tg == LT_V ? (int32_t)c->kvd
+                    : tg == LT_GATE || tg == LT_UP ? m->F
+                                                   : m->H;
+        gp.mi[z] = layer * LT_N + tg, gp.col[z] = cols[z];
+        if (gp.out[z] > max_out) max_out = gp.out[z];
+    }
+    gp.tz = c->lora_tz;
+    const int32_t in = targets[0] == LT_O ? (int32_t)c->qd : targets[0] == LT_DOWN ? m->F : m->H; /* the group's */
     int32_t ks;
     const int32_t S = lora_slices(c, in, c->n_ltiles, &ks);
-    const dim3 gs(c->n_ltiles, S);
-    if (m->f32) lora_shrink<float><<<gs, 256, 0, c->s>>>(c->d_ltiles, c->d_segtab, c->d_rows, mi, (const float *)x, ldx, c->lora_t, ks, S);
-    else lora_shrink<bf16><<<gs, 256, 0, c->s>>>(c->d_ltiles, c->d_segtab, c->d_rows, mi, (const bf16 *)x, ldx, c->lora_t, ks, S);
-    dim3 grid(c->n_ltiles, (out + 255) / 256);
-    lora_expand<<<grid, 256, 0, c->s>>>(c->d_ltiles, c->d_segtab, c->d_rows, mi, c->lora_t, y, ldy, col_off, S);
+    const dim3 gs(c->n_ltiles, S, n);
+    if (m->f32) lora_shrink<float><<<gs, 256, 0, c->s>>>(c->d_ltiles, c->d_segtab, c->d_rows, gp, (const float *)x, ldx, c->lora_t, ks, S);
+    else lora_shrink<bf16><<<gs, 256, 0, c->s>>>(c->d_ltiles, c->d_segtab, c->d_rows, gp, (const bf16 *)x, ldx, c->lora_t, ks, S);
+    const dim3 grid(c->n_ltiles, (max_out + 255) / 256, n);
+    lora_expand<<<grid, 256, 0, c->s>>>(c->d_ltiles, c->d_segtab, c->d_rows, gp, c->lora_t, y, ldy, S);
 }
