@@ -30,6 +30,11 @@ typedef struct {
     int64_t tz;
 } lora_grp;
 
+/* a[blockIdx.z] without a dynamically indexed copy of the parameter in local memory */
+static __device__ __forceinline__ int32_t by_z(const int32_t (&a)[3]) {
+    return blockIdx.z == 0 ? a[0] : blockIdx.z == 1 ? a[1] : a[2];
+}
+
 /* Projection blockIdx.z, slice blockIdx.y (input columns [y·ks, y·ks + ks)) of tile blockIdx.x, into
  * t + z·tz: with S == 1, t[row][j] (row = the tile's rows in segment order, LORA_RMAX a row); else the partial
  * part[((y·n_tiles + tile)·LORA_ROWS + r)][j]. */
@@ -40,7 +45,7 @@ __global__ void lora_shrink(const lora_tile *__restrict__ tiles, const dmod *con
     __shared__ float Xs[LORA_ROWS][LORA_KCH];
     __shared__ float As[LORA_RMAX][LORA_KCH + 1];
     const lora_tile tl = tiles[blockIdx.x];
-    const dmod md = segtab[tl.seg][gp.mi[blockIdx.z]];
+    const dmod md = segtab[tl.seg][by_z(gp.mi)];
     t += blockIdx.z * gp.tz;
     if (md.r == 0) return;
     const int tid = threadIdx.x, nt = blockDim.x;
@@ -88,8 +93,8 @@ __global__ void lora_expand(const lora_tile *__restrict__ tiles, const dmod *con
                             float *__restrict__ y, int32_t ldy, int32_t S) {
     __shared__ float Ts[LORA_ROWS][LORA_RMAX];
     const lora_tile tl = tiles[blockIdx.x];
-    const dmod md = segtab[tl.seg][gp.mi[blockIdx.z]];
-    const int32_t col_off = gp.col[blockIdx.z];
+    const dmod md = segtab[tl.seg][by_z(gp.mi)];
+    const int32_t col_off = by_z(gp.col);
     t += blockIdx.z * gp.tz;
     if (md.r == 0) return;
     if (S == 1) {
@@ -108,9 +113,11 @@ __global__ void lora_expand(const lora_tile *__restrict__ tiles, const dmod *con
         for (int e0 = 0; e0 < ne; e0 += per) { /* every thread, every round: the shuffles */
             const int e = e0 + (int)threadIdx.x / G, r = e / md.r, j = e % md.r;
             float v = 0.0f;
-            if (e < ne)
+            if (e < ne) {
+#pragma unroll 8 /* the loads issued together; the adds stay in slice order */
                 for (int32_t sl = g; sl < S; sl += G)
                     v += t[(((int64_t)sl * gridDim.x + blockIdx.x) * LORA_ROWS + r) * LORA_RMAX + j];
+            }
             for (int o = G / 2; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
             if (g == 0 && e < ne) Ts[r][j] = v;
         }
@@ -126,17 +133,23 @@ __global__ void lora_expand(const lora_tile *__restrict__ tiles, const dmod *con
 #pragma unroll
         for (int r = 0; r < LORA_ROWS; r++) acc[r] += Ts[r][j] * b;
     }
-    for (int r = 0; r < tl.n; r++) y[(int64_t)rows[tl.row0 + r] * ldy + col_off + o] += md.scale * acc[r];
+#pragma unroll /* acc stays in registers */
+    for (int r = 0; r < LORA_ROWS; r++)
+        if (r < tl.n) y[(int64_t)rows[tl.row0 + r] * ldy + col_off + o] += md.scale * acc[r];
 }
 
 /* Input-column slices for a shrink over `in` columns of n_tiles tiles: 1 with PRISM_CUDA_LORA_SLICES=0, or
  * when the tiles alone make two blocks per SM; else enough slices of whole 64-column steps to make about that
- * many blocks (their partials: lora_t holds 2 · n_sm · LORA_ROWS rows). *ks: columns per slice. */
+ * many blocks (their partials: lora_t holds 2 · n_sm · LORA_ROWS rows), LORA_MAX_SLICES at most: each expand
+ * block sums every value's S partials, 8 loads at a time per thread when a full tile leaves one thread a value.
+ * *ks: columns per slice. */
+#define LORA_MAX_SLICES 64
 static int32_t lora_slices(const gpu_ctx *c, int32_t in, int32_t n_tiles, int32_t *ks) {
     static int off = -1;
     if (off < 0) off = getenv("PRISM_CUDA_LORA_SLICES") && *getenv("PRISM_CUDA_LORA_SLICES") == '0';
     const int32_t want = 2 * c->m->n_sm / n_tiles, steps = (in + LORA_KCH - 1) / LORA_KCH;
     int32_t S = off || want < 2 ? 1 : want < steps ? want : steps;
+    if (S > LORA_MAX_SLICES) S = LORA_MAX_SLICES;
     const int32_t per = (steps + S - 1) / S; /* 64-column steps per slice */
     *ks = per * LORA_KCH;
     return S > 1 ? (steps + per - 1) / per : 1; /* no empty slice */
