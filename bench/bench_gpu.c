@@ -368,6 +368,7 @@ int main(int argc, char **argv) {
             }
             if (do_d1) {
                 prefill(c, 1, 16, cfg.vocab, &rng);
+                if (r == 0) decode(c, 1, 4); /* the step's graph, first launches: as the adapter's runs below */
                 t = decode(c, 1, n_new);
                 best_d1 = t < best_d1 ? t : best_d1;
             }
@@ -381,6 +382,7 @@ int main(int argc, char **argv) {
             }
             if (do_d32) {
                 prefill(c, 32, 16, cfg.vocab, &rng);
+                if (r == 0) decode(c, 32, 4);
                 t = decode(c, 32, n_new);
                 best_d32 = t < best_d32 ? t : best_d32;
                 for (int dev = 0; dev < 2; dev++) { /* sampled: the draw on the host, then on the device */

@@ -160,8 +160,9 @@ struct tprof {
 };
 
 /* The spans' times into their categories (and names). restart: a flush in the middle of a pass (the event
- * ring is full): the GPU is idle once the last event has completed, so the next span starts now, not at
- * that event — the host's gap while flushing is not charged to whatever follows. */
+ * ring is full), right after the last span's event was recorded — the stream's last work, so the GPU is idle
+ * once it has completed: the next span starts now, not at that event, and the host's gap while flushing is
+ * not charged to whatever follows. */
 static void prof_flush(gpu_train *t, int restart) {
     struct tprof *P = t->prof;
     if (!P || P->n < 2) return;
@@ -192,8 +193,8 @@ static void prof_flush(gpu_train *t, int restart) {
 static void prof_op(gpu_train *t, int cat, const char *name) {
     struct tprof *P = t->prof;
     if (!P) return;
-    if (P->n == TP_MAX) prof_flush(t, 1);
     if (cudaEventRecord(P->ev[P->n], t->s) == cudaSuccess) P->cat[P->n] = cat, P->lab[P->n++] = name;
+    if (P->n == TP_MAX) prof_flush(t, 1); /* after this span's event: nothing of it is left to run */
 }
 
 static void prof_mark(gpu_train *t, int cat) { prof_op(t, cat, NULL); }
