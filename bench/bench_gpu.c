@@ -164,6 +164,20 @@ static double decode(prism_ctx *c, int32_t n_seq, int32_t n_new) {
     return t;
 }
 
+/* A timed greedy decode of n_new tokens at batch n_seq after a fresh 16-token prompt, with adapter ad (NULL: the
+ * base model) on every other sequence (the batch-1 one included) and reset after; warm: 4 untimed steps first
+ * (the batch shape's graph, first launches, the adapter's upload); seconds. */
+static double decode_run(prism_ctx *c, int32_t n_seq, const prism_adapter *ad, bool warm, int32_t n_new, int32_t vocab,
+                         uint64_t *rng) {
+    for (int32_t s = 0; s < n_seq && ad; s += 2)
+        if (prism_ctx_seq_set_adapter(c, s, ad)) die("adapter");
+    prefill(c, n_seq, 16, vocab, rng);
+    if (warm) decode(c, n_seq, 4);
+    const double t = decode(c, n_seq, n_new);
+    for (int32_t s = 0; s < n_seq && ad; s += 2) prism_ctx_seq_set_adapter(c, s, NULL);
+    return t;
+}
+
 /* The same with every sequence drawing at temperature 0.7: on the device (forward_sample_softmax), or on
  * the host from copied logits, rows in parallel, as generation did before; seconds. */
 static double decode_sampled(prism_ctx *c, int32_t n_seq, int32_t n_new, int on_device, int32_t V) {
@@ -255,7 +269,6 @@ static void gemm_table(const prism_gpu_api *api, int32_t device, int reps) {
         printf("| the same with each GEMM's faster choice | | | | | %.2f | %.0f | |\n", layer_lt * L / EX,
                layer_flop / (layer_lt * 1e-3) / 1e12);
 }
-
 
 int main(int argc, char **argv) {
     const char *which = "all";
@@ -367,23 +380,15 @@ int main(int argc, char **argv) {
                 best_pf = t < best_pf ? t : best_pf;
             }
             if (do_d1) {
-                prefill(c, 1, 16, cfg.vocab, &rng);
-                if (r == 0) decode(c, 1, 4); /* the step's graph, first launches: as the adapter's runs below */
-                t = decode(c, 1, n_new);
+                t = decode_run(c, 1, NULL, r == 0, n_new, cfg.vocab, &rng);
                 best_d1 = t < best_d1 ? t : best_d1;
             }
             if (do_d1 && ad) {
-                if (prism_ctx_seq_set_adapter(c, 0, ad)) die("adapter");
-                prefill(c, 1, 16, cfg.vocab, &rng);
-                if (r == 0) decode(c, 1, 4); /* the adapter's upload, the graph of its batch shape */
-                t = decode(c, 1, n_new);
+                t = decode_run(c, 1, ad, r == 0, n_new, cfg.vocab, &rng);
                 best_l1 = t < best_l1 ? t : best_l1;
-                prism_ctx_seq_set_adapter(c, 0, NULL);
             }
             if (do_d32) {
-                prefill(c, 32, 16, cfg.vocab, &rng);
-                if (r == 0) decode(c, 32, 4);
-                t = decode(c, 32, n_new);
+                t = decode_run(c, 32, NULL, r == 0, n_new, cfg.vocab, &rng);
                 best_d32 = t < best_d32 ? t : best_d32;
                 for (int dev = 0; dev < 2; dev++) { /* sampled: the draw on the host, then on the device */
                     prefill(c, 32, 16, cfg.vocab, &rng);
@@ -392,13 +397,8 @@ int main(int argc, char **argv) {
                 }
             }
             if (do_d32 && ad) {
-                for (int32_t s = 0; s < 32; s += 2)
-                    if (prism_ctx_seq_set_adapter(c, s, ad)) die("adapter");
-                prefill(c, 32, 16, cfg.vocab, &rng);
-                if (r == 0) decode(c, 32, 4);
-                t = decode(c, 32, n_new);
+                t = decode_run(c, 32, ad, r == 0, n_new, cfg.vocab, &rng);
                 best_l32 = t < best_l32 ? t : best_l32;
-                for (int32_t s = 0; s < 32; s += 2) prism_ctx_seq_set_adapter(c, s, NULL);
             }
         }
         int64_t now = 0, peak = 0;

@@ -176,11 +176,13 @@ for v in PRISM_CUDA_LORA_SLICES=1 PRISM_CUDA_LORA_SLICES=0; do
 done | tee -a "$OUT/bench_variants.log"
 
 step "7B LoRA training: each switch against the default beside it (PRISM_CUDA_PROFILE=1, 8 x 512 per step)"
-train_run() { # ARGS: one profiled 7B (or other) training run, its category profile and table row
-    echo "== bench_gpu $*"
-    PRISM_CUDA_PROFILE=1 timeout "$(capped 90)" ./build/bench/bench_gpu "$@" --only train --runs 1 2>&1 | grep -E "^ |profile|\| Qwen|GEMM tuning"
+train_run() { # ENV=VALUE (or "") ARGS: one profiled training run with that switch, its category profile and table row
+    local e=$1
+    shift
+    env ${e:+"$e"} PRISM_CUDA_PROFILE=1 timeout "$(capped 90)" ./build/bench/bench_gpu "$@" --only train --runs 1 2>&1 |
+        grep -E "^ |profile|\| Qwen|GEMM tuning"
 }
-{ in_time "bench_gpu --shape 7b" && train_run --shape 7b; } | tee -a "$OUT/bench_variants.log"
+{ in_time "bench_gpu --shape 7b" && echo "== bench_gpu --shape 7b" && train_run "" --shape 7b; } | tee -a "$OUT/bench_variants.log"
 for v in "PRISM_CUDA_LORA_FUSE=0: the MLP's LoRA by GEMMs, down's dA aside (the baseline of tk_swiglu_fwd_lora and tk_swiglu_bwd_lora)" \
     "PRISM_CUDA_LORA_SPLIT=2: LoRA's skinny products (x.A^T, dy.B) in K slices too (whether splitting them pays)" \
     "PRISM_CUDA_GEMM_TUNE=1: the frozen GEMMs by the cuBLASLt algorithm measured fastest for each shape (whether tuning pays)" \
@@ -193,14 +195,14 @@ for v in "PRISM_CUDA_LORA_FUSE=0: the MLP's LoRA by GEMMs, down's dA aside (the 
     "PRISM_CUDA_FLASH=0: attention by cuBLAS (the baseline of flash.cu)"; do
     in_time "${v%%: *}" || continue
     echo "== bench_gpu --shape 7b with ${v#*: } (${v%%: *})"
-    env "${v%%: *}" PRISM_CUDA_PROFILE=1 timeout "$(capped 90)" ./build/bench/bench_gpu --shape 7b --only train --runs 1 2>&1 |
-        grep -E "^ |profile|\| Qwen|GEMM tuning"
+    train_run "${v%%: *}" --shape 7b
 done | tee -a "$OUT/bench_variants.log"
 
 step "LoRA training's other shapes (PRISM_CUDA_PROFILE=1): LoRA on q alone (what the other six cost), a pass per sequence, top-64 KL, 0.5B; then 0.5B by span"
 for args in "--shape 7b --train-targets q" "--shape 7b --train-pass 1" "--shape 7b --train-loss kl" "--shape 0.5b"; do
     in_time "bench_gpu $args" || continue
-    train_run $args
+    echo "== bench_gpu $args"
+    train_run "" $args
 done | tee -a "$OUT/bench_variants.log"
 span_profile 0.5b | tee -a "$OUT/bench_variants.log"
 

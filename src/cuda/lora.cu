@@ -23,10 +23,10 @@
 
 #define LORA_KCH 64 /* input columns staged per step of the shrink */
 
-/* Up to three projections of one input, launched together: module index (layer · LT_N + target), output
- * columns and the column they start at in y, for blockIdx.z = 0, 1, 2; tz: floats of lora_t per projection. */
+/* Up to three projections of one input, launched together: module index (layer · LT_N + target) and the
+ * column their output starts at in y, for blockIdx.z = 0, 1, 2; tz: floats of lora_t per projection. */
 typedef struct {
-    int32_t mi[3], out[3], col[3];
+    int32_t mi[3], col[3];
     int64_t tz;
 } lora_grp;
 
@@ -162,13 +162,12 @@ void k_lora(const gpu_ctx *c, int32_t layer, const int32_t *targets, const int32
     lora_grp gp;
     int32_t max_out = 0;
     for (int32_t z = 0; z < n; z++) {
-        const int32_t tg = targets[z];
-        gp.out[z] = tg == LT_Q ? (int32_t)c->qd
-                    : tg == LT_K || tg == LT_V ? (int32_t)c->kvd
-                    : tg == LT_GATE || tg == LT_UP ? m->F
-                                                   : m->H;
+        const int32_t tg = targets[z], out = tg == LT_Q                    ? (int32_t)c->qd
+                                             : tg == LT_K || tg == LT_V    ? (int32_t)c->kvd
+                                             : tg == LT_GATE || tg == LT_UP ? m->F
+                                                                            : m->H;
         gp.mi[z] = layer * LT_N + tg, gp.col[z] = cols[z];
-        if (gp.out[z] > max_out) max_out = gp.out[z];
+        if (out > max_out) max_out = out;
     }
     gp.tz = c->lora_tz;
     const int32_t in = targets[0] == LT_O ? (int32_t)c->qd : targets[0] == LT_DOWN ? m->F : m->H; /* the group's */
