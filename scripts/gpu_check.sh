@@ -8,7 +8,7 @@
 #      (exact) and BF16 (fast): logits, hidden states, a 300-token decode step
 #      (split-K), greedy tokens, a mixed base/LoRA batch (SGMV), the routed
 #      prefill (test_gpu with PRISM_REQUIRE_GPU=1), then again without PDL and
-#      without the decode fusions;
+#      with each decode fusion the other way round;
 #   3. bench_gpu: the Markdown table of BENCHMARKS.md (0.5B and 7B shapes);
 #   4. LoRA training on the GPU: gradients against peft's fixtures, the
 #      trainer's tests (exact resume, ...) and routed inference with every
@@ -17,18 +17,18 @@
 #      routed generation;
 #   6. transformers + peft's LoRA training on the same card, when installed
 #      (scripts/peft_bench.py): the training target's peer;
-#   then the diagnostics, those that decide a default first: the 7B training
-#      step by span (PRISM_CUDA_PROFILE=2: each frozen GEMM, LoRA product and
-#      kernel named by its role); the 7B batch-1 decode without the decode
-#      fusions (all three, then each alone: PRISM_CUDA_UNFUSE=post|combine|glu),
-#      with the GEMV in K slices (PRISM_CUDA_GEMV_SLICES=2, 4), without PDL,
-#      without CUDA graphs and with split-K per 64 keys; 7B batch-1 decode
-#      with a LoRA adapter, its shrink sliced (the default) or not; 7B training
-#      (PRISM_CUDA_PROFILE=1) with each switch against the default beside it,
-#      the open questions first (the MLP's LoRA by GEMMs, LoRA's skinny
-#      products split, the frozen GEMMs tuned), then the baselines run 5
-#      confirmed; LoRA on q alone, a pass per sequence, top-64 KL, 0.5B; 0.5B
-#      by span;
+#   then the diagnostics, the open questions first: the 7B training step by
+#      span (PRISM_CUDA_PROFILE=2: each frozen GEMM, LoRA product and kernel
+#      named by its role; it counts the warm-up step too: three spans carried
+#      ~80 ms at both shapes in run 6, one-time costs, not their kernels' time);
+#      7B batch-1 decode with a LoRA adapter,
+#      its shrink sliced (the default) or not; 7B training (PRISM_CUDA_PROFILE=1)
+#      with each open switch against the default beside it (the MLP's LoRA in
+#      the SwiGLU kernels, LoRA's skinny products split, the frozen GEMMs
+#      tuned); the 7B batch-1 decode with other decode fusions
+#      (PRISM_CUDA_DECODE_FUSE), the GEMV in K slices, without PDL, without
+#      CUDA graphs, split-K per 64 keys; the training switches run 5 settled;
+#      LoRA on q alone, a pass per sequence, top-64 KL, 0.5B; 0.5B by span;
 #   7. the kernels of a 7B training step under Nsight Systems, when installed;
 #   8. the 7B batch-1 decode step and a 0.5B training pass under Nsight
 #      Compute (scripts/gpu_profile.sh), when installed;
@@ -107,7 +107,9 @@ grep -vE "^(exact|fast|ok)" "$OUT/test_gpu.log" | tail -40
 grep -E "^(exact|fast)" "$OUT/test_gpu.log" | head -60
 tail -1 "$OUT/test_gpu.log" | grep -q " 0 failed" || fail=1
 echo "-- again with plain launches (PRISM_CUDA_PDL=0): $(PRISM_CUDA_PDL=0 PRISM_REQUIRE_GPU=1 timeout 120 ./build/tests/test_gpu 2>&1 | tail -1)"
-echo "-- again with separate q|k|v post-processing and SwiGLU kernels (PRISM_CUDA_FUSE=0): $(PRISM_CUDA_FUSE=0 PRISM_REQUIRE_GPU=1 timeout 120 ./build/tests/test_gpu 2>&1 | tail -1)"
+r=$(PRISM_CUDA_DECODE_FUSE=combine,glu PRISM_REQUIRE_GPU=1 timeout 120 ./build/tests/test_gpu 2>&1 | tail -1)
+echo "-- again with each decode fusion the other way round (PRISM_CUDA_DECODE_FUSE=combine,glu): $r"
+case "$r" in *" 0 failed") ;; *) fail=1 ;; esac
 r=$(PRISM_CUDA_GEMV_SLICES=4 PRISM_REQUIRE_GPU=1 timeout 120 ./build/tests/test_gpu 2>&1 | tail -1)
 echo "-- again with the GEMV in 4 K slices (PRISM_CUDA_GEMV_SLICES=4): $r"
 case "$r" in *" 0 failed") ;; *) fail=1 ;; esac
@@ -150,9 +152,9 @@ else
     echo "-- no torch + transformers + peft here: the verdict takes the issue's H100 figures"
 fi
 
-# The diagnostics, the ones that decide a default first (a device lease rarely fits them all): where the 7B
-# step's time goes by span; the decode variants (the batch-1 target); the 7B training switches, the open
-# questions first; the other training shapes; the 0.5B span profile.
+# The diagnostics, the open questions first (a device lease rarely fits them all): where the 7B step's time
+# goes by span; LoRA decode sliced or not; the 7B training switches not yet measured; the decode variants
+# (the batch-1 target); the switches run 5 settled; the other training shapes; the 0.5B span profile.
 step "where the 7B training step's time goes, by span (PRISM_CUDA_PROFILE=2: every GEMM, LoRA product and kernel by its role)"
 span_profile() {
     in_time "the span profile of $1 training" || return 0
@@ -162,18 +164,14 @@ span_profile() {
 }
 span_profile 7b | tee -a "$OUT/bench_variants.log"
 
-step "7B decode without programmatic dependent launch, without the decode fusions (all, then each alone), the GEMV in 2 and 4 K slices, without CUDA graphs, split-K per 64 keys (diagnostics)"
-for v in PRISM_CUDA_FUSE=0 PRISM_CUDA_UNFUSE=post PRISM_CUDA_UNFUSE=combine PRISM_CUDA_UNFUSE=glu \
-    PRISM_CUDA_GEMV_SLICES=2 PRISM_CUDA_GEMV_SLICES=4 PRISM_CUDA_PDL=0 PRISM_CUDA_GRAPHS=0 PRISM_CUDA_SPLIT_KEYS=64; do
-    in_time "decode with $v" || continue
-    echo "$v: $(env $v timeout "$(capped 60)" ./build/bench/bench_gpu --shape 7b --only decode1 --runs 1 2>&1 | grep "shape:")"
-done | tee -a "$OUT/bench_variants.log"
+step "7B batch-1 decode with a LoRA adapter (PRISM's routed decode), its shrink sliced or not"
 # PRISM's routed decode: a LoRA adapter on the batch-1 sequence, with the shrink's input columns in slices (the
 # default) and in one block per tile (PRISM_CUDA_LORA_SLICES=0, the kernels before)
 for v in PRISM_CUDA_LORA_SLICES=1 PRISM_CUDA_LORA_SLICES=0; do
     in_time "LoRA decode with $v" || continue
     echo "lora-decode $v: $(env $v timeout "$(capped 60)" ./build/bench/bench_gpu --shape 7b --only decode1 --lora-decode 1 --runs 1 2>&1 | grep "shape:")"
 done | tee -a "$OUT/bench_variants.log"
+
 
 step "7B LoRA training: each switch against the default beside it (PRISM_CUDA_PROFILE=1, 8 x 512 per step)"
 train_run() { # ENV=VALUE (or "") ARGS: one profiled training run with that switch, its category profile and table row
@@ -183,10 +181,22 @@ train_run() { # ENV=VALUE (or "") ARGS: one profiled training run with that swit
         grep -E "^ |profile|\| Qwen|GEMM tuning"
 }
 { in_time "bench_gpu --shape 7b" && echo "== bench_gpu --shape 7b" && train_run "" --shape 7b; } | tee -a "$OUT/bench_variants.log"
-for v in "PRISM_CUDA_LORA_FUSE=0: the MLP's LoRA by GEMMs, down's dA aside (the baseline of tk_swiglu_fwd_lora and tk_swiglu_bwd_lora)" \
+for v in "PRISM_CUDA_LORA_FUSE=1: the MLP's LoRA in the SwiGLU kernels tk_swiglu_fwd_lora and tk_swiglu_bwd_lora (the default before run 6)" \
     "PRISM_CUDA_LORA_SPLIT=2: LoRA's skinny products (x.A^T, dy.B) in K slices too (whether splitting them pays)" \
-    "PRISM_CUDA_GEMM_TUNE=1: the frozen GEMMs by the cuBLASLt algorithm measured fastest for each shape (whether tuning pays)" \
-    "PRISM_CUDA_FUSE=0: SwiGLU recomputed by its own kernel for down's dA GEMM, the MLP's LoRA by GEMMs" \
+    "PRISM_CUDA_GEMM_TUNE=1: the frozen GEMMs by the cuBLASLt algorithm measured fastest for each shape (whether tuning pays)"; do
+    in_time "${v%%: *}" || continue
+    echo "== bench_gpu --shape 7b with ${v#*: } (${v%%: *})"
+    train_run "${v%%: *}" --shape 7b
+done | tee -a "$OUT/bench_variants.log"
+
+step "7B decode with other decode fusions (all three, the default before run 6; none; post with one of the others), the GEMV in 2 and 4 K slices, without programmatic dependent launch, without CUDA graphs, split-K per 64 keys (diagnostics)"
+for v in PRISM_CUDA_DECODE_FUSE=post,combine,glu PRISM_CUDA_DECODE_FUSE=none PRISM_CUDA_DECODE_FUSE=post,glu PRISM_CUDA_DECODE_FUSE=post,combine \
+    PRISM_CUDA_GEMV_SLICES=2 PRISM_CUDA_GEMV_SLICES=4 PRISM_CUDA_PDL=0 PRISM_CUDA_GRAPHS=0 PRISM_CUDA_SPLIT_KEYS=64; do
+    in_time "decode with $v" || continue
+    echo "$v: $(env $v timeout "$(capped 60)" ./build/bench/bench_gpu --shape 7b --only decode1 --runs 1 2>&1 | grep "shape:")"
+done | tee -a "$OUT/bench_variants.log"
+step "7B LoRA training: the switches run 5 settled, against the default above (PRISM_CUDA_PROFILE=1)"
+for v in "PRISM_CUDA_FUSE=0: SwiGLU recomputed by its own kernel for down's dA GEMM, the MLP's LoRA by GEMMs" \
     "PRISM_CUDA_LORA_SPLIT=0: LoRA's dA and dB GEMMs in one piece (the baseline of their row split)" \
     "PRISM_CUDA_LM_SPLIT=1: the LM head's backward GEMM in one piece (the baseline of its vocabulary split)" \
     "PRISM_CUDA_FROZEN_SPLIT=2: the long-K frozen GEMMs (down forward, gate|up backward) in 2 K slices (whether splitting pays)" \

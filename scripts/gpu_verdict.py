@@ -140,7 +140,7 @@ def main():
             if abs(d) <= NOISE:
                 rel += " (within noise)"
             elif env and (env.group(1).split("=")[0] in ("PRISM_CUDA_FROZEN_SPLIT", "PRISM_CUDA_GU_REMAKE", "PRISM_CUDA_GEMM_TUNE")
-                          or env.group(1) == "PRISM_CUDA_LORA_SPLIT=2"):
+                          or env.group(1) in ("PRISM_CUDA_LORA_SPLIT=2", "PRISM_CUDA_LORA_FUSE=1")):
                 rel += " -> faster: make it the default (confirm with a rerun)" if d > 0 else " -> keep the default"
             elif env and d > 0:
                 rel += " -> the baseline is faster than the default: look at it"

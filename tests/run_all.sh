@@ -59,10 +59,11 @@ if [ -f "$B/emu/prism-cuda.so" ] && [ -x "$B/tests/test_gpu" ]; then
          echo $? >"$emu_tmp/rc") &
     fi
     run_one "test_gpu (CUDA module on the CPU emulator)" env PRISM_CUDA_MODULE="$B/emu/prism-cuda.so" "$B/tests/test_gpu"
-    # the decode switches' other kernels, on one architecture: the GEMV in K slices, the split-K combine
-    # and the q|k|v post-processing as kernels of their own
-    run_one "test_gpu, qwen2, GEMV in 4 K slices, decode fusions off (CPU emulator)" env PRISM_TEST_ARCH=qwen2 \
-        PRISM_CUDA_GEMV_SLICES=4 PRISM_CUDA_UNFUSE=post,combine PRISM_CUDA_MODULE="$B/emu/prism-cuda.so" "$B/tests/test_gpu"
+    # the decode switches' other kernels, on one architecture: the GEMV in K slices, the q|k|v
+    # post-processing as a kernel of its own, the split-K combine by attention's last block and SwiGLU in
+    # the gate|up GEMV (the default is the other way round for each of the three fusions)
+    run_one "test_gpu, qwen2, GEMV in 4 K slices, the other decode fusions (CPU emulator)" env PRISM_TEST_ARCH=qwen2 \
+        PRISM_CUDA_GEMV_SLICES=4 PRISM_CUDA_DECODE_FUSE=combine,glu PRISM_CUDA_MODULE="$B/emu/prism-cuda.so" "$B/tests/test_gpu"
     [ -x "$B/tests/test_lora_grad" ] && run_one "test_lora_grad, llama3, LoRA's skinny products in K slices (CPU emulator)" \
         env PRISM_TEST_ARCH=llama3 PRISM_CUDA_LORA_SPLIT=2 PRISM_CUDA_LORA_SPLIT_MIN_K=16 PRISM_DEVICE=cuda \
         PRISM_CUDA_MODULE="$B/emu/prism-cuda.so" "$B/tests/test_lora_grad"

@@ -137,8 +137,8 @@ static void run_case(int32_t hd, int32_t nh, int32_t nkv, int32_t window, std::v
     bf16 *d_q = dev_bf(q), *d_k = dev_bf(k), *d_v = dev_bf(v); /* the trainer stores them so */
     float *d_lse = dev(std::vector<float>(T * nh, NAN));
     bf16 *d_o = dev_bf(std::vector<float>(T * qd, NAN)); /* O: the pass's rows (T, nh·hd), NaN until written */
-    float *d_dq = dev(std::vector<float>(T * qd, NAN)), *d_dk = dev(std::vector<float>(T * kvd, NAN));
-    float *d_dv = dev(std::vector<float>(T * kvd, NAN)), *d_D = dev(std::vector<float>(T * nh, NAN));
+    float *d_dq = dev(std::vector<float>(T * qd, NAN)), *d_dk = dev(std::vector<float>(group * T * kvd, NAN));
+    float *d_dv = dev(std::vector<float>(group * T * kvd, NAN)), *d_D = dev(std::vector<float>(T * nh, NAN));
     flash_tile *d_tiles = NULL;
     int32_t *d_meta = NULL;
     cudaMalloc((void **)&d_tiles, tiles.size() * sizeof(flash_tile));
@@ -161,9 +161,13 @@ static void run_case(int32_t hd, int32_t nh, int32_t nkv, int32_t window, std::v
             }
     float *d_drow = dev(drow);
     k_flash_dot(0, d_D, d_drow, d_o, d_meta, d_meta + T, T, nh, hd);
-    k_flash_bwd(0, d_q, d_k, d_v, d_drow, d_lse, d_D, d_dq, d_dk, d_dv, d_tiles, nt, nh, nkv, hd, window, scale);
+    k_flash_bwd(0, d_q, d_k, d_v, d_drow, d_lse, d_D, d_dq, d_dk, d_dv, T * kvd, d_tiles, nt, nh, nkv, hd, window,
+                scale);
     const cudaError_t e = cudaDeviceSynchronize();
-    std::vector<float> gD = host(d_D, T * nh), gq = host(d_dq, T * qd), gk = host(d_dk, T * kvd), gv = host(d_dv, T * kvd);
+    std::vector<float> gD = host(d_D, T * nh), gq = host(d_dq, T * qd), pk = host(d_dk, group * T * kvd),
+                       pv = host(d_dv, group * T * kvd), gk(T * kvd, 0.0f), gv(T * kvd, 0.0f);
+    for (int32_t p = 0; p < group; p++) /* every part written: a NaN left in one fails the check */
+        for (int64_t i = 0; i < T * kvd; i++) gk[i] += pk[p * T * kvd + i], gv[i] += pv[p * T * kvd + i];
     char lens_s[64] = "";
     for (size_t i = 0; i < lens.size(); i++)
         snprintf(lens_s + strlen(lens_s), sizeof lens_s - strlen(lens_s), "%s%d", i ? "+" : "", lens[i]);

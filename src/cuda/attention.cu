@@ -8,8 +8,8 @@
  * group): every key and value is read once for the whole group. With split-K
  * (few tiles, long contexts: decode) the key range is cut into n_split parts
  * whose partial (max, sum, unnormalised output) the last of them to finish
- * combines (a ticket per tile and KV head), or a second kernel with
- * PRISM_CUDA_FUSE=0 or PRISM_CUDA_UNFUSE=combine.
+ * combines (a ticket per tile and KV head) with PRISM_CUDA_DECODE_FUSE
+ * naming combine, else a second kernel (the default: faster on H100 and H200).
  *
  * Masks: row (token at position p) sees keys [first(p), p] where first(p) =
  * p - window + 1 for sliding-window models (Mistral), else 0. */

@@ -616,23 +616,31 @@ int no_fusion(void) {
     return v;
 }
 
-/* The decode fusions one by one, to find which one a card does not like: PRISM_CUDA_UNFUSE=post,combine,glu
- * (any of them) turns off attention's own q|k|v post-processing, its split-K combine by the last block, and the
- * SwiGLU epilogue of the gate|up GEMV; PRISM_CUDA_FUSE=0 turns off all three (and the trainer's fusions). */
+/* The decode fusions, each on or off: PRISM_CUDA_DECODE_FUSE lists those on, of post (attention does the q|k|v
+ * post-processing itself), combine (the split-K combine by attention's last block) and glu (SwiGLU in the
+ * gate|up GEMV's epilogue); "none" for none; PRISM_CUDA_FUSE=0 turns all three off (and the trainer's
+ * fusions). The default, post alone, is what measured fastest at 7B batch 1 on an H100 and an H200 (issue 5,
+ * runs 5 and 6): combine off gained 5%, glu off 3%, post off lost 1% (H100). */
 int unfused(int part) {
     static int mask = -1; /* published once, whole: a thread that reads it early parses again, the same */
     if (mask < 0) {
-        int m = no_fusion() ? UF_POST | UF_COMBINE | UF_GLU : 0;
-        const char *u = getenv("PRISM_CUDA_UNFUSE");
-        while (u && *u) {
-            const size_t n = strcspn(u, ",");
-            if (n == 4 && !strncmp(u, "post", 4)) m |= UF_POST;
-            else if (n == 7 && !strncmp(u, "combine", 7)) m |= UF_COMBINE;
-            else if (n == 3 && !strncmp(u, "glu", 3)) m |= UF_GLU;
-            else if (n) fprintf(stderr, "prism-cuda: PRISM_CUDA_UNFUSE: '%.*s' is none of post, combine, glu: ignored\n", (int)n, u);
-            u += n + (u[n] == ',');
+        const char *u = getenv("PRISM_CUDA_DECODE_FUSE");
+        int on = UF_POST;
+        if (u) {
+            on = 0;
+            while (*u) {
+                const size_t n = strcspn(u, ",");
+                if (n == 4 && !strncmp(u, "post", 4)) on |= UF_POST;
+                else if (n == 7 && !strncmp(u, "combine", 7)) on |= UF_COMBINE;
+                else if (n == 3 && !strncmp(u, "glu", 3)) on |= UF_GLU;
+                else if (n && !(n == 4 && !strncmp(u, "none", 4)))
+                    fprintf(stderr, "prism-cuda: PRISM_CUDA_DECODE_FUSE: '%.*s' is none of post, combine, glu, none: ignored\n",
+                            (int)n, u);
+                u += n + (u[n] == ',');
+            }
         }
-        mask = m;
+        if (no_fusion()) on = 0;
+        mask = (UF_POST | UF_COMBINE | UF_GLU) & ~on;
     }
     return mask & part;
 }

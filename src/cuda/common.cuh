@@ -303,7 +303,7 @@ int cuda_fail(char *err, size_t errn, cudaError_t e, const char *what);
     } while (0)
 int no_fusion(void); /* PRISM_CUDA_FUSE=0: the unfused kernels, for A/B measurements */
 enum { UF_POST = 1, UF_COMBINE = 2, UF_GLU = 4 };
-int unfused(int part); /* PRISM_CUDA_UNFUSE=post,combine,glu (or PRISM_CUDA_FUSE=0): that decode fusion off */
+int unfused(int part); /* that decode fusion off: not in PRISM_CUDA_DECODE_FUSE (default post), or PRISM_CUDA_FUSE=0 */
 void account(int64_t delta); /* device bytes allocated (+) or freed (-), for model_memory */
 
 /* ---- cuBLASLt (backend.cu): the GEMM benchmark and the trainer's GEMM tuning */
@@ -383,10 +383,12 @@ int flash_setup(int32_t hd, int cc_major, int smem_optin); /* 0: usable on this 
 void k_flash_fwd(cudaStream_t s, const bf16 *q, const bf16 *k, const bf16 *v, bf16 *o, float *lse,
                  const flash_tile *tiles, int32_t n_tiles, int32_t nh, int32_t nkv, int32_t hd, int32_t window,
                  float scale);
-/* dq, dk, dv (head-major; written, not added) from dO (rows), lse and D = rowsum(dO ⊙ O) */
+/* dq, dk, dv (head-major; written, not added) from dO (rows), lse and D = rowsum(dO ⊙ O); dk and dv in
+ * nh/nkv parts, part_stride floats apart (part h mod group from query head h), the reader sums them */
 void k_flash_bwd(cudaStream_t s, const bf16 *q, const bf16 *k, const bf16 *v, const float *dout,
-                 const float *lse, const float *D, float *dq, float *dk, float *dv, const flash_tile *tiles,
-                 int32_t n_tiles, int32_t nh, int32_t nkv, int32_t hd, int32_t window, float scale);
+                 const float *lse, const float *D, float *dq, float *dk, float *dv, int64_t part_stride,
+                 const flash_tile *tiles, int32_t n_tiles, int32_t nh, int32_t nkv, int32_t hd, int32_t window,
+                 float scale);
 /* D from the (T, nh·hd) rows of the output and its gradient; sofs/slen per row */
 void k_flash_dot(cudaStream_t s, float *D, const float *dout, const bf16 *out, const int32_t *sofs,
                  const int32_t *slen, int32_t T, int32_t nh, int32_t hd);

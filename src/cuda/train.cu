@@ -382,7 +382,8 @@ __global__ void tk_qkv_fwd(const A *y, const float *bqkv, const float *q_norm, c
 }
 
 /* tk_qkv_fwd's backward: the head-major gradients dq, dk, dv (attention's
- * backward) into the rows of dqkv (T, qkv_n) in the activation type — the
+ * backward; dk and dv as the sum of kv_parts parts part_stride floats apart,
+ * added in part order) into the rows of dqkv (T, qkv_n) in the activation type — the
  * input of the q|k|v backward GEMM and of its LoRA as is. Per (t, head): RoPE
  * undone (rotation by −position), then the q/k norm's backward, out = r·dy·w −
  * c·raw with c = r³·Σ(dy·w·raw)/hd (Qwen3: raw and r kept by the forward). One
@@ -391,7 +392,7 @@ template <class A>
 __global__ void tk_qkv_bwd(A *dqkv, const float *dqh, const float *dkh, const float *dvh, const float *q_norm,
                            const float *k_norm, const float *qraw, const float *kraw, const float *rq, const float *rk,
                            const float *inv_freq, const int32_t *sofs, const int32_t *slen, int32_t nh, int32_t nkv,
-                           int32_t hd, int64_t qkv_n) {
+                           int32_t hd, int64_t qkv_n, int32_t kv_parts, int64_t part_stride) {
     PRISM_DYN_SMEM(float, sm);
     const int64_t t = blockIdx.x;
     const int wi = threadIdx.x >> 5, lane = threadIdx.x & 31;
@@ -404,7 +405,12 @@ __global__ void tk_qkv_bwd(A *dqkv, const float *dqh, const float *dkh, const fl
     const int64_t col = q.col;
     const float *src = (is_q ? dqh : is_k ? dkh : dvh) + hm_row(t, hh, is_q ? nh : nkv, sofs, slen) * hd;
     float *d = sm + wi * hd;
-    for (int32_t j = lane; j < hd; j += 32) d[j] = src[j];
+    const int32_t parts = is_q ? 1 : kv_parts;
+    for (int32_t j = lane; j < hd; j += 32) {
+        float v = src[j];
+        for (int32_t p = 1; p < parts; p++) v += src[p * part_stride + j];
+        d[j] = v;
+    }
     if (is_q || is_k) {
         __syncwarp();
         rope_row(d, hd, (float)(-(int32_t)(t - sofs[t])), inv_freq, lane); /* undone: rotation by −position */
@@ -625,8 +631,8 @@ __global__ void __launch_bounds__(256)
         if (k < r) part[((int64_t)c * r + k) * F + j] = acc[k];
 }
 
-/* The MLP's LoRA folded into its SwiGLU kernels (t->lfuse: the adapted gate,
- * up and down ranks all <= LF_R), so that LoRA's GEMMs write none of the wide
+/* The MLP's LoRA folded into its SwiGLU kernels (t->lfuse, PRISM_CUDA_LORA_FUSE=1:
+ * the adapted gate, up and down ranks all <= LF_R), so that LoRA's GEMMs write none of the wide
  * (T, F) and (T, 2F) tensors and read dgate|dup once instead of twice:
  * - forward: the frozen GEMM writes gate|up alone, and tk_swiglu_fwd_lora
  *   adds s·mid·Bᵀ of gate and up (mid = h2·[A]ᵀ, the projection's x·Aᵀ) as it
@@ -1637,15 +1643,16 @@ static int layer_bwd(gpu_train *t, int32_t l, const tacts *A, const float *x, in
     TRY(proj_bwd(t, l, TO, C0, 1, A->mid[0] + (int64_t)3 * t->max_r * T, f32_of(t, A->att), A->att, (int)qd, &L->wo,
                  dx, t->dxb, H, t->datt, 0, 0, T, err, errn));
     const int32_t *so = t->d_sofs, *sl = t->d_slen;
-    float *dqh = t->hd_tmp;                                                  /* head-major, T rows each */
-    float *dkh = dqh + qd * T, *dvh = dkh + kvd * T;
+    /* head-major, T rows each; with flash.cu, dk and dv in a part per query head of a group (kv_parts) */
+    const int32_t kv_parts = t->flash ? group : 1;
+    float *dqh = t->hd_tmp, *dkh = dqh + qd * T, *dvh = dkh + kv_parts * kvd * T;
     const float scale = 1.0f / sqrtf((float)hd);
     const float *P = A->P;
     if (t->flash) { /* dO straight from datt's rows */
         k_flash_dot(t->s, t->Drow, t->datt, (const bf16 *)A->att, so, sl, T, nh, hd);
         prof_op(t, TP_ATT_B, "flash attention, rowsum(dO.O)");
         k_flash_bwd(t->s, (const bf16 *)A->qh, (const bf16 *)A->kh, (const bf16 *)A->vh, t->datt, A->lse, t->Drow,
-                    dqh, dkh, dvh, t->d_ftiles, t->n_ftiles, nh, nkv, hd, m->window, scale);
+                    dqh, dkh, dvh, kvd * T, t->d_ftiles, t->n_ftiles, nh, nkv, hd, m->window, scale);
     } else {
         tk_heads<float><<<T, 256, 0, t->s>>>(t->datt, t->oh, so, sl, nh, hd, qd, 0, 1); /* oh := dO head-major */
     }
@@ -1671,10 +1678,10 @@ static int layer_bwd(gpu_train *t, int32_t l, const tacts *A, const float *x, in
     const int qsm = 4 * hd * (int)sizeof(float);
     if (m->f32)
         tk_qkv_bwd<float><<<gq, 128, qsm, t->s>>>((float *)t->dqkv, dqh, dkh, dvh, L->q_norm, L->k_norm, A->qraw, A->kraw,
-                                                  A->rq, A->rk, m->inv_freq, so, sl, nh, nkv, hd, qn);
+                                                  A->rq, A->rk, m->inv_freq, so, sl, nh, nkv, hd, qn, kv_parts, kvd * T);
     else
         tk_qkv_bwd<bf16><<<gq, 128, qsm, t->s>>>((bf16 *)t->dqkv, dqh, dkh, dvh, L->q_norm, L->k_norm, A->qraw, A->kraw,
-                                                 A->rq, A->rk, m->inv_freq, so, sl, nh, nkv, hd, qn);
+                                                 A->rq, A->rk, m->inv_freq, so, sl, nh, nkv, hd, qn, kv_parts, kvd * T);
     prof_op(t, TP_ATT_B, "q|k|v post (norms, RoPE), backward");
     TRY(proj_bwd(t, l, TQKV, CQKV, 3, A->mid[0], f32_of(t, A->h1), A->h1, H, &L->wqkv, f32_of(t, t->dqkv), t->dqkv,
                  (int)qn, t->dh, !m->f32, 0, T, err, errn));
@@ -1809,15 +1816,18 @@ static int train_new(gpu_model *m, const gpu_lora_desc *mods, int32_t max_tokens
         r_down = r > r_down ? r : r_down;
         r_mlp = r > r_mlp ? r : r_mlp, r_mlp = rg > r_mlp ? rg : r_mlp, r_mlp = ru > r_mlp ? ru : r_mlp;
     }
-    { /* read when the session starts: PRISM_CUDA_FUSE=0, SwiGLU recomputed by its own kernel for a dA GEMM and
-       * the MLP's LoRA by GEMMs; PRISM_CUDA_LORA_FUSE=0, only the latter */
+    { /* read when the session starts: PRISM_CUDA_FUSE=0, SwiGLU recomputed by its own kernel for a dA GEMM (and
+       * no LoRA fusion); PRISM_CUDA_LORA_FUSE=1, the MLP's LoRA in the SwiGLU kernels instead of GEMMs (off by
+       * default: the GEMMs measured 0.7-1.8% faster at 7B in three runs, an H100's and two H200's) */
         const char *e = getenv("PRISM_CUDA_FUSE"), *e2 = getenv("PRISM_CUDA_LORA_FUSE");
-        t->swb = r_down > 0 && r_down <= 64 && !(e && *e == '0');
-        t->lfuse = r_mlp > 0 && r_mlp <= LF_R && !(e && *e == '0') && !(e2 && *e2 == '0');
-        /* PRISM_CUDA_GU_REMAKE=1: the forward writes gate|up's LoRA terms nowhere (38.8 MB less per layer per
-         * 512 tokens at 7B), the backward adds them again (32 multiply-adds an element more); a diagnostic */
+        /* PRISM_CUDA_GU_REMAKE=1 (with the LoRA fusion, which it turns on): the forward writes gate|up's LoRA
+         * terms nowhere (38.8 MB less per layer per 512 tokens at 7B), the backward adds them again (32
+         * multiply-adds an element more); a diagnostic */
         const char *e3 = getenv("PRISM_CUDA_GU_REMAKE");
-        t->gu_remake = t->lfuse && e3 && *e3 == '1';
+        const int remake = e3 && *e3 == '1';
+        t->swb = r_down > 0 && r_down <= 64 && !(e && *e == '0');
+        t->lfuse = r_mlp > 0 && r_mlp <= LF_R && !(e && *e == '0') && ((e2 && *e2 == '1') || remake);
+        t->gu_remake = t->lfuse && remake;
     }
     cudaError_t ce = cudaStreamCreateWithFlags(&t->s, cudaStreamNonBlocking);
     if (ce != cudaSuccess) {
@@ -1859,8 +1869,10 @@ static int train_new(gpu_model *m, const gpu_lora_desc *mods, int32_t max_tokens
     {
         int64_t wide = qn > 2 * F ? qn : 2 * F;
         wide = wide > H ? wide : H;
-        int64_t hdt = qn > F ? qn : F; /* dq|dk|dv head-major, da, or a recomputed layer's output */
+        /* dq|dk|dv head-major (flash.cu: dk, dv in a part per query head, 3 qd), da, or a recomputed layer's output */
+        int64_t hdt = qn > F ? qn : F;
         hdt = hdt > H ? hdt : H;
+        hdt = t->flash && 3 * qd > hdt ? 3 * qd : hdt;
         TA2(t->hf, T * H * f); TA2(t->rf, T * f); TA2(t->dx, T * H * f); TA2(t->dh, T * H * f);
         TA2(t->y, T * wide * f); TA2(t->datt, T * qd * f); TA2(t->dqkv, T * qn * (int64_t)m->asz);
         if (m->f32) TA2(t->dgu, T * 2 * F * f); /* BF16 models: dgu in BF16 only (abuf) */
