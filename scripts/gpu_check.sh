@@ -19,8 +19,8 @@
 #      (scripts/peft_bench.py): the training target's peer;
 #   then the diagnostics, the open questions first: the 7B training step by
 #      span (PRISM_CUDA_PROFILE=2: each frozen GEMM, LoRA product and kernel
-#      named by its role; it counts the warm-up step too: three spans carried
-#      ~80 ms at both shapes in run 6, one-time costs, not their kernels' time);
+#      named by its role; the first pass left out: in run 6 its one-time
+#      costs put ~80 ms on three spans at both shapes);
 #      7B batch-1 decode with a LoRA adapter,
 #      its shrink sliced (the default) or not; 7B training (PRISM_CUDA_PROFILE=1)
 #      with each open switch against the default beside it (the MLP's LoRA in
