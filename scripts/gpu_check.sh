@@ -190,10 +190,13 @@ for v in "PRISM_CUDA_LORA_FUSE=1: the MLP's LoRA in the SwiGLU kernels tk_swiglu
 done | tee -a "$OUT/bench_variants.log"
 
 step "7B decode with other decode fusions (all three, the default before run 6; none; post with one of the others), the GEMV in 2 and 4 K slices, without programmatic dependent launch, without CUDA graphs, split-K per 64 keys (diagnostics)"
-for v in PRISM_CUDA_DECODE_FUSE=post,combine,glu PRISM_CUDA_DECODE_FUSE=none PRISM_CUDA_DECODE_FUSE=post,glu PRISM_CUDA_DECODE_FUSE=post,combine \
-    PRISM_CUDA_GEMV_SLICES=2 PRISM_CUDA_GEMV_SLICES=4 PRISM_CUDA_PDL=0 PRISM_CUDA_GRAPHS=0 PRISM_CUDA_SPLIT_KEYS=64; do
+# (a + joins switches run together; PRISM_CUDA_GEMV_SLICES=1 is the default, run once more as the variants are)
+for v in PRISM_CUDA_GEMV_SLICES=1 PRISM_CUDA_GEMV_SLICES=4 PRISM_CUDA_PDL=0 PRISM_CUDA_GEMV_SLICES=4+PRISM_CUDA_PDL=0 \
+    PRISM_CUDA_DECODE_FUSE=none PRISM_CUDA_DECODE_FUSE=post,combine,glu PRISM_CUDA_DECODE_FUSE=post,glu \
+    PRISM_CUDA_DECODE_FUSE=post,combine PRISM_CUDA_GEMV_SLICES=2 PRISM_CUDA_GEMV_SLICES=2+PRISM_CUDA_PDL=0 \
+    PRISM_CUDA_GRAPHS=0 PRISM_CUDA_SPLIT_KEYS=64; do
     in_time "decode with $v" || continue
-    echo "$v: $(env $v timeout "$(capped 60)" ./build/bench/bench_gpu --shape 7b --only decode1 --runs 1 2>&1 | grep "shape:")"
+    echo "$v: $(env ${v//+/ } timeout "$(capped 60)" ./build/bench/bench_gpu --shape 7b --only decode1 --runs 1 2>&1 | grep "shape:")"
 done | tee -a "$OUT/bench_variants.log"
 step "7B LoRA training: the switches run 5 settled, against the default above (PRISM_CUDA_PROFILE=1)"
 for v in "PRISM_CUDA_FUSE=0: SwiGLU recomputed by its own kernel for down's dA GEMM, the MLP's LoRA by GEMMs" \
