@@ -172,7 +172,6 @@ for v in PRISM_CUDA_LORA_SLICES=1 PRISM_CUDA_LORA_SLICES=0; do
     echo "lora-decode $v: $(env $v timeout "$(capped 60)" ./build/bench/bench_gpu --shape 7b --only decode1 --lora-decode 1 --runs 1 2>&1 | grep "shape:")"
 done | tee -a "$OUT/bench_variants.log"
 
-
 step "7B LoRA training: each switch against the default beside it (PRISM_CUDA_PROFILE=1, 8 x 512 per step)"
 train_run() { # ENV=VALUE (or "") ARGS: one profiled training run with that switch, its category profile and table row
     local e=$1
@@ -180,14 +179,18 @@ train_run() { # ENV=VALUE (or "") ARGS: one profiled training run with that swit
     env ${e:+"$e"} PRISM_CUDA_PROFILE=1 timeout "$(capped 90)" ./build/bench/bench_gpu "$@" --only train --runs 1 2>&1 |
         grep -E "^ |profile|\| Qwen|GEMM tuning"
 }
+train_switches() { # "ENV=VALUE: what it does" ...: a 7B training run with each switch
+    local v
+    for v in "$@"; do
+        in_time "${v%%: *}" || continue
+        echo "== bench_gpu --shape 7b with ${v#*: } (${v%%: *})"
+        train_run "${v%%: *}" --shape 7b
+    done
+}
 { in_time "bench_gpu --shape 7b" && echo "== bench_gpu --shape 7b" && train_run "" --shape 7b; } | tee -a "$OUT/bench_variants.log"
-for v in "PRISM_CUDA_LORA_FUSE=1: the MLP's LoRA in the SwiGLU kernels tk_swiglu_fwd_lora and tk_swiglu_bwd_lora (the default before run 6)" \
+train_switches "PRISM_CUDA_LORA_FUSE=1: the MLP's LoRA in the SwiGLU kernels tk_swiglu_fwd_lora and tk_swiglu_bwd_lora (the default before run 6)" \
     "PRISM_CUDA_LORA_SPLIT=2: LoRA's skinny products (x.A^T, dy.B) in K slices too (whether splitting them pays)" \
-    "PRISM_CUDA_GEMM_TUNE=1: the frozen GEMMs by the cuBLASLt algorithm measured fastest for each shape (whether tuning pays)"; do
-    in_time "${v%%: *}" || continue
-    echo "== bench_gpu --shape 7b with ${v#*: } (${v%%: *})"
-    train_run "${v%%: *}" --shape 7b
-done | tee -a "$OUT/bench_variants.log"
+    "PRISM_CUDA_GEMM_TUNE=1: the frozen GEMMs by the cuBLASLt algorithm measured fastest for each shape (whether tuning pays)" | tee -a "$OUT/bench_variants.log"
 
 step "7B decode with other decode fusions (all three, the default before run 6; none; post with one of the others), the GEMV in 2 and 4 K slices, without programmatic dependent launch, without CUDA graphs, split-K per 64 keys (diagnostics)"
 # (a + joins switches run together; PRISM_CUDA_GEMV_SLICES=1 is the default, run once more as the variants are)
@@ -199,17 +202,13 @@ for v in PRISM_CUDA_GEMV_SLICES=1 PRISM_CUDA_GEMV_SLICES=4 PRISM_CUDA_PDL=0 PRIS
     echo "$v: $(env ${v//+/ } timeout "$(capped 60)" ./build/bench/bench_gpu --shape 7b --only decode1 --runs 1 2>&1 | grep "shape:")"
 done | tee -a "$OUT/bench_variants.log"
 step "7B LoRA training: the switches run 5 settled, against the default above (PRISM_CUDA_PROFILE=1)"
-for v in "PRISM_CUDA_FUSE=0: SwiGLU recomputed by its own kernel for down's dA GEMM, the MLP's LoRA by GEMMs" \
+train_switches "PRISM_CUDA_FUSE=0: SwiGLU recomputed by its own kernel for down's dA GEMM, the MLP's LoRA by GEMMs" \
     "PRISM_CUDA_LORA_SPLIT=0: LoRA's dA and dB GEMMs in one piece (the baseline of their row split)" \
     "PRISM_CUDA_LM_SPLIT=1: the LM head's backward GEMM in one piece (the baseline of its vocabulary split)" \
     "PRISM_CUDA_FROZEN_SPLIT=2: the long-K frozen GEMMs (down forward, gate|up backward) in 2 K slices (whether splitting pays)" \
-    "PRISM_CUDA_GU_REMAKE=1: gate|up's LoRA terms added again by the SwiGLU backward, not kept by the forward (whether it pays)" \
+    "PRISM_CUDA_GU_REMAKE=1: the MLP's LoRA in the SwiGLU kernels, gate|up's terms added again by the backward, not kept by the forward (whether it pays)" \
     "PRISM_CUDA_LOSS_ROWS=256: the LM head's GEMMs 256 rows at a time (the baseline of 1,024)" \
-    "PRISM_CUDA_FLASH=0: attention by cuBLAS (the baseline of flash.cu)"; do
-    in_time "${v%%: *}" || continue
-    echo "== bench_gpu --shape 7b with ${v#*: } (${v%%: *})"
-    train_run "${v%%: *}" --shape 7b
-done | tee -a "$OUT/bench_variants.log"
+    "PRISM_CUDA_FLASH=0: attention by cuBLAS (the baseline of flash.cu)" | tee -a "$OUT/bench_variants.log"
 
 step "LoRA training's other shapes (PRISM_CUDA_PROFILE=1): LoRA on q alone (what the other six cost), a pass per sequence, top-64 KL, 0.5B; then 0.5B by span"
 for args in "--shape 7b --train-targets q" "--shape 7b --train-pass 1" "--shape 7b --train-loss kl" "--shape 0.5b"; do

@@ -1405,25 +1405,22 @@ static int proj_bwd(gpu_train *t, int32_t l, const int *tg, const int64_t *col, 
         for (int j = 0, c = 0; j < n; j++) {
             if (!md[j]) continue;
             if (!m0) m0 = md[j];
-            if (dyb) {
+            const float *dyj = dy + col[j];
+            if (dyb)
                 TRY(bg_skinny(t, CUBLAS_OP_N, md[j]->r, T, md[j]->out, md[j]->scale, t->pb + md[j]->offB, md[j]->r,
                               dyb + col[j], ldy, tmp + c, rs, err, errn));
-                prof_op(t, TP_LORA_B, po(tg, PO_TMP));
-                if (db) {
+            else
+                TRY(sg(t, CUBLAS_OP_N, CUBLAS_OP_N, md[j]->r, T, md[j]->out, md[j]->scale, t->p + md[j]->offB,
+                       md[j]->r, dyj, ldy, 0.0f, tmp + c, rs, err, errn));
+            prof_op(t, TP_LORA_B, po(tg, PO_TMP));
+            if (db) {
+                if (dyb)
                     TRY(bg_acc_t(t, md[j]->r, md[j]->out, T, md[j]->scale, t->lb_mid + c, rs, dyb + col[j], ldy,
                                  t->g + md[j]->offB, err, errn));
-                    prof_op(t, TP_LORA_B, po(tg, PO_DB));
-                }
-            } else {
-                const float *dyj = dy + col[j], *B = t->p + md[j]->offB;
-                TRY(sg(t, CUBLAS_OP_N, CUBLAS_OP_N, md[j]->r, T, md[j]->out, md[j]->scale, B, md[j]->r, dyj, ldy, 0.0f,
-                       tmp + c, rs, err, errn));
-                prof_op(t, TP_LORA_B, po(tg, PO_TMP));
-                if (db) {
+                else
                     TRY(sg(t, CUBLAS_OP_N, CUBLAS_OP_T, md[j]->r, md[j]->out, T, md[j]->scale, mid + c, rs, dyj, ldy,
                            1.0f, t->g + md[j]->offB, md[j]->r, err, errn));
-                    prof_op(t, TP_LORA_B, po(tg, PO_DB));
-                }
+                prof_op(t, TP_LORA_B, po(tg, PO_DB));
             }
             c += md[j]->r;
         }
@@ -1432,20 +1429,18 @@ static int proj_bwd(gpu_train *t, int32_t l, const int *tg, const int64_t *col, 
             to_bf(t, t->lb_tmp, tmp, (int64_t)T * rs);
             prof_op(t, TP_LORA_B, po(tg, PO_CVT));
         }
-        if (dA && xb) {
-            TRY(bg_acc_t(t, in, rs, T, 1.0f, xb, ldx, t->lb_tmp, rs, t->g + m0->offA, err, errn));
-            prof_op(t, TP_LORA_B, po(tg, PO_DA));
-        } else if (dA) {
-            TRY(sg(t, CUBLAS_OP_N, CUBLAS_OP_T, in, rs, T, 1.0f, x, ldx, tmp, rs, 1.0f, t->g + m0->offA, in, err, errn));
+        if (dA) {
+            if (xb) TRY(bg_acc_t(t, in, rs, T, 1.0f, xb, ldx, t->lb_tmp, rs, t->g + m0->offA, err, errn));
+            else TRY(sg(t, CUBLAS_OP_N, CUBLAS_OP_T, in, rs, T, 1.0f, x, ldx, tmp, rs, 1.0f, t->g + m0->offA, in, err, errn));
             prof_op(t, TP_LORA_B, po(tg, PO_DA));
         }
-        if (dX && dxbf) { /* dx in BF16: from BF16 tmp and As; the frozen GEMM then adds onto it in BF16 */
-            TRY(bg(t, CUBLAS_OP_N, CUBLAS_OP_N, in, T, rs, 1.0f, t->pb + m0->offA, in, t->lb_tmp, rs, 0.0f, dx, 1,
-                   (int)W->in, err, errn));
-            prof_op(t, TP_LORA_B, po(tg, PO_DX));
-        } else if (dX) {
-            TRY(sg(t, CUBLAS_OP_N, CUBLAS_OP_N, in, T, rs, 1.0f, t->p + m0->offA, in, tmp, rs, 0.0f, (float *)dx,
-                   (int)W->in, err, errn));
+        if (dX) {
+            if (dxbf) /* dx in BF16: from BF16 tmp and As; the frozen GEMM then adds onto it in BF16 */
+                TRY(bg(t, CUBLAS_OP_N, CUBLAS_OP_N, in, T, rs, 1.0f, t->pb + m0->offA, in, t->lb_tmp, rs, 0.0f, dx, 1,
+                       (int)W->in, err, errn));
+            else
+                TRY(sg(t, CUBLAS_OP_N, CUBLAS_OP_N, in, T, rs, 1.0f, t->p + m0->offA, in, tmp, rs, 0.0f, (float *)dx,
+                       (int)W->in, err, errn));
             prof_op(t, TP_LORA_B, po(tg, PO_DX));
         }
     }
