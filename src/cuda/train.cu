@@ -1828,7 +1828,7 @@ static int train_new(gpu_model *m, const gpu_lora_desc *mods, int32_t max_tokens
     }
     { /* read when the session starts: PRISM_CUDA_FUSE=0, SwiGLU recomputed by its own kernel for a dA GEMM (and
        * no LoRA fusion); PRISM_CUDA_LORA_FUSE=1, the MLP's LoRA in the SwiGLU kernels instead of GEMMs (off by
-       * default: the GEMMs measured 0.7-1.8% faster at 7B in three runs, an H100's and two H200's) */
+       * default: the GEMMs measured 0.6-1.8% faster at 7B in four runs, two on an H100 and two on an H200) */
         const char *e = getenv("PRISM_CUDA_FUSE"), *e2 = getenv("PRISM_CUDA_LORA_FUSE");
         /* PRISM_CUDA_GU_REMAKE=1 (with the LoRA fusion, which it turns on): the forward writes gate|up's LoRA
          * terms nowhere (38.8 MB less per layer per 512 tokens at 7B), the backward adds them again (32
